@@ -1,0 +1,230 @@
+/*
+ * imcat: turns mosquitto-im payloads into readable lines or JSON.
+ *
+ *   mosquitto_sub -u bob -t im/u/bob -F '%x' | imcat
+ *   mosquitto_rr ... -F '%x' | imcat          (sync batches, receipts, ...)
+ *   imcat --bin < payload.bin
+ *
+ * Each input line is one payload in hex (what mosquitto_sub -F '%x'
+ * prints). A payload that starts with the frame magic is a frame; anything
+ * else is tried as SyncBatch, AckResponse, Receipt and Response in turn.
+ */
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <mosquitto.h>
+
+#include "im.h"
+
+static int json;
+
+static void print_time(int64_t ms)
+{
+	time_t s = (time_t)(ms / 1000);
+	struct tm tm;
+	char buf[32];
+
+	gmtime_r(&s, &tm);
+	strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+	printf("%s.%03dZ", buf, (int)(ms % 1000));
+}
+
+static void json_str(const char *key, const char *s, size_t len)
+{
+	size_t i;
+
+	printf("\"%s\":\"", key);
+	for(i = 0; i < len; i++){
+		unsigned char c = (unsigned char)s[i];
+		if(c == '"' || c == '\\') printf("\\%c", c);
+		else if(c < 0x20) printf("\\u%04x", c);
+		else putchar(c);
+	}
+	putchar('"');
+}
+
+static void print_body(const uint8_t *b, size_t n)
+{
+	size_t i;
+	int text = 1;
+
+	for(i = 0; i < n; i++){
+		if(b[i] < 0x20 && b[i] != '\n' && b[i] != '\t') text = 0;
+	}
+	if(text){
+		fwrite(b, 1, n, stdout);
+	}else{
+		printf("<%zu bytes:", n);
+		for(i = 0; i < n && i < 32; i++) printf(" %02x", b[i]);
+		printf(n > 32 ? " ...>" : ">");
+	}
+}
+
+/* Returns 0 if buf was a frame and was printed. */
+static int print_frame(const uint8_t *buf, size_t len, const char *indent)
+{
+	Im__V1__Header *h;
+	const uint8_t *body;
+	size_t blen;
+
+	if(im_frame__decode(buf, len, NULL, &h, &body, &blen) != MOSQ_ERR_SUCCESS) return -1;
+	if(json){
+		printf("{");
+		json_str("timeline", h->timeline ? h->timeline : "", h->timeline ? strlen(h->timeline) : 0);
+		printf(",\"seq\":%" PRIu64 ",", h->seq);
+		json_str("from", h->sender ? h->sender : "", h->sender ? strlen(h->sender) : 0);
+		printf(",\"ts_ms\":%" PRId64, h->ts_ms);
+		if(h->cmid){ putchar(','); json_str("cmid", h->cmid, strlen(h->cmid)); }
+		if(h->to){ putchar(','); json_str("to", h->to, strlen(h->to)); }
+		if(h->content_type){ putchar(','); json_str("content_type", h->content_type, strlen(h->content_type)); }
+		if(h->body_omitted) printf(",\"body_omitted\":true,\"body_len\":%u", h->body_len);
+		if(h->flags) printf(",\"flags\":%u", h->flags);
+		putchar(',');
+		json_str("body", (const char *)body, blen);
+		printf("}\n");
+	}else{
+		printf("%s%s #%" PRIu64 " ", indent, h->timeline ? h->timeline : "?", h->seq);
+		print_time(h->ts_ms);
+		printf(" %s", h->sender ? h->sender : "?");
+		if(h->to && h->timeline && strcmp(h->to, h->timeline)) printf(" -> %s", h->to);
+		if(h->cmid) printf(" [%s]", h->cmid);
+		if(h->flags & IM__V1__HEADER_FLAG__FLAG_SYSTEM) printf(" (system)");
+		printf(": ");
+		if(h->body_omitted) printf("<%u bytes, sync to read>", h->body_len);
+		else print_body(body, blen);
+		printf("\n");
+	}
+	im__v1__header__free_unpacked(h, NULL);
+	return 0;
+}
+
+static const char *status_name(int s)
+{
+	const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(&im__v1__status__descriptor, s);
+	return v ? v->name : "?";
+}
+
+static int print_batch(const uint8_t *buf, size_t len)
+{
+	Im__V1__SyncBatch *b = im__v1__sync_batch__unpack(NULL, len, buf);
+	size_t i;
+
+	if(b == NULL || !b->has_head_seq){
+		if(b) im__v1__sync_batch__free_unpacked(b, NULL);
+		return -1;
+	}
+	if(!json){
+		printf("sync %s: %s%s%s, %zu frames, head %" PRIu64 ", first %" PRIu64 ", cursor %" PRIu64
+				", unread %" PRIu64 "%s\n",
+				b->timeline ? b->timeline : "?", status_name(b->status),
+				b->reason ? " " : "", b->reason ? b->reason : "", b->n_frames, b->head_seq,
+				b->first_seq, b->cursor, b->unread, b->has_more ? ", more" : "");
+	}
+	for(i = 0; i < b->n_frames; i++) print_frame(b->frames[i].data, b->frames[i].len, "  ");
+	im__v1__sync_batch__free_unpacked(b, NULL);
+	return 0;
+}
+
+static void print_other(const uint8_t *buf, size_t len)
+{
+	Im__V1__Receipt *r = im__v1__receipt__unpack(NULL, len, buf);
+
+	if(r && r->has_seq){
+		printf("receipt %s #%" PRIu64 "%s%s%s\n", r->timeline ? r->timeline : "?", r->seq,
+				r->cmid ? " cmid " : "", r->cmid ? r->cmid : "", r->duplicate ? " (duplicate)" : "");
+		im__v1__receipt__free_unpacked(r, NULL);
+		return;
+	}
+	if(r) im__v1__receipt__free_unpacked(r, NULL);
+	{
+		Im__V1__AckResponse *a = im__v1__ack_response__unpack(NULL, len, buf);
+		if(a && a->has_cursor){
+			printf("ack %s: cursor %" PRIu64 ", head %" PRIu64 "\n", a->timeline ? a->timeline : "?",
+					a->cursor, a->head_seq);
+			im__v1__ack_response__free_unpacked(a, NULL);
+			return;
+		}
+		if(a) im__v1__ack_response__free_unpacked(a, NULL);
+	}
+	{
+		Im__V1__Response *s = im__v1__response__unpack(NULL, len, buf);
+		if(s && s->has_status){
+			printf("%s (%d)%s%s\n", status_name(s->status), s->status, s->reason ? ": " : "",
+					s->reason ? s->reason : "");
+			im__v1__response__free_unpacked(s, NULL);
+			return;
+		}
+		if(s) im__v1__response__free_unpacked(s, NULL);
+	}
+	printf("? %zu bytes, not a mosquitto-im payload\n", len);
+}
+
+static void print_payload(const uint8_t *buf, size_t len)
+{
+	if(len >= 3 && buf[0] == 'I' && buf[1] == 'M'){
+		if(print_frame(buf, len, "") == 0) return;
+	}
+	if(print_batch(buf, len) == 0) return;
+	print_other(buf, len);
+}
+
+static int unhex(const char *line, uint8_t *out, size_t *len)
+{
+	size_t n = 0;
+	unsigned int v;
+
+	while(*line && !isspace((unsigned char)*line)){
+		if(!isxdigit((unsigned char)line[0]) || !isxdigit((unsigned char)line[1])) return -1;
+		sscanf(line, "%2x", &v);
+		out[n++] = (uint8_t)v;
+		line += 2;
+	}
+	*len = n;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	int bin = 0, i;
+	char *line = NULL;
+	size_t cap = 0, len;
+	ssize_t got;
+	uint8_t *buf;
+
+	for(i = 1; i < argc; i++){
+		if(!strcmp(argv[i], "--json")) json = 1;
+		else if(!strcmp(argv[i], "--bin")) bin = 1;
+		else if(!strcmp(argv[i], "--hex")) bin = 0;
+		else{
+			fprintf(stderr, "usage: imcat [--hex|--bin] [--json]\n"
+					"  reads payloads (hex lines from mosquitto_sub/rr -F '%%x', or one binary payload)\n");
+			return 2;
+		}
+	}
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if(bin){
+		size_t used = 0, bcap = 65536;
+		buf = malloc(bcap);
+		while(buf && (len = fread(buf + used, 1, bcap - used, stdin)) > 0){
+			used += len;
+			if(used == bcap) buf = realloc(buf, bcap *= 2);
+		}
+		if(buf == NULL) return 1;
+		print_payload(buf, used);
+		free(buf);
+		return 0;
+	}
+	while((got = getline(&line, &cap, stdin)) > 0){
+		buf = malloc((size_t)got / 2 + 1);
+		if(buf == NULL) return 1;
+		if(unhex(line, buf, &len) == 0) print_payload(buf, len);
+		else fprintf(stderr, "imcat: not a hex line\n");
+		free(buf);
+	}
+	free(line);
+	return 0;
+}

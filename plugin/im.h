@@ -1,0 +1,283 @@
+/*
+ * mosquitto-im: private header of the plugin.
+ *
+ * One header, split in banner sections, one section per module (file).
+ * Cross-file functions are named im_<module>__<verb>_<noun>; broker
+ * callbacks end in _cb. Ownership is stated at each declaration.
+ */
+#ifndef IM_H
+#define IM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <sqlite3.h>
+
+#include "im.pb-c.h"
+
+struct mosquitto;
+struct mosquitto_opt;
+#include <mosquitto.h>
+
+/* =========================================================================
+ * Limits and constants
+ * ========================================================================= */
+
+#define IM_NAME_MAX 64          /* user and group names, bytes of UTF-8 */
+#define IM_TL_MAX (2 + IM_NAME_MAX) /* "u/<name>" */
+#define IM_CMID_MAX 128         /* client message id, bytes */
+#define IM_CTYPE_MAX 256        /* content type, bytes */
+#define IM_FRAME_FIXED 5        /* 'I' 'M' version len_hi len_lo */
+#define IM_FRAME_VERSION 1
+/* Where a publish that must reach no one is retargeted (duplicates, and
+ * every original publish once the plugin delivered its frame itself).
+ * Short enough to be written over the shortest possible IM topic
+ * ("x/u/y"); '$' so that '#' never matches it; the ACL refuses to let
+ * anyone subscribe to or read it. */
+#define IM_SINK_TOPIC "$IMD"
+
+enum im_payload_mode { IM_PAYLOAD_FRAME = 0, IM_PAYLOAD_RAW = 1 };
+enum im_delivery { IM_DELIVERY_FULL = 0, IM_DELIVERY_NOTIFY = 1 };
+enum im_nonim { IM_NONIM_DEFER = 0, IM_NONIM_ALLOW = 1 };
+
+/* =========================================================================
+ * config.c — plugin_opt_* parsing
+ * ========================================================================= */
+
+struct im__config {
+	char *db_path;              /* owned */
+	char *prefix;               /* owned, e.g. "im" */
+	size_t prefix_len;
+	int payload_mode;           /* enum im_payload_mode */
+	int delivery;               /* enum im_delivery */
+	int synchronous;            /* 1 = NORMAL, 2 = FULL (SQLite values) */
+	int nonim;                  /* enum im_nonim */
+	uint32_t max_body;          /* bytes; larger publishes are refused */
+	int busy_timeout_ms;        /* SQLite busy timeout on the broker thread */
+	uint32_t sync_max_frames;   /* per batch */
+	uint32_t sync_max_bytes;    /* per batch, frames' bytes */
+	int64_t retention_seconds;  /* 0 = keep forever */
+	int64_t retention_messages; /* per timeline, 0 = no count limit */
+	uint32_t trim_batch;        /* rows deleted per tick at most */
+};
+
+/* Fills cfg from the broker's options. Defaults first; an unknown option or
+ * a bad value logs a line naming the option and returns MOSQ_ERR_INVAL.
+ * On any return cfg may hold allocations: release with im_config__free. */
+int im_config__parse(struct im__config *cfg, struct mosquitto_opt *opts, int count);
+void im_config__free(struct im__config *cfg);
+
+/* =========================================================================
+ * route.c — topic and name rules
+ * ========================================================================= */
+
+/* A timeline named by a topic or a request. Points into the caller's
+ * string: valid as long as that string is. */
+struct im__route {
+	char kind;           /* 'u' or 'g' */
+	const char *name;    /* not NUL-terminated */
+	size_t name_len;
+};
+
+/* True if name (len bytes) is a valid user or group name: UTF-8, 1..64
+ * bytes, no '/', '+', '#', '$', NUL or control characters. */
+bool im_route__name_valid(const char *name, size_t len);
+
+/* Classifies a topic (or a subscription filter) against the prefix.
+ * Returns 1 if it is in the IM namespace ("<prefix>/..." ), 0 if not. */
+int im_route__in_namespace(const struct im__config *cfg, const char *topic);
+
+/* Parses "<prefix>/u/<name>" or "<prefix>/g/<name>" into r.
+ * Returns MOSQ_ERR_SUCCESS, or MOSQ_ERR_INVAL for any other shape or an
+ * invalid name. */
+int im_route__parse_topic(const struct im__config *cfg, const char *topic, struct im__route *r);
+
+/* Parses a timeline string "u/<name>" or "g/<name>" (as in requests). */
+int im_route__parse_timeline(const char *tl, struct im__route *r);
+
+/* Writes "u/<name>" into out (cap >= IM_TL_MAX + 1). Returns length. */
+size_t im_route__timeline(const struct im__route *r, char *out, size_t cap);
+
+/* =========================================================================
+ * frame.c — the frame codec (shared with examples/ and tests/)
+ * ========================================================================= */
+
+/* Size of the frame for hdr and a body of body_len bytes, or 0 if the
+ * encoded header does not fit the 16-bit length field. */
+size_t im_frame__size(const Im__V1__Header *hdr, size_t body_len);
+
+/* Writes the frame into out (cap bytes). Returns the frame length, or 0 if
+ * cap is too small or the header too large. body may be NULL if body_len
+ * is 0. */
+size_t im_frame__encode(uint8_t *out, size_t cap, const Im__V1__Header *hdr,
+		const void *body, size_t body_len);
+
+/* Splits a frame. On success (MOSQ_ERR_SUCCESS) *hdr is an unpacked header
+ * allocated with alloc (NULL = protobuf-c's default), free it with
+ * im__v1__header__free_unpacked(*hdr, alloc); *body points into buf.
+ * Returns MOSQ_ERR_MALFORMED_PACKET for a bad magic, an unknown version, a
+ * truncated buffer or an undecodable header; nothing is allocated then. */
+int im_frame__decode(const uint8_t *buf, size_t len, ProtobufCAllocator *alloc,
+		Im__V1__Header **hdr, const uint8_t **body, size_t *body_len);
+
+/* =========================================================================
+ * store.c — SQLite: open, pragmas, migrations, prepared statements
+ * ========================================================================= */
+
+/* A cached timeline: its row id and head. One per timeline touched since
+ * start; the cache is the only place the hot path reads heads from. */
+struct im__tl {
+	int64_t id;
+	uint64_t head;      /* last seq allocated (committed) */
+	uint64_t first;     /* oldest seq still stored (head+1 if none) */
+	uint32_t hash;
+	uint16_t name_len;
+	char name[];        /* "u/<name>", NUL-terminated */
+};
+
+struct im__tl_cache {
+	struct im__tl **slots;
+	size_t cap;         /* power of two */
+	size_t count;
+};
+
+struct im__store {
+	sqlite3 *db;
+	struct im__tl_cache tls;
+	sqlite3_stmt *begin, *commit, *rollback;
+	sqlite3_stmt *tl_get, *tl_insert, *tl_set_head, *tl_set_first;
+	sqlite3_stmt *msg_insert, *msg_dedup, *msg_range, *msg_own_seq;
+	sqlite3_stmt *cursor_get, *cursor_set;
+	sqlite3_stmt *trim_age, *trim_count, *tl_min_seq, *tl_all;
+};
+
+/* A message as stored and as sent in a frame. Strings are borrowed: they
+ * must outlive the call they are passed to. */
+struct im__msg {
+	uint64_t seq;
+	int64_t ts_ms;
+	const char *sender;
+	const char *cmid;         /* NULL if none */
+	const char *to;           /* addressed timeline */
+	const char *content_type; /* NULL if none */
+	uint32_t flags;
+	int64_t expires_ms;       /* 0 = never */
+	const void *body;
+	size_t body_len;
+};
+
+/* Opens (creating if needed) the database at path, applies pragmas and
+ * migrations, prepares statements. MOSQ_ERR_SUCCESS, or MOSQ_ERR_UNKNOWN
+ * with a log line naming the path and SQLite's message. On failure the
+ * store is left closed (im_store__close is still safe). */
+int im_store__open(struct im__store *st, const char *path, int synchronous, int busy_timeout_ms);
+void im_store__close(struct im__store *st);
+
+/* Looks a timeline up in the cache, then in the database, creating its row
+ * if create is true. Returns NULL if it does not exist (and !create) or on
+ * a store error (logged). The pointer is owned by the store and stays valid
+ * until im_store__close. */
+struct im__tl *im_store__timeline(struct im__store *st, const char *name, size_t len, bool create);
+
+/* The outcome of an append. */
+struct im__appended {
+	uint64_t seq;       /* in the addressed timeline */
+	uint64_t own_seq;   /* in the sender's inbox, 0 if no copy was made */
+	int64_t ts_ms;
+	bool duplicate;     /* (sender, cmid) seen before: seq/own_seq/ts_ms are the original's */
+};
+
+/* Appends msg to `to` and, if own is not NULL, the sender's copy to own,
+ * in one transaction, after checking (sender, cmid) for a repeat. msg->seq
+ * is ignored. Heads in the cache move only after COMMIT succeeded.
+ * Returns MOSQ_ERR_SUCCESS (out filled) or MOSQ_ERR_UNKNOWN on a store
+ * failure (logged; nothing changed). */
+int im_store__append(struct im__store *st, struct im__tl *to, struct im__tl *own,
+		const struct im__msg *msg, struct im__appended *out);
+
+/* Row callback for im_store__range: return 0 to continue, 1 to stop
+ * (the row was not consumed), or a MOSQ_ERR_* to abort. */
+typedef int (*im_store__row_fn)(void *ctx, const struct im__msg *m);
+
+/* Calls fn for each message of tl with seq > after, in order, at most
+ * limit rows, skipping rows expired at now_ms. Returns MOSQ_ERR_SUCCESS,
+ * or MOSQ_ERR_UNKNOWN on a store failure. *more tells whether a further
+ * row exists after the last one delivered. */
+int im_store__range(struct im__store *st, struct im__tl *tl, uint64_t after, uint32_t limit,
+		int64_t now_ms, im_store__row_fn fn, void *ctx, bool *more);
+
+/* Cursor of (timeline, user, client id): 0 if none. */
+int im_store__cursor_get(struct im__store *st, struct im__tl *tl, const char *user,
+		const char *client_id, uint64_t *seq);
+/* Moves the cursor to max(current, seq). *now receives the result. */
+int im_store__cursor_set(struct im__store *st, struct im__tl *tl, const char *user,
+		const char *client_id, uint64_t seq, uint64_t *now);
+
+/* Deletes at most batch rows older than cutoff_ms or beyond keep rows per
+ * timeline; updates first_seq. Returns rows deleted, or -1 on failure. */
+int im_store__trim(struct im__store *st, int64_t cutoff_ms, int64_t keep, uint32_t batch);
+
+/* Milliseconds since the epoch. */
+int64_t im_store__now_ms(void);
+
+/* =========================================================================
+ * plugin.c — shared plugin state
+ * ========================================================================= */
+
+struct im__buf {
+	uint8_t *data;
+	size_t cap;
+};
+
+struct im__plugin {
+	void *pid;                      /* mosquitto_plugin_id_t * */
+	struct im__config cfg;
+	struct im__store store;
+	struct im__buf scratch;         /* frames are built here, then copied by the broker */
+	ProtobufCAllocator pb_alloc;    /* protobuf-c through mosquitto_* */
+	/* A client whose MOSQ_EVT_DISCONNECT just fired: the broker sends its
+	 * will right after, and a will on an IM topic must be refused. Only
+	 * meaningful until the next event. */
+	const struct mosquitto *disconnecting;
+	bool fallback_registered;       /* the non-IM "allow" ACL callback */
+	time_t next_trim_s;
+};
+
+/* Grows b to at least n bytes. MOSQ_ERR_SUCCESS or MOSQ_ERR_NOMEM. */
+int im_plugin__buf_reserve(struct im__buf *b, size_t n);
+
+/* =========================================================================
+ * Broker callbacks: on_acl.c, on_message.c, on_control.c, on_tick.c
+ * ========================================================================= */
+
+int im_acl__check_cb(int event, void *event_data, void *userdata);
+int im_acl__fallback_cb(int event, void *event_data, void *userdata);
+int im_acl__disconnect_cb(int event, void *event_data, void *userdata);
+int im_message__cb(int event, void *event_data, void *userdata);
+int im_control__sync_cb(int event, void *event_data, void *userdata);
+int im_control__ack_cb(int event, void *event_data, void *userdata);
+int im_tick__cb(int event, void *event_data, void *userdata);
+int im_tick__reload_cb(int event, void *event_data, void *userdata);
+
+/* The ops with a MOSQ_EVT_CONTROL handler; anything else under
+ * $CONTROL/im/v1/ is answered "unknown op" from the ACL check. */
+bool im_control__op_known(const char *op);
+
+/* Sends a reply to a request: on the v5 Response Topic (with its
+ * Correlation Data) when the request had one, else on
+ * "$CONTROL/im/v1/<op>/response", to the requesting client only.
+ * payload is copied. */
+void im_control__reply(struct mosquitto *client, const char *op,
+		const mosquitto_property *req_props, const void *payload, size_t len);
+
+/* Replies with a bare im.v1.Response {status, reason}. */
+void im_control__reply_status(struct mosquitto *client, const char *op,
+		const mosquitto_property *req_props, Im__V1__Status status, const char *reason);
+
+/* Builds the frame of m for timeline tl into p->scratch. Returns its length
+ * or 0 on failure. notify omits the body. */
+size_t im_message__frame(struct im__plugin *p, const char *tl, const struct im__msg *m, bool notify);
+
+#endif

@@ -1,0 +1,142 @@
+/*
+ * MOSQ_EVT_ACL_CHECK: who may publish, subscribe to and read which IM
+ * topic. The plugin decides every IM topic itself and defers every other
+ * topic, so acl_file or dynamic security keep deciding those exactly as
+ * before. Wildcard subscriptions are allowed to be made; each message they
+ * would carry is checked again on READ, which is what keeps "im/#" or "#"
+ * from leaking someone else's inbox.
+ */
+#include <string.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+
+#include "im.h"
+
+#define CONTROL_PREFIX "$CONTROL/im/v1/"
+#define CONTROL_PREFIX_LEN (sizeof(CONTROL_PREFIX) - 1)
+
+static bool is_user(const struct im__route *r, const char *user)
+{
+	return r->kind == 'u' && strlen(user) == r->name_len && !memcmp(r->name, user, r->name_len);
+}
+
+/* Read access to a timeline: your own inbox; groups come with membership. */
+static bool may_read(const struct im__route *r, const char *user)
+{
+	return is_user(r, user);
+}
+
+static int deny(const struct mosquitto_evt_acl_check *ed, const char *why)
+{
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: denied %s on \"%s\" to client \"%s\" (user \"%s\"): %s.",
+			ed->access == MOSQ_ACL_WRITE ? "publish" : ed->access == MOSQ_ACL_READ ? "read" : "subscribe",
+			ed->topic, mosquitto_client_id(ed->client),
+			mosquitto_client_username(ed->client) ? mosquitto_client_username(ed->client) : "", why);
+	return MOSQ_ERR_ACL_DENIED;
+}
+
+/* Requests: any authenticated user may publish a known op and receive the
+ * responses; the op's handler authorises the request itself. An unknown op
+ * is answered here, as MOSQ_EVT_CONTROL has no handler to answer it. We
+ * never give fall-through access to our $CONTROL topics. */
+static int check_control(struct im__plugin *p, const struct mosquitto_evt_acl_check *ed, const char *user)
+{
+	const char *op = ed->topic + CONTROL_PREFIX_LEN;
+	const char *slash = strchr(op, '/');
+
+	(void)p;
+	if(ed->access == MOSQ_ACL_UNSUBSCRIBE) return MOSQ_ERR_SUCCESS;
+	if(ed->access == MOSQ_ACL_WRITE){
+		if(slash) op = "unknown"; /* never answer on a topic the client made up */
+		if(user == NULL){
+			im_control__reply_status(ed->client, op, NULL, IM__V1__STATUS__UNAUTHENTICATED, "requests need a username");
+			return deny(ed, "requests need a username");
+		}
+		if(slash == NULL && im_control__op_known(op)) return MOSQ_ERR_SUCCESS;
+		im_control__reply_status(ed->client, op, NULL, IM__V1__STATUS__NOT_FOUND, "unknown op");
+		return deny(ed, "unknown op");
+	}
+	/* SUBSCRIBE / READ: "$CONTROL/im/v1/<op>/response" or "+/response". */
+	if(user && slash && !strcmp(slash, "/response") && strchr(op, '#') == NULL) return MOSQ_ERR_SUCCESS;
+	return deny(ed, user ? "only .../<op>/response can be subscribed to" : "no username");
+}
+
+static int check_subscribe(const struct mosquitto_evt_acl_check *ed, const struct im__config *cfg, const char *user)
+{
+	struct im__route r;
+
+	/* A wildcard filter cannot name one inbox; READ decides per message. */
+	if(strpbrk(ed->topic, "+#")) return MOSQ_ERR_SUCCESS;
+	if(im_route__parse_topic(cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS) return deny(ed, "not an IM timeline topic");
+	return may_read(&r, user) ? MOSQ_ERR_SUCCESS : deny(ed, "not your timeline");
+}
+
+static int check_write(struct im__plugin *p, const struct mosquitto_evt_acl_check *ed, bool will)
+{
+	struct im__route r;
+
+	if(will) return deny(ed, "wills bypass sequencing and are refused on IM topics");
+	if(ed->retain) return deny(ed, "retained messages are refused on IM topics");
+	if(im_route__parse_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS){
+		return deny(ed, "not a valid IM topic (<prefix>/u/<user> or <prefix>/g/<group>)");
+	}
+	if(ed->payloadlen > p->cfg.max_body) return deny(ed, "body larger than plugin_opt_max_body");
+	if(r.kind == 'g') return deny(ed, "groups are not available");
+	return MOSQ_ERR_SUCCESS;
+}
+
+int im_acl__check_cb(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_acl_check *ed = event_data;
+	struct im__plugin *p = userdata;
+	const char *user = mosquitto_client_username(ed->client);
+	bool will = (ed->client == p->disconnecting);
+	struct im__route r;
+
+	(void)event;
+	p->disconnecting = NULL;
+	if(!strncmp(ed->topic, CONTROL_PREFIX, CONTROL_PREFIX_LEN)) return check_control(p, ed, user);
+	if(!strncmp(ed->topic, IM_SINK_TOPIC, strlen(IM_SINK_TOPIC))) return MOSQ_ERR_ACL_DENIED;
+	if(!im_route__in_namespace(&p->cfg, ed->topic)) return MOSQ_ERR_PLUGIN_DEFER;
+
+	if(ed->access == MOSQ_ACL_UNSUBSCRIBE) return MOSQ_ERR_SUCCESS;
+	if(user == NULL) return deny(ed, "IM topics need a username");
+	if(!im_route__name_valid(user, strlen(user))) return deny(ed, "the username is not a valid IM name");
+	switch(ed->access){
+		case MOSQ_ACL_SUBSCRIBE:
+			return check_subscribe(ed, &p->cfg, user);
+		case MOSQ_ACL_READ:
+			/* Silent: this runs per message per subscriber, and a wildcard
+			 * subscriber is denied others' messages as a matter of course. */
+			if(im_route__parse_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_ACL_DENIED;
+			return may_read(&r, user) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+		case MOSQ_ACL_WRITE:
+			return check_write(p, ed, will);
+		default:
+			return MOSQ_ERR_ACL_DENIED;
+	}
+}
+
+/* Registered last (on the first tick), so it only answers what every other
+ * ACL check, acl_file and other plugins included, left undecided. */
+int im_acl__fallback_cb(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	(void)event_data;
+	(void)userdata;
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* The broker sends a client's will right after this event, with an ACL
+ * check on its topic first: remember the client until the next event. */
+int im_acl__disconnect_cb(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_disconnect *ed = event_data;
+	struct im__plugin *p = userdata;
+
+	(void)event;
+	p->disconnecting = ed->client;
+	return MOSQ_ERR_SUCCESS;
+}

@@ -1,0 +1,377 @@
+/*
+ * MOSQ_EVT_CONTROL: requests on $CONTROL/im/v1/<op>. Every request gets a
+ * response; a bad one gets a status and a reason and changes nothing.
+ *
+ * Replies travel through mosquitto_broker_publish to the requesting client
+ * id, the same FIFO as live frames: a frame sequenced after a sync batch
+ * was read reaches the client after that batch.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+#include <mqtt_protocol.h>
+
+#include "im.h"
+
+static const char *const known_ops[] = {"sync", "ack", NULL};
+
+bool im_control__op_known(const char *op)
+{
+	int i;
+
+	for(i = 0; known_ops[i]; i++){
+		if(!strcmp(op, known_ops[i])) return true;
+	}
+	return false;
+}
+
+void im_control__reply(struct mosquitto *client, const char *op,
+		const mosquitto_property *req_props, const void *payload, size_t len)
+{
+	mosquitto_property *props = NULL;
+	char *resp_topic = NULL;
+	void *corr = NULL;
+	uint16_t corr_len = 0;
+	char topic[128];
+	const char *dest = topic;
+
+	if(req_props){
+		mosquitto_property_read_string(req_props, MQTT_PROP_RESPONSE_TOPIC, &resp_topic, false);
+		mosquitto_property_read_binary(req_props, MQTT_PROP_CORRELATION_DATA, &corr, &corr_len, false);
+	}
+	if(resp_topic && resp_topic[0] && !strpbrk(resp_topic, "+#")) dest = resp_topic;
+	snprintf(topic, sizeof(topic), "$CONTROL/im/v1/%s/response", op);
+	if(corr) mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr, corr_len);
+	if(mosquitto_broker_publish_copy(mosquitto_client_id(client), dest, (int)len, (void *)payload,
+				1, false, props) != MOSQ_ERR_SUCCESS){
+		mosquitto_property_free_all(&props);
+	}
+	mosquitto_free(resp_topic);
+	mosquitto_free(corr);
+}
+
+void im_control__reply_status(struct mosquitto *client, const char *op,
+		const mosquitto_property *req_props, Im__V1__Status status, const char *reason)
+{
+	Im__V1__Response r = IM__V1__RESPONSE__INIT;
+	uint8_t buf[512];
+
+	r.has_status = 1;
+	r.status = status;
+	r.reason = (char *)reason;
+	if(im__v1__response__get_packed_size(&r) > sizeof(buf)) r.reason = NULL;
+	im_control__reply(client, op, req_props, buf, im__v1__response__pack(&r, buf));
+}
+
+/* ---- request parameters: protobuf payload, or v5 user properties ---- */
+
+struct params {
+	char *timeline;      /* owned when from properties */
+	bool has_seq;
+	uint64_t seq;        /* after_seq (sync) or seq (ack) */
+	uint32_t limit;
+	bool bad;            /* a property did not parse */
+};
+
+static bool parse_u64(const char *s, uint64_t *out)
+{
+	char *end;
+
+	if(s[0] < '0' || s[0] > '9') return false;
+	*out = strtoull(s, &end, 10);
+	return *end == '\0';
+}
+
+static void params_from_props(const mosquitto_property *props, const char *seq_key, struct params *pa)
+{
+	const mosquitto_property *it = props;
+	char *k = NULL, *v = NULL;
+	uint64_t n;
+	bool skip = false;
+
+	while((it = mosquitto_property_read_string_pair(it, MQTT_PROP_USER_PROPERTY, &k, &v, skip)) != NULL){
+		skip = true;
+		if(!strcmp(k, "timeline") && pa->timeline == NULL){
+			pa->timeline = v;
+			v = NULL;
+		}else if(!strcmp(k, seq_key)){
+			pa->has_seq = parse_u64(v, &pa->seq);
+			pa->bad |= !pa->has_seq;
+		}else if(!strcmp(k, "limit")){
+			if(parse_u64(v, &n) && n <= UINT32_MAX) pa->limit = (uint32_t)n;
+			else pa->bad = true;
+		}
+		mosquitto_free(k);
+		mosquitto_free(v);
+		k = v = NULL;
+	}
+}
+
+/* Checks the timeline named by a request and that user may use it.
+ * Returns OK or a status with *why set. */
+static Im__V1__Status authorise(const char *tl, const char *user, const char **why)
+{
+	struct im__route r;
+
+	if(user == NULL){
+		*why = "requests need a username";
+		return IM__V1__STATUS__UNAUTHENTICATED;
+	}
+	if(tl == NULL || tl[0] == '\0'){
+		*why = "missing timeline";
+		return IM__V1__STATUS__BAD_REQUEST;
+	}
+	if(im_route__parse_timeline(tl, &r) != MOSQ_ERR_SUCCESS){
+		*why = "invalid timeline (expected u/<user> or g/<group>)";
+		return IM__V1__STATUS__BAD_REQUEST;
+	}
+	if(r.kind == 'g'){
+		*why = "no such group";
+		return IM__V1__STATUS__NOT_FOUND;
+	}
+	if(strlen(user) != r.name_len || memcmp(user, r.name, r.name_len)){
+		*why = "not your timeline";
+		return IM__V1__STATUS__FORBIDDEN;
+	}
+	return IM__V1__STATUS__OK;
+}
+
+/* ---- sync ---- */
+
+struct batch {
+	struct im__plugin *p;
+	const char *tl;
+	uint8_t *arena;        /* all frames, back to back */
+	size_t used, cap;
+	size_t *ends;          /* end offset of each frame */
+	size_t count, max;
+	size_t budget;         /* bytes */
+};
+
+static int batch_add(void *ctx, const struct im__msg *m)
+{
+	struct batch *b = ctx;
+	size_t n = im_message__frame(b->p, b->tl, m, false);
+	uint8_t *na;
+
+	if(n == 0) return MOSQ_ERR_NOMEM;
+	if(b->count > 0 && b->used + n > b->budget) return 1; /* stop: next batch */
+	if(b->used + n > b->cap){
+		size_t cap = b->cap ? b->cap : 4096;
+		while(cap < b->used + n) cap *= 2;
+		na = mosquitto_realloc(b->arena, cap);
+		if(na == NULL) return MOSQ_ERR_NOMEM;
+		b->arena = na;
+		b->cap = cap;
+	}
+	memcpy(b->arena + b->used, b->p->scratch.data, n);
+	b->used += n;
+	b->ends[b->count++] = b->used;
+	return 0;
+}
+
+static void sync_reply(struct im__plugin *p, struct mosquitto_evt_control *ed, Im__V1__SyncBatch *sb)
+{
+	size_t n = im__v1__sync_batch__get_packed_size(sb);
+	uint8_t *buf = mosquitto_malloc(n ? n : 1);
+
+	if(buf == NULL) return;
+	im__v1__sync_batch__pack(sb, buf);
+	im_control__reply(ed->client, "sync", ed->properties, buf, n);
+	mosquitto_free(buf);
+	(void)p;
+}
+
+static void sync_error(struct mosquitto_evt_control *ed, const char *tl, Im__V1__Status st, const char *why)
+{
+	Im__V1__SyncBatch sb = IM__V1__SYNC_BATCH__INIT;
+	uint8_t buf[512];
+
+	sb.has_status = 1;
+	sb.status = st;
+	sb.reason = (char *)why;
+	sb.timeline = (tl && strlen(tl) <= IM_TL_MAX) ? (char *)tl : NULL;
+	im_control__reply(ed->client, "sync", ed->properties, buf, im__v1__sync_batch__pack(&sb, buf));
+}
+
+static void sync_run(struct im__plugin *p, struct mosquitto_evt_control *ed, const char *tl_name,
+		bool has_after, uint64_t after, uint32_t limit)
+{
+	Im__V1__SyncBatch sb = IM__V1__SYNC_BATCH__INIT;
+	struct batch b;
+	struct im__tl *tl;
+	uint64_t cursor = 0;
+	bool more = false;
+	size_t i;
+	int rc;
+
+	tl = im_store__timeline(&p->store, tl_name, strlen(tl_name), true);
+	if(tl == NULL || im_store__cursor_get(&p->store, tl, mosquitto_client_username(ed->client),
+				mosquitto_client_id(ed->client), &cursor) != MOSQ_ERR_SUCCESS){
+		sync_error(ed, tl_name, IM__V1__STATUS__INTERNAL, "store failure");
+		return;
+	}
+	if(!has_after) after = cursor;
+	if(limit == 0 || limit > p->cfg.sync_max_frames) limit = p->cfg.sync_max_frames;
+
+	memset(&b, 0, sizeof(b));
+	b.p = p;
+	b.tl = tl_name;
+	b.budget = p->cfg.sync_max_bytes;
+	b.ends = mosquitto_calloc(limit, sizeof(size_t));
+	sb.frames = mosquitto_calloc(limit, sizeof(ProtobufCBinaryData));
+	if(b.ends == NULL || sb.frames == NULL){
+		rc = MOSQ_ERR_NOMEM;
+	}else{
+		rc = im_store__range(&p->store, tl, after, limit, im_store__now_ms(), batch_add, &b, &more);
+	}
+	if(rc != MOSQ_ERR_SUCCESS){
+		sync_error(ed, tl_name, IM__V1__STATUS__INTERNAL, "store failure");
+	}else{
+		for(i = 0; i < b.count; i++){
+			size_t start = i ? b.ends[i - 1] : 0;
+			sb.frames[i].data = b.arena + start;
+			sb.frames[i].len = b.ends[i] - start;
+		}
+		sb.n_frames = b.count;
+		sb.has_status = 1;
+		sb.status = IM__V1__STATUS__OK;
+		sb.timeline = (char *)tl_name;
+		sb.has_head_seq = 1;
+		sb.head_seq = tl->head;
+		sb.has_first_seq = 1;
+		sb.first_seq = tl->first;
+		sb.has_has_more = 1;
+		sb.has_more = more;
+		sb.has_after_seq = 1;
+		sb.after_seq = after;
+		sb.has_cursor = 1;
+		sb.cursor = cursor;
+		sb.has_unread = 1;
+		sb.unread = tl->head > cursor ? tl->head - cursor : 0;
+		sync_reply(p, ed, &sb);
+	}
+	mosquitto_free(sb.frames);
+	mosquitto_free(b.ends);
+	mosquitto_free(b.arena);
+}
+
+int im_control__sync_cb(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_control *ed = event_data;
+	struct im__plugin *p = userdata;
+	const char *user = mosquitto_client_username(ed->client);
+	struct params pa = {0};
+	Im__V1__SyncRequest *req = NULL;
+	const char *tl, *why = NULL;
+	Im__V1__Status st;
+
+	(void)event;
+	p->disconnecting = NULL;
+	if(ed->payloadlen){
+		req = im__v1__sync_request__unpack(&p->pb_alloc, ed->payloadlen, ed->payload);
+		if(req == NULL){
+			sync_error(ed, NULL, IM__V1__STATUS__BAD_REQUEST, "malformed SyncRequest");
+			return MOSQ_ERR_SUCCESS;
+		}
+		tl = req->timeline;
+		pa.has_seq = req->has_after_seq;
+		pa.seq = req->after_seq;
+		pa.limit = req->has_limit ? req->limit : 0;
+	}else{
+		params_from_props(ed->properties, "after", &pa);
+		tl = pa.timeline;
+	}
+	if(pa.bad){
+		st = IM__V1__STATUS__BAD_REQUEST;
+		why = "user properties after/limit must be non-negative integers";
+	}else{
+		st = authorise(tl, user, &why);
+	}
+	if(st != IM__V1__STATUS__OK){
+		sync_error(ed, tl, st, why);
+	}else{
+		sync_run(p, ed, tl, pa.has_seq, pa.seq, pa.limit);
+	}
+	if(req) im__v1__sync_request__free_unpacked(req, &p->pb_alloc);
+	mosquitto_free(pa.timeline);
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* ---- ack (msg-fin) ---- */
+
+static void ack_reply(struct mosquitto_evt_control *ed, const char *tl, Im__V1__Status st,
+		const char *why, uint64_t cursor, uint64_t head)
+{
+	Im__V1__AckResponse r = IM__V1__ACK_RESPONSE__INIT;
+	uint8_t buf[512];
+
+	r.has_status = 1;
+	r.status = st;
+	r.reason = (char *)why;
+	r.timeline = (tl && strlen(tl) <= IM_TL_MAX) ? (char *)tl : NULL;
+	if(st == IM__V1__STATUS__OK){
+		r.has_cursor = 1;
+		r.cursor = cursor;
+		r.has_head_seq = 1;
+		r.head_seq = head;
+	}
+	im_control__reply(ed->client, "ack", ed->properties, buf, im__v1__ack_response__pack(&r, buf));
+}
+
+int im_control__ack_cb(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_control *ed = event_data;
+	struct im__plugin *p = userdata;
+	const char *user = mosquitto_client_username(ed->client);
+	struct params pa = {0};
+	Im__V1__Ack *req = NULL;
+	struct im__tl *tl;
+	const char *name, *why = NULL;
+	uint64_t now = 0;
+	Im__V1__Status st;
+
+	(void)event;
+	p->disconnecting = NULL;
+	if(ed->payloadlen){
+		req = im__v1__ack__unpack(&p->pb_alloc, ed->payloadlen, ed->payload);
+		if(req == NULL){
+			ack_reply(ed, NULL, IM__V1__STATUS__BAD_REQUEST, "malformed Ack", 0, 0);
+			return MOSQ_ERR_SUCCESS;
+		}
+		name = req->timeline;
+		pa.has_seq = req->has_seq;
+		pa.seq = req->seq;
+	}else{
+		params_from_props(ed->properties, "seq", &pa);
+		name = pa.timeline;
+	}
+	st = authorise(name, user, &why);
+	if(st == IM__V1__STATUS__OK && (pa.bad || !pa.has_seq)){
+		st = IM__V1__STATUS__BAD_REQUEST;
+		why = "missing or invalid seq";
+	}
+	tl = st == IM__V1__STATUS__OK ? im_store__timeline(&p->store, name, strlen(name), true) : NULL;
+	if(st == IM__V1__STATUS__OK && tl == NULL){
+		st = IM__V1__STATUS__INTERNAL;
+		why = "store failure";
+	}
+	if(st == IM__V1__STATUS__OK && pa.seq > tl->head){
+		st = IM__V1__STATUS__BAD_REQUEST;
+		why = "seq is beyond the timeline's head";
+	}
+	if(st == IM__V1__STATUS__OK && im_store__cursor_set(&p->store, tl, user, mosquitto_client_id(ed->client),
+				pa.seq, &now) != MOSQ_ERR_SUCCESS){
+		st = IM__V1__STATUS__INTERNAL;
+		why = "store failure";
+	}
+	ack_reply(ed, name, st, why, now, tl ? tl->head : 0);
+	if(req) im__v1__ack__free_unpacked(req, &p->pb_alloc);
+	mosquitto_free(pa.timeline);
+	return MOSQ_ERR_SUCCESS;
+}

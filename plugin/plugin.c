@@ -1,0 +1,137 @@
+/*
+ * Entry points: version, init, cleanup. Init parses the options, opens the
+ * store and registers the callbacks; any failure stops the broker at start
+ * with a log line, never a half-working plugin.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+
+#include "im.h"
+
+#define IM_EXPORT __attribute__((visibility("default")))
+
+static struct im__plugin *g_plugin; /* only for cleanup's sanity check */
+
+static void *pb_alloc(void *ud, size_t size)
+{
+	(void)ud;
+	return mosquitto_malloc(size);
+}
+
+static void pb_free(void *ud, void *ptr)
+{
+	(void)ud;
+	mosquitto_free(ptr);
+}
+
+int im_plugin__buf_reserve(struct im__buf *b, size_t n)
+{
+	uint8_t *d;
+	size_t cap;
+
+	if(n <= b->cap) return MOSQ_ERR_SUCCESS;
+	cap = b->cap ? b->cap : 1024;
+	while(cap < n) cap *= 2;
+	d = mosquitto_realloc(b->data, cap);
+	if(d == NULL) return MOSQ_ERR_NOMEM;
+	b->data = d;
+	b->cap = cap;
+	return MOSQ_ERR_SUCCESS;
+}
+
+IM_EXPORT int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
+{
+	int i;
+
+	for(i = 0; i < supported_version_count; i++){
+		if(supported_versions[i] == 5) return 5;
+	}
+	return -1;
+}
+
+static const struct {
+	int event;
+	MOSQ_FUNC_generic_callback cb;
+	const char *data;
+} callbacks[] = {
+	{MOSQ_EVT_ACL_CHECK, im_acl__check_cb, NULL},
+	{MOSQ_EVT_DISCONNECT, im_acl__disconnect_cb, NULL},
+	{MOSQ_EVT_MESSAGE, im_message__cb, NULL},
+	{MOSQ_EVT_TICK, im_tick__cb, NULL},
+	{MOSQ_EVT_RELOAD, im_tick__reload_cb, NULL},
+	{MOSQ_EVT_CONTROL, im_control__sync_cb, "$CONTROL/im/v1/sync"},
+	{MOSQ_EVT_CONTROL, im_control__ack_cb, "$CONTROL/im/v1/ack"},
+};
+
+static void log_policy(const struct im__config *cfg)
+{
+	mosquitto_log_printf(MOSQ_LOG_INFO, "im: store %s (synchronous %s), topics %s/u/<user> and %s/g/<group>, payload %s, delivery %s.",
+			cfg->db_path, cfg->synchronous == 2 ? "full" : "normal", cfg->prefix, cfg->prefix,
+			cfg->payload_mode == IM_PAYLOAD_RAW ? "raw" : "frame",
+			cfg->delivery == IM_DELIVERY_NOTIFY ? "notify" : "full");
+	if(cfg->nonim == IM_NONIM_ALLOW){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: non-IM topics: acl_file or another plugin decides where configured; where none does, they are ALLOWED (plugin_opt_nonim_acl allow).");
+	}else{
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: non-IM topics: deferred to acl_file or another plugin; with neither configured Mosquitto DENIES them (plugin_opt_nonim_acl defer).");
+	}
+}
+
+IM_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
+		struct mosquitto_opt *options, int option_count)
+{
+	struct im__plugin *p;
+	size_t i;
+	int rc;
+
+	p = mosquitto_calloc(1, sizeof(*p));
+	if(p == NULL) return MOSQ_ERR_NOMEM;
+	p->pid = identifier;
+	p->pb_alloc.alloc = pb_alloc;
+	p->pb_alloc.free = pb_free;
+
+	rc = im_config__parse(&p->cfg, options, option_count);
+	if(rc == MOSQ_ERR_SUCCESS){
+		rc = im_store__open(&p->store, p->cfg.db_path, p->cfg.synchronous, p->cfg.busy_timeout_ms);
+	}
+	for(i = 0; rc == MOSQ_ERR_SUCCESS && i < sizeof(callbacks) / sizeof(callbacks[0]); i++){
+		rc = mosquitto_callback_register(identifier, callbacks[i].event, callbacks[i].cb, callbacks[i].data, p);
+		if(rc != MOSQ_ERR_SUCCESS){
+			mosquitto_log_printf(MOSQ_LOG_ERR, "im: cannot register callback for event %d: %s",
+					callbacks[i].event, mosquitto_strerror(rc));
+		}
+	}
+	if(rc != MOSQ_ERR_SUCCESS){
+		mosquitto_plugin_cleanup(p, options, option_count);
+		return rc;
+	}
+	log_policy(&p->cfg);
+	g_plugin = p;
+	*userdata = p;
+	return MOSQ_ERR_SUCCESS;
+}
+
+IM_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int option_count)
+{
+	struct im__plugin *p = userdata;
+	size_t i;
+
+	(void)options;
+	(void)option_count;
+	if(p == NULL) return MOSQ_ERR_SUCCESS;
+	for(i = 0; i < sizeof(callbacks) / sizeof(callbacks[0]); i++){
+		mosquitto_callback_unregister(p->pid, callbacks[i].event, callbacks[i].cb, callbacks[i].data);
+	}
+	if(p->fallback_registered){
+		mosquitto_callback_unregister(p->pid, MOSQ_EVT_ACL_CHECK, im_acl__fallback_cb, NULL);
+	}
+	im_store__close(&p->store);
+	im_config__free(&p->cfg);
+	mosquitto_free(p->scratch.data);
+	if(g_plugin == p) g_plugin = NULL;
+	mosquitto_free(p);
+	return MOSQ_ERR_SUCCESS;
+}

@@ -1,0 +1,87 @@
+/*
+ * Topic -> timeline. The IM namespace is "<prefix>/u/<user>" (an inbox)
+ * and "<prefix>/g/<group>" (a group); requests name timelines as
+ * "u/<user>" and "g/<group>". Names are what a person would type: UTF-8,
+ * 1..64 bytes, none of the characters MQTT gives a meaning to.
+ */
+#include <string.h>
+
+#include <mosquitto.h>
+
+#include "im.h"
+
+/* Validates one UTF-8 sequence starting at s (n bytes left); returns its
+ * length or 0. Overlong forms, surrogates and values above U+10FFFF are
+ * refused, as MQTT requires of topic names. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+	uint32_t cp;
+	size_t len, i;
+
+	if(s[0] < 0x80) return 1;
+	if((s[0] & 0xE0) == 0xC0){ len = 2; cp = s[0] & 0x1F; }
+	else if((s[0] & 0xF0) == 0xE0){ len = 3; cp = s[0] & 0x0F; }
+	else if((s[0] & 0xF8) == 0xF0){ len = 4; cp = s[0] & 0x07; }
+	else return 0;
+	if(len > n) return 0;
+	for(i = 1; i < len; i++){
+		if((s[i] & 0xC0) != 0x80) return 0;
+		cp = (cp << 6) | (s[i] & 0x3F);
+	}
+	if((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000)){
+		return 0;
+	}
+	if(cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+	return len;
+}
+
+bool im_route__name_valid(const char *name, size_t len)
+{
+	const unsigned char *s = (const unsigned char *)name;
+	size_t i = 0, n;
+
+	if(len == 0 || len > IM_NAME_MAX) return false;
+	while(i < len){
+		if(s[i] < 0x20 || s[i] == 0x7F || s[i] == '/' || s[i] == '+'
+				|| s[i] == '#' || s[i] == '$'){
+			return false;
+		}
+		n = utf8_len(s + i, len - i);
+		if(n == 0) return false;
+		i += n;
+	}
+	return true;
+}
+
+int im_route__in_namespace(const struct im__config *cfg, const char *topic)
+{
+	return strncmp(topic, cfg->prefix, cfg->prefix_len) == 0
+		&& (topic[cfg->prefix_len] == '/' || topic[cfg->prefix_len] == '\0');
+}
+
+int im_route__parse_timeline(const char *tl, struct im__route *r)
+{
+	if((tl[0] != 'u' && tl[0] != 'g') || tl[1] != '/') return MOSQ_ERR_INVAL;
+	r->kind = tl[0];
+	r->name = tl + 2;
+	r->name_len = strlen(r->name);
+	return im_route__name_valid(r->name, r->name_len) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_INVAL;
+}
+
+int im_route__parse_topic(const struct im__config *cfg, const char *topic, struct im__route *r)
+{
+	if(!im_route__in_namespace(cfg, topic) || topic[cfg->prefix_len] != '/'){
+		return MOSQ_ERR_INVAL;
+	}
+	return im_route__parse_timeline(topic + cfg->prefix_len + 1, r);
+}
+
+size_t im_route__timeline(const struct im__route *r, char *out, size_t cap)
+{
+	if(cap < r->name_len + 3) return 0;
+	out[0] = r->kind;
+	out[1] = '/';
+	memcpy(out + 2, r->name, r->name_len);
+	out[2 + r->name_len] = '\0';
+	return 2 + r->name_len;
+}

@@ -1,0 +1,472 @@
+/*
+ * The store: one SQLite database in WAL mode, statements prepared once,
+ * schema migrations by PRAGMA user_version, and an in-memory cache of
+ * timeline heads so that sequencing a message reads nothing from disk.
+ *
+ * Policy: a message is committed before the broker acknowledges it. Every
+ * SQLite failure is logged here, once, with sqlite3_errmsg, and reported
+ * upwards as MOSQ_ERR_UNKNOWN; callers decide what the client sees.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+
+#include "im.h"
+
+extern const char *const im_schema_migrations[];
+
+static int fail(struct im__store *st, const char *what)
+{
+	mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: %s: %s", what, sqlite3_errmsg(st->db));
+	return MOSQ_ERR_UNKNOWN;
+}
+
+int64_t im_store__now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- timeline cache: open addressing, FNV-1a, grows at 50% load ---- */
+
+static uint32_t fnv1a(const char *s, size_t len)
+{
+	uint32_t h = 2166136261u;
+	size_t i;
+
+	for(i = 0; i < len; i++){
+		h ^= (uint8_t)s[i];
+		h *= 16777619u;
+	}
+	return h;
+}
+
+static struct im__tl *cache_find(struct im__tl_cache *c, const char *name, size_t len, uint32_t h)
+{
+	size_t i;
+	struct im__tl *t;
+
+	if(c->cap == 0) return NULL;
+	for(i = h & (c->cap - 1); (t = c->slots[i]) != NULL; i = (i + 1) & (c->cap - 1)){
+		if(t->hash == h && t->name_len == len && !memcmp(t->name, name, len)) return t;
+	}
+	return NULL;
+}
+
+static int cache_put(struct im__tl_cache *c, struct im__tl *t)
+{
+	size_t i, ncap;
+	struct im__tl **ns;
+
+	if((c->count + 1) * 2 > c->cap){
+		ncap = c->cap ? c->cap * 2 : 64;
+		ns = mosquitto_calloc(ncap, sizeof(*ns));
+		if(ns == NULL) return MOSQ_ERR_NOMEM;
+		for(i = 0; i < c->cap; i++){
+			if(c->slots[i]){
+				size_t j = c->slots[i]->hash & (ncap - 1);
+				while(ns[j]) j = (j + 1) & (ncap - 1);
+				ns[j] = c->slots[i];
+			}
+		}
+		mosquitto_free(c->slots);
+		c->slots = ns;
+		c->cap = ncap;
+	}
+	for(i = t->hash & (c->cap - 1); c->slots[i]; i = (i + 1) & (c->cap - 1));
+	c->slots[i] = t;
+	c->count++;
+	return MOSQ_ERR_SUCCESS;
+}
+
+static void cache_free(struct im__tl_cache *c)
+{
+	size_t i;
+
+	for(i = 0; i < c->cap; i++) mosquitto_free(c->slots[i]);
+	mosquitto_free(c->slots);
+	memset(c, 0, sizeof(*c));
+}
+
+/* ---- open, migrate, prepare ---- */
+
+static int exec(struct im__store *st, const char *sql)
+{
+	char *err = NULL;
+
+	if(sqlite3_exec(st->db, sql, NULL, NULL, &err) != SQLITE_OK){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: %s", err ? err : sqlite3_errmsg(st->db));
+		sqlite3_free(err);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+static int migrate(struct im__store *st)
+{
+	sqlite3_stmt *s;
+	int version = 0, target = 0, rc = MOSQ_ERR_SUCCESS;
+	char sql[64];
+
+	if(sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &s, NULL) != SQLITE_OK){
+		return fail(st, "reading user_version");
+	}
+	if(sqlite3_step(s) == SQLITE_ROW) version = sqlite3_column_int(s, 0);
+	sqlite3_finalize(s);
+
+	while(im_schema_migrations[target]) target++;
+	if(version > target){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: database schema version %d is newer than this plugin's (%d); refusing to open it.",
+				version, target);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	for(; version < target && rc == MOSQ_ERR_SUCCESS; version++){
+		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", version + 1);
+		rc = exec(st, "BEGIN IMMEDIATE");
+		if(rc == MOSQ_ERR_SUCCESS) rc = exec(st, im_schema_migrations[version]);
+		if(rc == MOSQ_ERR_SUCCESS) rc = exec(st, sql);
+		if(rc == MOSQ_ERR_SUCCESS) rc = exec(st, "COMMIT");
+		if(rc != MOSQ_ERR_SUCCESS){
+			exec(st, "ROLLBACK");
+		}else{
+			mosquitto_log_printf(MOSQ_LOG_INFO, "im: store: schema migrated to version %d.", version + 1);
+		}
+	}
+	return rc;
+}
+
+static int prepare(struct im__store *st, sqlite3_stmt **s, const char *sql)
+{
+	if(sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, s, NULL) != SQLITE_OK){
+		return fail(st, sql);
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+static int prepare_all(struct im__store *st)
+{
+	const struct { sqlite3_stmt **s; const char *sql; } t[] = {
+		{&st->begin, "BEGIN IMMEDIATE"},
+		{&st->commit, "COMMIT"},
+		{&st->rollback, "ROLLBACK"},
+		{&st->tl_get, "SELECT id, head_seq, first_seq FROM timelines WHERE name = ?1"},
+		{&st->tl_insert, "INSERT INTO timelines(name, created_ms) VALUES(?1, ?2)"},
+		{&st->tl_set_head, "UPDATE timelines SET head_seq = ?2 WHERE id = ?1"},
+		{&st->tl_set_first, "UPDATE timelines SET first_seq = ?2 WHERE id = ?1"},
+		{&st->msg_insert, "INSERT INTO messages(tl, seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, copy, body)"
+			" VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"},
+		{&st->msg_dedup, "SELECT copy, seq, ts_ms FROM messages WHERE sender = ?1 AND cmid = ?2 AND cmid IS NOT NULL"},
+		{&st->msg_range, "SELECT seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, body FROM messages"
+			" WHERE tl = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"},
+		{&st->cursor_get, "SELECT seq FROM cursors WHERE tl = ?1 AND user = ?2 AND client_id = ?3"},
+		{&st->cursor_set, "INSERT INTO cursors(tl, user, client_id, seq, updated_ms) VALUES(?1, ?2, ?3, ?4, ?5)"
+			" ON CONFLICT(tl, user, client_id) DO UPDATE SET seq = max(seq, excluded.seq), updated_ms = excluded.updated_ms"
+			" RETURNING seq"},
+		{&st->tl_min_seq, "SELECT min(seq) FROM messages WHERE tl = ?1"},
+	};
+	size_t i;
+
+	for(i = 0; i < sizeof(t) / sizeof(t[0]); i++){
+		if(prepare(st, t[i].s, t[i].sql) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+int im_store__open(struct im__store *st, const char *path, int synchronous, int busy_timeout_ms)
+{
+	char sql[64];
+
+	memset(st, 0, sizeof(*st));
+	if(sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: cannot open \"%s\": %s", path,
+				st->db ? sqlite3_errmsg(st->db) : "out of memory");
+		im_store__close(st);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	sqlite3_busy_timeout(st->db, busy_timeout_ms);
+	snprintf(sql, sizeof(sql), "PRAGMA synchronous = %d", synchronous);
+	/* journal_mode answers with a row; exec ignores it. A database that
+	 * cannot switch to WAL (read-only file or folder) fails here, at
+	 * start, rather than on the first message. */
+	if(exec(st, "PRAGMA journal_mode = WAL") != MOSQ_ERR_SUCCESS
+			|| exec(st, sql) != MOSQ_ERR_SUCCESS
+			|| exec(st, "PRAGMA foreign_keys = OFF") != MOSQ_ERR_SUCCESS
+			|| migrate(st) != MOSQ_ERR_SUCCESS
+			|| prepare_all(st) != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: cannot use \"%s\" (is it writable by the broker's user?).", path);
+		im_store__close(st);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	if(sqlite3_db_readonly(st->db, "main") == 1){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: \"%s\" is read-only for the broker's user.", path);
+		im_store__close(st);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+void im_store__close(struct im__store *st)
+{
+	sqlite3_stmt *s;
+
+	if(st->db){
+		/* Finalize every statement, including those we did not keep. */
+		while((s = sqlite3_next_stmt(st->db, NULL)) != NULL) sqlite3_finalize(s);
+		sqlite3_close(st->db);
+	}
+	cache_free(&st->tls);
+	memset(st, 0, sizeof(*st));
+}
+
+/* ---- timelines ---- */
+
+static struct im__tl *tl_new(const char *name, size_t len, uint32_t h)
+{
+	struct im__tl *t = mosquitto_calloc(1, sizeof(*t) + len + 1);
+
+	if(t == NULL) return NULL;
+	t->hash = h;
+	t->name_len = (uint16_t)len;
+	memcpy(t->name, name, len);
+	return t;
+}
+
+/* Reads the timeline row into t. Returns 1 found, 0 absent, -1 error. */
+static int tl_load(struct im__store *st, struct im__tl *t)
+{
+	int rc;
+
+	sqlite3_bind_text(st->tl_get, 1, t->name, t->name_len, SQLITE_STATIC);
+	rc = sqlite3_step(st->tl_get);
+	if(rc == SQLITE_ROW){
+		t->id = sqlite3_column_int64(st->tl_get, 0);
+		t->head = (uint64_t)sqlite3_column_int64(st->tl_get, 1);
+		t->first = (uint64_t)sqlite3_column_int64(st->tl_get, 2);
+	}
+	sqlite3_reset(st->tl_get);
+	if(rc == SQLITE_ROW) return 1;
+	if(rc == SQLITE_DONE) return 0;
+	fail(st, "loading a timeline");
+	return -1;
+}
+
+static int tl_create(struct im__store *st, struct im__tl *t)
+{
+	int rc;
+
+	sqlite3_bind_text(st->tl_insert, 1, t->name, t->name_len, SQLITE_STATIC);
+	sqlite3_bind_int64(st->tl_insert, 2, im_store__now_ms());
+	rc = sqlite3_step(st->tl_insert);
+	sqlite3_reset(st->tl_insert);
+	if(rc != SQLITE_DONE) return fail(st, "creating a timeline");
+	t->id = sqlite3_last_insert_rowid(st->db);
+	t->head = 0;
+	t->first = 1;
+	return MOSQ_ERR_SUCCESS;
+}
+
+struct im__tl *im_store__timeline(struct im__store *st, const char *name, size_t len, bool create)
+{
+	uint32_t h = fnv1a(name, len);
+	struct im__tl *t = cache_find(&st->tls, name, len, h);
+	int found;
+
+	if(t) return t;
+	if(len > IM_TL_MAX) return NULL;
+	t = tl_new(name, len, h);
+	if(t == NULL) return NULL;
+	found = tl_load(st, t);
+	if(found < 0 || (found == 0 && (!create || tl_create(st, t) != MOSQ_ERR_SUCCESS))
+			|| cache_put(&st->tls, t) != MOSQ_ERR_SUCCESS){
+		mosquitto_free(t);
+		return NULL;
+	}
+	return t;
+}
+
+/* ---- append ---- */
+
+static int step_done(struct im__store *st, sqlite3_stmt *s, const char *what)
+{
+	int rc = sqlite3_step(s);
+
+	sqlite3_reset(s);
+	return rc == SQLITE_DONE ? MOSQ_ERR_SUCCESS : fail(st, what);
+}
+
+/* Looks (sender, cmid) up. Returns 1 if seen (out filled), 0 if not, -1 on
+ * error. */
+static int dedup_find(struct im__store *st, const struct im__msg *m, struct im__appended *out)
+{
+	int rc;
+
+	sqlite3_bind_text(st->msg_dedup, 1, m->sender, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st->msg_dedup, 2, m->cmid, -1, SQLITE_STATIC);
+	memset(out, 0, sizeof(*out));
+	while((rc = sqlite3_step(st->msg_dedup)) == SQLITE_ROW){
+		if(sqlite3_column_int(st->msg_dedup, 0)){
+			out->own_seq = (uint64_t)sqlite3_column_int64(st->msg_dedup, 1);
+		}else{
+			out->seq = (uint64_t)sqlite3_column_int64(st->msg_dedup, 1);
+			out->ts_ms = sqlite3_column_int64(st->msg_dedup, 2);
+			out->duplicate = true;
+		}
+	}
+	sqlite3_reset(st->msg_dedup);
+	if(rc != SQLITE_DONE){
+		fail(st, "dedup lookup");
+		return -1;
+	}
+	return out->duplicate ? 1 : 0;
+}
+
+static int insert_row(struct im__store *st, struct im__tl *t, uint64_t seq, const struct im__msg *m, int copy)
+{
+	sqlite3_stmt *s = st->msg_insert;
+	int rc;
+
+	sqlite3_bind_int64(s, 1, t->id);
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)seq);
+	sqlite3_bind_int64(s, 3, m->ts_ms);
+	sqlite3_bind_text(s, 4, m->sender, -1, SQLITE_STATIC);
+	if(m->cmid) sqlite3_bind_text(s, 5, m->cmid, -1, SQLITE_STATIC);
+	else sqlite3_bind_null(s, 5);
+	sqlite3_bind_text(s, 6, m->to, -1, SQLITE_STATIC);
+	if(m->content_type) sqlite3_bind_text(s, 7, m->content_type, -1, SQLITE_STATIC);
+	else sqlite3_bind_null(s, 7);
+	sqlite3_bind_int64(s, 8, m->flags);
+	sqlite3_bind_int64(s, 9, m->expires_ms);
+	sqlite3_bind_int(s, 10, copy);
+	/* zeroblob-safe: an empty body is stored as an empty blob, not NULL. */
+	sqlite3_bind_blob(s, 11, m->body_len ? m->body : "", (int)m->body_len, SQLITE_STATIC);
+	rc = step_done(st, s, "inserting a message");
+	sqlite3_clear_bindings(s);
+	if(rc != MOSQ_ERR_SUCCESS) return rc;
+
+	sqlite3_bind_int64(st->tl_set_head, 1, t->id);
+	sqlite3_bind_int64(st->tl_set_head, 2, (sqlite3_int64)seq);
+	return step_done(st, st->tl_set_head, "moving a timeline head");
+}
+
+int im_store__append(struct im__store *st, struct im__tl *to, struct im__tl *own,
+		const struct im__msg *msg, struct im__appended *out)
+{
+	int rc;
+
+	if(step_done(st, st->begin, "BEGIN") != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+
+	/* Inside the transaction, so two brokers (or a tool) sharing the file
+	 * cannot both store the same cmid. */
+	if(msg->cmid){
+		rc = dedup_find(st, msg, out);
+		if(rc != 0){
+			step_done(st, st->rollback, "ROLLBACK");
+			return rc > 0 ? MOSQ_ERR_SUCCESS : MOSQ_ERR_UNKNOWN;
+		}
+	}
+	memset(out, 0, sizeof(*out));
+	out->ts_ms = msg->ts_ms;
+	out->seq = to->head + 1;
+	rc = insert_row(st, to, out->seq, msg, 0);
+	if(rc == MOSQ_ERR_SUCCESS && own && own != to){
+		out->own_seq = own->head + 1;
+		rc = insert_row(st, own, out->own_seq, msg, 1);
+	}
+	if(rc == MOSQ_ERR_SUCCESS) rc = step_done(st, st->commit, "COMMIT");
+	if(rc != MOSQ_ERR_SUCCESS){
+		/* COMMIT may fail (SQLITE_FULL, SQLITE_IOERR) and leave the
+		 * transaction open: roll back so the next message starts clean. */
+		if(!sqlite3_get_autocommit(st->db)) step_done(st, st->rollback, "ROLLBACK");
+		return MOSQ_ERR_UNKNOWN;
+	}
+	to->head = out->seq;
+	if(out->own_seq) own->head = out->own_seq;
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* ---- reads ---- */
+
+static const char *col_text(sqlite3_stmt *s, int i)
+{
+	return (const char *)sqlite3_column_text(s, i);
+}
+
+int im_store__range(struct im__store *st, struct im__tl *tl, uint64_t after, uint32_t limit,
+		int64_t now_ms, im_store__row_fn fn, void *ctx, bool *more)
+{
+	sqlite3_stmt *s = st->msg_range;
+	struct im__msg m;
+	uint32_t n = 0;
+	int rc, frc = 0;
+
+	*more = false;
+	sqlite3_bind_int64(s, 1, tl->id);
+	sqlite3_bind_int64(s, 2, (sqlite3_int64)after);
+	sqlite3_bind_int64(s, 3, (sqlite3_int64)limit + 1);
+	/* Expired rows count against limit: a batch may hold fewer frames than
+	 * asked for, with has_more still true, but never scans unbounded. */
+	while((rc = sqlite3_step(s)) == SQLITE_ROW){
+		if(++n > limit){
+			*more = true;
+			break;
+		}
+		memset(&m, 0, sizeof(m));
+		m.seq = (uint64_t)sqlite3_column_int64(s, 0);
+		m.ts_ms = sqlite3_column_int64(s, 1);
+		m.sender = col_text(s, 2);
+		m.cmid = col_text(s, 3);
+		m.to = col_text(s, 4);
+		m.content_type = col_text(s, 5);
+		m.flags = (uint32_t)sqlite3_column_int64(s, 6);
+		m.expires_ms = sqlite3_column_int64(s, 7);
+		m.body = sqlite3_column_blob(s, 8);
+		m.body_len = (size_t)sqlite3_column_bytes(s, 8);
+		if(m.expires_ms && m.expires_ms <= now_ms) continue;
+		frc = fn(ctx, &m);
+		if(frc == 1) *more = true;
+		if(frc != 0) break;
+	}
+	sqlite3_reset(s);
+	if(rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(st, "reading a timeline");
+	return frc > 1 ? frc : MOSQ_ERR_SUCCESS;
+}
+
+int im_store__cursor_get(struct im__store *st, struct im__tl *tl, const char *user,
+		const char *client_id, uint64_t *seq)
+{
+	sqlite3_stmt *s = st->cursor_get;
+	int rc;
+
+	*seq = 0;
+	sqlite3_bind_int64(s, 1, tl->id);
+	sqlite3_bind_text(s, 2, user, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 3, client_id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(s);
+	if(rc == SQLITE_ROW) *seq = (uint64_t)sqlite3_column_int64(s, 0);
+	sqlite3_reset(s);
+	if(rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(st, "reading a cursor");
+	return MOSQ_ERR_SUCCESS;
+}
+
+int im_store__cursor_set(struct im__store *st, struct im__tl *tl, const char *user,
+		const char *client_id, uint64_t seq, uint64_t *now)
+{
+	sqlite3_stmt *s = st->cursor_set;
+	int rc;
+
+	sqlite3_bind_int64(s, 1, tl->id);
+	sqlite3_bind_text(s, 2, user, -1, SQLITE_STATIC);
+	sqlite3_bind_text(s, 3, client_id, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(s, 4, (sqlite3_int64)seq);
+	sqlite3_bind_int64(s, 5, im_store__now_ms());
+	rc = sqlite3_step(s);
+	if(rc == SQLITE_ROW) *now = (uint64_t)sqlite3_column_int64(s, 0);
+	while(rc == SQLITE_ROW) rc = sqlite3_step(s);
+	sqlite3_reset(s);
+	if(rc != SQLITE_DONE) return fail(st, "moving a cursor");
+	return MOSQ_ERR_SUCCESS;
+}

@@ -1,0 +1,16 @@
+# Turns schema/NNN_*.sql into a C array of migrations, in file-name order.
+# Run at build time: cmake -DSRC=<schema dir> -DOUT=<file.c> -P embed.cmake
+file(GLOB files "${SRC}/[0-9][0-9][0-9]_*.sql")
+list(SORT files)
+set(body "/* Generated from schema/NNN_name.sql by schema/embed.cmake. Do not edit. */\n")
+string(APPEND body "#include <stddef.h>\nconst char *const im_schema_migrations[] = {\n")
+foreach(f ${files})
+  file(READ "${f}" sql)
+  string(REPLACE "\\" "\\\\" sql "${sql}")
+  string(REPLACE "\"" "\\\"" sql "${sql}")
+  string(REPLACE "\n" "\\n\"\n\"" sql "${sql}")
+  string(APPEND body "\"${sql}\",\n")
+endforeach()
+string(APPEND body "NULL\n};\n")
+file(WRITE "${OUT}.tmp" "${body}")
+file(COPY_FILE "${OUT}.tmp" "${OUT}" ONLY_IF_DIFFERENT)

@@ -1,0 +1,29 @@
+/* The few broker functions the store and config code call, for unit tests
+ * that run without a broker. Allocation goes to libc; logs to stderr. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mosquitto.h>
+
+void *mosquitto_malloc(size_t n) { return malloc(n); }
+void *mosquitto_calloc(size_t a, size_t b) { return calloc(a, b); }
+void *mosquitto_realloc(void *p, size_t n) { return realloc(p, n); }
+void mosquitto_free(void *p) { free(p); }
+char *mosquitto_strdup(const char *s) { return strdup(s); }
+
+int stub_log_count;
+char stub_last_log[1024];
+
+void mosquitto_log_printf(int level, const char *fmt, ...)
+{
+	va_list ap;
+
+	(void)level;
+	va_start(ap, fmt);
+	vsnprintf(stub_last_log, sizeof(stub_last_log), fmt, ap);
+	va_end(ap);
+	stub_log_count++;
+	if(getenv("STUB_LOG")) fprintf(stderr, "log: %s\n", stub_last_log);
+}
