@@ -87,6 +87,7 @@ static void set_defaults(struct im__config *cfg)
 	cfg->delivery = IM_DELIVERY_FULL;
 	cfg->synchronous = 1;
 	cfg->nonim = IM_NONIM_DEFER;
+	cfg->delivery_qos = 1;
 	cfg->max_body = 256 * 1024;
 	cfg->busy_timeout_ms = 100;
 	cfg->sync_max_frames = 500;
@@ -113,7 +114,10 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 		cfg->synchronous += 1; /* SQLite: NORMAL = 1, FULL = 2 */
 		return rc;
 	}
-	if(!strcasecmp(key, "max_body")){
+	if(!strcasecmp(key, "delivery_qos")){
+		rc = parse_int(key, value, 0, 2, &v);
+		cfg->delivery_qos = (int)v;
+	}else if(!strcasecmp(key, "max_body")){
 		rc = parse_int(key, value, 1, 256 * 1024 * 1024, &v);
 		cfg->max_body = (uint32_t)v;
 	}else if(!strcasecmp(key, "busy_timeout_ms")){

@@ -54,6 +54,7 @@ struct im__config {
 	int delivery;               /* enum im_delivery */
 	int synchronous;            /* 1 = NORMAL, 2 = FULL (SQLite values) */
 	int nonim;                  /* enum im_nonim */
+	int delivery_qos;           /* QoS of every frame and reply the plugin sends */
 	uint32_t max_body;          /* bytes; larger publishes are refused */
 	int busy_timeout_ms;        /* SQLite busy timeout on the broker thread */
 	uint32_t sync_max_frames;   /* per batch */
@@ -269,11 +270,11 @@ bool im_control__op_known(const char *op);
  * Correlation Data) when the request had one, else on
  * "$CONTROL/im/v1/<op>/response", to the requesting client only.
  * payload is copied. */
-void im_control__reply(struct mosquitto *client, const char *op,
+void im_control__reply(const struct im__plugin *p, struct mosquitto *client, const char *op,
 		const mosquitto_property *req_props, const void *payload, size_t len);
 
 /* Replies with a bare im.v1.Response {status, reason}. */
-void im_control__reply_status(struct mosquitto *client, const char *op,
+void im_control__reply_status(const struct im__plugin *p, struct mosquitto *client, const char *op,
 		const mosquitto_property *req_props, Im__V1__Status status, const char *reason);
 
 /* Builds the frame of m for timeline tl into p->scratch. Returns its length

@@ -46,16 +46,15 @@ static int check_control(struct im__plugin *p, const struct mosquitto_evt_acl_ch
 	const char *op = ed->topic + CONTROL_PREFIX_LEN;
 	const char *slash = strchr(op, '/');
 
-	(void)p;
 	if(ed->access == MOSQ_ACL_UNSUBSCRIBE) return MOSQ_ERR_SUCCESS;
 	if(ed->access == MOSQ_ACL_WRITE){
 		if(slash) op = "unknown"; /* never answer on a topic the client made up */
 		if(user == NULL){
-			im_control__reply_status(ed->client, op, NULL, IM__V1__STATUS__UNAUTHENTICATED, "requests need a username");
+			im_control__reply_status(p, ed->client, op, NULL, IM__V1__STATUS__UNAUTHENTICATED, "requests need a username");
 			return deny(ed, "requests need a username");
 		}
 		if(slash == NULL && im_control__op_known(op)) return MOSQ_ERR_SUCCESS;
-		im_control__reply_status(ed->client, op, NULL, IM__V1__STATUS__NOT_FOUND, "unknown op");
+		im_control__reply_status(p, ed->client, op, NULL, IM__V1__STATUS__NOT_FOUND, "unknown op");
 		return deny(ed, "unknown op");
 	}
 	/* SUBSCRIBE / READ: "$CONTROL/im/v1/<op>/response" or "+/response". */

@@ -30,7 +30,7 @@ bool im_control__op_known(const char *op)
 	return false;
 }
 
-void im_control__reply(struct mosquitto *client, const char *op,
+void im_control__reply(const struct im__plugin *p, struct mosquitto *client, const char *op,
 		const mosquitto_property *req_props, const void *payload, size_t len)
 {
 	mosquitto_property *props = NULL;
@@ -48,14 +48,14 @@ void im_control__reply(struct mosquitto *client, const char *op,
 	snprintf(topic, sizeof(topic), "$CONTROL/im/v1/%s/response", op);
 	if(corr) mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr, corr_len);
 	if(mosquitto_broker_publish_copy(mosquitto_client_id(client), dest, (int)len, (void *)payload,
-				1, false, props) != MOSQ_ERR_SUCCESS){
+				p->cfg.delivery_qos, false, props) != MOSQ_ERR_SUCCESS){
 		mosquitto_property_free_all(&props);
 	}
 	mosquitto_free(resp_topic);
 	mosquitto_free(corr);
 }
 
-void im_control__reply_status(struct mosquitto *client, const char *op,
+void im_control__reply_status(const struct im__plugin *p, struct mosquitto *client, const char *op,
 		const mosquitto_property *req_props, Im__V1__Status status, const char *reason)
 {
 	Im__V1__Response r = IM__V1__RESPONSE__INIT;
@@ -65,7 +65,7 @@ void im_control__reply_status(struct mosquitto *client, const char *op,
 	r.status = status;
 	r.reason = (char *)reason;
 	if(im__v1__response__get_packed_size(&r) > sizeof(buf)) r.reason = NULL;
-	im_control__reply(client, op, req_props, buf, im__v1__response__pack(&r, buf));
+	im_control__reply(p, client, op, req_props, buf, im__v1__response__pack(&r, buf));
 }
 
 /* ---- request parameters: protobuf payload, or v5 user properties ---- */
@@ -182,12 +182,11 @@ static void sync_reply(struct im__plugin *p, struct mosquitto_evt_control *ed, I
 
 	if(buf == NULL) return;
 	im__v1__sync_batch__pack(sb, buf);
-	im_control__reply(ed->client, "sync", ed->properties, buf, n);
+	im_control__reply(p, ed->client, "sync", ed->properties, buf, n);
 	mosquitto_free(buf);
-	(void)p;
 }
 
-static void sync_error(struct mosquitto_evt_control *ed, const char *tl, Im__V1__Status st, const char *why)
+static void sync_error(const struct im__plugin *p, struct mosquitto_evt_control *ed, const char *tl, Im__V1__Status st, const char *why)
 {
 	Im__V1__SyncBatch sb = IM__V1__SYNC_BATCH__INIT;
 	uint8_t buf[512];
@@ -196,7 +195,7 @@ static void sync_error(struct mosquitto_evt_control *ed, const char *tl, Im__V1_
 	sb.status = st;
 	sb.reason = (char *)why;
 	sb.timeline = (tl && strlen(tl) <= IM_TL_MAX) ? (char *)tl : NULL;
-	im_control__reply(ed->client, "sync", ed->properties, buf, im__v1__sync_batch__pack(&sb, buf));
+	im_control__reply(p, ed->client, "sync", ed->properties, buf, im__v1__sync_batch__pack(&sb, buf));
 }
 
 static void sync_run(struct im__plugin *p, struct mosquitto_evt_control *ed, const char *tl_name,
@@ -213,7 +212,7 @@ static void sync_run(struct im__plugin *p, struct mosquitto_evt_control *ed, con
 	tl = im_store__timeline(&p->store, tl_name, strlen(tl_name), true);
 	if(tl == NULL || im_store__cursor_get(&p->store, tl, mosquitto_client_username(ed->client),
 				mosquitto_client_id(ed->client), &cursor) != MOSQ_ERR_SUCCESS){
-		sync_error(ed, tl_name, IM__V1__STATUS__INTERNAL, "store failure");
+		sync_error(p, ed, tl_name, IM__V1__STATUS__INTERNAL, "store failure");
 		return;
 	}
 	if(!has_after) after = cursor;
@@ -231,7 +230,7 @@ static void sync_run(struct im__plugin *p, struct mosquitto_evt_control *ed, con
 		rc = im_store__range(&p->store, tl, after, limit, im_store__now_ms(), batch_add, &b, &more);
 	}
 	if(rc != MOSQ_ERR_SUCCESS){
-		sync_error(ed, tl_name, IM__V1__STATUS__INTERNAL, "store failure");
+		sync_error(p, ed, tl_name, IM__V1__STATUS__INTERNAL, "store failure");
 	}else{
 		for(i = 0; i < b.count; i++){
 			size_t start = i ? b.ends[i - 1] : 0;
@@ -276,7 +275,7 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 	if(ed->payloadlen){
 		req = im__v1__sync_request__unpack(&p->pb_alloc, ed->payloadlen, ed->payload);
 		if(req == NULL){
-			sync_error(ed, NULL, IM__V1__STATUS__BAD_REQUEST, "malformed SyncRequest");
+			sync_error(p, ed, NULL, IM__V1__STATUS__BAD_REQUEST, "malformed SyncRequest");
 			return MOSQ_ERR_SUCCESS;
 		}
 		tl = req->timeline;
@@ -294,7 +293,7 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 		st = authorise(tl, user, &why);
 	}
 	if(st != IM__V1__STATUS__OK){
-		sync_error(ed, tl, st, why);
+		sync_error(p, ed, tl, st, why);
 	}else{
 		sync_run(p, ed, tl, pa.has_seq, pa.seq, pa.limit);
 	}
@@ -305,7 +304,7 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 
 /* ---- ack (msg-fin) ---- */
 
-static void ack_reply(struct mosquitto_evt_control *ed, const char *tl, Im__V1__Status st,
+static void ack_reply(const struct im__plugin *p, struct mosquitto_evt_control *ed, const char *tl, Im__V1__Status st,
 		const char *why, uint64_t cursor, uint64_t head)
 {
 	Im__V1__AckResponse r = IM__V1__ACK_RESPONSE__INIT;
@@ -321,7 +320,7 @@ static void ack_reply(struct mosquitto_evt_control *ed, const char *tl, Im__V1__
 		r.has_head_seq = 1;
 		r.head_seq = head;
 	}
-	im_control__reply(ed->client, "ack", ed->properties, buf, im__v1__ack_response__pack(&r, buf));
+	im_control__reply(p, ed->client, "ack", ed->properties, buf, im__v1__ack_response__pack(&r, buf));
 }
 
 int im_control__ack_cb(int event, void *event_data, void *userdata)
@@ -341,7 +340,7 @@ int im_control__ack_cb(int event, void *event_data, void *userdata)
 	if(ed->payloadlen){
 		req = im__v1__ack__unpack(&p->pb_alloc, ed->payloadlen, ed->payload);
 		if(req == NULL){
-			ack_reply(ed, NULL, IM__V1__STATUS__BAD_REQUEST, "malformed Ack", 0, 0);
+			ack_reply(p, ed, NULL, IM__V1__STATUS__BAD_REQUEST, "malformed Ack", 0, 0);
 			return MOSQ_ERR_SUCCESS;
 		}
 		name = req->timeline;
@@ -370,7 +369,7 @@ int im_control__ack_cb(int event, void *event_data, void *userdata)
 		st = IM__V1__STATUS__INTERNAL;
 		why = "store failure";
 	}
-	ack_reply(ed, name, st, why, now, tl ? tl->head : 0);
+	ack_reply(p, ed, name, st, why, now, tl ? tl->head : 0);
 	if(req) im__v1__ack__free_unpacked(req, &p->pb_alloc);
 	mosquitto_free(pa.timeline);
 	return MOSQ_ERR_SUCCESS;

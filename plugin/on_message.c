@@ -134,9 +134,12 @@ static mosquitto_property *delivery_props(const char *tl, const struct im__msg *
 	return props;
 }
 
-/* Queues the message for every subscriber of topic. Failing here loses no
+/* Queues the message for every subscriber of topic, always at
+ * delivery_qos: Mosquitto keeps order only within one QoS (a QoS 0 frame
+ * overtakes QoS 1 frames waiting for the in-flight window), so frames of
+ * one timeline must not mix QoS levels, whatever the senders used. Failing here loses no
  * data (the message is committed; sync returns it), so it is logged only. */
-static void deliver(struct im__plugin *p, const char *topic, const char *tl, const struct im__msg *m, int qos)
+static void deliver(struct im__plugin *p, const char *topic, const char *tl, const struct im__msg *m)
 {
 	mosquitto_property *props = delivery_props(tl, m);
 	const void *payload = m->body;
@@ -154,7 +157,7 @@ static void deliver(struct im__plugin *p, const char *topic, const char *tl, con
 	}else if(p->cfg.delivery == IM_DELIVERY_NOTIFY){
 		len = 0;
 	}
-	rc = mosquitto_broker_publish_copy(NULL, topic, (int)len, (void *)payload, qos, false, props);
+	rc = mosquitto_broker_publish_copy(NULL, topic, (int)len, (void *)payload, p->cfg.delivery_qos, false, props);
 	if(rc != MOSQ_ERR_SUCCESS){
 		mosquitto_property_free_all(&props);
 		mosquitto_log_printf(MOSQ_LOG_WARNING, "im: cannot deliver %s seq %" PRIu64 ": %s (sync will return it).",
@@ -265,10 +268,10 @@ int im_message__cb(int event, void *event_data, void *userdata)
 
 	if(!a.duplicate){
 		m.seq = a.seq;
-		deliver(p, ed->topic, to_tl, &m, ed->qos);
+		deliver(p, ed->topic, to_tl, &m);
 		if(a.own_seq){
 			m.seq = a.own_seq;
-			deliver(p, own_topic, own_tl, &m, ed->qos);
+			deliver(p, own_topic, own_tl, &m);
 		}
 	}
 	if(pp.response_topic) send_receipt(p, ed->client, &pp, to_tl, &a);

@@ -1,0 +1,31 @@
+import pytest
+
+from imtest import Broker
+
+
+@pytest.fixture
+def make_broker():
+    """Starts brokers on demand; all are stopped (and sanitizer-checked) at the end."""
+    made = []
+
+    def make(opts=None, extra_conf="", start=True, **kw):
+        b = Broker(opts=opts, extra_conf=extra_conf, **kw)
+        made.append(b)
+        if start:
+            b.start()
+        return b
+
+    yield make
+    errors = []
+    for b in made:
+        try:
+            b.cleanup()
+        except AssertionError as e:
+            errors.append(str(e))
+    if errors:
+        pytest.fail("\n".join(errors))
+
+
+@pytest.fixture
+def broker(make_broker):
+    return make_broker({"nonim_acl": "allow"})

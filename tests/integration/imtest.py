@@ -1,0 +1,327 @@
+"""Test harness: a real mosquitto with the built plugin, real MQTT clients.
+
+Each Broker gets its own free port on 127.0.0.1, its own config and data
+folder, and is stopped by the PID it was started with. Under
+IM_SANITIZE=ON the broker runs with the ASan runtime preloaded and every
+report that names the plugin fails the test that stopped the broker.
+"""
+import glob
+import os
+import pwd
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+BUILD = os.environ.get("IM_BUILD_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
+PLUGIN = os.environ.get("IM_PLUGIN", os.path.join(BUILD, "mosquitto_im.so"))
+IMCAT = os.environ.get("IM_IMCAT", os.path.join(BUILD, "examples", "imcat"))
+SANITIZE = os.environ.get("IM_SANITIZE", "OFF").upper() in ("ON", "1", "TRUE", "YES")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def _load_pb2():
+    """Compiles proto/im.proto with protoc into a temp folder and imports it."""
+    out = tempfile.mkdtemp(prefix="im-pb2-")
+    subprocess.run(["protoc", "-I", os.path.join(ROOT, "proto"), "--python_out", out,
+                    os.path.join(ROOT, "proto", "im.proto")], check=True)
+    sys.path.insert(0, out)
+    import im_pb2  # noqa: E402
+    return im_pb2
+
+
+pb = _load_pb2()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def decode_frame(payload):
+    """Splits a frame into (Header, body). Raises ValueError if it is not one."""
+    if len(payload) < 5 or payload[:3] != b"IM\x01":
+        raise ValueError("not a frame: %r" % payload[:16])
+    hlen = int.from_bytes(payload[3:5], "big")
+    if 5 + hlen > len(payload):
+        raise ValueError("truncated frame")
+    h = pb.Header()
+    h.ParseFromString(payload[5:5 + hlen])
+    return h, payload[5 + hlen:]
+
+
+class Broker:
+    """A mosquitto process with the plugin loaded. opts: plugin_opt_* dict."""
+
+    def __init__(self, opts=None, extra_conf="", plugin=True, tmp=None):
+        self.dir = tmp or tempfile.mkdtemp(prefix="im-broker-")
+        self.data = os.path.join(self.dir, "data")
+        os.makedirs(self.data, exist_ok=True)
+        self.port = free_port()
+        self.opts = {"db_path": os.path.join(self.data, "im.db")}
+        self.opts.update(opts or {})
+        self.extra_conf = extra_conf
+        self.plugin = plugin
+        self.proc = None
+        self.log_path = os.path.join(self.dir, "broker.log")
+        self.asan_dir = os.path.join(self.dir, "asan")
+        os.makedirs(self.asan_dir, exist_ok=True)
+        self._chown(self.dir)
+
+    def _chown(self, path):
+        # Started as root, mosquitto becomes the 'mosquitto' user before it
+        # loads the plugin: the data folder must be writable by that user.
+        if os.geteuid() != 0:
+            return
+        try:
+            pw = pwd.getpwnam("mosquitto")
+        except KeyError:
+            return
+        for d, _dirs, files in os.walk(path):
+            os.chown(d, pw.pw_uid, pw.pw_gid)
+            for f in files:
+                os.chown(os.path.join(d, f), pw.pw_uid, pw.pw_gid)
+
+    @property
+    def db_path(self):
+        return self.opts["db_path"]
+
+    def write_conf(self):
+        lines = ["listener %d 127.0.0.1" % self.port, "allow_anonymous true",
+                 "log_dest stderr", "log_type all", "max_queued_messages 0",
+                 "persistence false"]
+        if self.plugin:
+            lines.append("plugin %s" % PLUGIN)
+            for k, v in self.opts.items():
+                lines.append("plugin_opt_%s %s" % (k, v))
+        lines.append(self.extra_conf)
+        self.conf = os.path.join(self.dir, "mosquitto.conf")
+        with open(self.conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self._chown(self.dir)
+
+    def env(self):
+        env = dict(os.environ)
+        if SANITIZE:
+            asan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True,
+                                  text=True).stdout.strip()
+            env["LD_PRELOAD"] = asan
+            env["ASAN_OPTIONS"] = "detect_leaks=1:log_path=%s/asan:abort_on_error=0" % self.asan_dir
+            env["UBSAN_OPTIONS"] = "print_stacktrace=1:log_path=%s/ubsan" % self.asan_dir
+        return env
+
+    def start(self, expect_fail=False, preexec_fn=None):
+        self.write_conf()
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(["mosquitto", "-c", self.conf], stdout=self.log,
+                                     stderr=subprocess.STDOUT, env=self.env(),
+                                     preexec_fn=preexec_fn)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                if expect_fail:
+                    return self.proc.returncode
+                raise RuntimeError("broker exited (%s):\n%s" % (self.proc.returncode, self.read_log()))
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    if expect_fail:
+                        raise RuntimeError("broker started but was expected to fail")
+                    return 0
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("broker did not listen:\n" + self.read_log())
+
+    def read_log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        """SIGTERM, wait, and fail on any sanitizer report about the plugin."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        self.check_sanitizers()
+
+    def kill9(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def check_sanitizers(self):
+        bad = []
+        for path in glob.glob(os.path.join(self.asan_dir, "*")):
+            with open(path, errors="replace") as f:
+                text = f.read()
+            # Leaks and errors of the broker itself are not ours to fail on;
+            # any report whose stack passes through the plugin is.
+            for report in text.split("\n\n"):
+                if "mosquitto_im" in report or "/plugin/" in report:
+                    bad.append(report)
+            os.rename(path, path + ".seen")
+        if bad:
+            raise AssertionError("sanitizer reports in the plugin:\n" + "\n\n".join(bad[:5]))
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Client:
+    """A paho client that records what it receives."""
+
+    def __init__(self, broker, user=None, client_id="", v5=False, clean=True, password=None):
+        self.broker = broker
+        self.v5 = v5
+        proto = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+        if v5:
+            self.c = mqtt.Client(client_id=client_id, protocol=proto)
+        else:
+            self.c = mqtt.Client(client_id=client_id, clean_session=clean, protocol=proto)
+        self.clean = clean
+        if user is not None:
+            self.c.username_pw_set(user, password)
+        self.msgs = queue.Queue()
+        self.acks = {}
+        self.suback = queue.Queue()
+        self.connected = threading.Event()
+        self.disconnected = threading.Event()
+        self.rc = None
+        self.c.on_message = lambda c, u, m: self.msgs.put(m)
+        self.c.on_connect = self._on_connect
+        self.c.on_disconnect = self._on_disconnect
+        self.c.on_subscribe = self._on_subscribe
+        self.c.on_publish = lambda c, u, mid: self.acks.__setitem__(mid, True)
+
+    def _on_connect(self, c, u, flags, rc, props=None):
+        self.rc = rc
+        self.connected.set()
+
+    def _on_disconnect(self, c, u, rc, props=None):
+        self.disconnected.set()
+
+    def _on_subscribe(self, c, u, mid, granted, props=None):
+        self.suback.put([int(getattr(g, "value", g)) for g in granted])
+
+    def connect(self, timeout=10):
+        if self.v5:
+            props = None
+            if not self.clean:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = 3600
+            self.c.connect("127.0.0.1", self.broker.port, keepalive=30, clean_start=self.clean,
+                           properties=props)
+        else:
+            self.c.connect("127.0.0.1", self.broker.port, keepalive=30)
+        self.c.loop_start()
+        assert self.connected.wait(timeout), "no CONNACK"
+        return self
+
+    def subscribe(self, topic, qos=1, timeout=10):
+        self.c.subscribe(topic, qos)
+        return self.suback.get(timeout=timeout)
+
+    def publish(self, topic, payload, qos=1, cmid=None, props=None, retain=False, wait=True):
+        if self.v5 and (cmid is not None or props):
+            p = Properties(PacketTypes.PUBLISH)
+            if cmid is not None:
+                p.UserProperty = [("im-cmid", cmid)]
+            for k, v in (props or {}).items():
+                setattr(p, k, v)
+        else:
+            p = None
+        info = self.c.publish(topic, payload, qos=qos, retain=retain, properties=p)
+        if wait and qos > 0:
+            info.wait_for_publish(timeout=10)
+            assert info.is_published(), "publish not acknowledged"
+        return info
+
+    def get(self, timeout=5):
+        return self.msgs.get(timeout=timeout)
+
+    def get_n(self, n, timeout=10):
+        out = []
+        deadline = time.time() + timeout
+        while len(out) < n:
+            left = deadline - time.time()
+            if left <= 0:
+                break
+            try:
+                out.append(self.msgs.get(timeout=left))
+            except queue.Empty:
+                break
+        return out
+
+    def none(self, wait=0.5):
+        """True if nothing arrives within wait seconds."""
+        try:
+            m = self.msgs.get(timeout=wait)
+        except queue.Empty:
+            return True
+        self.msgs.put(m)
+        return False
+
+    def request(self, op, msg=None, user_props=None, timeout=5, response_type=None):
+        """Sends a $CONTROL/im/v1/<op> request, returns the decoded reply."""
+        payload = msg.SerializeToString() if msg is not None else b""
+        p = None
+        if self.v5 and user_props:
+            p = Properties(PacketTypes.PUBLISH)
+            p.UserProperty = list(user_props.items())
+        self.c.publish("$CONTROL/im/v1/" + op, payload, qos=1, properties=p)
+        m = self.get(timeout)
+        assert m.topic == "$CONTROL/im/v1/%s/response" % op, m.topic
+        if response_type is None:
+            return m
+        r = response_type()
+        r.ParseFromString(m.payload)
+        return r
+
+    def close(self):
+        try:
+            self.c.disconnect()
+        except Exception:
+            pass
+        self.c.loop_stop()
+
+
+def sync_all(client, timeline, after=0, limit=None):
+    """Loops sync until has_more is false; returns [(Header, body)], last batch."""
+    out = []
+    while True:
+        req = pb.SyncRequest(timeline=timeline, after_seq=after)
+        if limit:
+            req.limit = limit
+        b = client.request("sync", req, response_type=pb.SyncBatch)
+        assert b.status == pb.OK, (b.status, b.reason)
+        for f in b.frames:
+            h, body = decode_frame(f)
+            out.append((h, body))
+            after = h.seq
+        if not b.has_more:
+            return out, b
+
+
+def run_tool(args, timeout=15, **kw):
+    return subprocess.run(args, capture_output=True, timeout=timeout, **kw)
