@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages mosquitto-im builds, runs and tests with.
+# Runs apt only when something is missing, so a second run costs nothing.
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config
+      mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
+      libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
+      libsqlite3-dev sqlite3 libssl-dev
+      python3-paho-mqtt python3-protobuf python3-pytest)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+fi
