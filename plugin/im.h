@@ -151,7 +151,7 @@ struct im__store {
 	sqlite3_stmt *tl_get, *tl_insert, *tl_set_head, *tl_set_first;
 	sqlite3_stmt *msg_insert, *msg_dedup, *msg_range, *msg_own_seq;
 	sqlite3_stmt *cursor_get, *cursor_set;
-	sqlite3_stmt *trim_age, *trim_count, *tl_min_seq, *tl_all;
+	sqlite3_stmt *trim_list, *trim_age_first, *trim_delete;
 };
 
 /* A message as stored and as sent in a frame. Strings are borrowed: they
@@ -216,9 +216,14 @@ int im_store__cursor_get(struct im__store *st, struct im__tl *tl, const char *us
 int im_store__cursor_set(struct im__store *st, struct im__tl *tl, const char *user,
 		const char *client_id, uint64_t seq, uint64_t *now);
 
-/* Deletes at most batch rows older than cutoff_ms or beyond keep rows per
- * timeline; updates first_seq. Returns rows deleted, or -1 on failure. */
-int im_store__trim(struct im__store *st, int64_t cutoff_ms, int64_t keep, uint32_t batch);
+/* One step of a retention sweep over the timelines, from *cursor_id on:
+ * deletes messages older than cutoff_ms (0 = no age limit) or beyond the
+ * newest keep (0 = no count limit), at most budget rows, one short
+ * transaction per timeline, and moves first_seq. *cursor_id is where the
+ * next step starts; *done is set when the sweep reached the last timeline. Returns rows deleted,
+ * or -1 on a store failure (logged; nothing half-done). */
+int im_store__trim_step(struct im__store *st, int64_t cutoff_ms, int64_t keep, uint32_t budget,
+		int64_t *cursor_id, bool *done);
 
 /* Milliseconds since the epoch. */
 int64_t im_store__now_ms(void);
@@ -243,7 +248,8 @@ struct im__plugin {
 	 * meaningful until the next event. */
 	const struct mosquitto *disconnecting;
 	bool fallback_registered;       /* the non-IM "allow" ACL callback */
-	time_t next_trim_s;
+	int64_t next_trim_ms;           /* when the next retention step may run */
+	int64_t trim_cursor;            /* timeline id the sweep continues after */
 };
 
 /* Grows b to at least n bytes. MOSQ_ERR_SUCCESS or MOSQ_ERR_NOMEM. */

@@ -37,10 +37,13 @@ static int deny(const struct mosquitto_evt_acl_check *ed, const char *why)
 	return MOSQ_ERR_ACL_DENIED;
 }
 
-/* Requests: any authenticated user may publish a known op and receive the
- * responses; the op's handler authorises the request itself. An unknown op
- * is answered here, as MOSQ_EVT_CONTROL has no handler to answer it. We
- * never give fall-through access to our $CONTROL topics. */
+/* Requests: anyone may publish to $CONTROL/im/v1/<op>, and the op's
+ * handler authorises and answers the request itself. Refusing here would
+ * leave the client without an answer: Mosquitto 2.0.11 closes an MQTT
+ * 3.1.1 connection whose QoS 1/2 publish was denied, so the reply is
+ * lost. An unknown op has no MOSQ_EVT_CONTROL handler, so it is answered
+ * here. Subscribing is only allowed to the response topics; we never give
+ * fall-through access to our $CONTROL topics. */
 static int check_control(struct im__plugin *p, const struct mosquitto_evt_acl_check *ed, const char *user)
 {
 	const char *op = ed->topic + CONTROL_PREFIX_LEN;
@@ -48,14 +51,13 @@ static int check_control(struct im__plugin *p, const struct mosquitto_evt_acl_ch
 
 	if(ed->access == MOSQ_ACL_UNSUBSCRIBE) return MOSQ_ERR_SUCCESS;
 	if(ed->access == MOSQ_ACL_WRITE){
-		if(slash) op = "unknown"; /* never answer on a topic the client made up */
-		if(user == NULL){
-			im_control__reply_status(p, ed->client, op, NULL, IM__V1__STATUS__UNAUTHENTICATED, "requests need a username");
-			return deny(ed, "requests need a username");
-		}
 		if(slash == NULL && im_control__op_known(op)) return MOSQ_ERR_SUCCESS;
-		im_control__reply_status(p, ed->client, op, NULL, IM__V1__STATUS__NOT_FOUND, "unknown op");
-		return deny(ed, "unknown op");
+		/* Never answer on a topic the client made up. */
+		im_control__reply_status(p, ed->client, slash ? "unknown" : op, NULL,
+				IM__V1__STATUS__NOT_FOUND, "unknown op");
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: unknown request \"%s\" from client \"%s\".",
+				ed->topic, mosquitto_client_id(ed->client));
+		return MOSQ_ERR_SUCCESS;
 	}
 	/* SUBSCRIBE / READ: "$CONTROL/im/v1/<op>/response" or "+/response". */
 	if(user && slash && !strcmp(slash, "/response") && strchr(op, '#') == NULL) return MOSQ_ERR_SUCCESS;

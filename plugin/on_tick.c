@@ -18,6 +18,29 @@ static void register_fallback(struct im__plugin *p)
 	}
 }
 
+/* Retention: Mosquitto 2.0.11 ticks on every pass of its event loop, so
+ * each step is small (trim_batch rows, short transactions) and steps are
+ * spaced: 100 ms apart while a sweep is under way, 1 s between sweeps. */
+static void retention_step(struct im__plugin *p)
+{
+	const struct im__config *cfg = &p->cfg;
+	int64_t now = im_store__now_ms(), cutoff = 0;
+	int rows;
+	bool done = false;
+
+	if((cfg->retention_seconds == 0 && cfg->retention_messages == 0) || now < p->next_trim_ms) return;
+	if(cfg->retention_seconds) cutoff = now - cfg->retention_seconds * 1000;
+	rows = im_store__trim_step(&p->store, cutoff, cfg->retention_messages, cfg->trim_batch, &p->trim_cursor, &done);
+	if(rows > 0){
+		mosquitto_log_printf(MOSQ_LOG_DEBUG, "im: retention removed %d messages.", rows);
+	}
+	if(rows < 0){
+		p->trim_cursor = 0;
+		done = true;
+	}
+	p->next_trim_ms = now + (done ? 1000 : 100);
+}
+
 int im_tick__cb(int event, void *event_data, void *userdata)
 {
 	struct im__plugin *p = userdata;
@@ -26,6 +49,7 @@ int im_tick__cb(int event, void *event_data, void *userdata)
 	(void)event_data;
 	p->disconnecting = NULL;
 	register_fallback(p);
+	retention_step(p);
 	return MOSQ_ERR_SUCCESS;
 }
 

@@ -166,7 +166,9 @@ static int prepare_all(struct im__store *st)
 		{&st->cursor_set, "INSERT INTO cursors(tl, user, client_id, seq, updated_ms) VALUES(?1, ?2, ?3, ?4, ?5)"
 			" ON CONFLICT(tl, user, client_id) DO UPDATE SET seq = max(seq, excluded.seq), updated_ms = excluded.updated_ms"
 			" RETURNING seq"},
-		{&st->tl_min_seq, "SELECT min(seq) FROM messages WHERE tl = ?1"},
+		{&st->trim_list, "SELECT id, name, head_seq, first_seq FROM timelines WHERE id > ?1 ORDER BY id LIMIT 64"},
+		{&st->trim_age_first, "SELECT seq FROM messages WHERE tl = ?1 AND seq >= ?2 AND ts_ms >= ?3 ORDER BY seq LIMIT 1"},
+		{&st->trim_delete, "DELETE FROM messages WHERE tl = ?1 AND seq < ?2"},
 	};
 	size_t i;
 
@@ -469,4 +471,97 @@ int im_store__cursor_set(struct im__store *st, struct im__tl *tl, const char *us
 	sqlite3_reset(s);
 	if(rc != SQLITE_DONE) return fail(st, "moving a cursor");
 	return MOSQ_ERR_SUCCESS;
+}
+
+/* ---- retention ---- */
+
+struct trim_row {
+	int64_t id;
+	uint64_t head, first;
+	char name[IM_TL_MAX + 1];
+};
+
+/* The first seq to keep in a timeline under the age and count limits. */
+static int keep_from(struct im__store *st, const struct trim_row *t, int64_t cutoff_ms, int64_t keep, uint64_t *out)
+{
+	uint64_t first = t->first;
+	int rc;
+
+	if(keep > 0 && t->head > (uint64_t)keep && t->head - (uint64_t)keep + 1 > first){
+		first = t->head - (uint64_t)keep + 1;
+	}
+	if(cutoff_ms > 0){
+		sqlite3_bind_int64(st->trim_age_first, 1, t->id);
+		sqlite3_bind_int64(st->trim_age_first, 2, (sqlite3_int64)first);
+		sqlite3_bind_int64(st->trim_age_first, 3, cutoff_ms);
+		rc = sqlite3_step(st->trim_age_first);
+		if(rc == SQLITE_ROW) first = (uint64_t)sqlite3_column_int64(st->trim_age_first, 0);
+		else if(rc == SQLITE_DONE) first = t->head + 1; /* everything is older */
+		sqlite3_reset(st->trim_age_first);
+		if(rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(st, "retention scan");
+	}
+	*out = first;
+	return MOSQ_ERR_SUCCESS;
+}
+
+static int trim_one(struct im__store *st, const struct trim_row *t, uint64_t new_first)
+{
+	struct im__tl *c;
+	int n;
+
+	if(step_done(st, st->begin, "BEGIN") != MOSQ_ERR_SUCCESS) return -1;
+	sqlite3_bind_int64(st->trim_delete, 1, t->id);
+	sqlite3_bind_int64(st->trim_delete, 2, (sqlite3_int64)new_first);
+	sqlite3_bind_int64(st->tl_set_first, 1, t->id);
+	sqlite3_bind_int64(st->tl_set_first, 2, (sqlite3_int64)new_first);
+	if(step_done(st, st->trim_delete, "retention delete") != MOSQ_ERR_SUCCESS
+			|| (n = sqlite3_changes(st->db), step_done(st, st->tl_set_first, "retention first_seq")) != MOSQ_ERR_SUCCESS
+			|| step_done(st, st->commit, "COMMIT") != MOSQ_ERR_SUCCESS){
+		if(!sqlite3_get_autocommit(st->db)) step_done(st, st->rollback, "ROLLBACK");
+		return -1;
+	}
+	c = cache_find(&st->tls, t->name, strlen(t->name), fnv1a(t->name, strlen(t->name)));
+	if(c) c->first = new_first;
+	return n;
+}
+
+int im_store__trim_step(struct im__store *st, int64_t cutoff_ms, int64_t keep, uint32_t budget,
+		int64_t *cursor_id, bool *done)
+{
+	struct trim_row rows[64];
+	int n = 0, i, rc, deleted = 0, d;
+	uint64_t new_first;
+
+	/* Read the list first: no statement stays open across the writes. */
+	*done = false;
+	sqlite3_bind_int64(st->trim_list, 1, *cursor_id);
+	while(n < 64 && (rc = sqlite3_step(st->trim_list)) == SQLITE_ROW){
+		rows[n].id = sqlite3_column_int64(st->trim_list, 0);
+		snprintf(rows[n].name, sizeof(rows[n].name), "%s", col_text(st->trim_list, 1));
+		rows[n].head = (uint64_t)sqlite3_column_int64(st->trim_list, 2);
+		rows[n].first = (uint64_t)sqlite3_column_int64(st->trim_list, 3);
+		n++;
+	}
+	sqlite3_reset(st->trim_list);
+	for(i = 0; i < n; i++){
+		if(keep_from(st, &rows[i], cutoff_ms, keep, &new_first) != MOSQ_ERR_SUCCESS) return -1;
+		if(new_first > rows[i].first){
+			if((uint32_t)deleted >= budget) return deleted; /* resume at this timeline */
+			if(new_first - rows[i].first > budget - (uint32_t)deleted){
+				new_first = rows[i].first + (budget - (uint32_t)deleted);
+			}
+			d = trim_one(st, &rows[i], new_first);
+			if(d < 0) return -1;
+			deleted += d;
+			rows[i].first = new_first;
+			if(keep_from(st, &rows[i], cutoff_ms, keep, &new_first) != MOSQ_ERR_SUCCESS) return -1;
+			if(new_first > rows[i].first) return deleted; /* more to do here */
+		}
+		*cursor_id = rows[i].id;
+	}
+	if(n < 64){
+		*cursor_id = 0;
+		*done = true;
+	}
+	return deleted;
 }

@@ -203,6 +203,7 @@ class Client:
         if user is not None:
             self.c.username_pw_set(user, password)
         self.msgs = queue.Queue()
+        self.stash = []
         self.acks = {}
         self.suback = queue.Queue()
         self.connected = threading.Event()
@@ -290,8 +291,13 @@ class Client:
             p = Properties(PacketTypes.PUBLISH)
             p.UserProperty = list(user_props.items())
         self.c.publish("$CONTROL/im/v1/" + op, payload, qos=1, properties=p)
-        m = self.get(timeout)
-        assert m.topic == "$CONTROL/im/v1/%s/response" % op, m.topic
+        want = "$CONTROL/im/v1/%s/response" % op
+        deadline = time.time() + timeout
+        while True:
+            m = self.get(max(0.01, deadline - time.time()))
+            if m.topic == want:
+                break
+            self.stash.append(m)   # live frames that arrived meanwhile, in order
         if response_type is None:
             return m
         r = response_type()
