@@ -1,0 +1,442 @@
+/*
+ * Reference client: see im_client.h and docs/PROTOCOL.md, section 7.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <mosquitto.h>
+
+#include "im.h"
+#include "im_client.h"
+
+#define MAX_TIMELINES 64
+#define ACK_EVERY 50          /* messages */
+#define ACK_AFTER_MS 1000
+
+struct held {
+	uint64_t seq;
+	uint8_t *frame;
+	size_t len;
+};
+
+struct timeline {
+	char name[IM_TL_MAX + 1];
+	char topic[IM_TL_MAX + 70];
+	uint64_t last;
+	uint64_t acked;
+	bool syncing;
+	struct held *held;        /* sorted by seq */
+	size_t n_held, cap_held;
+};
+
+struct im_client {
+	struct im_client_options opt;
+	struct mosquitto *mosq;
+	im_client_deliver_fn fn;
+	void *ud;
+	struct timeline tls[MAX_TIMELINES];
+	int n_tls;
+	long delivered;
+	long unacked;
+	int64_t last_delivery_ms, last_ack_ms;
+	bool connected, ever_connected, refused, stop;
+};
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- state file: one "timeline last" line per timeline ---- */
+
+static void state_load(struct im_client *c)
+{
+	FILE *f;
+	char name[IM_TL_MAX + 2];
+	unsigned long long last;
+	int i;
+
+	if(!c->opt.state_path || !(f = fopen(c->opt.state_path, "r"))) return;
+	while(fscanf(f, "%66s %llu", name, &last) == 2){
+		for(i = 0; i < c->n_tls; i++){
+			if(!strcmp(c->tls[i].name, name)) c->tls[i].last = c->tls[i].acked = last;
+		}
+	}
+	fclose(f);
+}
+
+static void state_save(struct im_client *c)
+{
+	char tmp[4096];
+	FILE *f;
+	int i;
+
+	if(!c->opt.state_path) return;
+	snprintf(tmp, sizeof(tmp), "%s.tmp", c->opt.state_path);
+	if(!(f = fopen(tmp, "w"))) return;
+	for(i = 0; i < c->n_tls; i++) fprintf(f, "%s %llu\n", c->tls[i].name, (unsigned long long)c->tls[i].last);
+	if(fclose(f) == 0) rename(tmp, c->opt.state_path);
+}
+
+/* ---- requests ---- */
+
+static void request(struct im_client *c, const char *op, const void *buf, size_t len)
+{
+	char topic[64];
+
+	snprintf(topic, sizeof(topic), "$CONTROL/im/v1/%s", op);
+	mosquitto_publish(c->mosq, NULL, topic, (int)len, buf, 1, false);
+}
+
+static void start_sync(struct im_client *c, struct timeline *t)
+{
+	Im__V1__SyncRequest r = IM__V1__SYNC_REQUEST__INIT;
+	uint8_t buf[128];
+
+	r.timeline = t->name;
+	r.has_after_seq = 1;
+	r.after_seq = t->last;
+	r.has_limit = 1;
+	r.limit = c->opt.sync_limit;
+	t->syncing = true;
+	request(c, "sync", buf, im__v1__sync_request__pack(&r, buf));
+}
+
+static void send_acks(struct im_client *c)
+{
+	Im__V1__Ack a = IM__V1__ACK__INIT;
+	uint8_t buf[128];
+	int i;
+
+	for(i = 0; i < c->n_tls; i++){
+		if(c->tls[i].last <= c->tls[i].acked) continue;
+		a.timeline = c->tls[i].name;
+		a.has_seq = 1;
+		a.seq = c->tls[i].last;
+		request(c, "ack", buf, im__v1__ack__pack(&a, buf));
+		c->tls[i].acked = c->tls[i].last;
+	}
+	c->unacked = 0;
+	c->last_ack_ms = now_ms();
+}
+
+/* ---- the algorithm ---- */
+
+static struct timeline *find_tl(struct im_client *c, const char *name)
+{
+	int i;
+
+	for(i = 0; name && i < c->n_tls; i++){
+		if(!strcmp(c->tls[i].name, name)) return &c->tls[i];
+	}
+	return NULL;
+}
+
+static void deliver(struct im_client *c, struct timeline *t, const Im__V1__Header *h,
+		const uint8_t *body, size_t len)
+{
+	t->last = h->seq;
+	c->fn(c->ud, h, body, len);
+	c->delivered++;
+	c->unacked++;
+	c->last_delivery_ms = now_ms();
+	state_save(c);
+}
+
+static void hold(struct timeline *t, uint64_t seq, const uint8_t *frame, size_t len)
+{
+	size_t i;
+
+	for(i = 0; i < t->n_held; i++){
+		if(t->held[i].seq == seq) return; /* already held */
+		if(t->held[i].seq > seq) break;
+	}
+	if(t->n_held == t->cap_held){
+		size_t cap = t->cap_held ? t->cap_held * 2 : 16;
+		struct held *h = realloc(t->held, cap * sizeof(*h));
+		if(h == NULL) return; /* sync will bring it again */
+		t->held = h;
+		t->cap_held = cap;
+	}
+	memmove(&t->held[i + 1], &t->held[i], (t->n_held - i) * sizeof(*t->held));
+	t->held[i].seq = seq;
+	t->held[i].frame = malloc(len);
+	t->held[i].len = len;
+	if(t->held[i].frame == NULL) return;
+	memcpy(t->held[i].frame, frame, len);
+	t->n_held++;
+}
+
+/* Delivers held frames that follow `last`; drops those at or below it.
+ * up_to: seqs up to here are known complete (a sync covered them), so a
+ * held frame at or below it may skip expired seqs. */
+static void drain(struct im_client *c, struct timeline *t, uint64_t up_to)
+{
+	size_t i = 0;
+	Im__V1__Header *h;
+	const uint8_t *body;
+	size_t blen;
+
+	while(i < t->n_held && (t->held[i].seq <= t->last + 1 || t->held[i].seq <= up_to)){
+		if(t->held[i].seq > t->last
+				&& im_frame__decode(t->held[i].frame, t->held[i].len, NULL, &h, &body, &blen) == MOSQ_ERR_SUCCESS){
+			deliver(c, t, h, body, blen);
+			im__v1__header__free_unpacked(h, NULL);
+		}
+		free(t->held[i].frame);
+		i++;
+	}
+	memmove(t->held, t->held + i, (t->n_held - i) * sizeof(*t->held));
+	t->n_held -= i;
+}
+
+static void on_frame(struct im_client *c, const uint8_t *frame, size_t len)
+{
+	Im__V1__Header *h;
+	const uint8_t *body;
+	size_t blen;
+	struct timeline *t;
+
+	if(im_frame__decode(frame, len, NULL, &h, &body, &blen) != MOSQ_ERR_SUCCESS) return;
+	t = find_tl(c, h->timeline);
+	if(t == NULL || h->seq <= t->last){
+		/* not ours, or a duplicate */
+	}else if(t->syncing){
+		hold(t, h->seq, frame, len);
+	}else if(h->seq == t->last + 1){
+		deliver(c, t, h, body, blen);
+		drain(c, t, 0);
+	}else{
+		hold(t, h->seq, frame, len); /* a gap: fill it by sync */
+		start_sync(c, t);
+	}
+	im__v1__header__free_unpacked(h, NULL);
+}
+
+static void on_batch(struct im_client *c, const uint8_t *buf, size_t len)
+{
+	Im__V1__SyncBatch *b = im__v1__sync_batch__unpack(NULL, len, buf);
+	struct timeline *t;
+	Im__V1__Header *h;
+	const uint8_t *body;
+	size_t i, blen;
+
+	if(b == NULL) return;
+	t = find_tl(c, b->timeline);
+	if(t == NULL){
+		im__v1__sync_batch__free_unpacked(b, NULL);
+		return;
+	}
+	if(b->status != IM__V1__STATUS__OK){
+		fprintf(stderr, "imclient: sync %s refused: %d %s\n", t->name, b->status, b->reason ? b->reason : "");
+		t->syncing = false;
+		im__v1__sync_batch__free_unpacked(b, NULL);
+		return;
+	}
+	if(b->first_seq > t->last + 1){
+		if(c->opt.verbose) fprintf(stderr, "imclient: %s: seqs %llu..%llu are gone (retention)\n", t->name,
+				(unsigned long long)t->last + 1, (unsigned long long)b->first_seq - 1);
+		t->last = b->first_seq - 1;
+	}
+	/* A batch is complete between its frames: a seq it skips was expired
+	 * or trimmed, not lost. */
+	for(i = 0; i < b->n_frames; i++){
+		if(im_frame__decode(b->frames[i].data, b->frames[i].len, NULL, &h, &body, &blen) != MOSQ_ERR_SUCCESS) continue;
+		if(h->seq > t->last) deliver(c, t, h, body, blen);
+		im__v1__header__free_unpacked(h, NULL);
+	}
+	if(b->has_more){
+		start_sync(c, t);
+	}else{
+		t->syncing = false;
+		drain(c, t, b->head_seq);
+		if(t->n_held > 0) start_sync(c, t); /* live frames lost in between */
+		send_acks(c);
+	}
+	im__v1__sync_batch__free_unpacked(b, NULL);
+}
+
+/* ---- libmosquitto callbacks ---- */
+
+static void on_connect(struct mosquitto *m, void *ud, int rc)
+{
+	struct im_client *c = ud;
+	int i;
+
+	if(rc != 0){
+		fprintf(stderr, "imclient: connection refused: %s\n", mosquitto_connack_string(rc));
+		c->refused = true;
+		return;
+	}
+	c->connected = c->ever_connected = true;
+	for(i = 0; i < c->n_tls; i++){
+		mosquitto_subscribe(m, NULL, c->tls[i].topic, 1);
+	}
+	/* Catch up before trusting live delivery: frames queued meanwhile are
+	 * held until the sync is complete. */
+	for(i = 0; i < c->n_tls; i++) start_sync(c, &c->tls[i]);
+}
+
+static void on_disconnect(struct mosquitto *m, void *ud, int rc)
+{
+	struct im_client *c = ud;
+
+	(void)m;
+	(void)rc;
+	c->connected = false;
+}
+
+static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_message *msg)
+{
+	struct im_client *c = ud;
+
+	(void)m;
+	if(!strcmp(msg->topic, "$CONTROL/im/v1/sync/response")){
+		on_batch(c, msg->payload, (size_t)msg->payloadlen);
+	}else if(strncmp(msg->topic, "$CONTROL/", 9)){
+		on_frame(c, msg->payload, (size_t)msg->payloadlen);
+	}
+}
+
+/* ---- lifecycle ---- */
+
+static int add_tl(struct im_client *c, const char *kind, const char *name)
+{
+	struct timeline *t;
+
+	if(c->n_tls == MAX_TIMELINES || strlen(name) > IM_NAME_MAX) return -1;
+	char tl[IM_TL_MAX + 1];
+
+	snprintf(tl, sizeof(tl), "%s/%s", kind, name);
+	t = &c->tls[c->n_tls++];
+	memcpy(t->name, tl, sizeof(tl));
+	snprintf(t->topic, sizeof(t->topic), "%s/%s", c->opt.prefix, tl);
+	return 0;
+}
+
+struct im_client *im_client_new(const struct im_client_options *opt, im_client_deliver_fn fn, void *ud)
+{
+	struct im_client *c;
+	static char idbuf[128];
+	int i;
+
+	if(opt == NULL || opt->user == NULL || fn == NULL) return NULL;
+	c = calloc(1, sizeof(*c));
+	if(c == NULL) return NULL;
+	c->opt = *opt;
+	c->fn = fn;
+	c->ud = ud;
+	if(!c->opt.host) c->opt.host = "127.0.0.1";
+	if(!c->opt.port) c->opt.port = 1883;
+	if(!c->opt.prefix) c->opt.prefix = "im";
+	if(!c->opt.sync_limit) c->opt.sync_limit = 500;
+	if(!c->opt.client_id){
+		snprintf(idbuf, sizeof(idbuf), "%s-imclient", opt->user);
+		c->opt.client_id = idbuf;
+	}
+	add_tl(c, "u", opt->user);
+	for(i = 0; opt->groups && opt->groups[i]; i++) add_tl(c, "g", opt->groups[i]);
+	state_load(c);
+
+	mosquitto_lib_init();
+	/* A persistent session: frames sent while we are away are queued by
+	 * the broker, and the algorithm drops the overlap with sync by seq. */
+	c->mosq = mosquitto_new(c->opt.client_id, false, c);
+	if(c->mosq == NULL){
+		free(c);
+		return NULL;
+	}
+	mosquitto_username_pw_set(c->mosq, opt->user, opt->password);
+	if(opt->cafile) mosquitto_tls_set(c->mosq, opt->cafile, NULL, NULL, NULL, NULL);
+	mosquitto_connect_callback_set(c->mosq, on_connect);
+	mosquitto_disconnect_callback_set(c->mosq, on_disconnect);
+	mosquitto_message_callback_set(c->mosq, on_message);
+	mosquitto_reconnect_delay_set(c->mosq, 1, 5, true);
+	return c;
+}
+
+static bool caught_up(const struct im_client *c)
+{
+	int i;
+
+	for(i = 0; i < c->n_tls; i++){
+		if(c->tls[i].syncing || c->tls[i].n_held) return false;
+	}
+	return c->connected;
+}
+
+int im_client_run(struct im_client *c, long max_messages, int idle_ms)
+{
+	int rc, backoff = 250;
+
+	rc = mosquitto_connect(c->mosq, c->opt.host, c->opt.port, 30);
+	if(rc != MOSQ_ERR_SUCCESS){
+		fprintf(stderr, "imclient: cannot connect to %s:%d: %s\n", c->opt.host, c->opt.port,
+				rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+		return -1;
+	}
+	c->last_delivery_ms = c->last_ack_ms = now_ms();
+	while(!c->stop){
+		rc = mosquitto_loop(c->mosq, 100, 1);
+		if(c->refused && !c->ever_connected) return -1;
+		if(max_messages && c->delivered >= max_messages) break;
+		if(c->connected && (c->unacked >= ACK_EVERY || (c->unacked && now_ms() - c->last_ack_ms > ACK_AFTER_MS))){
+			send_acks(c);
+		}
+		if(idle_ms && caught_up(c) && now_ms() - c->last_delivery_ms > idle_ms) break;
+		if(rc != MOSQ_ERR_SUCCESS){
+			/* Lost the connection: wait a little, then try again; the
+			 * session resumes and on_connect syncs. */
+			c->connected = false;
+			usleep((useconds_t)backoff * 1000);
+			if(backoff < 4000) backoff *= 2;
+			if(mosquitto_reconnect(c->mosq) == MOSQ_ERR_SUCCESS) backoff = 250;
+			if(idle_ms && now_ms() - c->last_delivery_ms > idle_ms + 30000) break;
+		}
+	}
+	if(c->connected){
+		send_acks(c);
+		mosquitto_loop(c->mosq, 100, 1);
+		mosquitto_disconnect(c->mosq);
+		mosquitto_loop(c->mosq, 100, 1);
+	}
+	return 0;
+}
+
+void im_client_stop(struct im_client *c)
+{
+	c->stop = true;
+}
+
+uint64_t im_client_last(const struct im_client *c, const char *timeline)
+{
+	int i;
+
+	for(i = 0; i < c->n_tls; i++){
+		if(!strcmp(c->tls[i].name, timeline)) return c->tls[i].last;
+	}
+	return 0;
+}
+
+void im_client_free(struct im_client *c)
+{
+	int i;
+	size_t j;
+
+	if(c == NULL) return;
+	for(i = 0; i < c->n_tls; i++){
+		for(j = 0; j < c->tls[i].n_held; j++) free(c->tls[i].held[j].frame);
+		free(c->tls[i].held);
+	}
+	mosquitto_destroy(c->mosq);
+	mosquitto_lib_cleanup();
+	free(c);
+}

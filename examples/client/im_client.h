@@ -1,0 +1,59 @@
+/*
+ * im_client: the reference implementation of the client algorithm of
+ * docs/PROTOCOL.md, section 7, on libmosquitto. Copy it into your app.
+ *
+ * One client follows a set of timelines (its inbox u/<user>, and groups).
+ * For each it keeps `last`, the highest seq delivered, in a state file, so
+ * a restart resumes where it stopped. Frames from live delivery and from
+ * sync batches go through one function that delivers seq == last+1, drops
+ * seq <= last and holds seq > last+1 until a sync fills the gap.
+ *
+ * Threading: everything runs in the thread that calls im_client_run.
+ */
+#ifndef IM_CLIENT_H
+#define IM_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "im.pb-c.h"
+
+struct im_client;
+
+/* Called once per message, in seq order per timeline, never twice for one
+ * (timeline, seq) across restarts that share the state file. body is only
+ * valid during the call. */
+typedef void (*im_client_deliver_fn)(void *ud, const Im__V1__Header *hdr, const uint8_t *body, size_t len);
+
+struct im_client_options {
+	const char *host;          /* default 127.0.0.1 */
+	int port;                  /* default 1883 */
+	const char *user;          /* required: the MQTT username */
+	const char *password;      /* optional */
+	const char *client_id;     /* default "<user>-imclient": a device is its client id */
+	const char *state_path;    /* optional: "timeline last" lines */
+	const char *cafile;        /* optional: TLS */
+	const char *prefix;        /* default "im" */
+	const char *const *groups; /* optional, NULL-terminated: g/<name> timelines to follow */
+	uint32_t sync_limit;       /* frames per batch asked for, default 500 */
+	int verbose;
+};
+
+/* Returns NULL on bad options or out of memory. */
+struct im_client *im_client_new(const struct im_client_options *opt, im_client_deliver_fn fn, void *ud);
+
+/* Connects (and reconnects) and runs until max_messages were delivered
+ * (0 = no limit), or idle_ms passed without a delivery once caught up
+ * (0 = forever), or im_client_stop was called. Returns 0, or -1 if the
+ * first connection was refused (bad login, broker down): the reason is
+ * printed on stderr. */
+int im_client_run(struct im_client *c, long max_messages, int idle_ms);
+
+void im_client_stop(struct im_client *c);
+
+/* The last seq delivered on a timeline ("u/bob"), 0 if none. */
+uint64_t im_client_last(const struct im_client *c, const char *timeline);
+
+void im_client_free(struct im_client *c);
+
+#endif
