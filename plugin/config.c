@@ -80,6 +80,31 @@ static int set_string(char **dst, const char *value)
 	return *dst ? MOSQ_ERR_SUCCESS : MOSQ_ERR_NOMEM;
 }
 
+/* "alice, bob" -> {"alice", "bob", NULL}; every entry a valid name. */
+static int set_admins(struct im__config *cfg, const char *value)
+{
+	char *copy = mosquitto_strdup(value), *save = NULL, *tok;
+	size_t n = 0;
+	char **list;
+
+	if(copy == NULL) return MOSQ_ERR_NOMEM;
+	list = mosquitto_calloc(strlen(value) / 2 + 2, sizeof(char *));
+	if(list == NULL){
+		mosquitto_free(copy);
+		return MOSQ_ERR_NOMEM;
+	}
+	for(tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)){
+		if(!im_route__name_valid(tok, strlen(tok)) || (list[n++] = mosquitto_strdup(tok)) == NULL){
+			mosquitto_free(copy);
+			cfg->admins = list; /* freed by im_config__free */
+			return bad("admins", value, "a comma-separated list of user names");
+		}
+	}
+	mosquitto_free(copy);
+	cfg->admins = list;
+	return MOSQ_ERR_SUCCESS;
+}
+
 static void set_defaults(struct im__config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
@@ -93,6 +118,7 @@ static void set_defaults(struct im__config *cfg)
 	cfg->sync_max_frames = 500;
 	cfg->sync_max_bytes = 256 * 1024;
 	cfg->trim_batch = 1000;
+	cfg->max_group_members = 10000;
 }
 
 static int parse_one(struct im__config *cfg, const char *key, const char *value)
@@ -109,6 +135,10 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 	if(!strcasecmp(key, "payload")) return parse_enum(key, value, payloads, &cfg->payload_mode);
 	if(!strcasecmp(key, "delivery")) return parse_enum(key, value, deliveries, &cfg->delivery);
 	if(!strcasecmp(key, "nonim_acl")) return parse_enum(key, value, nonims, &cfg->nonim);
+	if(!strcasecmp(key, "admins")){
+		im_config__free_admins(cfg);
+		return set_admins(cfg, value);
+	}
 	if(!strcasecmp(key, "synchronous")){
 		rc = parse_enum(key, value, syncs + 1, &cfg->synchronous);
 		cfg->synchronous += 1; /* SQLite: NORMAL = 1, FULL = 2 */
@@ -135,6 +165,9 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 	}else if(!strcasecmp(key, "retention_messages")){
 		rc = parse_int(key, value, 0, INT64_MAX, &v);
 		cfg->retention_messages = v;
+	}else if(!strcasecmp(key, "max_group_members")){
+		rc = parse_int(key, value, 1, 1000000, &v);
+		cfg->max_group_members = (uint32_t)v;
 	}else if(!strcasecmp(key, "trim_batch")){
 		rc = parse_int(key, value, 1, 1000000, &v);
 		cfg->trim_batch = (uint32_t)v;
@@ -162,8 +195,18 @@ int im_config__parse(struct im__config *cfg, struct mosquitto_opt *opts, int cou
 	return rc;
 }
 
+void im_config__free_admins(struct im__config *cfg)
+{
+	char **a;
+
+	for(a = cfg->admins; a && *a; a++) mosquitto_free(*a);
+	mosquitto_free(cfg->admins);
+	cfg->admins = NULL;
+}
+
 void im_config__free(struct im__config *cfg)
 {
+	im_config__free_admins(cfg);
 	mosquitto_free(cfg->db_path);
 	mosquitto_free(cfg->prefix);
 	cfg->db_path = NULL;

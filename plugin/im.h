@@ -61,6 +61,8 @@ struct im__config {
 	uint32_t sync_max_bytes;    /* per batch, frames' bytes */
 	int64_t retention_seconds;  /* 0 = keep forever */
 	int64_t retention_messages; /* per timeline, 0 = no count limit */
+	char **admins;              /* NULL-terminated; may manage any group */
+	uint32_t max_group_members;
 	uint32_t trim_batch;        /* rows deleted per tick at most */
 };
 
@@ -69,6 +71,7 @@ struct im__config {
  * On any return cfg may hold allocations: release with im_config__free. */
 int im_config__parse(struct im__config *cfg, struct mosquitto_opt *opts, int count);
 void im_config__free(struct im__config *cfg);
+void im_config__free_admins(struct im__config *cfg);
 
 /* =========================================================================
  * route.c — topic and name rules
@@ -124,6 +127,34 @@ int im_frame__decode(const uint8_t *buf, size_t len, ProtobufCAllocator *alloc,
 		Im__V1__Header **hdr, const uint8_t **body, size_t *body_len);
 
 /* =========================================================================
+ * map.c — string-keyed hash map (groups, member sets)
+ * ========================================================================= */
+
+struct im__map_slot {
+	char *key;          /* owned copy, NUL-terminated; NULL = empty slot */
+	size_t len;
+	uint32_t hash;
+	void *val;
+};
+
+struct im__map {
+	struct im__map_slot *slots;
+	size_t cap;         /* power of two */
+	size_t count;
+};
+
+uint32_t im_map__hash(const char *s, size_t len);
+/* The value for key, or NULL. */
+void *im_map__get(const struct im__map *m, const char *key, size_t len);
+/* Inserts or replaces; the key is copied, val is stored as given.
+ * MOSQ_ERR_SUCCESS or MOSQ_ERR_NOMEM (map unchanged). */
+int im_map__put(struct im__map *m, const char *key, size_t len, void *val);
+/* Removes key; returns its value (for the caller to free), or NULL. */
+void *im_map__del(struct im__map *m, const char *key, size_t len);
+/* Frees keys, and values with free_val if not NULL. */
+void im_map__free(struct im__map *m, void (*free_val)(void *));
+
+/* =========================================================================
  * store.c — SQLite: open, pragmas, migrations, prepared statements
  * ========================================================================= */
 
@@ -152,6 +183,15 @@ struct im__store {
 	sqlite3_stmt *msg_insert, *msg_dedup, *msg_range, *msg_own_seq;
 	sqlite3_stmt *cursor_get, *cursor_set;
 	sqlite3_stmt *trim_list, *trim_age_first, *trim_delete;
+	/* store_group.c */
+	struct im__map groups;      /* name -> struct im__group *, loaded lazily */
+	sqlite3_stmt *grp_get, *grp_members, *grp_insert, *mem_insert, *mem_delete, *grp_of_user;
+};
+
+/* A group as cached: owner and member set (user -> non-NULL). */
+struct im__group {
+	char *owner;
+	struct im__map members;
 };
 
 /* A message as stored and as sent in a frame. Strings are borrowed: they
@@ -228,6 +268,44 @@ int im_store__trim_step(struct im__store *st, int64_t cutoff_ms, int64_t keep, u
 /* Milliseconds since the epoch. */
 int64_t im_store__now_ms(void);
 
+/* Building blocks of a transaction, for store_*.c. begin/commit return
+ * MOSQ_ERR_SUCCESS or MOSQ_ERR_UNKNOWN (logged); a failed commit is rolled
+ * back. insert_msg writes one row at seq and moves the timeline's head in
+ * the database only: the caller moves tl->head after the commit. */
+int im_store__begin(struct im__store *st);
+int im_store__commit(struct im__store *st);
+void im_store__rollback(struct im__store *st);
+int im_store__insert_msg(struct im__store *st, struct im__tl *tl, uint64_t seq, const struct im__msg *m, int copy);
+int im_store__step(struct im__store *st, sqlite3_stmt *s, const char *what);
+
+/* =========================================================================
+ * store_group.c — groups and members
+ * ========================================================================= */
+
+enum im_group_op { IM_GROUP_CREATE, IM_GROUP_ADD, IM_GROUP_REMOVE, IM_GROUP_LEAVE };
+
+int im_store__group_prepare(struct im__store *st);
+void im_store__group_close(struct im__store *st);
+
+/* The cached group, loading it on first use; NULL if it does not exist or
+ * on a store error (logged). Owned by the store. */
+struct im__group *im_store__group(struct im__store *st, const char *name, size_t len);
+
+bool im_store__is_member(struct im__store *st, const char *group, size_t glen, const char *user);
+
+/* Applies a membership change and appends its system message sys to the
+ * group's timeline tl, in one transaction; caches change after COMMIT.
+ * users: the users added/removed (actor for LEAVE; for CREATE the owner
+ * is the actor and is added too). out gets the system message's seq.
+ * MOSQ_ERR_SUCCESS or MOSQ_ERR_UNKNOWN (nothing changed). */
+int im_store__group_change(struct im__store *st, enum im_group_op op, const char *group,
+		const char *actor, char *const *users, size_t n, struct im__tl *tl,
+		const struct im__msg *sys, uint64_t *seq);
+
+/* Calls fn for each group user is a member of, in name order. */
+int im_store__groups_of(struct im__store *st, const char *user,
+		int (*fn)(void *ctx, const char *group), void *ctx);
+
 /* =========================================================================
  * plugin.c — shared plugin state
  * ========================================================================= */
@@ -265,6 +343,7 @@ int im_acl__disconnect_cb(int event, void *event_data, void *userdata);
 int im_message__cb(int event, void *event_data, void *userdata);
 int im_control__sync_cb(int event, void *event_data, void *userdata);
 int im_control__ack_cb(int event, void *event_data, void *userdata);
+int im_control__group_cb(int event, void *event_data, void *userdata);
 int im_tick__cb(int event, void *event_data, void *userdata);
 int im_tick__reload_cb(int event, void *event_data, void *userdata);
 
@@ -279,9 +358,19 @@ bool im_control__op_known(const char *op);
 void im_control__reply(const struct im__plugin *p, struct mosquitto *client, const char *op,
 		const mosquitto_property *req_props, const void *payload, size_t len);
 
+/* May user read (subscribe, sync, ack) timeline r? Own inbox, or a group
+ * the user is a member of. */
+bool im_acl__may_read(struct im__plugin *p, const struct im__route *r, const char *user);
+bool im_acl__is_admin(const struct im__plugin *p, const char *user);
+
 /* Replies with a bare im.v1.Response {status, reason}. */
 void im_control__reply_status(const struct im__plugin *p, struct mosquitto *client, const char *op,
 		const mosquitto_property *req_props, Im__V1__Status status, const char *reason);
+
+/* Sequenced message m of timeline tl: deliver it to the subscribers of
+ * topic, as a frame or raw per the options. Never fails the caller: the
+ * message is committed, so sync returns it anyway. */
+void im_message__deliver(struct im__plugin *p, const char *topic, const char *tl, const struct im__msg *m);
 
 /* Builds the frame of m for timeline tl into p->scratch. Returns its length
  * or 0 on failure. notify omits the body. */

@@ -22,10 +22,23 @@ static bool is_user(const struct im__route *r, const char *user)
 	return r->kind == 'u' && strlen(user) == r->name_len && !memcmp(r->name, user, r->name_len);
 }
 
-/* Read access to a timeline: your own inbox; groups come with membership. */
-static bool may_read(const struct im__route *r, const char *user)
+bool im_acl__is_admin(const struct im__plugin *p, const char *user)
 {
-	return is_user(r, user);
+	char *const *a;
+
+	for(a = p->cfg.admins; a && *a; a++){
+		if(!strcmp(*a, user)) return true;
+	}
+	return false;
+}
+
+/* Read access to a timeline: your own inbox, or a group you are a member
+ * of. Membership comes from the cache, so a removal takes effect on the
+ * next message, on existing subscriptions too. */
+bool im_acl__may_read(struct im__plugin *p, const struct im__route *r, const char *user)
+{
+	if(r->kind == 'u') return is_user(r, user);
+	return im_store__is_member(&p->store, r->name, r->name_len, user);
 }
 
 static int deny(const struct mosquitto_evt_acl_check *ed, const char *why)
@@ -64,17 +77,17 @@ static int check_control(struct im__plugin *p, const struct mosquitto_evt_acl_ch
 	return deny(ed, user ? "only .../<op>/response can be subscribed to" : "no username");
 }
 
-static int check_subscribe(const struct mosquitto_evt_acl_check *ed, const struct im__config *cfg, const char *user)
+static int check_subscribe(struct im__plugin *p, const struct mosquitto_evt_acl_check *ed, const char *user)
 {
 	struct im__route r;
 
 	/* A wildcard filter cannot name one inbox; READ decides per message. */
 	if(strpbrk(ed->topic, "+#")) return MOSQ_ERR_SUCCESS;
-	if(im_route__parse_topic(cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS) return deny(ed, "not an IM timeline topic");
-	return may_read(&r, user) ? MOSQ_ERR_SUCCESS : deny(ed, "not your timeline");
+	if(im_route__parse_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS) return deny(ed, "not an IM timeline topic");
+	return im_acl__may_read(p, &r, user) ? MOSQ_ERR_SUCCESS : deny(ed, r.kind == 'u' ? "not your inbox" : "not a member of the group");
 }
 
-static int check_write(struct im__plugin *p, const struct mosquitto_evt_acl_check *ed, bool will)
+static int check_write(struct im__plugin *p, const struct mosquitto_evt_acl_check *ed, const char *user, bool will)
 {
 	struct im__route r;
 
@@ -84,7 +97,9 @@ static int check_write(struct im__plugin *p, const struct mosquitto_evt_acl_chec
 		return deny(ed, "not a valid IM topic (<prefix>/u/<user> or <prefix>/g/<group>)");
 	}
 	if(ed->payloadlen > p->cfg.max_body) return deny(ed, "body larger than plugin_opt_max_body");
-	if(r.kind == 'g') return deny(ed, "groups are not available");
+	if(r.kind == 'g' && !im_store__is_member(&p->store, r.name, r.name_len, user)){
+		return deny(ed, "not a member of the group");
+	}
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -107,14 +122,14 @@ int im_acl__check_cb(int event, void *event_data, void *userdata)
 	if(!im_route__name_valid(user, strlen(user))) return deny(ed, "the username is not a valid IM name");
 	switch(ed->access){
 		case MOSQ_ACL_SUBSCRIBE:
-			return check_subscribe(ed, &p->cfg, user);
+			return check_subscribe(p, ed, user);
 		case MOSQ_ACL_READ:
 			/* Silent: this runs per message per subscriber, and a wildcard
 			 * subscriber is denied others' messages as a matter of course. */
 			if(im_route__parse_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_ACL_DENIED;
-			return may_read(&r, user) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+			return im_acl__may_read(p, &r, user) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 		case MOSQ_ACL_WRITE:
-			return check_write(p, ed, will);
+			return check_write(p, ed, user, will);
 		default:
 			return MOSQ_ERR_ACL_DENIED;
 	}

@@ -18,7 +18,7 @@
 
 #include "im.h"
 
-static const char *const known_ops[] = {"sync", "ack", NULL};
+static const char *const known_ops[] = {"sync", "ack", "group", NULL};
 
 bool im_control__op_known(const char *op)
 {
@@ -114,7 +114,7 @@ static void params_from_props(const mosquitto_property *props, const char *seq_k
 
 /* Checks the timeline named by a request and that user may use it.
  * Returns OK or a status with *why set. */
-static Im__V1__Status authorise(const char *tl, const char *user, const char **why)
+static Im__V1__Status authorise(struct im__plugin *p, const char *tl, const char *user, const char **why)
 {
 	struct im__route r;
 
@@ -130,12 +130,8 @@ static Im__V1__Status authorise(const char *tl, const char *user, const char **w
 		*why = "invalid timeline (expected u/<user> or g/<group>)";
 		return IM__V1__STATUS__BAD_REQUEST;
 	}
-	if(r.kind == 'g'){
-		*why = "no such group";
-		return IM__V1__STATUS__NOT_FOUND;
-	}
-	if(strlen(user) != r.name_len || memcmp(user, r.name, r.name_len)){
-		*why = "not your timeline";
+	if(!im_acl__may_read(p, &r, user)){
+		*why = r.kind == 'u' ? "not your timeline" : "not a member of the group";
 		return IM__V1__STATUS__FORBIDDEN;
 	}
 	return IM__V1__STATUS__OK;
@@ -290,7 +286,7 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 		st = IM__V1__STATUS__BAD_REQUEST;
 		why = "user properties after/limit must be non-negative integers";
 	}else{
-		st = authorise(tl, user, &why);
+		st = authorise(p, tl, user, &why);
 	}
 	if(st != IM__V1__STATUS__OK){
 		sync_error(p, ed, tl, st, why);
@@ -350,7 +346,7 @@ int im_control__ack_cb(int event, void *event_data, void *userdata)
 		params_from_props(ed->properties, "seq", &pa);
 		name = pa.timeline;
 	}
-	st = authorise(name, user, &why);
+	st = authorise(p, name, user, &why);
 	if(st == IM__V1__STATUS__OK && (pa.bad || !pa.has_seq)){
 		st = IM__V1__STATUS__BAD_REQUEST;
 		why = "missing or invalid seq";

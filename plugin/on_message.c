@@ -139,7 +139,7 @@ static mosquitto_property *delivery_props(const char *tl, const struct im__msg *
  * overtakes QoS 1 frames waiting for the in-flight window), so frames of
  * one timeline must not mix QoS levels, whatever the senders used. Failing here loses no
  * data (the message is committed; sync returns it), so it is logged only. */
-static void deliver(struct im__plugin *p, const char *topic, const char *tl, const struct im__msg *m)
+void im_message__deliver(struct im__plugin *p, const char *topic, const char *tl, const struct im__msg *m)
 {
 	mosquitto_property *props = delivery_props(tl, m);
 	const void *payload = m->body;
@@ -228,7 +228,8 @@ int im_message__cb(int event, void *event_data, void *userdata)
 	/* The ACL check let this through; these hold unless another plugin
 	 * decided before ours, so check again rather than trust. */
 	if(user == NULL || im_route__parse_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS
-			|| ed->retain || ed->payloadlen > p->cfg.max_body){
+			|| ed->retain || ed->payloadlen > p->cfg.max_body
+			|| (r.kind == 'g' && !im_store__is_member(&p->store, r.name, r.name_len, user))){
 		return MOSQ_ERR_ACL_DENIED;
 	}
 	why = props_read(ed->properties, &pp);
@@ -268,10 +269,10 @@ int im_message__cb(int event, void *event_data, void *userdata)
 
 	if(!a.duplicate){
 		m.seq = a.seq;
-		deliver(p, ed->topic, to_tl, &m);
+		im_message__deliver(p, ed->topic, to_tl, &m);
 		if(a.own_seq){
 			m.seq = a.own_seq;
-			deliver(p, own_topic, own_tl, &m);
+			im_message__deliver(p, own_topic, own_tl, &m);
 		}
 	}
 	if(pp.response_topic) send_receipt(p, ed->client, &pp, to_tl, &a);

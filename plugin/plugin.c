@@ -65,14 +65,23 @@ static const struct {
 	{MOSQ_EVT_RELOAD, im_tick__reload_cb, NULL},
 	{MOSQ_EVT_CONTROL, im_control__sync_cb, "$CONTROL/im/v1/sync"},
 	{MOSQ_EVT_CONTROL, im_control__ack_cb, "$CONTROL/im/v1/ack"},
+	{MOSQ_EVT_CONTROL, im_control__group_cb, "$CONTROL/im/v1/group"},
 };
+
+static int count_admins(const struct im__config *cfg)
+{
+	int n = 0;
+
+	while(cfg->admins && cfg->admins[n]) n++;
+	return n;
+}
 
 static void log_policy(const struct im__config *cfg)
 {
-	mosquitto_log_printf(MOSQ_LOG_INFO, "im: store %s (synchronous %s), topics %s/u/<user> and %s/g/<group>, payload %s, delivery %s.",
+	mosquitto_log_printf(MOSQ_LOG_INFO, "im: store %s (synchronous %s), topics %s/u/<user> and %s/g/<group>, payload %s, delivery %s, %d admin(s).",
 			cfg->db_path, cfg->synchronous == 2 ? "full" : "normal", cfg->prefix, cfg->prefix,
 			cfg->payload_mode == IM_PAYLOAD_RAW ? "raw" : "frame",
-			cfg->delivery == IM_DELIVERY_NOTIFY ? "notify" : "full");
+			cfg->delivery == IM_DELIVERY_NOTIFY ? "notify" : "full", count_admins(cfg));
 	if(cfg->nonim == IM_NONIM_ALLOW){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: non-IM topics: acl_file or another plugin decides where configured; where none does, they are ALLOWED (plugin_opt_nonim_acl allow).");
 	}else{

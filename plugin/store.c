@@ -198,7 +198,8 @@ int im_store__open(struct im__store *st, const char *path, int synchronous, int 
 			|| exec(st, sql) != MOSQ_ERR_SUCCESS
 			|| exec(st, "PRAGMA foreign_keys = OFF") != MOSQ_ERR_SUCCESS
 			|| migrate(st) != MOSQ_ERR_SUCCESS
-			|| prepare_all(st) != MOSQ_ERR_SUCCESS){
+			|| prepare_all(st) != MOSQ_ERR_SUCCESS
+			|| im_store__group_prepare(st) != MOSQ_ERR_SUCCESS){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: cannot use \"%s\" (is it writable by the broker's user?).", path);
 		im_store__close(st);
 		return MOSQ_ERR_UNKNOWN;
@@ -221,6 +222,7 @@ void im_store__close(struct im__store *st)
 		sqlite3_close(st->db);
 	}
 	cache_free(&st->tls);
+	im_store__group_close(st);
 	memset(st, 0, sizeof(*st));
 }
 
@@ -300,6 +302,30 @@ static int step_done(struct im__store *st, sqlite3_stmt *s, const char *what)
 	return rc == SQLITE_DONE ? MOSQ_ERR_SUCCESS : fail(st, what);
 }
 
+int im_store__step(struct im__store *st, sqlite3_stmt *s, const char *what)
+{
+	return step_done(st, s, what);
+}
+
+int im_store__begin(struct im__store *st)
+{
+	return step_done(st, st->begin, "BEGIN");
+}
+
+void im_store__rollback(struct im__store *st)
+{
+	/* COMMIT may fail (SQLITE_FULL, SQLITE_IOERR) and leave the
+	 * transaction open: roll back so the next one starts clean. */
+	if(!sqlite3_get_autocommit(st->db)) step_done(st, st->rollback, "ROLLBACK");
+}
+
+int im_store__commit(struct im__store *st)
+{
+	if(step_done(st, st->commit, "COMMIT") == MOSQ_ERR_SUCCESS) return MOSQ_ERR_SUCCESS;
+	im_store__rollback(st);
+	return MOSQ_ERR_UNKNOWN;
+}
+
 /* Looks (sender, cmid) up. Returns 1 if seen (out filled), 0 if not, -1 on
  * error. */
 static int dedup_find(struct im__store *st, const struct im__msg *m, struct im__appended *out)
@@ -326,7 +352,7 @@ static int dedup_find(struct im__store *st, const struct im__msg *m, struct im__
 	return out->duplicate ? 1 : 0;
 }
 
-static int insert_row(struct im__store *st, struct im__tl *t, uint64_t seq, const struct im__msg *m, int copy)
+int im_store__insert_msg(struct im__store *st, struct im__tl *t, uint64_t seq, const struct im__msg *m, int copy)
 {
 	sqlite3_stmt *s = st->msg_insert;
 	int rc;
@@ -359,32 +385,30 @@ int im_store__append(struct im__store *st, struct im__tl *to, struct im__tl *own
 {
 	int rc;
 
-	if(step_done(st, st->begin, "BEGIN") != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+	if(im_store__begin(st) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
 
 	/* Inside the transaction, so two brokers (or a tool) sharing the file
 	 * cannot both store the same cmid. */
 	if(msg->cmid){
 		rc = dedup_find(st, msg, out);
 		if(rc != 0){
-			step_done(st, st->rollback, "ROLLBACK");
+			im_store__rollback(st);
 			return rc > 0 ? MOSQ_ERR_SUCCESS : MOSQ_ERR_UNKNOWN;
 		}
 	}
 	memset(out, 0, sizeof(*out));
 	out->ts_ms = msg->ts_ms;
 	out->seq = to->head + 1;
-	rc = insert_row(st, to, out->seq, msg, 0);
+	rc = im_store__insert_msg(st, to, out->seq, msg, 0);
 	if(rc == MOSQ_ERR_SUCCESS && own && own != to){
 		out->own_seq = own->head + 1;
-		rc = insert_row(st, own, out->own_seq, msg, 1);
+		rc = im_store__insert_msg(st, own, out->own_seq, msg, 1);
 	}
-	if(rc == MOSQ_ERR_SUCCESS) rc = step_done(st, st->commit, "COMMIT");
 	if(rc != MOSQ_ERR_SUCCESS){
-		/* COMMIT may fail (SQLITE_FULL, SQLITE_IOERR) and leave the
-		 * transaction open: roll back so the next message starts clean. */
-		if(!sqlite3_get_autocommit(st->db)) step_done(st, st->rollback, "ROLLBACK");
+		im_store__rollback(st);
 		return MOSQ_ERR_UNKNOWN;
 	}
+	if(im_store__commit(st) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
 	to->head = out->seq;
 	if(out->own_seq) own->head = out->own_seq;
 	return MOSQ_ERR_SUCCESS;
