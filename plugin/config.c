@@ -115,6 +115,7 @@ static void set_defaults(struct im__config *cfg)
 	cfg->delivery_qos = 1;
 	cfg->max_body = 256 * 1024;
 	cfg->busy_timeout_ms = 100;
+	cfg->page_size = 1024;
 	cfg->sync_max_frames = 500;
 	cfg->sync_max_bytes = 256 * 1024;
 	cfg->trim_batch = 1000;
@@ -153,6 +154,10 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 	}else if(!strcasecmp(key, "busy_timeout_ms")){
 		rc = parse_int(key, value, 0, 60000, &v);
 		cfg->busy_timeout_ms = (int)v;
+	}else if(!strcasecmp(key, "page_size")){
+		rc = parse_int(key, value, 512, 65536, &v);
+		if(rc == MOSQ_ERR_SUCCESS && (v & (v - 1))) rc = bad(key, value, "a power of two from 512 to 65536");
+		cfg->page_size = (int)v;
 	}else if(!strcasecmp(key, "sync_max_frames")){
 		rc = parse_int(key, value, 1, 100000, &v);
 		cfg->sync_max_frames = (uint32_t)v;

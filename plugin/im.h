@@ -57,6 +57,7 @@ struct im__config {
 	int delivery_qos;           /* QoS of every frame and reply the plugin sends */
 	uint32_t max_body;          /* bytes; larger publishes are refused */
 	int busy_timeout_ms;        /* SQLite busy timeout on the broker thread */
+	int page_size;              /* for a new database only */
 	uint32_t sync_max_frames;   /* per batch */
 	uint32_t sync_max_bytes;    /* per batch, frames' bytes */
 	int64_t retention_seconds;  /* 0 = keep forever */
@@ -175,11 +176,34 @@ struct im__tl_cache {
 	size_t count;
 };
 
+/* =========================================================================
+ * ckpt.c — WAL checkpoints on a thread of their own
+ * ========================================================================= */
+
+#include <pthread.h>
+
+struct im__ckpt {
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	sqlite3 *db;        /* the thread's own connection */
+	bool running, stop;
+	int last_rc;        /* last SQLite result, read on the broker thread for logs */
+	long checkpoints;
+};
+
+/* Opens a second connection to path and starts a thread that runs a
+ * PASSIVE checkpoint every 100 ms (never blocks the writer). */
+int im_ckpt__start(struct im__ckpt *c, const char *path);
+/* Stops and joins the thread, runs a last checkpoint, closes. Idempotent. */
+void im_ckpt__stop(struct im__ckpt *c);
+
 struct im__store {
 	sqlite3 *db;
+	struct im__ckpt ckpt;
 	struct im__tl_cache tls;
 	sqlite3_stmt *begin, *commit, *rollback;
-	sqlite3_stmt *tl_get, *tl_insert, *tl_set_head, *tl_set_first;
+	sqlite3_stmt *tl_get, *tl_insert, *tl_set_first;
 	sqlite3_stmt *msg_insert, *msg_dedup, *msg_range, *msg_own_seq;
 	sqlite3_stmt *cursor_get, *cursor_set;
 	sqlite3_stmt *trim_list, *trim_age_first, *trim_delete;
@@ -213,7 +237,7 @@ struct im__msg {
  * migrations, prepares statements. MOSQ_ERR_SUCCESS, or MOSQ_ERR_UNKNOWN
  * with a log line naming the path and SQLite's message. On failure the
  * store is left closed (im_store__close is still safe). */
-int im_store__open(struct im__store *st, const char *path, int synchronous, int busy_timeout_ms);
+int im_store__open(struct im__store *st, const char *path, int synchronous, int busy_timeout_ms, int page_size);
 void im_store__close(struct im__store *st);
 
 /* Looks a timeline up in the cache, then in the database, creating its row

@@ -84,7 +84,7 @@ static int check_subscribe(struct im__plugin *p, const struct mosquitto_evt_acl_
 	/* A wildcard filter cannot name one inbox; READ decides per message. */
 	if(strpbrk(ed->topic, "+#")) return MOSQ_ERR_SUCCESS;
 	if(im_route__parse_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS) return deny(ed, "not an IM timeline topic");
-	return im_acl__may_read(p, &r, user) ? MOSQ_ERR_SUCCESS : deny(ed, r.kind == 'u' ? "not your inbox" : "not a member of the group");
+	return im_acl__may_read(p, &r, user) ? MOSQ_ERR_SUCCESS : deny(ed, r.kind == 'u' ? "not your timeline" : "not a member of the group");
 }
 
 static int check_write(struct im__plugin *p, const struct mosquitto_evt_acl_check *ed, const char *user, bool will)

@@ -104,7 +104,7 @@ IM_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 
 	rc = im_config__parse(&p->cfg, options, option_count);
 	if(rc == MOSQ_ERR_SUCCESS){
-		rc = im_store__open(&p->store, p->cfg.db_path, p->cfg.synchronous, p->cfg.busy_timeout_ms);
+		rc = im_store__open(&p->store, p->cfg.db_path, p->cfg.synchronous, p->cfg.busy_timeout_ms, p->cfg.page_size);
 	}
 	for(i = 0; rc == MOSQ_ERR_SUCCESS && i < sizeof(callbacks) / sizeof(callbacks[0]); i++){
 		rc = mosquitto_callback_register(identifier, callbacks[i].event, callbacks[i].cb, callbacks[i].data, p);

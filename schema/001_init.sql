@@ -2,8 +2,9 @@
 -- Applied in one transaction by the plugin when PRAGMA user_version < 1.
 -- Never edit a released migration: add NNN_<what>.sql instead.
 
--- One row per timeline ("u/<user>", "g/<group>"). head_seq is the last seq
--- handed out; it survives retention (a trimmed timeline keeps counting).
+-- One row per timeline ("u/<user>", "g/<group>"). The head (last seq handed
+-- out) is max(head_seq, max(messages.seq)): head_seq is written when retention
+-- trims, so a trimmed timeline keeps counting, not on every message.
 CREATE TABLE timelines(
     id          INTEGER PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
