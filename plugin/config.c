@@ -170,6 +170,16 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 	}else if(!strcasecmp(key, "retention_messages")){
 		rc = parse_int(key, value, 0, INT64_MAX, &v);
 		cfg->retention_messages = v;
+	}else if(!strcasecmp(key, "auth_jwt_secret_file")){
+		return im_auth__load_secret(cfg, value);
+	}else if(!strcasecmp(key, "auth_jwt_leeway")){
+		rc = parse_int(key, value, 0, 3600, &v);
+		cfg->jwt_leeway = (long)v;
+	}else if(!strcasecmp(key, "store_key_file")){
+		return set_string(&cfg->store_key_file, value);
+	}else if(!strcasecmp(key, "sync_rate")){
+		rc = parse_int(key, value, 0, 1000000, &v);
+		cfg->sync_rate = (uint32_t)v;
 	}else if(!strcasecmp(key, "max_group_members")){
 		rc = parse_int(key, value, 1, 1000000, &v);
 		cfg->max_group_members = (uint32_t)v;
@@ -212,6 +222,11 @@ void im_config__free_admins(struct im__config *cfg)
 void im_config__free(struct im__config *cfg)
 {
 	im_config__free_admins(cfg);
+	if(cfg->jwt_secret) memset(cfg->jwt_secret, 0, cfg->jwt_secret_len);
+	mosquitto_free(cfg->jwt_secret);
+	mosquitto_free(cfg->store_key_file);
+	cfg->jwt_secret = NULL;
+	cfg->store_key_file = NULL;
 	mosquitto_free(cfg->db_path);
 	mosquitto_free(cfg->prefix);
 	cfg->db_path = NULL;

@@ -63,6 +63,11 @@ struct im__config {
 	int64_t retention_seconds;  /* 0 = keep forever */
 	int64_t retention_messages; /* per timeline, 0 = no count limit */
 	char **admins;              /* NULL-terminated; may manage any group */
+	char *jwt_secret;           /* NULL: no token login (BASIC_AUTH not registered) */
+	size_t jwt_secret_len;
+	long jwt_leeway;            /* seconds of clock skew allowed for exp/nbf */
+	char *store_key_file;       /* NULL: bodies stored as given */
+	uint32_t sync_rate;         /* sync requests per second per client, 0 = no limit */
 	uint32_t max_group_members;
 	uint32_t trim_batch;        /* rows deleted per tick at most */
 };
@@ -73,6 +78,17 @@ struct im__config {
 int im_config__parse(struct im__config *cfg, struct mosquitto_opt *opts, int count);
 void im_config__free(struct im__config *cfg);
 void im_config__free_admins(struct im__config *cfg);
+
+/* =========================================================================
+ * auth.c — token login
+ * ========================================================================= */
+
+/* Reads the HS256 secret (at least 32 bytes; a trailing newline is not
+ * part of it). MOSQ_ERR_INVAL with a log line if unusable. */
+int im_auth__load_secret(struct im__config *cfg, const char *path);
+/* NULL if token is a valid HS256 JWT for username at now, else the reason. */
+const char *im_auth__check_jwt(const struct im__config *cfg, const char *token, const char *username, time_t now);
+int im_auth__basic_cb(int event, void *event_data, void *userdata);
 
 /* =========================================================================
  * route.c — topic and name rules
@@ -350,6 +366,7 @@ struct im__plugin {
 	 * meaningful until the next event. */
 	const struct mosquitto *disconnecting;
 	bool fallback_registered;       /* the non-IM "allow" ACL callback */
+	bool auth_registered;           /* MOSQ_EVT_BASIC_AUTH (token login) */
 	int64_t next_trim_ms;           /* when the next retention step may run */
 	int64_t trim_cursor;            /* timeline id the sweep continues after */
 };

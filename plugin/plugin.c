@@ -82,6 +82,9 @@ static void log_policy(const struct im__config *cfg)
 			cfg->db_path, cfg->synchronous == 2 ? "full" : "normal", cfg->prefix, cfg->prefix,
 			cfg->payload_mode == IM_PAYLOAD_RAW ? "raw" : "frame",
 			cfg->delivery == IM_DELIVERY_NOTIFY ? "notify" : "full", count_admins(cfg));
+	if(cfg->jwt_secret){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: token login on: a password shaped like a JWT must be an HS256 token for its username; other passwords go to password_file/other plugins, and are refused if none is configured.");
+	}
 	if(cfg->nonim == IM_NONIM_ALLOW){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: non-IM topics: acl_file or another plugin decides where configured; where none does, they are ALLOWED (plugin_opt_nonim_acl allow).");
 	}else{
@@ -113,6 +116,12 @@ IM_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 					callbacks[i].event, mosquitto_strerror(rc));
 		}
 	}
+	/* Registering BASIC_AUTH changes how every login fares (all deferring
+	 * means denial), so only when token login is configured. */
+	if(rc == MOSQ_ERR_SUCCESS && p->cfg.jwt_secret){
+		rc = mosquitto_callback_register(identifier, MOSQ_EVT_BASIC_AUTH, im_auth__basic_cb, NULL, p);
+		if(rc == MOSQ_ERR_SUCCESS) p->auth_registered = true;
+	}
 	if(rc != MOSQ_ERR_SUCCESS){
 		mosquitto_plugin_cleanup(p, options, option_count);
 		return rc;
@@ -133,6 +142,9 @@ IM_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opt
 	if(p == NULL) return MOSQ_ERR_SUCCESS;
 	for(i = 0; i < sizeof(callbacks) / sizeof(callbacks[0]); i++){
 		mosquitto_callback_unregister(p->pid, callbacks[i].event, callbacks[i].cb, callbacks[i].data);
+	}
+	if(p->auth_registered){
+		mosquitto_callback_unregister(p->pid, MOSQ_EVT_BASIC_AUTH, im_auth__basic_cb, NULL);
 	}
 	if(p->fallback_registered){
 		mosquitto_callback_unregister(p->pid, MOSQ_EVT_ACL_CHECK, im_acl__fallback_cb, NULL);

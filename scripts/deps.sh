@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config
       mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
       libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
-      libsqlite3-dev sqlite3 libssl-dev
+      libsqlite3-dev sqlite3 libssl-dev libjwt-dev
       python3-paho-mqtt python3-protobuf python3-pytest)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -27,3 +27,9 @@ void mosquitto_log_printf(int level, const char *fmt, ...)
 	stub_log_count++;
 	if(getenv("STUB_LOG")) fprintf(stderr, "log: %s\n", stub_last_log);
 }
+
+const char *mosquitto_client_address(const struct mosquitto *client)
+{
+	(void)client;
+	return "127.0.0.1";
+}

@@ -1,0 +1,110 @@
+/*
+ * Token login: password = a JWT signed HS256 with the shared secret in
+ * plugin_opt_auth_jwt_secret_file, the way an app backend issues chat
+ * tokens. Verified: the signature, alg == HS256 (never "none"), exp
+ * (required), nbf (if present), and sub == the MQTT username.
+ *
+ * A password that is not shaped like a JWT is not ours: we defer, so
+ * password_file or dynamic security still decide. A JWT that fails any
+ * check is refused outright, never passed on.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <jwt.h>
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+
+#include "im.h"
+
+#define SECRET_MAX 4096
+
+int im_auth__load_secret(struct im__config *cfg, const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	size_t n;
+
+	if(f == NULL){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: plugin_opt_auth_jwt_secret_file: cannot open \"%s\": %s.", path, strerror(errno));
+		return MOSQ_ERR_INVAL;
+	}
+	mosquitto_free(cfg->jwt_secret);
+	cfg->jwt_secret = mosquitto_malloc(SECRET_MAX);
+	if(cfg->jwt_secret == NULL){
+		fclose(f);
+		return MOSQ_ERR_NOMEM;
+	}
+	n = fread(cfg->jwt_secret, 1, SECRET_MAX, f);
+	fclose(f);
+	/* A secret written with echo ends in a newline that the issuer did
+	 * not sign with. */
+	while(n > 0 && (cfg->jwt_secret[n - 1] == '\n' || cfg->jwt_secret[n - 1] == '\r')) n--;
+	if(n < 32){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: plugin_opt_auth_jwt_secret_file: \"%s\" holds %zu bytes; an HS256 secret needs at least 32.", path, n);
+		return MOSQ_ERR_INVAL;
+	}
+	cfg->jwt_secret_len = n;
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* header.payload.signature, base64url only. */
+static bool looks_like_jwt(const char *s)
+{
+	int dots = 0;
+
+	for(; *s; s++){
+		if(*s == '.') dots++;
+		else if(!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9')
+					|| *s == '-' || *s == '_' || *s == '=')){
+			return false;
+		}
+	}
+	return dots == 2;
+}
+
+/* Returns NULL if the token is good for username, else why not. */
+const char *im_auth__check_jwt(const struct im__config *cfg, const char *token, const char *username, time_t now)
+{
+	jwt_t *jwt = NULL;
+	const char *why = NULL, *sub;
+	long exp, nbf;
+
+	if(jwt_decode(&jwt, token, (const unsigned char *)cfg->jwt_secret, (int)cfg->jwt_secret_len) != 0 || jwt == NULL){
+		return "bad signature or malformed token";
+	}
+	if(jwt_get_alg(jwt) != JWT_ALG_HS256){
+		why = "algorithm is not HS256";
+	}else if((sub = jwt_get_grant(jwt, "sub")) == NULL || username == NULL || strcmp(sub, username)){
+		why = "sub does not match the username";
+	}else{
+		errno = 0;
+		exp = jwt_get_grant_int(jwt, "exp");
+		if(errno == ENOENT) why = "no exp claim";
+		else if((long)now >= exp + cfg->jwt_leeway) why = "expired";
+		errno = 0;
+		nbf = jwt_get_grant_int(jwt, "nbf");
+		if(!why && errno != ENOENT && (long)now + cfg->jwt_leeway < nbf) why = "not valid yet (nbf)";
+	}
+	jwt_free(jwt);
+	return why;
+}
+
+int im_auth__basic_cb(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_basic_auth *ed = event_data;
+	struct im__plugin *p = userdata;
+	const char *why;
+
+	(void)event;
+	if(ed->password == NULL || !looks_like_jwt(ed->password)) return MOSQ_ERR_PLUGIN_DEFER;
+	why = im_auth__check_jwt(&p->cfg, ed->password, ed->username, time(NULL));
+	if(why){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: refused token login of \"%s\" from %s: %s.",
+				ed->username ? ed->username : "", mosquitto_client_address(ed->client), why);
+		return MOSQ_ERR_AUTH;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
