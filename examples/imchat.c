@@ -1,0 +1,761 @@
+/*
+ * imchat: a chat command line for mosquitto-im, on libmosquitto.
+ *
+ *   imchat -u alice send bob "hi"              direct message, prints the seq
+ *   imchat -u alice send -g team "hi"          group message
+ *   imchat -u bob listen                       live, in order, resumes after restart
+ *   imchat -u bob history u/bob --last 20      the last 20 messages of a timeline
+ *   imchat -u alice group create team bob carol
+ *   imchat -u alice group add|remove team dave
+ *   imchat -u bob group leave team
+ *   imchat -u bob group list | info team
+ *
+ * Sending follows docs/PROTOCOL.md section 7, step 4: MQTT v5, QoS 1, a
+ * random UUID as im-cmid, a Response Topic for the im.v1.Receipt; after a
+ * lost connection the message is re-sent with the same cmid until the
+ * Receipt arrives, so it is stored exactly once. `listen` runs the
+ * reference client (examples/client): sync before live, gaps filled,
+ * duplicates dropped, acks, a state file.
+ *
+ * Errors go to stderr with a non-zero exit: 1 for a failure, 2 for usage.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <mosquitto.h>
+#include <mqtt_protocol.h>
+
+#include "client/im_client.h"
+#include "im.h"
+
+#define RECEIPT_TOPIC "$CONTROL/im/v1/receipt"
+
+/* ---- options ---- */
+
+static struct {
+	const char *user, *password, *host, *cafile, *client_id, *state, *group, *cmid;
+	int port;
+	int reply_ms;      /* how long a request may wait for the plugin's reply */
+	int retry_s;       /* send: keep trying to connect this long (0: fail at once) */
+	long max_msgs;     /* listen -n */
+	int idle_s;        /* listen -t */
+	long last_n;       /* history --last */
+	long long after;   /* history --after */
+	int verbose;
+} opt = {.host = "127.0.0.1", .port = 1883, .reply_ms = 3000, .last_n = -1, .after = -1};
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("imchat: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(1);
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+
+	nanosleep(&ts, NULL);
+}
+
+/* ---- printing messages: "HH:MM:SS timeline #seq sender: body" ---- */
+
+static void print_msg(void *ud, const Im__V1__Header *h, const uint8_t *body, size_t len)
+{
+	time_t s = (time_t)(h->ts_ms / 1000);
+	struct tm tm;
+	char ts[16];
+	size_t i;
+	const char *me_tl = ud;
+
+	localtime_r(&s, &tm);
+	strftime(ts, sizeof(ts), "%H:%M:%S", &tm);
+	printf("%s %s #%" PRIu64 " %s", ts, h->timeline ? h->timeline : "?", h->seq, h->sender ? h->sender : "?");
+	if(h->flags & IM__V1__HEADER_FLAG__FLAG_SYSTEM){
+		printf(" (system)");
+	}else if(me_tl && h->to && h->timeline && !strcmp(h->timeline, me_tl) && strcmp(h->to, me_tl)){
+		/* my own copy of a message I sent: name the peer */
+		printf(" -> %s", !strncmp(h->to, "u/", 2) ? h->to + 2 : h->to);
+	}
+	fputs(": ", stdout);
+	if(h->body_omitted){
+		fputs("(body omitted: notify mode)", stdout);
+	}else{
+		for(i = 0; i < len; i++){
+			/* one message, one line: control characters are shown as '?' */
+			putchar(body[i] < 0x20 && body[i] != '\t' ? '?' : body[i]);
+		}
+	}
+	putchar('\n');
+	fflush(stdout);
+}
+
+/* ---- a short-lived MQTT v5 session for requests and sends ---- */
+
+struct sess {
+	struct mosquitto *m;
+	bool connected, ever_connected, lost;
+	int connack;          /* -1 until CONNACK */
+	/* the one outstanding exchange */
+	char want_topic[128];
+	char corr[48];
+	int pub_mid;
+	bool pub_acked;
+	int pub_reason;
+	int64_t pub_acked_ms;
+	uint8_t *reply;
+	int reply_len;
+	bool got_reply;
+};
+
+static void on_connect(struct mosquitto *m, void *ud, int rc, int flags, const mosquitto_property *props)
+{
+	struct sess *s = ud;
+
+	(void)m;
+	(void)flags;
+	(void)props;
+	s->connack = rc;
+	if(rc == 0) s->connected = s->ever_connected = true;
+}
+
+static void on_disconnect(struct mosquitto *m, void *ud, int rc, const mosquitto_property *props)
+{
+	struct sess *s = ud;
+
+	(void)m;
+	(void)rc;
+	(void)props;
+	s->connected = false;
+	s->lost = true;
+}
+
+static void on_publish(struct mosquitto *m, void *ud, int mid, int reason, const mosquitto_property *props)
+{
+	struct sess *s = ud;
+
+	(void)m;
+	(void)props;
+	if(mid != s->pub_mid) return;
+	s->pub_acked = true;
+	s->pub_reason = reason;
+	s->pub_acked_ms = now_ms();
+}
+
+static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_message *msg,
+		const mosquitto_property *props)
+{
+	struct sess *s = ud;
+	void *corr = NULL;
+	uint16_t corr_len = 0;
+	bool match;
+
+	(void)m;
+	if(s->got_reply || strcmp(msg->topic, s->want_topic)) return;
+	/* A reply from an earlier attempt carries another correlation id. */
+	mosquitto_property_read_binary(props, MQTT_PROP_CORRELATION_DATA, &corr, &corr_len, false);
+	match = corr == NULL || (corr_len == strlen(s->corr) && !memcmp(corr, s->corr, corr_len));
+	free(corr);
+	if(!match) return;
+	s->reply = malloc((size_t)msg->payloadlen + 1);
+	if(s->reply == NULL) die("out of memory");
+	memcpy(s->reply, msg->payload, (size_t)msg->payloadlen);
+	s->reply_len = msg->payloadlen;
+	s->got_reply = true;
+}
+
+static const char *connack_reason(int rc)
+{
+	switch(rc){
+		case 4: case 5: case MQTT_RC_BAD_USERNAME_OR_PASSWORD: case MQTT_RC_NOT_AUTHORIZED:
+			return "not authorised";
+		default:
+			return mosquitto_reason_string(rc);
+	}
+}
+
+static void random_id(char *out, size_t cap)
+{
+	uint8_t b[16];
+	FILE *f = fopen("/dev/urandom", "rb");
+	size_t i;
+
+	if(f == NULL || fread(b, 1, sizeof(b), f) != sizeof(b)){
+		for(i = 0; i < sizeof(b); i++) b[i] = (uint8_t)(rand() ^ (int)(now_ms() >> i));
+	}
+	if(f) fclose(f);
+	b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* UUID version 4 */
+	b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
+	snprintf(out, cap, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+			b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+}
+
+static void sess_init(struct sess *s)
+{
+	char id[64], r[40];
+
+	memset(s, 0, sizeof(*s));
+	s->connack = -1;
+	mosquitto_lib_init();
+	random_id(r, sizeof(r));
+	/* Its own client id: never takes over the session of a listening device. */
+	snprintf(id, sizeof(id), "imchat-%.8s-%s", opt.user, r + 24);
+	s->m = mosquitto_new(id, true, s);
+	if(s->m == NULL) die("out of memory");
+	mosquitto_int_option(s->m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
+	mosquitto_int_option(s->m, MOSQ_OPT_TCP_NODELAY, 1);
+	mosquitto_username_pw_set(s->m, opt.user, opt.password);
+	if(opt.cafile && mosquitto_tls_set(s->m, opt.cafile, NULL, NULL, NULL, NULL) != MOSQ_ERR_SUCCESS){
+		die("cannot use CA file %s", opt.cafile);
+	}
+	mosquitto_connect_v5_callback_set(s->m, on_connect);
+	mosquitto_disconnect_v5_callback_set(s->m, on_disconnect);
+	mosquitto_publish_v5_callback_set(s->m, on_publish);
+	mosquitto_message_v5_callback_set(s->m, on_message);
+}
+
+/* One connection attempt, up to CONNACK. Returns 0, or -1 with the reason in
+ * why (the broker is not there); a refused login ends the program. */
+static int sess_connect(struct sess *s, char *why, size_t cap)
+{
+	int rc;
+	int64_t deadline;
+
+	s->connack = -1;
+	s->connected = s->lost = false;
+	rc = s->ever_connected ? mosquitto_reconnect(s->m) : mosquitto_connect(s->m, opt.host, opt.port, 30);
+	if(rc != MOSQ_ERR_SUCCESS){
+		snprintf(why, cap, "cannot connect to %s:%d: %s", opt.host, opt.port,
+				rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+		return -1;
+	}
+	deadline = now_ms() + 10000;
+	while(s->connack < 0 && now_ms() < deadline){
+		if(mosquitto_loop(s->m, 50, 1) != MOSQ_ERR_SUCCESS && s->connack < 0){
+			snprintf(why, cap, "cannot connect to %s:%d: connection closed before CONNACK%s", opt.host,
+					opt.port, opt.cafile ? " (TLS?)" : "");
+			return -1;
+		}
+	}
+	if(s->connack < 0){
+		snprintf(why, cap, "cannot connect to %s:%d: no CONNACK within 10 s", opt.host, opt.port);
+		return -1;
+	}
+	if(s->connack != 0){
+		die("login as %s refused by %s:%d: %s", opt.user, opt.host, opt.port, connack_reason(s->connack));
+	}
+	return 0;
+}
+
+static void sess_open(struct sess *s)
+{
+	char why[256];
+
+	sess_init(s);
+	if(sess_connect(s, why, sizeof(why)) != 0) die("%s", why);
+}
+
+static void sess_close(struct sess *s)
+{
+	if(s->connected){
+		mosquitto_disconnect(s->m);
+		mosquitto_loop(s->m, 50, 1);
+	}
+	mosquitto_destroy(s->m);
+	mosquitto_lib_cleanup();
+}
+
+static void no_plugin(const char *where)
+{
+	die("no reply from the mosquitto-im plugin on %s within %d ms: is the plugin loaded?", where, opt.reply_ms);
+}
+
+/* Publishes a request to $CONTROL/im/v1/<op> and waits for its reply.
+ * Returns the reply payload (caller frees), its length in *len. */
+static uint8_t *sess_request(struct sess *s, const char *op, const void *payload, size_t plen, int *len)
+{
+	char topic[96];
+	mosquitto_property *props = NULL;
+	int64_t deadline;
+	uint8_t *r;
+
+	snprintf(topic, sizeof(topic), "$CONTROL/im/v1/%s", op);
+	snprintf(s->want_topic, sizeof(s->want_topic), "$CONTROL/im/v1/%s/response", op);
+	random_id(s->corr, sizeof(s->corr));
+	s->got_reply = false;
+	mosquitto_property_add_string(&props, MQTT_PROP_RESPONSE_TOPIC, s->want_topic);
+	mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, s->corr, (uint16_t)strlen(s->corr));
+	if(mosquitto_publish_v5(s->m, &s->pub_mid, topic, (int)plen, payload, 1, false, props) != MOSQ_ERR_SUCCESS){
+		die("cannot send the request to %s", topic);
+	}
+	mosquitto_property_free_all(&props);
+	deadline = now_ms() + opt.reply_ms;
+	while(!s->got_reply && now_ms() < deadline){
+		if(mosquitto_loop(s->m, 50, 1) != MOSQ_ERR_SUCCESS || s->lost){
+			die("lost the connection to %s:%d while waiting for the reply on %s", opt.host, opt.port, topic);
+		}
+	}
+	if(!s->got_reply) no_plugin(topic);
+	r = s->reply;
+	*len = s->reply_len;
+	s->reply = NULL;
+	return r;
+}
+
+static const char *status_name(int st)
+{
+	switch(st){
+		case IM__V1__STATUS__OK: return "OK";
+		case IM__V1__STATUS__BAD_REQUEST: return "bad request";
+		case IM__V1__STATUS__UNAUTHENTICATED: return "unauthenticated";
+		case IM__V1__STATUS__FORBIDDEN: return "forbidden";
+		case IM__V1__STATUS__NOT_FOUND: return "not found";
+		case IM__V1__STATUS__CONFLICT: return "conflict";
+		case IM__V1__STATUS__TOO_LARGE: return "too large";
+		case IM__V1__STATUS__TOO_MANY: return "too many";
+		case IM__V1__STATUS__INTERNAL: return "internal error";
+		default: return "error";
+	}
+}
+
+/* ---- send ---- */
+
+static bool valid_name(const char *n)
+{
+	size_t len = strlen(n);
+
+	return len >= 1 && len <= IM_NAME_MAX && !strpbrk(n, "/+#$");
+}
+
+static int cmd_send(const char *to, const char *text)
+{
+	struct sess s;
+	char topic[IM_TL_MAX + 64], tl[IM_TL_MAX + 1], cmid[48], why[256] = "";
+	mosquitto_property *props = NULL;
+	int64_t deadline, retry_until;
+	bool sent = false;
+	Im__V1__Receipt *r;
+
+	if(!valid_name(to)) die("invalid %s name '%s'", opt.group ? "group" : "user", to);
+	snprintf(tl, sizeof(tl), "%s/%s", opt.group ? "g" : "u", to);
+	snprintf(topic, sizeof(topic), "im/%s", tl);
+	if(opt.cmid) snprintf(cmid, sizeof(cmid), "%s", opt.cmid);
+	else random_id(cmid, sizeof(cmid));
+
+	sess_init(&s);
+	snprintf(s.want_topic, sizeof(s.want_topic), "%s", RECEIPT_TOPIC);
+	snprintf(s.corr, sizeof(s.corr), "%s", cmid);
+	mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, "im-cmid", cmid);
+	mosquitto_property_add_string(&props, MQTT_PROP_RESPONSE_TOPIC, RECEIPT_TOPIC);
+	mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, cmid, (uint16_t)strlen(cmid));
+
+	retry_until = now_ms() + (int64_t)opt.retry_s * 1000;
+	while(!s.got_reply){
+		if(!s.connected){
+			if(sess_connect(&s, why, sizeof(why)) != 0){
+				/* Before the first connection only --retry keeps trying;
+				 * after it, a lost connection is retried for 30 s. */
+				if(now_ms() >= (s.ever_connected ? retry_until + 30000 : retry_until)) die("%s", why);
+				sleep_ms(250);
+				continue;
+			}
+			retry_until = now_ms() + (int64_t)opt.retry_s * 1000;
+			sent = false;
+		}
+		if(!sent){
+			/* The same cmid on every attempt: stored once however often sent. */
+			s.pub_acked = false;
+			if(mosquitto_publish_v5(s.m, &s.pub_mid, topic, (int)strlen(text), text, 1, false, props)
+					!= MOSQ_ERR_SUCCESS){
+				s.connected = false;
+				continue;
+			}
+			sent = true;
+			if(opt.verbose) fprintf(stderr, "imchat: sent to %s with cmid %s\n", topic, cmid);
+		}
+		deadline = now_ms() + 30000;
+		while(!s.got_reply && s.connected && now_ms() < deadline){
+			if(mosquitto_loop(s.m, 50, 1) != MOSQ_ERR_SUCCESS){
+				s.connected = false;
+				break;
+			}
+			if(s.pub_acked && s.pub_reason >= 0x80){
+				die("%s refused the message to %s: %s (the broker log says why)", opt.host, topic,
+						s.pub_reason == MQTT_RC_NOT_AUTHORIZED ? "not authorised" : mosquitto_reason_string(s.pub_reason));
+			}
+			if(s.pub_acked && !s.got_reply && now_ms() - s.pub_acked_ms > opt.reply_ms){
+				no_plugin(topic);
+			}
+		}
+		if(!s.got_reply && s.connected) die("no acknowledgement for the message to %s within 30 s", topic);
+		if(!s.got_reply){
+			if(opt.verbose) fprintf(stderr, "imchat: connection lost, re-sending with cmid %s\n", cmid);
+			retry_until = now_ms() + 30000;
+			sleep_ms(100);
+		}
+	}
+	mosquitto_property_free_all(&props);
+	r = im__v1__receipt__unpack(NULL, (size_t)s.reply_len, s.reply);
+	if(r == NULL) die("unreadable receipt from %s", topic);
+	if(r->status != IM__V1__STATUS__OK){
+		die("%s refused: %d %s: %s", topic, r->status, status_name(r->status), r->reason ? r->reason : "");
+	}
+	printf("%s seq %" PRIu64, r->timeline ? r->timeline : tl, r->seq);
+	if(r->has_own_seq) printf(" (own copy u/%s seq %" PRIu64 ")", opt.user, r->own_seq);
+	if(r->duplicate) printf(" duplicate");
+	putchar('\n');
+	im__v1__receipt__free_unpacked(r, NULL);
+	free(s.reply);
+	sess_close(&s);
+	return 0;
+}
+
+/* ---- history ---- */
+
+static Im__V1__SyncBatch *sync_once(struct sess *s, const char *tl, uint64_t after, uint32_t limit)
+{
+	Im__V1__SyncRequest q = IM__V1__SYNC_REQUEST__INIT;
+	uint8_t buf[128], *reply;
+	int len;
+	Im__V1__SyncBatch *b;
+
+	q.timeline = (char *)tl;
+	q.has_after_seq = 1;
+	q.after_seq = after;
+	q.has_limit = 1;
+	q.limit = limit;
+	reply = sess_request(s, "sync", buf, im__v1__sync_request__pack(&q, buf), &len);
+	b = im__v1__sync_batch__unpack(NULL, (size_t)len, reply);
+	free(reply);
+	if(b == NULL) die("unreadable sync reply for %s", tl);
+	if(b->status != IM__V1__STATUS__OK){
+		die("sync %s refused: %d %s: %s", tl, b->status, status_name(b->status), b->reason ? b->reason : "");
+	}
+	return b;
+}
+
+static int cmd_history(const char *tl_arg)
+{
+	struct sess s;
+	char tl[IM_TL_MAX + 1], me[IM_TL_MAX + 1];
+	uint64_t after = 0;
+	Im__V1__SyncBatch *b;
+	Im__V1__Header *h;
+	const uint8_t *body;
+	size_t i, blen;
+	long shown = 0;
+
+	/* "u/bob", "g/team", or a bare name: a group if it is not me */
+	if(!strncmp(tl_arg, "u/", 2) || !strncmp(tl_arg, "g/", 2)) snprintf(tl, sizeof(tl), "%s", tl_arg);
+	else if(!strcmp(tl_arg, opt.user)) snprintf(tl, sizeof(tl), "u/%s", tl_arg);
+	else snprintf(tl, sizeof(tl), "g/%s", tl_arg);
+	snprintf(me, sizeof(me), "u/%s", opt.user);
+	sess_open(&s);
+	if(opt.after >= 0){
+		after = (uint64_t)opt.after;
+	}else if(opt.last_n >= 0){
+		b = sync_once(&s, tl, 0, 1); /* learns head_seq */
+		after = b->head_seq > (uint64_t)opt.last_n ? b->head_seq - (uint64_t)opt.last_n : 0;
+		im__v1__sync_batch__free_unpacked(b, NULL);
+	}
+	for(;;){
+		b = sync_once(&s, tl, after, 500);
+		if(b->first_seq > after + 1 && opt.verbose){
+			fprintf(stderr, "imchat: %s: seqs %" PRIu64 "..%" PRIu64 " are gone (retention)\n", tl, after + 1,
+					b->first_seq - 1);
+		}
+		for(i = 0; i < b->n_frames; i++){
+			if(im_frame__decode(b->frames[i].data, b->frames[i].len, NULL, &h, &body, &blen) != MOSQ_ERR_SUCCESS) continue;
+			print_msg(me, h, body, blen);
+			after = h->seq;
+			shown++;
+			im__v1__header__free_unpacked(h, NULL);
+		}
+		if(!b->has_more || b->n_frames == 0){
+			im__v1__sync_batch__free_unpacked(b, NULL);
+			break;
+		}
+		im__v1__sync_batch__free_unpacked(b, NULL);
+	}
+	sess_close(&s);
+	return 0;
+}
+
+/* ---- groups ---- */
+
+static char *default_state_path(void)
+{
+	static char path[4096];
+	const char *home = getenv("HOME");
+	char dir[4000];
+
+	if(opt.state) return (char *)opt.state;
+	if(home == NULL || !*home) home = ".";
+	snprintf(dir, sizeof(dir), "%s/.imchat", home);
+	mkdir(dir, 0700);
+	snprintf(path, sizeof(path), "%s/%s@%s:%d.state", dir, opt.user, opt.host, opt.port);
+	return path;
+}
+
+/* `last` of a timeline in the state file of `listen`, or -1 if unknown. */
+static long long state_last(const char *tl)
+{
+	FILE *f = fopen(default_state_path(), "r");
+	char name[IM_TL_MAX + 2];
+	unsigned long long last;
+	long long r = -1;
+
+	if(f == NULL) return -1;
+	while(fscanf(f, "%66s %llu", name, &last) == 2){
+		if(!strcmp(name, tl)) r = (long long)last;
+	}
+	fclose(f);
+	return r;
+}
+
+static Im__V1__GroupResponse *group_request(struct sess *s, const char *op, const char *group, char **members, int n)
+{
+	Im__V1__GroupRequest q = IM__V1__GROUP_REQUEST__INIT;
+	Im__V1__GroupResponse *r;
+	uint8_t *buf, *reply;
+	size_t plen;
+	int len;
+
+	q.op = (char *)op;
+	q.group = (char *)group;
+	q.members = members;
+	q.n_members = (size_t)n;
+	plen = im__v1__group_request__get_packed_size(&q);
+	buf = malloc(plen + 1);
+	if(buf == NULL) die("out of memory");
+	im__v1__group_request__pack(&q, buf);
+	reply = sess_request(s, "group", buf, plen, &len);
+	free(buf);
+	r = im__v1__group_response__unpack(NULL, (size_t)len, reply);
+	free(reply);
+	if(r == NULL) die("unreadable group reply");
+	if(r->status != IM__V1__STATUS__OK){
+		die("group %s%s%s: %d %s: %s", op, group ? " " : "", group ? group : "", r->status, status_name(r->status),
+				r->reason ? r->reason : "");
+	}
+	return r;
+}
+
+static int cmd_group(int argc, char **argv)
+{
+	struct sess s;
+	Im__V1__GroupResponse *r;
+	const char *op;
+	size_t i;
+
+	if(argc < 1) die("group: create|add|remove|leave|info <group> [users...], or group list");
+	op = argv[0];
+	if(!strcmp(op, "list")){
+		if(argc != 1) die("usage: group list");
+	}else if(!strcmp(op, "create") || !strcmp(op, "add") || !strcmp(op, "remove")){
+		if(argc < 2 || (strcmp(op, "create") && argc < 3)) die("usage: group %s <group> user...", op);
+	}else if(!strcmp(op, "leave") || !strcmp(op, "info")){
+		if(argc != 2) die("usage: group %s <group>", op);
+	}else{
+		die("unknown group operation '%s' (create, add, remove, leave, list, info)", op);
+	}
+	sess_open(&s);
+	r = group_request(&s, op, argc > 1 ? argv[1] : NULL, argv + 2, argc > 2 ? argc - 2 : 0);
+	if(!strcmp(op, "list")){
+		for(i = 0; i < r->n_groups; i++){
+			char tl[IM_TL_MAX + 8];
+			long long last;
+			uint64_t unread = r->groups[i]->unread;
+
+			snprintf(tl, sizeof(tl), "g/%s", r->groups[i]->name);
+			/* unread as this machine's `listen` sees it, if it ran */
+			last = state_last(tl);
+			if(last >= 0) unread = r->groups[i]->head_seq > (uint64_t)last ? r->groups[i]->head_seq - (uint64_t)last : 0;
+			printf("%s head %" PRIu64 " unread %" PRIu64 "\n", r->groups[i]->name, r->groups[i]->head_seq, unread);
+		}
+	}else if(!strcmp(op, "info")){
+		printf("%s owner %s head %" PRIu64 "\nmembers:", r->group ? r->group : argv[1], r->owner ? r->owner : "?",
+				r->head_seq);
+		for(i = 0; i < r->n_members; i++) printf(" %s", r->members[i]);
+		putchar('\n');
+	}else{
+		printf("%s %s: ok", op, argv[1]);
+		if(r->has_seq) printf(" (g/%s seq %" PRIu64 ")", argv[1], r->seq);
+		putchar('\n');
+	}
+	im__v1__group_response__free_unpacked(r, NULL);
+	sess_close(&s);
+	return 0;
+}
+
+/* ---- listen ---- */
+
+static struct im_client *g_client;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	if(g_client) im_client_stop(g_client);
+}
+
+static int cmd_listen(void)
+{
+	struct sess s;
+	Im__V1__GroupResponse *r;
+	struct im_client_options o = {0};
+	const char **groups;
+	char idbuf[160], host[64] = "", me[IM_TL_MAX + 1];
+	size_t i;
+	int rc;
+
+	/* One request first: a clear error if the broker, the login or the
+	 * plugin is missing, and the groups to follow. */
+	sess_open(&s);
+	r = group_request(&s, "list", NULL, NULL, 0);
+	sess_close(&s);
+	groups = calloc(r->n_groups + 1, sizeof(*groups));
+	if(groups == NULL) die("out of memory");
+	for(i = 0; i < r->n_groups; i++) groups[i] = r->groups[i]->name;
+
+	o.host = opt.host;
+	o.port = opt.port;
+	o.user = opt.user;
+	o.password = opt.password;
+	o.cafile = opt.cafile;
+	o.state_path = default_state_path();
+	o.groups = groups;
+	o.verbose = opt.verbose;
+	if(opt.client_id){
+		o.client_id = opt.client_id;
+	}else{
+		/* a device is its client id: stable per user and machine */
+		gethostname(host, sizeof(host) - 1);
+		snprintf(idbuf, sizeof(idbuf), "imchat-%s@%s", opt.user, host);
+		o.client_id = idbuf;
+	}
+	snprintf(me, sizeof(me), "u/%s", opt.user);
+	g_client = im_client_new(&o, print_msg, me);
+	if(g_client == NULL) die("cannot create the client (bad options?)");
+	if(opt.verbose){
+		fprintf(stderr, "imchat: listening as %s (client id %s, state %s) to u/%s", opt.user, o.client_id,
+				o.state_path, opt.user);
+		for(i = 0; i < r->n_groups; i++) fprintf(stderr, " g/%s", groups[i]);
+		fputc('\n', stderr);
+	}
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	rc = im_client_run(g_client, opt.max_msgs, opt.idle_s * 1000);
+	im_client_free(g_client);
+	im__v1__group_response__free_unpacked(r, NULL);
+	free(groups);
+	return rc == 0 ? 0 : 1;
+}
+
+/* ---- main ---- */
+
+static void usage(int code)
+{
+	fprintf(code ? stderr : stdout,
+			"usage: imchat -u user [-P password] [-h host] [-p port] [--cafile file] COMMAND\n"
+			"  send USER TEXT            direct message; prints the stored seq\n"
+			"  send -g GROUP TEXT        group message\n"
+			"       [--cmid ID]          your own message id (re-running with it stores nothing twice)\n"
+			"       [--retry SECONDS]    keep trying to connect this long (default: fail at once)\n"
+			"  listen [-n N] [-t IDLE]   follow your inbox and groups: \"HH:MM:SS timeline #seq sender: body\"\n"
+			"         [-s STATE] [-i CLIENT_ID]   (state default ~/.imchat/USER@HOST:PORT.state)\n"
+			"  history TIMELINE [--last N | --after SEQ]   u/USER, g/GROUP or a group name\n"
+			"  group create GROUP [USER...] | add GROUP USER... | remove GROUP USER...\n"
+			"  group leave GROUP | info GROUP | list\n"
+			"options: --timeout MS  wait for a reply of the plugin (default 3000); -v verbose\n");
+	exit(code);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longs[] = {
+		{"cafile", required_argument, NULL, 'C'}, {"last", required_argument, NULL, 'L'},
+		{"after", required_argument, NULL, 'A'}, {"cmid", required_argument, NULL, 'M'},
+		{"retry", required_argument, NULL, 'R'}, {"timeout", required_argument, NULL, 'T'},
+		{"help", no_argument, NULL, 'H'}, {NULL, 0, NULL, 0}};
+	char *pos[128];
+	int npos = 0, ch;
+
+	/* Options may come before or after the command (GNU permutation);
+	 * "--" ends them, for a text that starts with '-'. */
+	while(optind < argc){
+		ch = getopt_long(argc, argv, "-u:P:h:p:i:s:g:n:t:v", longs, NULL);
+		if(ch == -1){
+			while(optind < argc && npos < 128) pos[npos++] = argv[optind++];
+			break;
+		}
+		switch(ch){
+			case 1: if(npos < 128) pos[npos++] = optarg; break;
+			case 'u': opt.user = optarg; break;
+			case 'P': opt.password = optarg; break;
+			case 'h': opt.host = optarg; break;
+			case 'p': opt.port = atoi(optarg); break;
+			case 'i': opt.client_id = optarg; break;
+			case 's': opt.state = optarg; break;
+			case 'g': opt.group = optarg; break;
+			case 'n': opt.max_msgs = atol(optarg); break;
+			case 't': opt.idle_s = atoi(optarg); break;
+			case 'v': opt.verbose = 1; break;
+			case 'C': opt.cafile = optarg; break;
+			case 'L': opt.last_n = atol(optarg); break;
+			case 'A': opt.after = atoll(optarg); break;
+			case 'M': opt.cmid = optarg; break;
+			case 'R': opt.retry_s = atoi(optarg); break;
+			case 'T': opt.reply_ms = atoi(optarg); break;
+			case 'H': usage(0); break;
+			default: usage(2);
+		}
+	}
+	if(npos < 1) usage(2);
+	if(opt.user == NULL){
+		fprintf(stderr, "imchat: -u user is required\n");
+		usage(2);
+	}
+	if(opt.port <= 0 || opt.port > 65535) die("invalid port");
+	if(opt.reply_ms <= 0) opt.reply_ms = 3000;
+	if(opt.cmid && (!*opt.cmid || strlen(opt.cmid) > 36)) die("--cmid must be 1..36 bytes");
+	if(!strcmp(pos[0], "send")){
+		if(opt.group && npos == 2) return cmd_send(opt.group, pos[1]);
+		if(!opt.group && npos == 3) return cmd_send(pos[1], pos[2]);
+		die("usage: send USER TEXT, or send -g GROUP TEXT (quote the text)");
+	}
+	if(!strcmp(pos[0], "listen")){
+		if(npos != 1) usage(2);
+		return cmd_listen();
+	}
+	if(!strcmp(pos[0], "history")){
+		if(npos != 2) die("usage: history TIMELINE [--last N | --after SEQ]");
+		return cmd_history(pos[1]);
+	}
+	if(!strcmp(pos[0], "group")) return cmd_group(npos - 1, pos + 1);
+	fprintf(stderr, "imchat: unknown command '%s'\n", pos[0]);
+	usage(2);
+}
