@@ -52,9 +52,9 @@ static int deny(const struct mosquitto_evt_acl_check *ed, const char *why)
 
 /* Requests: anyone may publish to $CONTROL/im/v1/<op>, and the op's
  * handler authorises and answers the request itself. Refusing here would
- * leave the client without an answer: Mosquitto 2.0.11 closes an MQTT
- * 3.1.1 connection whose QoS 1/2 publish was denied, so the reply is
- * lost. An unknown op has no MOSQ_EVT_CONTROL handler, so it is answered
+ * risk the answer: Debian's 2.0.11 closes the connection of a client whose
+ * publish was denied when its out_packet_count >= max_queued_messages
+ * (always, with max_queued_messages 0), and the reply is lost. An unknown op has no MOSQ_EVT_CONTROL handler, so it is answered
  * here. Subscribing is only allowed to the response topics; we never give
  * fall-through access to our $CONTROL topics. */
 static int check_control(struct im__plugin *p, const struct mosquitto_evt_acl_check *ed, const char *user)
@@ -103,6 +103,20 @@ static int check_write(struct im__plugin *p, const struct mosquitto_evt_acl_chec
 	return MOSQ_ERR_SUCCESS;
 }
 
+/* Everything the plugin delivers on an IM topic is a frame (in frame
+ * mode). A will sent at a session takeover, after a Will Delay Interval
+ * or at shutdown reaches subscribers without passing MOSQ_EVT_MESSAGE or
+ * our will check (Mosquitto gives no disconnect event first): refusing
+ * what is not a frame keeps such raw bytes out of an inbox. */
+static bool is_frame(const struct im__plugin *p, const struct mosquitto_evt_acl_check *ed)
+{
+	const uint8_t *b = ed->payload;
+
+	if(p->cfg.payload_mode != IM_PAYLOAD_FRAME) return true;
+	return ed->payloadlen >= IM_FRAME_FIXED && b[0] == 'I' && b[1] == 'M' && b[2] == IM_FRAME_VERSION
+		&& (((uint32_t)b[3] << 8) | b[4]) <= ed->payloadlen - IM_FRAME_FIXED;
+}
+
 int im_acl__check_cb(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_acl_check *ed = event_data;
@@ -127,6 +141,7 @@ int im_acl__check_cb(int event, void *event_data, void *userdata)
 			/* Silent: this runs per message per subscriber, and a wildcard
 			 * subscriber is denied others' messages as a matter of course. */
 			if(im_route__parse_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_ACL_DENIED;
+			if(!is_frame(p, ed)) return deny(ed, "not a frame of this plugin (a will sent past the plugin?)");
 			return im_acl__may_read(p, &r, user) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 		case MOSQ_ACL_WRITE:
 			return check_write(p, ed, user, will);
