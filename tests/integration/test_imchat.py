@@ -1,0 +1,221 @@
+"""imchat, the chat command line: send + listen against a real broker,
+resume after SIGKILL, a broker that restarts while messages flow, groups,
+history, and the clear errors (broker down, plugin missing, login refused)."""
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+from imtest import BUILD
+
+IMCHAT = os.path.join(BUILD, "examples", "imchat")
+LINE = re.compile(r"^\d\d:\d\d:\d\d (\S+) #(\d+) (\S+)(?: \(system\)| -> \S+)?: (.*)$")
+
+
+def imchat(broker_or_port, user, *args, timeout=40, password=None):
+    port = broker_or_port if isinstance(broker_or_port, int) else broker_or_port.port
+    cmd = [IMCHAT, "-p", str(port), "-u", user]
+    if password is not None:
+        cmd += ["-P", password]
+    return subprocess.run(cmd + list(args), capture_output=True, timeout=timeout)
+
+
+def listen(broker, user, state, *args):
+    return subprocess.Popen([IMCHAT, "-p", str(broker.port), "-u", user, "-i", user + "-laptop", "-s", state,
+                             "listen"] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def parse(out):
+    """[(timeline, seq, sender, body)] from listen/history output."""
+    got = []
+    for line in out.decode().splitlines():
+        m = LINE.match(line)
+        assert m, "unexpected line: %r" % line
+        got.append((m.group(1), int(m.group(2)), m.group(3), m.group(4)))
+    return got
+
+
+def send(broker, user, to, text, *extra):
+    r = imchat(broker, user, "send", to, text, *extra)
+    assert r.returncode == 0, r.stderr.decode()
+    m = re.match(r"^u/%s seq (\d+) \(own copy u/%s seq (\d+)\)( duplicate)?$" % (to, user), r.stdout.decode().strip())
+    assert m, r.stdout
+    return int(m.group(1)), bool(m.group(3))
+
+
+def test_send_prints_seq_and_repeat_is_a_duplicate(make_broker):
+    b = make_broker()
+    assert send(b, "alice", "bob", "hi") == (1, False)
+    assert send(b, "alice", "bob", "two", "--cmid", "c-2") == (2, False)
+    assert send(b, "alice", "bob", "two", "--cmid", "c-2") == (2, True)   # stored once
+    assert send(b, "carol", "bob", "from carol") == (3, False)
+    r = imchat(b, "bob", "history", "u/bob")
+    assert [(s, f, body) for _, s, f, body in parse(r.stdout)] == [
+        (1, "alice", "hi"), (2, "alice", "two"), (3, "carol", "from carol")]
+    r = imchat(b, "bob", "history", "u/bob", "--last", "2")
+    assert [s for _, s, _, _ in parse(r.stdout)] == [2, 3]
+    # alice's own copies name the peer
+    r = imchat(b, "alice", "history", "u/alice")
+    assert "alice -> bob: hi" in r.stdout.decode()
+
+
+def test_two_users_chat_with_send_and_listen(make_broker, tmp_path):
+    b = make_broker()
+    state = str(tmp_path / "bob.state")
+    p = listen(b, "bob", state, "-n", "10")
+    time.sleep(0.3)
+    for i in range(10):
+        send(b, "alice", "bob", "m%d" % i)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err.decode()
+    got = parse(out)
+    assert [(t, s, f, body) for t, s, f, body in got] == [("u/bob", i + 1, "alice", "m%d" % i) for i in range(10)]
+    # the state file holds `last`; a second listen shows nothing again
+    assert open(state).read().split() == ["u/bob", "10"]
+    p = listen(b, "bob", state, "-t", "1")
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0 and out == b"", err.decode()
+
+
+def test_groups_and_group_messages(make_broker, tmp_path):
+    b = make_broker()
+    r = imchat(b, "alice", "group", "create", "team", "bob", "carol")
+    assert r.returncode == 0 and r.stdout.decode().startswith("create team: ok"), r.stderr
+    r = imchat(b, "alice", "group", "create", "team")
+    assert r.returncode == 1 and b"409" in r.stderr and b"conflict" in r.stderr
+    for who, text in (("carol", "hello team"), ("bob", "hi carol")):
+        r = imchat(b, who, "send", "-g", "team", text)
+        assert r.returncode == 0 and r.stdout.decode().startswith("g/team seq"), r.stderr
+    r = imchat(b, "dave", "send", "-g", "team", "intruder")
+    assert r.returncode == 1 and b"not authorised" in r.stderr
+    r = imchat(b, "bob", "group", "info", "team")
+    assert r.stdout.decode().splitlines() == ["team owner alice head 3", "members: alice bob carol"]
+    assert imchat(b, "alice", "group", "add", "team", "dave").returncode == 0
+    assert imchat(b, "dave", "group", "leave", "team").returncode == 0
+    assert imchat(b, "alice", "group", "remove", "team", "carol").returncode == 0
+    r = imchat(b, "bob", "group", "list")
+    assert r.stdout.decode().splitlines() == ["team head 6 unread 6"]
+    # bob's listen follows his groups; the system messages show who changed what
+    state = str(tmp_path / "bob.state")
+    p = listen(b, "bob", state, "-t", "1")
+    out, err = p.communicate(timeout=30)
+    got = [(t, s, f) for t, s, f, _ in parse(out)]
+    assert got == [("g/team", 1, "alice"), ("g/team", 2, "carol"), ("g/team", 3, "bob"), ("g/team", 4, "alice"),
+                   ("g/team", 5, "dave"), ("g/team", 6, "alice")], err.decode()
+    assert "g/team #2 carol: hello team" in out.decode()
+    assert "(system)" in out.decode().splitlines()[0]
+    # unread from the state file of this machine's listen
+    r = subprocess.run([IMCHAT, "-p", str(b.port), "-u", "bob", "-s", state, "group", "list"], capture_output=True)
+    assert r.stdout.decode().splitlines() == ["team head 6 unread 0"]
+    r = imchat(b, "carol", "history", "team")
+    assert r.returncode == 1 and b"403 forbidden" in r.stderr, r.stderr
+
+
+def test_listener_killed_resumes_without_loss_or_duplicate(make_broker, tmp_path):
+    b = make_broker()
+    state = str(tmp_path / "bob.state")
+    p = listen(b, "bob", state)
+    for i in range(15):
+        send(b, "alice", "bob", "a%d" % i)
+    # wait until the listener printed the burst (and saved its state), then kill -9
+    deadline = time.time() + 20
+    lines = []
+    while len(lines) < 15 and time.time() < deadline:
+        lines.append(p.stdout.readline())
+    time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    first = parse(b"".join(lines))
+    for i in range(15, 30):                    # sent while the listener is dead
+        send(b, "alice", "bob", "a%d" % i)
+    p = listen(b, "bob", state, "-n", "25")
+    time.sleep(0.5)
+    for i in range(30, 40):                    # sent while it runs again
+        send(b, "alice", "bob", "a%d" % i)
+    out, err = p.communicate(timeout=30)
+    got = first + parse(out)
+    assert [s for _, s, _, _ in got] == list(range(1, 41)), err.decode()
+    assert [body for _, _, _, body in got] == ["a%d" % i for i in range(40)]
+
+
+def test_weak_network_broker_restarts_while_messages_flow(make_broker, tmp_path):
+    """The broker is killed and restarted (same port, same store) every
+    1.5 s while alice sends with imchat and bob listens: every message
+    arrives once, in order."""
+    b = make_broker()
+    state = str(tmp_path / "bob.state")
+    n = 40
+    p = listen(b, "bob", state, "-n", str(n))
+    time.sleep(0.3)
+    failures = []
+
+    def sender():
+        for i in range(n):
+            # A failed run is retried with the same cmid: stored once anyway.
+            for _attempt in range(3):
+                r = imchat(b, "alice", "send", "bob", "w%d" % i, "--cmid", "w-%d" % i, "--retry", "20", timeout=90)
+                if r.returncode == 0:
+                    break
+                failures.append(r.stderr.decode())
+            time.sleep(0.1)
+
+    t = threading.Thread(target=sender)
+    t.start()
+    restarts = 0
+    while t.is_alive() and restarts < 4:
+        time.sleep(1.5)
+        b.kill9()
+        b.start()
+        restarts += 1
+    t.join(timeout=150)
+    assert not t.is_alive()
+    try:
+        out, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=10)
+    got = parse(out)
+    assert restarts >= 3
+    assert [s for _, s, _, _ in got] == list(range(1, n + 1)), (err.decode()[-2000:], failures)
+    assert [body for _, _, _, body in got] == ["w%d" % i for i in range(n)]
+
+
+def test_clear_errors(make_broker, tmp_path):
+    # broker down
+    b = make_broker()
+    port = b.port
+    b.stop()
+    for args in (["send", "bob", "hi"], ["group", "list"], ["listen"], ["history", "u/alice"]):
+        r = imchat(port, "alice", *args, "-s", str(tmp_path / "x.state"))
+        assert r.returncode == 1, args
+        assert ("cannot connect to 127.0.0.1:%d: Connection refused" % port).encode() in r.stderr, r.stderr
+
+    # a broker without the plugin: requests and sends get no reply
+    np = make_broker({"nonim_acl": "allow"}, plugin=False)
+    for args, where in ((["send", "bob", "hi"], "im/u/bob"), (["group", "list"], "$CONTROL/im/v1/group"),
+                        (["history", "u/alice"], "$CONTROL/im/v1/sync"), (["listen"], "$CONTROL/im/v1/group")):
+        t0 = time.time()
+        r = imchat(np, "alice", *args, "--timeout", "1000", "-s", str(tmp_path / "x.state"))
+        assert r.returncode == 1, args
+        assert ("no reply from the mosquitto-im plugin on %s" % where).encode() in r.stderr, r.stderr
+        assert b"is the plugin loaded?" in r.stderr
+        assert time.time() - t0 < 5
+
+    # refused login on a broker with a password file
+    pw = make_broker(start=False)
+    pwfile = os.path.join(pw.dir, "passwords")
+    subprocess.run(["mosquitto_passwd", "-c", "-b", pwfile, "alice", "s3cret"], check=True, capture_output=True)
+    os.chmod(pwfile, 0o644)
+    pw.extra_conf = "allow_anonymous false\npassword_file %s" % pwfile
+    pw.start()
+    r = imchat(pw, "alice", "send", "bob", "hi", password="wrong")
+    assert r.returncode == 1 and b"not authorised" in r.stderr, r.stderr
+    r = imchat(pw, "mallory", "group", "list")
+    assert r.returncode == 1 and b"not authorised" in r.stderr, r.stderr
+    r = imchat(pw, "alice", "send", "bob", "hi", password="s3cret")
+    assert r.returncode == 0 and r.stdout.startswith(b"u/bob seq 1"), r.stderr
+
+    # usage errors exit 2
+    assert subprocess.run([IMCHAT, "send", "bob", "hi"], capture_output=True).returncode == 2
