@@ -143,6 +143,44 @@ size_t im_frame__encode(uint8_t *out, size_t cap, const Im__V1__Header *hdr,
 int im_frame__decode(const uint8_t *buf, size_t len, ProtobufCAllocator *alloc,
 		Im__V1__Header **hdr, const uint8_t **body, size_t *body_len);
 
+/* A growable byte buffer, reused across calls (no per-message malloc). */
+struct im__buf {
+	uint8_t *data;
+	size_t cap;
+};
+
+/* Grows b to at least n bytes (map.c). MOSQ_ERR_SUCCESS or MOSQ_ERR_NOMEM. */
+int im_plugin__buf_reserve(struct im__buf *b, size_t n);
+
+/* =========================================================================
+ * crypt.c — encryption at rest (AES-256-GCM)
+ * ========================================================================= */
+
+#define IM_MAX_KEYS 16
+
+struct im__key {
+	uint16_t id;
+	uint8_t key[32];
+};
+
+struct im__crypt {
+	struct im__key keys[IM_MAX_KEYS];
+	size_t n;               /* the last key seals */
+	void *ctx;              /* EVP_CIPHER_CTX *, reused */
+	struct im__buf buf;     /* sealed or opened body; valid until the next call */
+};
+
+/* Loads the key file. MOSQ_ERR_INVAL with a log line naming the line. */
+int im_crypt__load(struct im__crypt *c, const char *path);
+void im_crypt__free(struct im__crypt *c);
+/* Seals body in for (tl, seq) with the newest key. *out points into c->buf. */
+int im_crypt__seal(struct im__crypt *c, const char *tl, uint64_t seq, const void *in, size_t len,
+		const void **out, size_t *out_len, uint16_t *key_id);
+/* Opens a sealed body. MOSQ_ERR_UNKNOWN if the key is unknown or the row
+ * was altered or moved to another (tl, seq). *out points into c->buf. */
+int im_crypt__open(struct im__crypt *c, uint16_t key_id, const char *tl, uint64_t seq,
+		const void *in, size_t len, const void **out, size_t *out_len);
+
 /* =========================================================================
  * map.c — string-keyed hash map (groups, member sets)
  * ========================================================================= */
@@ -217,6 +255,7 @@ void im_ckpt__stop(struct im__ckpt *c);
 struct im__store {
 	sqlite3 *db;
 	struct im__ckpt ckpt;
+	struct im__crypt *crypt;    /* NULL: bodies stored as given; owned by the plugin */
 	struct im__tl_cache tls;
 	sqlite3_stmt *begin, *commit, *rollback;
 	sqlite3_stmt *tl_get, *tl_insert, *tl_set_first;
@@ -350,15 +389,11 @@ int im_store__groups_of(struct im__store *st, const char *user,
  * plugin.c — shared plugin state
  * ========================================================================= */
 
-struct im__buf {
-	uint8_t *data;
-	size_t cap;
-};
-
 struct im__plugin {
 	void *pid;                      /* mosquitto_plugin_id_t * */
 	struct im__config cfg;
 	struct im__store store;
+	struct im__crypt crypt;
 	struct im__buf scratch;         /* frames are built here, then copied by the broker */
 	ProtobufCAllocator pb_alloc;    /* protobuf-c through mosquitto_* */
 	/* A client whose MOSQ_EVT_DISCONNECT just fired: the broker sends its
@@ -370,9 +405,6 @@ struct im__plugin {
 	int64_t next_trim_ms;           /* when the next retention step may run */
 	int64_t trim_cursor;            /* timeline id the sweep continues after */
 };
-
-/* Grows b to at least n bytes. MOSQ_ERR_SUCCESS or MOSQ_ERR_NOMEM. */
-int im_plugin__buf_reserve(struct im__buf *b, size_t n);
 
 /* =========================================================================
  * Broker callbacks: on_acl.c, on_message.c, on_control.c, on_tick.c

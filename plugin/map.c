@@ -120,3 +120,18 @@ void im_map__free(struct im__map *m, void (*free_val)(void *))
 	mosquitto_free(m->slots);
 	memset(m, 0, sizeof(*m));
 }
+
+int im_plugin__buf_reserve(struct im__buf *b, size_t n)
+{
+	uint8_t *d;
+	size_t cap;
+
+	if(n <= b->cap) return MOSQ_ERR_SUCCESS;
+	cap = b->cap ? b->cap : 1024;
+	while(cap < n) cap *= 2;
+	d = mosquitto_realloc(b->data, cap);
+	if(d == NULL) return MOSQ_ERR_NOMEM;
+	b->data = d;
+	b->cap = cap;
+	return MOSQ_ERR_SUCCESS;
+}

@@ -28,21 +28,6 @@ static void pb_free(void *ud, void *ptr)
 	mosquitto_free(ptr);
 }
 
-int im_plugin__buf_reserve(struct im__buf *b, size_t n)
-{
-	uint8_t *d;
-	size_t cap;
-
-	if(n <= b->cap) return MOSQ_ERR_SUCCESS;
-	cap = b->cap ? b->cap : 1024;
-	while(cap < n) cap *= 2;
-	d = mosquitto_realloc(b->data, cap);
-	if(d == NULL) return MOSQ_ERR_NOMEM;
-	b->data = d;
-	b->cap = cap;
-	return MOSQ_ERR_SUCCESS;
-}
-
 IM_EXPORT int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
 {
 	int i;
@@ -82,6 +67,11 @@ static void log_policy(const struct im__config *cfg)
 			cfg->db_path, cfg->synchronous == 2 ? "full" : "normal", cfg->prefix, cfg->prefix,
 			cfg->payload_mode == IM_PAYLOAD_RAW ? "raw" : "frame",
 			cfg->delivery == IM_DELIVERY_NOTIFY ? "notify" : "full", count_admins(cfg));
+	if(cfg->store_key_file){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: message bodies are encrypted at rest (AES-256-GCM, keys from %s).", cfg->store_key_file);
+	}else{
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: message bodies are stored as sent (no plugin_opt_store_key_file).");
+	}
 	if(cfg->jwt_secret){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: token login on: a password shaped like a JWT must be an HS256 token for its username; other passwords go to password_file/other plugins, and are refused if none is configured.");
 	}
@@ -106,8 +96,12 @@ IM_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 	p->pb_alloc.free = pb_free;
 
 	rc = im_config__parse(&p->cfg, options, option_count);
+	if(rc == MOSQ_ERR_SUCCESS && p->cfg.store_key_file){
+		rc = im_crypt__load(&p->crypt, p->cfg.store_key_file);
+	}
 	if(rc == MOSQ_ERR_SUCCESS){
 		rc = im_store__open(&p->store, p->cfg.db_path, p->cfg.synchronous, p->cfg.busy_timeout_ms, p->cfg.page_size);
+		if(p->cfg.store_key_file) p->store.crypt = &p->crypt;
 	}
 	for(i = 0; rc == MOSQ_ERR_SUCCESS && i < sizeof(callbacks) / sizeof(callbacks[0]); i++){
 		rc = mosquitto_callback_register(identifier, callbacks[i].event, callbacks[i].cb, callbacks[i].data, p);
@@ -150,6 +144,7 @@ IM_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opt
 		mosquitto_callback_unregister(p->pid, MOSQ_EVT_ACL_CHECK, im_acl__fallback_cb, NULL);
 	}
 	im_store__close(&p->store);
+	im_crypt__free(&p->crypt);
 	im_config__free(&p->cfg);
 	mosquitto_free(p->scratch.data);
 	if(g_plugin == p) g_plugin = NULL;

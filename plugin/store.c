@@ -160,10 +160,10 @@ static int prepare_all(struct im__store *st)
 			" first_seq FROM timelines WHERE name = ?1"},
 		{&st->tl_insert, "INSERT INTO timelines(name, created_ms) VALUES(?1, ?2)"},
 		{&st->tl_set_first, "UPDATE timelines SET first_seq = ?2, head_seq = max(head_seq, ?3) WHERE id = ?1"},
-		{&st->msg_insert, "INSERT INTO messages(tl, seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, copy, body)"
-			" VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"},
+		{&st->msg_insert, "INSERT INTO messages(tl, seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, copy, body, key_id)"
+			" VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"},
 		{&st->msg_dedup, "SELECT copy, seq, ts_ms FROM messages WHERE sender = ?1 AND cmid = ?2 AND cmid IS NOT NULL"},
-		{&st->msg_range, "SELECT seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, body FROM messages"
+		{&st->msg_range, "SELECT seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, body, key_id FROM messages"
 			" WHERE tl = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"},
 		{&st->cursor_get, "SELECT seq FROM cursors WHERE tl = ?1 AND user = ?2 AND client_id = ?3"},
 		{&st->cursor_set, "INSERT INTO cursors(tl, user, client_id, seq, updated_ms) VALUES(?1, ?2, ?3, ?4, ?5)"
@@ -376,8 +376,15 @@ static int dedup_find(struct im__store *st, const struct im__msg *m, struct im__
 int im_store__insert_msg(struct im__store *st, struct im__tl *t, uint64_t seq, const struct im__msg *m, int copy)
 {
 	sqlite3_stmt *s = st->msg_insert;
+	const void *body = m->body_len ? m->body : "";
+	size_t body_len = m->body_len;
+	uint16_t key_id = 0;
 	int rc;
 
+	if(st->crypt && im_crypt__seal(st->crypt, t->name, seq, m->body, m->body_len, &body, &body_len, &key_id) != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: cannot encrypt a message for %s.", t->name);
+		return MOSQ_ERR_UNKNOWN;
+	}
 	sqlite3_bind_int64(s, 1, t->id);
 	sqlite3_bind_int64(s, 2, (sqlite3_int64)seq);
 	sqlite3_bind_int64(s, 3, m->ts_ms);
@@ -390,8 +397,9 @@ int im_store__insert_msg(struct im__store *st, struct im__tl *t, uint64_t seq, c
 	sqlite3_bind_int64(s, 8, m->flags);
 	sqlite3_bind_int64(s, 9, m->expires_ms);
 	sqlite3_bind_int(s, 10, copy);
-	/* zeroblob-safe: an empty body is stored as an empty blob, not NULL. */
-	sqlite3_bind_blob(s, 11, m->body_len ? m->body : "", (int)m->body_len, SQLITE_STATIC);
+	/* An empty body is stored as an empty blob, not NULL. */
+	sqlite3_bind_blob(s, 11, body, (int)body_len, SQLITE_STATIC);
+	sqlite3_bind_int(s, 12, key_id);
 	rc = step_done(st, s, "inserting a message");
 	sqlite3_clear_bindings(s);
 	return rc;
@@ -469,6 +477,14 @@ int im_store__range(struct im__store *st, struct im__tl *tl, uint64_t after, uin
 		m.body = sqlite3_column_blob(s, 8);
 		m.body_len = (size_t)sqlite3_column_bytes(s, 8);
 		if(m.expires_ms && m.expires_ms <= now_ms) continue;
+		if(sqlite3_column_int(s, 9) != 0 && (st->crypt == NULL
+					|| im_crypt__open(st->crypt, (uint16_t)sqlite3_column_int(s, 9), tl->name, m.seq,
+						m.body, m.body_len, &m.body, &m.body_len) != MOSQ_ERR_SUCCESS)){
+			mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: cannot decrypt %s seq %llu (key %d missing from plugin_opt_store_key_file, or the row was altered).",
+					tl->name, (unsigned long long)m.seq, sqlite3_column_int(s, 9));
+			frc = MOSQ_ERR_UNKNOWN;
+			break;
+		}
 		frc = fn(ctx, &m);
 		if(frc == 1) *more = true;
 		if(frc != 0) break;

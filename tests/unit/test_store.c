@@ -28,7 +28,7 @@ static void open_store(struct im__store *st)
 	CHECK_EQ(im_store__open(st, path, 1, 100, 1024), MOSQ_ERR_SUCCESS);
 }
 
-struct collect { uint64_t seqs[64]; char bodies[64][16]; int n; int stop_after; };
+struct collect { uint64_t seqs[64]; char bodies[64][14]; int n; int stop_after; };
 
 static int collect_row(void *ctx, const struct im__msg *m)
 {
@@ -204,6 +204,60 @@ static void retention(void)
 	im_store__close(&st);
 }
 
+static void encryption(void)
+{
+	struct im__store st;
+	struct im__crypt crypt;
+	struct im__tl *t;
+	struct im__msg m;
+	struct im__appended a;
+	struct collect c = {0};
+	char keypath[300];
+	FILE *f;
+	sqlite3_stmt *s;
+	bool more;
+	int plain_hits = -1;
+
+	snprintf(keypath, sizeof(keypath), "%s.keys", path);
+	f = fopen(keypath, "w");
+	fprintf(f, "# old key\n1 %s\n2 %s  # current\n",
+			"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+			"ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100");
+	fclose(f);
+	CHECK_EQ(im_crypt__load(&crypt, keypath), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(crypt.n, 2);
+	open_store(&st);
+	st.crypt = &crypt;
+	t = im_store__timeline(&st, "u/sec", 5, true);
+	m = msg(NULL, "TOP-SECRET-BODY");
+	CHECK_EQ(im_store__append(&st, t, NULL, &m, &a), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(im_store__range(&st, t, 0, 10, im_store__now_ms(), collect_row, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 1);
+	CHECK_STR(c.bodies[0], "TOP-SECRET-BO"); /* collect keeps 15 chars */
+	/* On disk: sealed with key 2, no plaintext. */
+	sqlite3_prepare_v2(st.db, "SELECT key_id, instr(body, 'TOP-SECRET') FROM messages WHERE tl = ?1", -1, &s, NULL);
+	sqlite3_bind_int64(s, 1, t->id);
+	if(sqlite3_step(s) == SQLITE_ROW){
+		CHECK_EQ(sqlite3_column_int(s, 0), 2);
+		plain_hits = sqlite3_column_int(s, 1);
+	}
+	sqlite3_finalize(s);
+	CHECK_EQ(plain_hits, 0);
+	/* A row moved to another seq no longer opens. */
+	sqlite3_exec(st.db, "UPDATE messages SET seq = 7 WHERE seq = 1 AND key_id = 2", NULL, NULL, NULL);
+	memset(&c, 0, sizeof(c));
+	CHECK(im_store__range(&st, t, 0, 10, im_store__now_ms(), collect_row, &c, &more) != MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 0);
+	im_store__close(&st);
+	im_crypt__free(&crypt);
+	/* Bad key files are refused. */
+	f = fopen(keypath, "w");
+	fprintf(f, "1 not-hex\n");
+	fclose(f);
+	CHECK(im_crypt__load(&crypt, keypath) != MOSQ_ERR_SUCCESS);
+	unlink(keypath);
+}
+
 static void migrations(void)
 {
 	struct im__store st;
@@ -241,6 +295,7 @@ int main(void)
 	reopen_and_range();
 	cursors();
 	retention();
+	encryption();
 	migrations();
 	unwritable();
 	unlink(path);
