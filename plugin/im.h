@@ -149,6 +149,12 @@ struct im__buf {
 	size_t cap;
 };
 
+/* A token bucket per client for request rate limits. */
+struct im__bucket {
+	double tokens;
+	int64_t last_ms;
+};
+
 /* Grows b to at least n bytes (map.c). MOSQ_ERR_SUCCESS or MOSQ_ERR_NOMEM. */
 int im_plugin__buf_reserve(struct im__buf *b, size_t n);
 
@@ -402,6 +408,7 @@ struct im__plugin {
 	const struct mosquitto *disconnecting;
 	bool fallback_registered;       /* the non-IM "allow" ACL callback */
 	bool auth_registered;           /* MOSQ_EVT_BASIC_AUTH (token login) */
+	struct im__map rate;            /* client id -> struct im__bucket (sync_rate) */
 	int64_t next_trim_ms;           /* when the next retention step may run */
 	int64_t trim_cursor;            /* timeline id the sweep continues after */
 };

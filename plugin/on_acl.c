@@ -161,13 +161,16 @@ int im_acl__fallback_cb(int event, void *event_data, void *userdata)
 }
 
 /* The broker sends a client's will right after this event, with an ACL
- * check on its topic first: remember the client until the next event. */
+ * check on its topic first: remember the client until the next event.
+ * Its rate-limit bucket goes: a reconnect starts with a full one. */
 int im_acl__disconnect_cb(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_disconnect *ed = event_data;
 	struct im__plugin *p = userdata;
+	const char *id = mosquitto_client_id(ed->client);
 
 	(void)event;
 	p->disconnecting = ed->client;
+	if(id) mosquitto_free(im_map__del(&p->rate, id, strlen(id)));
 	return MOSQ_ERR_SUCCESS;
 }

@@ -256,6 +256,34 @@ static void sync_run(struct im__plugin *p, struct mosquitto_evt_control *ed, con
 	mosquitto_free(b.arena);
 }
 
+/* Token bucket: sync_rate requests per second, bursts up to one second's
+ * worth. A client over it gets TOO_MANY, not silence. */
+static bool rate_ok(struct im__plugin *p, struct mosquitto *client)
+{
+	const char *id = mosquitto_client_id(client);
+	struct im__bucket *b;
+	int64_t now = im_store__now_ms();
+	double rate = p->cfg.sync_rate;
+
+	if(p->cfg.sync_rate == 0 || id == NULL) return true;
+	b = im_map__get(&p->rate, id, strlen(id));
+	if(b == NULL){
+		b = mosquitto_calloc(1, sizeof(*b));
+		if(b == NULL || im_map__put(&p->rate, id, strlen(id), b) != MOSQ_ERR_SUCCESS){
+			mosquitto_free(b);
+			return true;
+		}
+		b->tokens = rate;
+		b->last_ms = now;
+	}
+	b->tokens += (double)(now - b->last_ms) * rate / 1000.0;
+	if(b->tokens > rate) b->tokens = rate;
+	b->last_ms = now;
+	if(b->tokens < 1.0) return false;
+	b->tokens -= 1.0;
+	return true;
+}
+
 int im_control__sync_cb(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_control *ed = event_data;
@@ -268,6 +296,10 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 
 	(void)event;
 	p->disconnecting = NULL;
+	if(!rate_ok(p, ed->client)){
+		sync_error(p, ed, NULL, IM__V1__STATUS__TOO_MANY, "too many sync requests (plugin_opt_sync_rate)");
+		return MOSQ_ERR_SUCCESS;
+	}
 	if(ed->payloadlen){
 		req = im__v1__sync_request__unpack(&p->pb_alloc, ed->payloadlen, ed->payload);
 		if(req == NULL){

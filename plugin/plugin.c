@@ -145,6 +145,7 @@ IM_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opt
 	}
 	im_store__close(&p->store);
 	im_crypt__free(&p->crypt);
+	im_map__free(&p->rate, mosquitto_free);
 	im_config__free(&p->cfg);
 	mosquitto_free(p->scratch.data);
 	if(g_plugin == p) g_plugin = NULL;

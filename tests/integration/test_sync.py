@@ -283,3 +283,29 @@ def test_kill9_during_qos2_burst_every_acked_message_synced(make_broker):
     assert {b"k%d" % i for i in acked} <= set(bodies)
     assert len(acked) > 0
     bob.close()
+
+
+def test_sync_rate_limit_answers_too_many(make_broker):
+    b = make_broker({"sync_rate": 20})
+    fill(b, 1)
+    bob = Client(b, "bob", client_id="bob-flood").connect()
+    req = pb.SyncRequest(timeline="u/bob", after_seq=0).SerializeToString()
+    for _ in range(100):
+        bob.c.publish("$CONTROL/im/v1/sync", req, qos=0)
+    statuses = []
+    for m in bob.get_n(100, timeout=10):
+        r = pb.SyncBatch()
+        r.ParseFromString(m.payload)
+        statuses.append(r.status)
+    assert len(statuses) == 100                       # every request answered
+    assert pb.TOO_MANY in statuses and pb.OK in statuses
+    assert statuses.count(pb.OK) <= 25                # about one second's worth
+    time.sleep(1.1)                                   # the bucket refills
+    r = bob.request("sync", pb.SyncRequest(timeline="u/bob", after_seq=0), response_type=pb.SyncBatch)
+    assert r.status == pb.OK
+    # Others are not affected.
+    other = Client(b, "bob", client_id="bob-other").connect()
+    r = other.request("sync", pb.SyncRequest(timeline="u/bob", after_seq=0), response_type=pb.SyncBatch)
+    assert r.status == pb.OK
+    bob.close()
+    other.close()
