@@ -120,6 +120,7 @@ static void set_defaults(struct im__config *cfg)
 	cfg->sync_max_bytes = 256 * 1024;
 	cfg->trim_batch = 1000;
 	cfg->max_group_members = 10000;
+	cfg->metrics_interval = 10;
 }
 
 static int parse_one(struct im__config *cfg, const char *key, const char *value)
@@ -177,6 +178,9 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 		cfg->jwt_leeway = (long)v;
 	}else if(!strcasecmp(key, "store_key_file")){
 		return set_string(&cfg->store_key_file, value);
+	}else if(!strcasecmp(key, "metrics_interval")){
+		rc = parse_int(key, value, 0, 86400, &v);
+		cfg->metrics_interval = (uint32_t)v;
 	}else if(!strcasecmp(key, "sync_rate")){
 		rc = parse_int(key, value, 0, 1000000, &v);
 		cfg->sync_rate = (uint32_t)v;

@@ -68,6 +68,7 @@ struct im__config {
 	long jwt_leeway;            /* seconds of clock skew allowed for exp/nbf */
 	char *store_key_file;       /* NULL: bodies stored as given */
 	uint32_t sync_rate;         /* sync requests per second per client, 0 = no limit */
+	uint32_t metrics_interval;  /* seconds, 0 = no metrics */
 	uint32_t max_group_members;
 	uint32_t trim_batch;        /* rows deleted per tick at most */
 };
@@ -154,6 +155,10 @@ struct im__bucket {
 	double tokens;
 	int64_t last_ms;
 };
+
+struct im__plugin;
+/* Publishes every metric once (retained). */
+void im_metrics__publish(struct im__plugin *p);
 
 /* Grows b to at least n bytes (map.c). MOSQ_ERR_SUCCESS or MOSQ_ERR_NOMEM. */
 int im_plugin__buf_reserve(struct im__buf *b, size_t n);
@@ -352,6 +357,8 @@ int im_store__trim_step(struct im__store *st, int64_t cutoff_ms, int64_t keep, u
 
 /* Milliseconds since the epoch. */
 int64_t im_store__now_ms(void);
+/* Monotonic microseconds, for durations. */
+int64_t im_store__mono_us(void);
 
 /* Building blocks of a transaction, for store_*.c. begin/commit return
  * MOSQ_ERR_SUCCESS or MOSQ_ERR_UNKNOWN (logged); a failed commit is rolled
@@ -392,6 +399,21 @@ int im_store__groups_of(struct im__store *st, const char *user,
 		int (*fn)(void *ctx, const char *group), void *ctx);
 
 /* =========================================================================
+ * metrics.c — $SYS/broker/im/...
+ * ========================================================================= */
+
+#define IM_HIST_BUCKETS 24      /* log2 µs: 1 µs .. 8 s */
+
+struct im__metrics {
+	uint64_t sequenced, duplicates, refused;
+	uint64_t sync_requests, sync_frames, sync_limited, acks, group_changes;
+	uint64_t store_errors, trimmed;
+	uint64_t commit_hist[IM_HIST_BUCKETS];  /* this interval */
+};
+
+void im_metrics__commit_us(struct im__metrics *m, int64_t us);
+
+/* =========================================================================
  * plugin.c — shared plugin state
  * ========================================================================= */
 
@@ -409,6 +431,9 @@ struct im__plugin {
 	bool fallback_registered;       /* the non-IM "allow" ACL callback */
 	bool auth_registered;           /* MOSQ_EVT_BASIC_AUTH (token login) */
 	struct im__map rate;            /* client id -> struct im__bucket (sync_rate) */
+	struct im__metrics metrics;
+	char *config_file;              /* the broker's -c file, absolute; NULL if unknown */
+	int64_t next_metrics_ms;
 	int64_t next_trim_ms;           /* when the next retention step may run */
 	int64_t trim_cursor;            /* timeline id the sweep continues after */
 };
@@ -425,7 +450,9 @@ int im_control__sync_cb(int event, void *event_data, void *userdata);
 int im_control__ack_cb(int event, void *event_data, void *userdata);
 int im_control__group_cb(int event, void *event_data, void *userdata);
 int im_tick__cb(int event, void *event_data, void *userdata);
-int im_tick__reload_cb(int event, void *event_data, void *userdata);
+int im_reload__cb(int event, void *event_data, void *userdata);
+/* Remembers the broker's configuration file for reloads. */
+int im_reload__init(struct im__plugin *p);
 
 /* The ops with a MOSQ_EVT_CONTROL handler; anything else under
  * $CONTROL/im/v1/ is answered "unknown op" from the ACL check. */

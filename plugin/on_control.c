@@ -234,6 +234,7 @@ static void sync_run(struct im__plugin *p, struct mosquitto_evt_control *ed, con
 			sb.frames[i].len = b.ends[i] - start;
 		}
 		sb.n_frames = b.count;
+		p->metrics.sync_frames += b.count;
 		sb.has_status = 1;
 		sb.status = IM__V1__STATUS__OK;
 		sb.timeline = (char *)tl_name;
@@ -296,7 +297,9 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 
 	(void)event;
 	p->disconnecting = NULL;
+	p->metrics.sync_requests++;
 	if(!rate_ok(p, ed->client)){
+		p->metrics.sync_limited++;
 		sync_error(p, ed, NULL, IM__V1__STATUS__TOO_MANY, "too many sync requests (plugin_opt_sync_rate)");
 		return MOSQ_ERR_SUCCESS;
 	}
@@ -397,6 +400,7 @@ int im_control__ack_cb(int event, void *event_data, void *userdata)
 		st = IM__V1__STATUS__INTERNAL;
 		why = "store failure";
 	}
+	if(st == IM__V1__STATUS__OK) p->metrics.acks++;
 	ack_reply(p, ed, name, st, why, now, tl ? tl->head : 0);
 	if(req) im__v1__ack__free_unpacked(req, &p->pb_alloc);
 	mosquitto_free(pa.timeline);

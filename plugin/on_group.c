@@ -153,6 +153,7 @@ static int apply(struct im__plugin *p, struct mosquitto_evt_control *ed, const s
 		return MOSQ_ERR_SUCCESS;
 	}
 	m.seq = seq;
+	p->metrics.group_changes++;
 	im_message__deliver(p, topic, tl_name, &m);
 	mosquitto_free(body);
 	mosquitto_log_printf(MOSQ_LOG_INFO, "im: group %s: %s by %s (%zu users), seq %" PRIu64 ".",

@@ -218,6 +218,7 @@ int im_message__cb(int event, void *event_data, void *userdata)
 	struct im__msg m;
 	struct im__appended a;
 	const char *user, *why;
+	int64_t t0;
 	char to_tl[IM_TL_MAX + 1], own_tl[IM_TL_MAX + 1], own_topic[IM_TL_MAX + 70];
 	int rc;
 
@@ -230,10 +231,12 @@ int im_message__cb(int event, void *event_data, void *userdata)
 	if(user == NULL || im_route__parse_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS
 			|| ed->retain || ed->payloadlen > p->cfg.max_body
 			|| (r.kind == 'g' && !im_store__is_member(&p->store, r.name, r.name_len, user))){
+		p->metrics.refused++;
 		return MOSQ_ERR_ACL_DENIED;
 	}
 	why = props_read(ed->properties, &pp);
 	if(why){
+		p->metrics.refused++;
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: refused publish from \"%s\" to \"%s\": %s.",
 				mosquitto_client_id(ed->client), ed->topic, why);
 		props_free(&pp);
@@ -246,6 +249,7 @@ int im_message__cb(int event, void *event_data, void *userdata)
 	to = im_store__timeline(&p->store, to_tl, strlen(to_tl), true);
 	own = r.kind == 'u' ? im_store__timeline(&p->store, own_tl, strlen(own_tl), true) : NULL;
 	if(to == NULL || (r.kind == 'u' && own == NULL)){
+		p->metrics.store_errors++;
 		props_free(&pp);
 		return MOSQ_ERR_UNKNOWN;
 	}
@@ -259,15 +263,21 @@ int im_message__cb(int event, void *event_data, void *userdata)
 	m.expires_ms = pp.expiry_s ? m.ts_ms + pp.expiry_s * 1000 : 0;
 	m.body = ed->payload;
 	m.body_len = ed->payloadlen;
+	t0 = im_store__mono_us();
 	rc = im_store__append(&p->store, to, own, &m, &a);
+	im_metrics__commit_us(&p->metrics, im_store__mono_us() - t0);
 	if(rc != MOSQ_ERR_SUCCESS){
+		p->metrics.store_errors++;
 		mosquitto_log_printf(MOSQ_LOG_WARNING, "im: store failed; disconnecting \"%s\" without acknowledging its message to \"%s\".",
 				mosquitto_client_id(ed->client), ed->topic);
 		props_free(&pp);
 		return MOSQ_ERR_UNKNOWN;
 	}
 
-	if(!a.duplicate){
+	if(a.duplicate){
+		p->metrics.duplicates++;
+	}else{
+		p->metrics.sequenced++;
 		m.seq = a.seq;
 		im_message__deliver(p, ed->topic, to_tl, &m);
 		if(a.own_seq){

@@ -32,6 +32,7 @@ static void retention_step(struct im__plugin *p)
 	if(cfg->retention_seconds) cutoff = now - cfg->retention_seconds * 1000;
 	rows = im_store__trim_step(&p->store, cutoff, cfg->retention_messages, cfg->trim_batch, &p->trim_cursor, &done);
 	if(rows > 0){
+		p->metrics.trimmed += (uint64_t)rows;
 		mosquitto_log_printf(MOSQ_LOG_DEBUG, "im: retention removed %d messages.", rows);
 	}
 	if(rows < 0){
@@ -50,20 +51,12 @@ int im_tick__cb(int event, void *event_data, void *userdata)
 	p->disconnecting = NULL;
 	register_fallback(p);
 	retention_step(p);
-	return MOSQ_ERR_SUCCESS;
-}
-
-/* A reload re-registers acl_file's check after ours: move the fallback
- * back to the end on the next tick. */
-int im_tick__reload_cb(int event, void *event_data, void *userdata)
-{
-	struct im__plugin *p = userdata;
-
-	(void)event;
-	(void)event_data;
-	if(p->fallback_registered){
-		mosquitto_callback_unregister(p->pid, MOSQ_EVT_ACL_CHECK, im_acl__fallback_cb, NULL);
-		p->fallback_registered = false;
+	if(p->cfg.metrics_interval){
+		int64_t now = im_store__now_ms();
+		if(now >= p->next_metrics_ms){
+			im_metrics__publish(p);
+			p->next_metrics_ms = now + (int64_t)p->cfg.metrics_interval * 1000;
+		}
 	}
 	return MOSQ_ERR_SUCCESS;
 }

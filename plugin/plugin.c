@@ -47,7 +47,7 @@ static const struct {
 	{MOSQ_EVT_DISCONNECT, im_acl__disconnect_cb, NULL},
 	{MOSQ_EVT_MESSAGE, im_message__cb, NULL},
 	{MOSQ_EVT_TICK, im_tick__cb, NULL},
-	{MOSQ_EVT_RELOAD, im_tick__reload_cb, NULL},
+	{MOSQ_EVT_RELOAD, im_reload__cb, NULL},
 	{MOSQ_EVT_CONTROL, im_control__sync_cb, "$CONTROL/im/v1/sync"},
 	{MOSQ_EVT_CONTROL, im_control__ack_cb, "$CONTROL/im/v1/ack"},
 	{MOSQ_EVT_CONTROL, im_control__group_cb, "$CONTROL/im/v1/group"},
@@ -96,6 +96,7 @@ IM_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 	p->pb_alloc.free = pb_free;
 
 	rc = im_config__parse(&p->cfg, options, option_count);
+	if(rc == MOSQ_ERR_SUCCESS) rc = im_reload__init(p);
 	if(rc == MOSQ_ERR_SUCCESS && p->cfg.store_key_file){
 		rc = im_crypt__load(&p->crypt, p->cfg.store_key_file);
 	}
@@ -146,6 +147,7 @@ IM_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opt
 	im_store__close(&p->store);
 	im_crypt__free(&p->crypt);
 	im_map__free(&p->rate, mosquitto_free);
+	mosquitto_free(p->config_file);
 	im_config__free(&p->cfg);
 	mosquitto_free(p->scratch.data);
 	if(g_plugin == p) g_plugin = NULL;

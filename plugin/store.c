@@ -23,6 +23,14 @@ static int fail(struct im__store *st, const char *what)
 	return MOSQ_ERR_UNKNOWN;
 }
 
+int64_t im_store__mono_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 int64_t im_store__now_ms(void)
 {
 	struct timespec ts;

@@ -1,0 +1,238 @@
+/*
+ * SIGHUP: Mosquitto 2.0.11 sends MOSQ_EVT_RELOAD without the new options
+ * (event_data.options is NULL), so the plugin re-reads its own
+ * plugin_opt_* lines from the broker's configuration file: the file named
+ * by -c on the command line, the lines after a `plugin` line naming this
+ * very .so. include_dir files are read too, in name order, as the broker
+ * does.
+ *
+ * The new options are parsed into a fresh config first; if anything is
+ * wrong, nothing changes and the log says why. Options that shape the
+ * store or the topic space need a restart and are kept as they are.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <dlfcn.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+
+#include "im.h"
+
+#define MAX_OPTS 128
+
+struct optlist {
+	struct mosquitto_opt opts[MAX_OPTS];
+	int n;
+	bool ours;              /* inside the block of our plugin line */
+	char self[PATH_MAX];
+};
+
+/* The configuration file the broker was started with, made absolute now
+ * (the broker may chdir later). */
+int im_reload__init(struct im__plugin *p)
+{
+	FILE *f = fopen("/proc/self/cmdline", "rb");
+	char buf[8192], *arg, path[PATH_MAX];
+	size_t n;
+
+	if(f == NULL) return MOSQ_ERR_SUCCESS;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	for(arg = buf; arg < buf + n; arg += strlen(arg) + 1){
+		if((!strcmp(arg, "-c") || !strcmp(arg, "--config-file")) && arg + strlen(arg) + 1 < buf + n){
+			arg += strlen(arg) + 1;
+			if(realpath(arg, path)){
+				p->config_file = mosquitto_strdup(path);
+			}
+			break;
+		}
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+static char *trim(char *s)
+{
+	char *e;
+
+	while(*s == ' ' || *s == '\t') s++;
+	e = s + strlen(s);
+	while(e > s && (e[-1] == '\n' || e[-1] == '\r' || e[-1] == ' ' || e[-1] == '\t')) *--e = '\0';
+	return s;
+}
+
+static void read_file(struct optlist *l, const char *path, int depth);
+
+static void read_dir(struct optlist *l, const char *dir, int depth)
+{
+	struct dirent **names;
+	char path[PATH_MAX];
+	int n, i;
+
+	n = scandir(dir, &names, NULL, alphasort);
+	for(i = 0; i < n; i++){
+		size_t len = strlen(names[i]->d_name);
+		if(len > 5 && !strcmp(names[i]->d_name + len - 5, ".conf")){
+			snprintf(path, sizeof(path), "%s/%s", dir, names[i]->d_name);
+			read_file(l, path, depth + 1);
+		}
+		free(names[i]);
+	}
+	if(n >= 0) free(names);
+}
+
+static void read_file(struct optlist *l, const char *path, int depth)
+{
+	FILE *f;
+	char line[4096], *s, *key, *val, real[PATH_MAX];
+
+	if(depth > 4 || (f = fopen(path, "r")) == NULL) return;
+	while(fgets(line, sizeof(line), f)){
+		s = trim(line);
+		if(*s == '#' || *s == '\0') continue;
+		key = s;
+		val = s + strcspn(s, " \t");
+		if(*val) *val++ = '\0';
+		val = trim(val);
+		if(!strcmp(key, "plugin") || !strcmp(key, "auth_plugin")){
+			l->ours = realpath(val, real) && !strcmp(real, l->self);
+		}else if(!strcmp(key, "include_dir")){
+			read_dir(l, val, depth);
+		}else if(l->ours && !strncmp(key, "plugin_opt_", 11) && l->n < MAX_OPTS){
+			l->opts[l->n].key = mosquitto_strdup(key + 11);
+			l->opts[l->n].value = mosquitto_strdup(val);
+			l->n++;
+		}
+	}
+	fclose(f);
+}
+
+static void free_list(struct optlist *l)
+{
+	int i;
+
+	for(i = 0; i < l->n; i++){
+		mosquitto_free(l->opts[i].key);
+		mosquitto_free(l->opts[i].value);
+	}
+}
+
+/* Warns about an option that changed but needs a restart. */
+static void restart_needed(bool changed, const char *key)
+{
+	if(changed){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "im: reload: plugin_opt_%s changed; it takes effect at the next restart.", key);
+	}
+}
+
+static void apply(struct im__plugin *p, struct im__config *n)
+{
+	struct im__config *o = &p->cfg;
+	char **admins;
+
+	restart_needed(strcmp(o->db_path, n->db_path) != 0, "db_path");
+	restart_needed(strcmp(o->prefix, n->prefix) != 0, "prefix");
+	restart_needed(o->synchronous != n->synchronous, "synchronous");
+	restart_needed(o->page_size != n->page_size, "page_size");
+	restart_needed((o->jwt_secret == NULL) != (n->jwt_secret == NULL), "auth_jwt_secret_file (on/off)");
+	restart_needed((o->store_key_file == NULL) != (n->store_key_file == NULL), "store_key_file (on/off)");
+
+	o->payload_mode = n->payload_mode;
+	o->delivery = n->delivery;
+	o->delivery_qos = n->delivery_qos;
+	o->max_body = n->max_body;
+	o->sync_max_frames = n->sync_max_frames;
+	o->sync_max_bytes = n->sync_max_bytes;
+	o->retention_seconds = n->retention_seconds;
+	o->retention_messages = n->retention_messages;
+	o->trim_batch = n->trim_batch;
+	o->max_group_members = n->max_group_members;
+	o->sync_rate = n->sync_rate;
+	o->metrics_interval = n->metrics_interval;
+	o->jwt_leeway = n->jwt_leeway;
+	if(o->busy_timeout_ms != n->busy_timeout_ms){
+		o->busy_timeout_ms = n->busy_timeout_ms;
+		sqlite3_busy_timeout(p->store.db, o->busy_timeout_ms);
+	}
+	/* nonim: the fallback is (re)registered on the next tick if needed. */
+	o->nonim = n->nonim;
+	admins = o->admins;
+	o->admins = n->admins;
+	n->admins = admins;
+	if(o->jwt_secret && n->jwt_secret){
+		char *sec = o->jwt_secret;
+		size_t len = o->jwt_secret_len;
+		o->jwt_secret = n->jwt_secret;
+		o->jwt_secret_len = n->jwt_secret_len;
+		n->jwt_secret = sec;
+		n->jwt_secret_len = len;
+	}
+	p->trim_cursor = 0;
+	p->next_trim_ms = 0;
+	p->next_metrics_ms = 0;
+}
+
+/* Key rotation without a restart: the new key file replaces the keyring
+ * only if it loads completely. */
+static void reload_keys(struct im__plugin *p, const struct im__config *n)
+{
+	struct im__crypt fresh;
+
+	if(p->cfg.store_key_file == NULL || n->store_key_file == NULL) return;
+	if(im_crypt__load(&fresh, n->store_key_file) != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: reload: keeping the previous keys.");
+		return;
+	}
+	im_crypt__free(&p->crypt);
+	p->crypt = fresh;
+}
+
+int im_reload__cb(int event, void *event_data, void *userdata)
+{
+	struct im__plugin *p = userdata;
+	struct im__config fresh;
+	struct optlist *l;
+	Dl_info info;
+
+	(void)event;
+	(void)event_data;
+	if(p->fallback_registered){
+		/* A reload re-registers acl_file's check after ours: move the
+		 * fallback back to the end on the next tick. */
+		mosquitto_callback_unregister(p->pid, MOSQ_EVT_ACL_CHECK, im_acl__fallback_cb, NULL);
+		p->fallback_registered = false;
+	}
+	if(p->config_file == NULL){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "im: reload: cannot tell which configuration file the broker uses; options unchanged.");
+		return MOSQ_ERR_PLUGIN_DEFER;
+	}
+	l = mosquitto_calloc(1, sizeof(*l));
+	if(l == NULL) return MOSQ_ERR_PLUGIN_DEFER;
+	if(dladdr((void *)im_reload__cb, &info) == 0 || info.dli_fname == NULL || !realpath(info.dli_fname, l->self)){
+		mosquitto_free(l);
+		return MOSQ_ERR_PLUGIN_DEFER;
+	}
+	read_file(l, p->config_file, 0);
+	if(im_config__parse(&fresh, l->opts, l->n) != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: reload: the options above are invalid; the running options are kept.");
+	}else{
+		reload_keys(p, &fresh);
+		apply(p, &fresh);
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: reload: %d options read from %s; retention %llds/%lld messages, delivery %s, %s.",
+				l->n, p->config_file, (long long)p->cfg.retention_seconds, (long long)p->cfg.retention_messages,
+				p->cfg.delivery == IM_DELIVERY_NOTIFY ? "notify" : "full",
+				p->cfg.nonim == IM_NONIM_ALLOW ? "non-IM allow" : "non-IM defer");
+	}
+	im_config__free(&fresh);
+	free_list(l);
+	mosquitto_free(l);
+	/* Other plugins' reload callbacks must run too. */
+	return MOSQ_ERR_PLUGIN_DEFER;
+}
