@@ -194,6 +194,7 @@ static void drain(struct im_client *c, struct timeline *t, uint64_t up_to)
 		free(t->held[i].frame);
 		i++;
 	}
+	if(i == 0) return; /* also: held may still be NULL, and memmove(NULL) is undefined */
 	memmove(t->held, t->held + i, (t->n_held - i) * sizeof(*t->held));
 	t->n_held -= i;
 }
