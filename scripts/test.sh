@@ -17,3 +17,9 @@ if [ "${IM_SANITIZE_RUN:-1}" != "0" ]; then
   cmake --build build-asan -j"$jobs"
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j"$jobs")
 fi
+
+# Third step: each libFuzzer target of tests/fuzz for IM_FUZZ_SECONDS (default
+# 20; 0 skips), from the committed seed corpus. Fails on any crash.
+if [ "${IM_FUZZ_SECONDS:-20}" != "0" ]; then
+  IM_FUZZ_SECONDS=${IM_FUZZ_SECONDS:-20} tests/fuzz/run.sh
+fi
