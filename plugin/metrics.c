@@ -59,9 +59,33 @@ static uint64_t db_bytes(const struct im__plugin *p)
 	return total;
 }
 
+/* All of it as one JSON object on $SYS/broker/im/stats, for exporters
+ * that read JSON (Debian's prometheus-mqtt-exporter). */
+static void put_json(const struct im__plugin *p, uint64_t p50, uint64_t p99, uint64_t bytes)
+{
+	const struct im__metrics *m = &p->metrics;
+	char buf[768];
+	int n;
+
+	n = snprintf(buf, sizeof(buf),
+			"{\"sequenced\":%" PRIu64 ",\"duplicates\":%" PRIu64 ",\"refused\":%" PRIu64
+			",\"sync_requests\":%" PRIu64 ",\"sync_frames\":%" PRIu64 ",\"sync_limited\":%" PRIu64
+			",\"acks\":%" PRIu64 ",\"group_changes\":%" PRIu64 ",\"store_errors\":%" PRIu64
+			",\"commit_us_p50\":%" PRIu64 ",\"commit_us_p99\":%" PRIu64 ",\"store_bytes\":%" PRIu64
+			",\"trimmed\":%" PRIu64 ",\"timelines_cached\":%zu,\"groups_cached\":%zu}",
+			m->sequenced, m->duplicates, m->refused, m->sync_requests, m->sync_frames, m->sync_limited,
+			m->acks, m->group_changes, m->store_errors, p50, p99, bytes, m->trimmed,
+			p->store.tls.count, p->store.groups.count);
+	if(n > 0 && (size_t)n < sizeof(buf)){
+		mosquitto_broker_publish_copy(NULL, "$SYS/broker/im/stats", n, buf, 0, true, NULL);
+	}
+}
+
 void im_metrics__publish(struct im__plugin *p)
 {
 	struct im__metrics *m = &p->metrics;
+	uint64_t p50 = percentile(m->commit_hist, 0.50), p99 = percentile(m->commit_hist, 0.99);
+	uint64_t bytes = db_bytes(p);
 
 	put("messages/sequenced", m->sequenced);
 	put("messages/duplicates", m->duplicates);
@@ -72,11 +96,12 @@ void im_metrics__publish(struct im__plugin *p)
 	put("acks", m->acks);
 	put("groups/changes", m->group_changes);
 	put("store/errors", m->store_errors);
-	put("store/commit_us_p50", percentile(m->commit_hist, 0.50));
-	put("store/commit_us_p99", percentile(m->commit_hist, 0.99));
-	put("store/bytes", db_bytes(p));
+	put("store/commit_us_p50", p50);
+	put("store/commit_us_p99", p99);
+	put("store/bytes", bytes);
 	put("store/trimmed", m->trimmed);
 	put("timelines/cached", p->store.tls.count);
 	put("groups/cached", p->store.groups.count);
+	put_json(p, p50, p99, bytes);
 	memset(m->commit_hist, 0, sizeof(m->commit_hist));
 }

@@ -7,7 +7,8 @@ pkgs=(build-essential cmake pkg-config
       libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
       libsqlite3-dev sqlite3 libssl-dev libjwt-dev
       clang libclang-rt-14-dev openssl
-      python3-paho-mqtt python3-protobuf python3-pytest)
+      python3-paho-mqtt python3-protobuf python3-pytest
+      prometheus-mqtt-exporter)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

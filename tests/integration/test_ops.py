@@ -80,3 +80,97 @@ def test_sighup_changes_retention_without_dropping_a_connection(make_broker):
     assert decode_frame(bob.get().payload)[0].seq == 22
     a.close()
     bob.close()
+
+
+def test_online_backup_under_load_restores_and_syncs(make_broker, tmp_path):
+    """docs/OPERATIONS.md, "Backup and restore", step by step."""
+    import os
+    import shutil
+    import subprocess
+    import threading
+
+    tool = os.environ["IM_IMSTORE"]
+    b = make_broker()
+    stop = threading.Event()
+    sent = []
+
+    def load():
+        a = Client(b, "alice").connect()
+        i = 0
+        while not stop.is_set() and i < 3000:
+            a.publish("im/u/bob", b"L%d" % i, qos=1)
+            sent.append(i)
+            i += 1
+        a.close()
+
+    t = threading.Thread(target=load)
+    t.start()
+    time.sleep(0.7)                                          # under load
+    backup = str(tmp_path / "backup.db")
+    r = subprocess.run([tool, "backup", b.db_path, backup], capture_output=True, text=True, timeout=60)
+    stop.set()
+    t.join()
+    assert r.returncode == 0, r.stderr
+    assert subprocess.run([tool, "backup", b.db_path, backup], capture_output=True).returncode != 0  # no overwrite
+    out = subprocess.run([tool, "inspect", backup, "u/bob"], capture_output=True, text=True, check=True).stdout
+    head = int([l for l in out.splitlines() if l.startswith("head ")][0].split()[1])
+    assert 0 < head < len(sent)                              # a snapshot taken mid-stream
+    # Restore: stop, replace the file, drop the old WAL, fix the owner, start.
+    b.stop()
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(b.db_path + suffix):
+            os.remove(b.db_path + suffix)
+    shutil.copyfile(backup, b.db_path)
+    b._chown(b.dir)
+    b.start()
+    bob = Client(b, "bob").connect()
+    frames, batch = sync_all(bob, "u/bob")
+    assert [h.seq for h, _ in frames] == list(range(1, head + 1))
+    assert [body for _, body in frames] == [b"L%d" % i for i in range(head)]
+    # The restored store keeps counting from its head.
+    a = Client(b, "alice").connect()
+    a.publish("im/u/bob", b"after restore", qos=1)
+    frames, batch = sync_all(bob, "u/bob", after=head)
+    assert [h.seq for h, _ in frames] == [head + 1]
+    a.close()
+    bob.close()
+    listing = subprocess.run([tool, "inspect", b.db_path], capture_output=True, text=True, check=True).stdout
+    assert "u/bob" in listing and "u/alice" in listing
+
+
+def test_prometheus_exporter_reads_the_metrics(make_broker, tmp_path):
+    """examples/prometheus/mqtt-exporter.yaml with Debian's exporter."""
+    import os
+    import subprocess
+    import urllib.request
+
+    from imtest import ROOT, free_port
+
+    b = make_broker({"metrics_interval": 1, "nonim_acl": "allow"})
+    a = Client(b, "alice").connect()
+    for i in range(7):
+        a.publish("im/u/bob", b"x%d" % i, qos=1)
+    a.close()
+    conf = open(os.path.join(ROOT, "examples", "prometheus", "mqtt-exporter.yaml")).read()
+    conf = conf.replace("tcp://127.0.0.1:1883", "tcp://127.0.0.1:%d" % b.port)
+    path = tmp_path / "exporter.yaml"
+    path.write_text(conf)
+    port = free_port()
+    p = subprocess.Popen(["prometheus-mqtt-exporter", "-config", str(path), "-listen-address", "127.0.0.1",
+                          "-listen-port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        text, value = "", None
+        deadline = time.time() + 15
+        while time.time() < deadline and value != 7.0:
+            time.sleep(0.5)
+            try:
+                text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=2).read().decode()
+            except OSError:
+                continue
+            # mosquitto_im_sequenced{sensor="stats",topic="$SYS/broker/im/stats"} 7 <timestamp>
+            line = [l for l in text.splitlines() if l.startswith("mosquitto_im_sequenced{")]
+            value = float(line[0].split("}")[1].split()[0]) if line else None
+        assert value == 7.0, text[-2000:]
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
