@@ -129,6 +129,7 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 	static const char *const deliveries[] = {"full", "notify", NULL};
 	static const char *const syncs[] = {"off", "normal", "full", NULL};
 	static const char *const nonims[] = {"defer", "allow", NULL};
+	static const char *const presences[] = {"off", "contacts", "all", NULL};
 	int64_t v;
 	int rc;
 
@@ -137,6 +138,7 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 	if(!strcasecmp(key, "payload")) return parse_enum(key, value, payloads, &cfg->payload_mode);
 	if(!strcasecmp(key, "delivery")) return parse_enum(key, value, deliveries, &cfg->delivery);
 	if(!strcasecmp(key, "nonim_acl")) return parse_enum(key, value, nonims, &cfg->nonim);
+	if(!strcasecmp(key, "presence")) return parse_enum(key, value, presences, &cfg->presence);
 	if(!strcasecmp(key, "admins")){
 		im_config__free_admins(cfg);
 		return set_admins(cfg, value);
@@ -178,6 +180,9 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 		cfg->jwt_leeway = (long)v;
 	}else if(!strcasecmp(key, "store_key_file")){
 		return set_string(&cfg->store_key_file, value);
+	}else if(!strcasecmp(key, "max_devices_per_user")){
+		rc = parse_int(key, value, 0, 1000, &v);
+		cfg->max_devices = (uint32_t)v;
 	}else if(!strcasecmp(key, "metrics_interval")){
 		rc = parse_int(key, value, 0, 86400, &v);
 		cfg->metrics_interval = (uint32_t)v;

@@ -41,6 +41,7 @@ struct mosquitto_opt;
 enum im_payload_mode { IM_PAYLOAD_FRAME = 0, IM_PAYLOAD_RAW = 1 };
 enum im_delivery { IM_DELIVERY_FULL = 0, IM_DELIVERY_NOTIFY = 1 };
 enum im_nonim { IM_NONIM_DEFER = 0, IM_NONIM_ALLOW = 1 };
+enum im_presence { IM_PRESENCE_OFF = 0, IM_PRESENCE_CONTACTS = 1, IM_PRESENCE_ALL = 2 };
 
 /* =========================================================================
  * config.c — plugin_opt_* parsing
@@ -69,6 +70,8 @@ struct im__config {
 	char *store_key_file;       /* NULL: bodies stored as given */
 	uint32_t sync_rate;         /* sync requests per second per client, 0 = no limit */
 	uint32_t metrics_interval;  /* seconds, 0 = no metrics */
+	uint32_t max_devices;       /* per user, 0 = no limit */
+	int presence;               /* enum im_presence */
 	uint32_t max_group_members;
 	uint32_t trim_batch;        /* rows deleted per tick at most */
 };
@@ -276,6 +279,8 @@ struct im__store {
 	/* store_group.c */
 	struct im__map groups;      /* name -> struct im__group *, loaded lazily */
 	sqlite3_stmt *grp_get, *grp_members, *grp_insert, *mem_insert, *mem_delete, *grp_of_user;
+	sqlite3_stmt *contact_insert, *contact_check;
+	struct im__map contacts_seen;   /* "a\nb" pairs already written this run */
 };
 
 /* A group as cached: owner and member set (user -> non-NULL). */
@@ -394,6 +399,11 @@ int im_store__group_change(struct im__store *st, enum im_group_op op, const char
 		const char *actor, char *const *users, size_t n, struct im__tl *tl,
 		const struct im__msg *sys, uint64_t *seq);
 
+/* Notes that a and b exchanged a direct message (once per pair per run). */
+void im_store__contact_note(struct im__store *st, const char *a, const char *b);
+/* True if reader and user (len bytes) exchanged a direct message or share a group. */
+bool im_store__are_contacts(struct im__store *st, const char *reader, const char *user, size_t len);
+
 /* Calls fn for each group user is a member of, in name order. */
 int im_store__groups_of(struct im__store *st, const char *user,
 		int (*fn)(void *ctx, const char *group), void *ctx);
@@ -433,10 +443,25 @@ struct im__plugin {
 	struct im__map rate;            /* client id -> struct im__bucket (sync_rate) */
 	struct im__metrics metrics;
 	char *config_file;              /* the broker's -c file, absolute; NULL if unknown */
+	struct im__map devices;         /* client id -> device (presence.c) */
+	struct im__map users_online;    /* user -> its devices */
 	int64_t next_metrics_ms;
 	int64_t next_trim_ms;           /* when the next retention step may run */
 	int64_t trim_cursor;            /* timeline id the sweep continues after */
 };
+
+/* =========================================================================
+ * presence.c — devices and presence
+ * ========================================================================= */
+
+/* client did something on IM topics: it is an online device of its user
+ * from now on (may disconnect the user's oldest device). */
+void im_presence__seen(struct im__plugin *p, const struct mosquitto *client);
+/* client disconnected. */
+void im_presence__gone(struct im__plugin *p, const struct mosquitto *client);
+/* May reader see user's presence (user is len bytes, not terminated)? */
+bool im_presence__may_read(struct im__plugin *p, const char *reader, const char *user, size_t len);
+void im_presence__free(struct im__plugin *p);
 
 /* =========================================================================
  * Broker callbacks: on_acl.c, on_message.c, on_control.c, on_tick.c

@@ -81,10 +81,37 @@ static int check_subscribe(struct im__plugin *p, const struct mosquitto_evt_acl_
 {
 	struct im__route r;
 
+	im_presence__seen(p, ed->client);
 	/* A wildcard filter cannot name one inbox; READ decides per message. */
 	if(strpbrk(ed->topic, "+#")) return MOSQ_ERR_SUCCESS;
 	if(im_route__parse_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS) return deny(ed, "not an IM timeline topic");
 	return im_acl__may_read(p, &r, user) ? MOSQ_ERR_SUCCESS : deny(ed, r.kind == 'u' ? "not your timeline" : "not a member of the group");
+}
+
+/* "<prefix>/p/<user>": written by the plugin only, read per the presence
+ * option. Returns the name (into topic) or NULL if not a presence topic. */
+static const char *presence_user(const struct im__config *cfg, const char *topic)
+{
+	const char *t = topic + cfg->prefix_len;
+
+	return (t[0] == '/' && t[1] == 'p' && t[2] == '/') ? t + 3 : NULL;
+}
+
+static int check_presence(struct im__plugin *p, const struct mosquitto_evt_acl_check *ed, const char *user,
+		const char *target)
+{
+	size_t len = strlen(target);
+
+	if(ed->access == MOSQ_ACL_WRITE) return deny(ed, "presence is published by the plugin only");
+	if(ed->access == MOSQ_ACL_SUBSCRIBE){
+		im_presence__seen(p, ed->client);
+		if(strpbrk(target, "+#")) return MOSQ_ERR_SUCCESS;
+	}
+	if(p->cfg.presence == IM_PRESENCE_OFF || !im_route__name_valid(target, len)
+			|| !im_presence__may_read(p, user, target, len)){
+		return ed->access == MOSQ_ACL_SUBSCRIBE ? deny(ed, "presence not visible to you") : MOSQ_ERR_ACL_DENIED;
+	}
+	return MOSQ_ERR_SUCCESS;
 }
 
 static int check_write(struct im__plugin *p, const struct mosquitto_evt_acl_check *ed, const char *user, bool will)
@@ -124,6 +151,7 @@ int im_acl__check_cb(int event, void *event_data, void *userdata)
 	const char *user = mosquitto_client_username(ed->client);
 	bool will = (ed->client == p->disconnecting);
 	struct im__route r;
+	const char *target;
 
 	(void)event;
 	p->disconnecting = NULL;
@@ -134,6 +162,7 @@ int im_acl__check_cb(int event, void *event_data, void *userdata)
 	if(ed->access == MOSQ_ACL_UNSUBSCRIBE) return MOSQ_ERR_SUCCESS;
 	if(user == NULL) return deny(ed, "IM topics need a username");
 	if(!im_route__name_valid(user, strlen(user))) return deny(ed, "the username is not a valid IM name");
+	if((target = presence_user(&p->cfg, ed->topic)) != NULL) return check_presence(p, ed, user, target);
 	switch(ed->access){
 		case MOSQ_ACL_SUBSCRIBE:
 			return check_subscribe(p, ed, user);
@@ -172,5 +201,6 @@ int im_acl__disconnect_cb(int event, void *event_data, void *userdata)
 	(void)event;
 	p->disconnecting = ed->client;
 	if(id) mosquitto_free(im_map__del(&p->rate, id, strlen(id)));
+	im_presence__gone(p, ed->client);
 	return MOSQ_ERR_SUCCESS;
 }

@@ -243,6 +243,7 @@ int im_message__cb(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_ACL_DENIED;
 	}
 
+	im_presence__seen(p, ed->client);
 	im_route__timeline(&r, to_tl, sizeof(to_tl));
 	snprintf(own_tl, sizeof(own_tl), "u/%s", user);
 	snprintf(own_topic, sizeof(own_topic), "%s/%s", p->cfg.prefix, own_tl);
@@ -278,6 +279,7 @@ int im_message__cb(int event, void *event_data, void *userdata)
 		p->metrics.duplicates++;
 	}else{
 		p->metrics.sequenced++;
+		if(a.own_seq && p->cfg.presence == IM_PRESENCE_CONTACTS) im_store__contact_note(&p->store, user, r.name);
 		m.seq = a.seq;
 		im_message__deliver(p, ed->topic, to_tl, &m);
 		if(a.own_seq){

@@ -147,6 +147,7 @@ IM_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opt
 	im_store__close(&p->store);
 	im_crypt__free(&p->crypt);
 	im_map__free(&p->rate, mosquitto_free);
+	im_presence__free(p);
 	mosquitto_free(p->config_file);
 	im_config__free(&p->cfg);
 	mosquitto_free(p->scratch.data);

@@ -157,6 +157,8 @@ static void apply(struct im__plugin *p, struct im__config *n)
 	o->sync_rate = n->sync_rate;
 	o->metrics_interval = n->metrics_interval;
 	o->jwt_leeway = n->jwt_leeway;
+	o->max_devices = n->max_devices;
+	restart_needed(o->presence != n->presence, "presence");
 	if(o->busy_timeout_ms != n->busy_timeout_ms){
 		o->busy_timeout_ms = n->busy_timeout_ms;
 		sqlite3_busy_timeout(p->store.db, o->busy_timeout_ms);

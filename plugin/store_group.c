@@ -29,6 +29,9 @@ int im_store__group_prepare(struct im__store *st)
 		{&st->mem_insert, "INSERT OR IGNORE INTO members(grp, user, joined_ms) VALUES(?1, ?2, ?3)"},
 		{&st->mem_delete, "DELETE FROM members WHERE grp = ?1 AND user = ?2"},
 		{&st->grp_of_user, "SELECT grp FROM members WHERE user = ?1 ORDER BY grp"},
+		{&st->contact_insert, "INSERT OR IGNORE INTO contacts(a, b, since_ms) VALUES(?1, ?2, ?3)"},
+		{&st->contact_check, "SELECT 1 FROM contacts WHERE a = ?1 AND b = ?2"
+			" UNION ALL SELECT 1 FROM members x JOIN members y ON x.grp = y.grp WHERE x.user = ?3 AND y.user = ?4 LIMIT 1"},
 	};
 	size_t i;
 
@@ -53,6 +56,53 @@ static void group_free(void *v)
 void im_store__group_close(struct im__store *st)
 {
 	im_map__free(&st->groups, group_free);
+	im_map__free(&st->contacts_seen, NULL);
+}
+
+/* The pair in a fixed order, "a\nb" with a < b ('\n' is in no name). */
+static size_t pair_key(char *out, size_t cap, const char *x, size_t xl, const char *y, size_t yl)
+{
+	int c = memcmp(x, y, xl < yl ? xl : yl);
+	bool swap = c > 0 || (c == 0 && xl > yl);
+
+	if(xl + yl + 2 > cap) return 0;
+	memcpy(out, swap ? y : x, swap ? yl : xl);
+	out[swap ? yl : xl] = '\n';
+	memcpy(out + (swap ? yl : xl) + 1, swap ? x : y, swap ? xl : yl);
+	out[xl + yl + 1] = '\0';
+	return xl + yl + 1;
+}
+
+void im_store__contact_note(struct im__store *st, const char *a, const char *b)
+{
+	char key[2 * IM_NAME_MAX + 2], *nl;
+	size_t n = pair_key(key, sizeof(key), a, strlen(a), b, strlen(b));
+
+	if(n == 0 || im_map__get(&st->contacts_seen, key, n)) return;
+	nl = strchr(key, '\n');
+	sqlite3_bind_text(st->contact_insert, 1, key, (int)(nl - key), SQLITE_STATIC);
+	sqlite3_bind_text(st->contact_insert, 2, nl + 1, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st->contact_insert, 3, im_store__now_ms());
+	if(im_store__step(st, st->contact_insert, "noting a contact") == MOSQ_ERR_SUCCESS){
+		im_map__put(&st->contacts_seen, key, n, (void *)member);
+	}
+}
+
+bool im_store__are_contacts(struct im__store *st, const char *reader, const char *user, size_t len)
+{
+	char key[2 * IM_NAME_MAX + 2], *nl;
+	size_t n = pair_key(key, sizeof(key), reader, strlen(reader), user, len);
+	int rc;
+
+	if(n == 0) return false;
+	nl = strchr(key, '\n');
+	sqlite3_bind_text(st->contact_check, 1, key, (int)(nl - key), SQLITE_STATIC);
+	sqlite3_bind_text(st->contact_check, 2, nl + 1, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st->contact_check, 3, reader, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st->contact_check, 4, user, (int)len, SQLITE_STATIC);
+	rc = sqlite3_step(st->contact_check);
+	sqlite3_reset(st->contact_check);
+	return rc == SQLITE_ROW;
 }
 
 /* Loads a group's row and members. Returns NULL if absent or on error. */

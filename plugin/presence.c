@@ -1,0 +1,223 @@
+/*
+ * Devices and presence.
+ *
+ * Mosquitto 2.0.11 tells plugins about a disconnect but not about a
+ * connect. So a device (an MQTT client id of a user) counts as online
+ * from its first IM activity (an IM subscription, publish or request)
+ * until MOSQ_EVT_DISCONNECT, which also fires for a dropped TCP connection
+ * after its keepalive. docs/PROTOCOL.md states this definition.
+ *
+ * - max_devices_per_user N: a device beyond N disconnects the user's
+ *   oldest device (mosquitto_kick_client_by_clientid) and leaves a notice
+ *   in the user's inbox.
+ * - presence: the plugin publishes "<prefix>/p/<user>" retained,
+ *   {"state":"online"|"offline","devices":n,"ts_ms":...}, when the first
+ *   device comes and the last one goes; who may read it is the presence
+ *   option (contacts: share a group or have exchanged a direct message).
+ *
+ * Costs nothing when both are off; otherwise one hash lookup per IM
+ * activity.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+
+#include "im.h"
+
+struct device {
+	const struct mosquitto *client;
+	char *client_id;
+	char *user;
+	int64_t since_ms;
+	struct device *next;        /* the user's devices, oldest first */
+};
+
+struct user_devices {
+	struct device *head;
+	int count;
+};
+
+static bool enabled(const struct im__plugin *p)
+{
+	return p->cfg.max_devices > 0 || p->cfg.presence != IM_PRESENCE_OFF;
+}
+
+static void publish_presence(struct im__plugin *p, const char *user, int devices)
+{
+	char topic[IM_NAME_MAX + 80], body[128];
+	int n;
+
+	if(p->cfg.presence == IM_PRESENCE_OFF) return;
+	snprintf(topic, sizeof(topic), "%s/p/%s", p->cfg.prefix, user);
+	n = snprintf(body, sizeof(body), "{\"state\":\"%s\",\"devices\":%d,\"ts_ms\":%" PRId64 "}",
+			devices ? "online" : "offline", devices, im_store__now_ms());
+	mosquitto_broker_publish_copy(NULL, topic, n, body, 1, true, NULL);
+}
+
+/* A system message in the user's inbox: the device that was let go. */
+static void notice_kicked(struct im__plugin *p, const char *user, const char *old_id, const char *new_id)
+{
+	char tl[IM_TL_MAX + 1], topic[IM_TL_MAX + 70], body[512];
+	struct im__tl *t;
+	struct im__msg m;
+	struct im__appended a;
+
+	snprintf(tl, sizeof(tl), "u/%s", user);
+	snprintf(topic, sizeof(topic), "%s/%s", p->cfg.prefix, tl);
+	t = im_store__timeline(&p->store, tl, strlen(tl), true);
+	if(t == NULL) return;
+	memset(&m, 0, sizeof(m));
+	m.ts_ms = im_store__now_ms();
+	m.sender = user;
+	m.to = tl;
+	m.content_type = "application/json";
+	m.flags = IM__V1__HEADER_FLAG__FLAG_SYSTEM;
+	snprintf(body, sizeof(body), "{\"event\":\"device_limit\",\"disconnected\":\"%s\",\"by\":\"%s\",\"max_devices\":%u}",
+			old_id, new_id, p->cfg.max_devices);
+	m.body = body;
+	m.body_len = strlen(body);
+	if(im_store__append(&p->store, t, NULL, &m, &a) == MOSQ_ERR_SUCCESS){
+		m.seq = a.seq;
+		im_message__deliver(p, topic, tl, &m);
+	}
+}
+
+static void device_free(struct device *d)
+{
+	if(d == NULL) return;
+	mosquitto_free(d->client_id);
+	mosquitto_free(d->user);
+	mosquitto_free(d);
+}
+
+/* Unlinks d from its user's list; returns the user's remaining count. */
+static int unlink_device(struct im__plugin *p, struct device *d)
+{
+	struct user_devices *u = im_map__get(&p->users_online, d->user, strlen(d->user));
+	struct device **pp;
+
+	if(u == NULL) return 0;
+	for(pp = &u->head; *pp; pp = &(*pp)->next){
+		if(*pp == d){
+			*pp = d->next;
+			u->count--;
+			break;
+		}
+	}
+	return u->count;
+}
+
+static void kick_oldest(struct im__plugin *p, struct user_devices *u, const char *user, const char *new_id)
+{
+	struct device *old = u->head;
+	char *old_id;
+
+	/* Out of our tables first: the kick fires MOSQ_EVT_DISCONNECT for it
+	 * right away, which must find nothing to do. */
+	u->head = old->next;
+	u->count--;
+	im_map__del(&p->devices, old->client_id, strlen(old->client_id));
+	old_id = mosquitto_strdup(old->client_id);
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: user \"%s\" has more than %u devices: disconnecting the oldest, \"%s\", for \"%s\".",
+			user, p->cfg.max_devices, old->client_id, new_id);
+	device_free(old);
+	if(old_id){
+		mosquitto_kick_client_by_clientid(old_id, false);
+		notice_kicked(p, user, old_id, new_id);
+		mosquitto_free(old_id);
+	}
+}
+
+void im_presence__seen(struct im__plugin *p, const struct mosquitto *client)
+{
+	const char *id, *user;
+	struct device *d;
+	struct user_devices *u;
+
+	if(!enabled(p)) return;
+	id = mosquitto_client_id(client);
+	user = mosquitto_client_username(client);
+	if(id == NULL || user == NULL) return;
+	d = im_map__get(&p->devices, id, strlen(id));
+	if(d){
+		d->client = client; /* the same device, maybe a newer connection */
+		return;
+	}
+	u = im_map__get(&p->users_online, user, strlen(user));
+	if(u == NULL){
+		u = mosquitto_calloc(1, sizeof(*u));
+		if(u == NULL || im_map__put(&p->users_online, user, strlen(user), u) != MOSQ_ERR_SUCCESS){
+			mosquitto_free(u);
+			return;
+		}
+	}
+	d = mosquitto_calloc(1, sizeof(*d));
+	if(d == NULL) return;
+	d->client = client;
+	d->client_id = mosquitto_strdup(id);
+	d->user = mosquitto_strdup(user);
+	d->since_ms = im_store__now_ms();
+	if(d->client_id == NULL || d->user == NULL || im_map__put(&p->devices, id, strlen(id), d) != MOSQ_ERR_SUCCESS){
+		device_free(d);
+		return;
+	}
+	/* Append: the list is oldest first. */
+	{
+		struct device **pp = &u->head;
+		while(*pp) pp = &(*pp)->next;
+		*pp = d;
+	}
+	u->count++;
+	if(p->cfg.max_devices && u->count > (int)p->cfg.max_devices) kick_oldest(p, u, user, id);
+	if(u->count == 1) publish_presence(p, user, 1);
+}
+
+void im_presence__gone(struct im__plugin *p, const struct mosquitto *client)
+{
+	const char *id = mosquitto_client_id(client);
+	struct device *d;
+	char user[IM_NAME_MAX + 1];
+
+	if(!enabled(p) || id == NULL) return;
+	d = im_map__get(&p->devices, id, strlen(id));
+	if(d == NULL || d->client != client) return; /* unknown, or replaced by a newer connection */
+	im_map__del(&p->devices, id, strlen(id));
+	snprintf(user, sizeof(user), "%s", d->user);
+	if(unlink_device(p, d) == 0){
+		mosquitto_free(im_map__del(&p->users_online, user, strlen(user)));
+		publish_presence(p, user, 0);
+	}
+	device_free(d);
+}
+
+bool im_presence__may_read(struct im__plugin *p, const char *reader, const char *user, size_t len)
+{
+	if(strlen(reader) == len && !memcmp(reader, user, len)) return true;
+	switch(p->cfg.presence){
+		case IM_PRESENCE_ALL:
+			return true;
+		case IM_PRESENCE_CONTACTS:
+			return im_store__are_contacts(&p->store, reader, user, len);
+		default:
+			return false;
+	}
+}
+
+static void free_user(void *v)
+{
+	mosquitto_free(v);
+}
+
+static void free_device(void *v)
+{
+	device_free(v);
+}
+
+void im_presence__free(struct im__plugin *p)
+{
+	im_map__free(&p->devices, free_device);
+	im_map__free(&p->users_online, free_user);
+}

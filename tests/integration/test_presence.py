@@ -1,0 +1,108 @@
+"""Devices and presence: online/offline from IM activity and disconnects,
+visibility, and the per-user device limit."""
+import json
+import socket
+import struct
+import time
+
+from imtest import Client, decode_frame, pb, sync_all
+
+SYSTEM = 1
+
+
+def states(client, n, timeout=5):
+    return [json.loads(m.payload)["state"] for m in client.get_n(n, timeout=timeout)]
+
+
+def raw_connect(port, user, cid, keepalive):
+    s = socket.create_connection(("127.0.0.1", port))
+
+    def string(x):
+        return struct.pack("!H", len(x)) + x.encode()
+
+    var = string("MQTT") + bytes([4, 0x82]) + struct.pack("!H", keepalive)
+    body = var + string(cid) + string(user)
+    s.sendall(bytes([0x10, len(body)]) + body)
+    assert s.recv(4)[:2] == b"\x20\x02"
+    sub = struct.pack("!H", 1) + string("im/u/" + user) + b"\x01"
+    s.sendall(bytes([0x82, len(sub)]) + sub)
+    s.recv(5)
+    return s
+
+
+def test_online_offline_and_keepalive(make_broker):
+    b = make_broker({"presence": "all"})
+    carol = Client(b, "carol").connect()
+    carol.subscribe("im/p/bob")
+    bob1 = Client(b, "bob", client_id="bob-1").connect()
+    bob1.subscribe("im/u/bob")                      # first IM activity: online
+    assert states(carol, 1) == ["online"]
+    bob2 = Client(b, "bob", client_id="bob-2").connect()
+    bob2.subscribe("im/u/bob")
+    assert carol.none(0.5)                           # still online: no news
+    bob1.close()
+    assert carol.none(0.5)
+    bob2.close()
+    assert states(carol, 1) == ["offline"]
+    # A dropped TCP connection goes offline after its keepalive.
+    s = raw_connect(b.port, "bob", "bob-raw", keepalive=1)
+    assert states(carol, 1) == ["online"]
+    assert states(carol, 1, timeout=6) == ["offline"]  # no PINGREQ, no close: keepalive expires
+    s.close()
+    # A late subscriber gets the retained state.
+    dave = Client(b, "dave").connect()
+    dave.subscribe("im/p/bob")
+    m = dave.get()
+    assert json.loads(m.payload)["state"] == "offline" and m.retain
+    # Nobody may publish presence.
+    eve = Client(b, "eve").connect()
+    eve.publish("im/p/bob", b'{"state":"online"}', qos=0, wait=False)
+    assert carol.none(0.5)
+    for c in (carol, dave, eve):
+        c.close()
+
+
+def test_presence_visible_to_contacts_only(make_broker):
+    b = make_broker({"presence": "contacts"})
+    eve = Client(b, "eve", v5=True).connect()
+    assert eve.subscribe("im/p/bob")[0] >= 0x80       # no conversation, no shared group
+    alice = Client(b, "alice").connect()
+    alice.publish("im/u/bob", b"hi bob", qos=1)        # now alice and bob are contacts
+    assert alice.subscribe("im/p/bob") == [1]
+    carol = Client(b, "carol").connect()
+    assert carol.request("group", pb.GroupRequest(op="create", group="g", members=["bob"]),
+                         response_type=pb.GroupResponse).status == pb.OK
+    assert carol.subscribe("im/p/bob") == [1]           # shares a group
+    eve.subscribe("im/p/+")                             # wildcards do not help
+    bob = Client(b, "bob").connect()
+    bob.subscribe("im/u/bob")
+    assert states(alice, 1) == ["online"]
+    assert states(carol, 1) == ["online"]
+    got = [m.topic for m in eve.get_n(3, timeout=0.7)]
+    assert "im/p/bob" not in got and got == ["im/p/eve"]      # her own presence only
+    for c in (alice, bob, carol, eve):
+        c.close()
+
+
+def test_device_limit_kicks_the_oldest_with_a_notice(make_broker):
+    b = make_broker({"max_devices_per_user": 2})
+    d1 = Client(b, "bob", client_id="bob-phone").connect()
+    d1.subscribe("im/u/bob")
+    time.sleep(0.05)
+    d2 = Client(b, "bob", client_id="bob-laptop").connect()
+    d2.subscribe("im/u/bob")
+    assert not d1.disconnected.is_set()
+    d3 = Client(b, "bob", client_id="bob-tablet").connect()
+    d3.subscribe("im/u/bob")
+    assert d1.disconnected.wait(5), "the oldest device was not disconnected"
+    assert not d2.disconnected.is_set() and not d3.disconnected.is_set()
+    h, body = decode_frame(d2.get().payload)
+    assert h.flags & SYSTEM
+    notice = json.loads(body)
+    assert notice == {"event": "device_limit", "disconnected": "bob-phone", "by": "bob-tablet", "max_devices": 2}
+    frames, _ = sync_all(d3, "u/bob")
+    assert [json.loads(body)["event"] for _, body in frames] == ["device_limit"]
+    assert "disconnecting the oldest" in b.read_log()
+    d1.c.loop_stop()
+    d2.close()
+    d3.close()
