@@ -1,0 +1,332 @@
+// mosquitto-im in the browser, on MQTT.js (MQTT v5 over WebSockets) and
+// protobufjs: the frame decoder, requests, and the client algorithm of
+// docs/PROTOCOL.md section 7 (the same as examples/client/im_client.c).
+//
+// No DOM in here: the page (app.js) listens to the events.
+//   'status'   {detail: {state, text}}        connection and catch-up state
+//   'message'  {detail: {header, body, text}} once per (timeline, seq), in order
+//   'groups'   {detail: [{name, headSeq}]}    the groups I am in
+//   'receipt'  {detail: {cmid, timeline, seq}} a sent message is stored
+//   'gap'      {detail: {timeline, from, to}}  seqs removed by retention
+//   'error'    {detail: text}
+import mqtt from '/vendor/mqtt.esm.js';
+
+const protobuf = globalThis.protobuf; // dist/protobuf.min.js, a classic <script>
+const REPLY_MS = 5000;
+const ACK_EVERY_MS = 2000;
+const GROUPS_EVERY_MS = 10000;   // `group list` again: someone may have added me
+const KEEP_MSGS = 1000;              // messages kept per timeline in localStorage
+export const RECEIPT_TOPIC = '$CONTROL/im/v1/receipt';
+
+// Loads proto/im.proto (served by serve.js from the project's proto/).
+export async function loadProto(url = '/proto/im.proto') {
+  const root = await protobuf.load(url);
+  const t = (n) => root.lookupType('im.v1.' + n);
+  return {
+    Header: t('Header'), SyncRequest: t('SyncRequest'), SyncBatch: t('SyncBatch'), Ack: t('Ack'),
+    AckResponse: t('AckResponse'), Receipt: t('Receipt'), GroupRequest: t('GroupRequest'),
+    GroupResponse: t('GroupResponse'), Response: t('Response'),
+  };
+}
+
+const toObj = (T, bytes) => T.toObject(T.decode(bytes), { longs: Number, defaults: true });
+
+// The frame: 'I' 'M' 0x01, uint16 big-endian header length H, H bytes of
+// im.v1.Header, then the body exactly as the sender published it.
+export function decodeFrame(P, bytes) {
+  if (bytes.length < 5 || bytes[0] !== 0x49 || bytes[1] !== 0x4d) throw new Error('not a frame');
+  if (bytes[2] !== 1) throw new Error('unknown frame version ' + bytes[2]);
+  const h = (bytes[3] << 8) | bytes[4];
+  if (5 + h > bytes.length) throw new Error('truncated frame');
+  return { header: toObj(P.Header, bytes.subarray(5, 5 + h)), body: bytes.subarray(5 + h) };
+}
+
+export function uuid() {
+  if (globalThis.crypto?.randomUUID) return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const x = [...b].map((v) => v.toString(16).padStart(2, '0')).join('');
+  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`;
+}
+
+const utf8 = new TextDecoder();
+
+export class ImClient extends EventTarget {
+  // opts: {url, user, password, proto, storage (localStorage), prefix ('im')}
+  constructor(opts) {
+    super();
+    this.o = { prefix: 'im', storage: globalThis.localStorage, ...opts };
+    this.P = opts.proto;
+    this.me = 'u/' + opts.user;
+    this.key = `imweb/${opts.user}@${opts.url}/`;
+    this.tls = new Map();       // timeline -> {name, last, acked, syncing, held: Map, msgs, head}
+    this.pending = { group: [], ack: [] }; // FIFO of waiting requests per op
+    this.outbox = this.load('outbox', []);  // sent, no Receipt yet: re-sent with the same cmid
+    this.connected = false;
+    this.timeline(this.me);
+    for (const g of this.load('groups', [])) this.timeline('g/' + g);
+  }
+
+  // ---- storage: `last` and the messages shown, per timeline ----
+  load(k, dflt) {
+    try { const v = this.o.storage.getItem(this.key + k); return v ? JSON.parse(v) : dflt; } catch { return dflt; }
+  }
+  save(k, v) { try { this.o.storage.setItem(this.key + k, JSON.stringify(v)); } catch { /* full: keep going */ } }
+  saveTl(t) { this.save('tl/' + t.name, { last: t.last, msgs: t.msgs.slice(-KEEP_MSGS) }); }
+
+  timeline(name) {
+    let t = this.tls.get(name);
+    if (!t) {
+      const s = this.load('tl/' + name, { last: 0, msgs: [] });
+      t = { name, last: s.last, acked: s.last, syncing: false, held: new Map(), msgs: s.msgs, head: s.last };
+      this.tls.set(name, t);
+    }
+    return t;
+  }
+  topic(tl) { return `${this.o.prefix}/${tl}`; }
+  emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
+  status(state, text) { this.state = state; this.emit('status', { state, text }); }
+
+  // ---- connection ----
+  start() {
+    let cid = sessionStorage.getItem(this.key + 'cid');
+    if (!cid) { cid = `web-${this.o.user}-${uuid().slice(0, 8)}`; sessionStorage.setItem(this.key + 'cid', cid); }
+    this.status('connecting', 'connecting to ' + this.o.url);
+    this.c = mqtt.connect(this.o.url, {
+      protocolVersion: 5, clientId: cid, username: this.o.user, password: this.o.password || undefined,
+      clean: true, reconnectPeriod: 1000, connectTimeout: 5000, resubscribe: false, keepalive: 30,
+    });
+    this.c.on('connect', () => this.onConnect());
+    this.c.on('close', () => this.onClose());
+    this.c.on('error', (e) => {
+      const refused = /authori|password|Bad User/i.test(e.message);
+      this.status(refused ? 'refused' : 'error', refused ? 'login refused: not authorised' : e.message);
+      if (refused) this.c.end(true);
+    });
+    this.c.on('message', (topic, payload) => this.onMessage(topic, payload));
+    this.ackTimer = setInterval(() => this.sendAcks(), ACK_EVERY_MS);
+    this.groupTimer = setInterval(() => {
+      if (this.connected) this.refreshGroups().catch((e) => this.emit('error', e.message));
+    }, GROUPS_EVERY_MS);
+  }
+
+  stop() {
+    clearInterval(this.ackTimer);
+    clearInterval(this.groupTimer);
+    this.sendAcks();
+    this.c?.end();
+  }
+
+  async onConnect() {
+    this.connected = true;
+    this.status('syncing', 'connected, catching up');
+    // 1. Subscribe, then sync each timeline before trusting live frames
+    // (the broker handles our packets in order: the subscription is in
+    // place before the sync request is read).
+    for (const t of this.tls.values()) this.follow(t);
+    try {
+      await this.refreshGroups();
+    } catch (e) {
+      this.emit('error', e.message);
+    }
+    for (const m of this.outbox) this.publishMsg(m); // 4. re-send, same cmid
+    this.checkCaughtUp();
+  }
+
+  onClose() {
+    if (this.connected) this.status('offline', 'connection lost, reconnecting');
+    this.connected = false;
+    for (const t of this.tls.values()) t.syncing = false;
+    for (const op of Object.keys(this.pending)) {
+      for (const p of this.pending[op].splice(0)) p.reject(new Error('connection lost'));
+    }
+  }
+
+  follow(t) {
+    this.c.subscribe(this.topic(t.name), { qos: 1 });
+    this.startSync(t);
+  }
+
+  // ---- requests ----
+  publishReq(op, bytes) {
+    this.c.publish('$CONTROL/im/v1/' + op, bytes, { qos: 1 });
+  }
+
+  // A request whose reply comes back on $CONTROL/im/v1/<op>/response, in
+  // order: one FIFO of promises per op.
+  request(op, T, msg) {
+    return new Promise((resolve, reject) => {
+      if (!this.connected) { reject(new Error('not connected')); return; }
+      const p = { resolve, reject };
+      p.timer = setTimeout(() => {
+        const i = this.pending[op].indexOf(p);
+        if (i >= 0) this.pending[op].splice(i, 1);
+        reject(new Error(`no reply from the mosquitto-im plugin on $CONTROL/im/v1/${op}: is the plugin loaded?`));
+      }, REPLY_MS);
+      this.pending[op].push(p);
+      this.publishReq(op, T.encode(T.create(msg)).finish());
+    });
+  }
+
+  async group(op, group, members = []) {
+    const r = await this.request('group', this.P.GroupRequest, { op, group, members });
+    if (r.status !== 0) throw new Error(`group ${op} ${group || ''}: ${r.status} ${r.reason}`);
+    if (['create', 'add', 'remove', 'leave'].includes(op)) this.refreshGroups().catch(() => {});
+    return r;
+  }
+
+  async refreshGroups() {
+    const r = await this.group('list');
+    const names = r.groups.map((g) => g.name);
+    for (const g of r.groups) {
+      const known = this.tls.has('g/' + g.name);
+      const t = this.timeline('g/' + g.name);
+      t.head = Math.max(t.head, g.headSeq);
+      if (!known && this.connected) this.follow(t); // a group I was added to
+    }
+    for (const name of [...this.tls.keys()]) {
+      if (name.startsWith('g/') && !names.includes(name.slice(2))) {
+        this.c.unsubscribe(this.topic(name));
+        this.tls.delete(name);
+      }
+    }
+    this.save('groups', names);
+    this.emit('groups', r.groups);
+    return r.groups;
+  }
+
+  startSync(t) {
+    t.syncing = true;
+    const P = this.P.SyncRequest;
+    this.publishReq('sync', P.encode(P.create({ timeline: t.name, afterSeq: t.last, limit: 500 })).finish());
+  }
+
+  sendAcks() {
+    if (!this.connected) return;
+    for (const t of this.tls.values()) {
+      if (t.last <= t.acked) continue;
+      // msg-fin: the highest seq shown; the reply needs no waiting for
+      this.publishReq('ack', this.P.Ack.encode(this.P.Ack.create({ timeline: t.name, seq: t.last })).finish());
+      t.acked = t.last;
+    }
+  }
+
+  // ---- sending ----
+  send(timeline, text) {
+    const m = { cmid: uuid(), timeline, text, at: Date.now() };
+    this.outbox.push(m);
+    this.save('outbox', this.outbox);
+    if (this.connected) this.publishMsg(m);
+    return m;
+  }
+
+  publishMsg(m) {
+    this.c.publish(this.topic(m.timeline), m.text, {
+      qos: 1,
+      properties: { userProperties: { 'im-cmid': m.cmid }, responseTopic: RECEIPT_TOPIC, contentType: 'text/plain' },
+    });
+  }
+
+  onReceipt(r) {
+    const i = this.outbox.findIndex((m) => m.cmid === r.cmid);
+    if (i >= 0) {
+      this.outbox.splice(i, 1);
+      this.save('outbox', this.outbox);
+    }
+    if (r.status !== 0) this.emit('error', `message refused: ${r.status} ${r.reason}`);
+    this.emit('receipt', r);
+  }
+
+  // ---- incoming ----
+  onMessage(topic, payload) {
+    const P = this.P;
+    try {
+      if (topic === '$CONTROL/im/v1/sync/response') return this.onBatch(toObj(P.SyncBatch, payload));
+      if (topic === RECEIPT_TOPIC) return this.onReceipt(toObj(P.Receipt, payload));
+      if (topic === '$CONTROL/im/v1/group/response') {
+        const p = this.pending.group.shift();
+        if (p) { clearTimeout(p.timer); p.resolve(toObj(P.GroupResponse, payload)); }
+        return;
+      }
+      if (topic.startsWith('$CONTROL/')) return; // ack replies: nothing to do
+      this.onFrame(payload);
+    } catch (e) {
+      this.emit('error', `${topic}: ${e.message}`);
+    }
+  }
+
+  // Step 2 of the algorithm, for a live frame.
+  onFrame(bytes) {
+    const { header: h } = decodeFrame(this.P, bytes);
+    const t = this.tls.get(h.timeline);
+    if (!t || h.seq <= t.last) return;           // not ours, or a duplicate
+    t.head = Math.max(t.head, h.seq);
+    if (t.syncing) {
+      t.held.set(h.seq, bytes);                  // until the sync is complete
+    } else if (h.seq === t.last + 1) {
+      this.deliver(t, bytes);
+      this.drain(t, 0);
+    } else {
+      t.held.set(h.seq, bytes);                  // a gap: fill it by sync
+      this.startSync(t);
+    }
+  }
+
+  onBatch(b) {
+    const t = this.tls.get(b.timeline);
+    if (!t) return;
+    if (b.status !== 0) {
+      t.syncing = false;
+      this.emit('error', `sync ${b.timeline}: ${b.status} ${b.reason}`);
+      return;
+    }
+    t.head = Math.max(t.head, b.headSeq);
+    if (b.firstSeq > t.last + 1) {
+      this.emit('gap', { timeline: t.name, from: t.last + 1, to: b.firstSeq - 1 });
+      t.last = b.firstSeq - 1;                   // gone by retention, not lost
+    }
+    for (const f of b.frames) {
+      const seq = decodeFrame(this.P, f).header.seq;
+      if (seq > t.last) this.deliver(t, f);      // a batch skips only expired seqs
+    }
+    if (b.hasMore) {
+      this.startSync(t);
+    } else {
+      t.syncing = false;
+      this.drain(t, b.headSeq);
+      if (t.held.size) this.startSync(t);        // live frames lost in between
+      this.sendAcks();
+      this.checkCaughtUp();
+    }
+  }
+
+  drain(t, upTo) {
+    for (const seq of [...t.held.keys()].sort((a, b) => a - b)) {
+      if (seq > t.last + 1 && seq > upTo) break;
+      const f = t.held.get(seq);
+      t.held.delete(seq);
+      if (seq > t.last) this.deliver(t, f);
+    }
+  }
+
+  deliver(t, bytes) {
+    const { header, body } = decodeFrame(this.P, bytes);
+    t.last = header.seq;
+    const m = {
+      timeline: header.timeline, seq: header.seq, sender: header.sender, to: header.to, tsMs: header.tsMs,
+      cmid: header.cmid, system: (header.flags & 1) === 1, omitted: header.bodyOmitted, text: utf8.decode(body),
+    };
+    t.msgs.push(m);
+    this.saveTl(t);
+    const i = this.outbox.findIndex((o) => o.cmid && o.cmid === m.cmid && m.sender === this.o.user);
+    if (i >= 0) { this.outbox.splice(i, 1); this.save('outbox', this.outbox); } // my copy: stored
+    this.emit('message', m);
+  }
+
+  checkCaughtUp() {
+    if (!this.connected) return;
+    for (const t of this.tls.values()) if (t.syncing || t.held.size) return;
+    this.status('online', 'online, up to date');
+  }
+}
