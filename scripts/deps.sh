@@ -5,14 +5,18 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config
       mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
       libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
-      libsqlite3-dev sqlite3 libssl-dev libjwt-dev
+      libsqlite3-dev sqlite3 libssl-dev libjwt-dev zlib1g-dev
       clang libclang-rt-14-dev openssl
       python3-paho-mqtt python3-protobuf python3-pytest
-      prometheus-mqtt-exporter)
+      prometheus-mqtt-exporter
+      chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# The browser test (tests/e2e) runs on node + npm: Debian's, unless a node
+# (e.g. NodeSource's, which brings its own npm) is already there.
+command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]}"
   SUDO=""

@@ -1,0 +1,264 @@
+// End-to-end test of the browser chat page (examples/web) in headless
+// Chromium: a real mosquitto with the plugin (a websockets listener and a TCP
+// one, on free 127.0.0.1 ports), the page's own static server, two pages
+// (alice and bob) that chat, bob away and back (catch-up by sync), a reload,
+// and a broker killed and restarted while alice sends.
+//
+//   IM_PLUGIN=build/mosquitto_im.so node --test tests/e2e/chat.test.mjs
+//
+// Needs Debian's chromium (/usr/bin/chromium) and `npm ci` in examples/web
+// (playwright-core drives the system Chromium; it downloads nothing).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync,
+  writeFileSync } from 'node:fs';
+import { createServer, connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const WEB = join(ROOT, 'examples/web');
+const PLUGIN = resolve(process.env.IM_PLUGIN || join(ROOT, 'build/mosquitto_im.so'));
+const CHROMIUM = process.env.IM_CHROMIUM || '/usr/bin/chromium';
+const PW = join(WEB, 'node_modules/playwright-core/index.mjs');
+const TMP = mkdtempSync(join(tmpdir(), 'im-e2e-'));
+chmodSync(TMP, 0o755); // the broker's user must reach its folder inside
+const ART = resolve(process.env.IM_E2E_ARTIFACTS || join(TMP, 'artifacts'));
+
+for (const [what, path, hint] of [['the plugin', PLUGIN, 'build it, or set IM_PLUGIN'],
+  ['chromium', CHROMIUM, 'scripts/deps.sh installs Debian\'s chromium'],
+  ['playwright-core', PW, 'run `npm ci` in examples/web (scripts/test.sh does)']]) {
+  if (!existsSync(path)) throw new Error(`${what} not found at ${path}: ${hint}`);
+}
+const { chromium } = await import(pathToFileURL(PW).href);
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+    s.on('error', rej);
+  });
+}
+
+async function waitPort(port, proc, what, ms = 15000) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (proc.exitCode !== null) throw new Error(`${what} exited with ${proc.exitCode}`);
+    const ok = await new Promise((r) => {
+      const c = connect(port, '127.0.0.1', () => { c.destroy(); r(true); });
+      c.on('error', () => r(false));
+    });
+    if (ok) return;
+    await sleep(50);
+  }
+  throw new Error(`${what} did not listen on ${port}`);
+}
+
+// Started as root, mosquitto becomes 'mosquitto' before it loads the
+// plugin: its folder must be writable by that user.
+function chownForBroker(dir) {
+  if (process.getuid() !== 0) return;
+  const line = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith('mosquitto:'));
+  if (!line) return;
+  const [, , uid, gid] = line.split(':').map(Number);
+  const walk = (p) => {
+    chownSync(p, uid, gid);
+    for (const e of readdirSync(p, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(join(p, e.name)); else chownSync(join(p, e.name), uid, gid);
+    }
+  };
+  walk(dir);
+}
+
+const broker = { dir: join(TMP, 'broker'), proc: null };
+let server;
+let ctx;
+let base;
+
+async function startBroker() {
+  mkdirSync(broker.dir, { recursive: true });
+  writeFileSync(join(broker.dir, 'mosquitto.conf'), [
+    `listener ${broker.tcp} 127.0.0.1`,
+    // Debian's build ignores the bind address of a websockets listener
+    // unless socket_domain ipv4 is set: always set it.
+    `listener ${broker.ws} 127.0.0.1`, 'protocol websockets', 'socket_domain ipv4',
+    'allow_anonymous true', 'max_queued_messages 0', 'persistence false', 'log_dest stderr', 'log_type all',
+    `plugin ${PLUGIN}`, `plugin_opt_db_path ${join(broker.dir, 'im.db')}`, 'plugin_opt_nonim_acl allow', '',
+  ].join('\n'));
+  chownForBroker(broker.dir);
+  const log = openSync(join(broker.dir, 'broker.log'), 'a');
+  broker.proc = spawn('mosquitto', ['-c', join(broker.dir, 'mosquitto.conf')], { stdio: ['ignore', log, log] });
+  await waitPort(broker.tcp, broker.proc, 'mosquitto');
+  await waitPort(broker.ws, broker.proc, 'mosquitto (websockets)');
+}
+
+function kill9Broker() {
+  return new Promise((r) => {
+    if (!broker.proc || broker.proc.exitCode !== null) { r(); return; }
+    broker.proc.once('exit', () => r());
+    broker.proc.kill('SIGKILL');
+  });
+}
+
+before(async () => {
+  mkdirSync(ART, { recursive: true });
+  broker.tcp = await freePort();
+  broker.ws = await freePort();
+  await startBroker();
+  const httpPort = await freePort();
+  server = spawn(process.execPath, [join(WEB, 'serve.js'), '--port', String(httpPort)], { stdio: 'ignore' });
+  await waitPort(httpPort, server, 'serve.js');
+  base = `http://127.0.0.1:${httpPort}/?ws=ws://127.0.0.1:${broker.ws}`;
+  ctx = await chromium.launchPersistentContext(join(TMP, 'profile'), {
+    executablePath: CHROMIUM, headless: true, viewport: { width: 1000, height: 640 },
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      // two pages act in turn: keep the one in the background from being throttled
+      '--disable-background-timer-throttling', '--disable-renderer-backgrounding',
+      '--disable-backgrounding-occluded-windows'],
+  });
+});
+
+after(async () => {
+  await ctx?.close().catch(() => {});
+  server?.kill('SIGTERM');
+  await kill9Broker();
+  if (process.env.IM_E2E_KEEP) console.log('kept', TMP);
+  else rmSync(TMP, { recursive: true, force: true });
+});
+
+// ---- page helpers ----
+async function login(page, user) {
+  await use(page);
+  await page.goto(base);
+  await page.fill('#user', user);
+  await page.click('#login-btn');
+  await online(page);
+}
+const online = (page) => page.waitForSelector('#status[data-state="online"]', { timeout: 15000 });
+
+// Pages are tabs of one window; a tab in the background gets no animation
+// frames, which Playwright's actions wait for: bring it to the front first.
+let front = null;
+async function use(page) {
+  if (front !== page) { await page.bringToFront(); front = page; }
+  return page;
+}
+const click = async (page, sel) => (await use(page)).click(sel);
+
+async function say(page, text) {
+  await use(page);
+  await page.fill('#text', text);
+  await page.press('#text', 'Enter');
+}
+
+// [[seq, sender, text]] of the open conversation, stored messages only
+function shown(page) {
+  return page.$$eval('#messages li.msg[data-seq]', (els) => els.map((e) => [Number(e.dataset.seq),
+    e.dataset.sender, e.querySelector('.text').textContent]));
+}
+
+async function waitShown(page, n, what) {
+  try {
+    await page.waitForFunction((k) => document.querySelectorAll('#messages li.msg[data-seq]').length >= k, n,
+      { timeout: 15000 });
+  } catch (e) {
+    throw new Error(`${what}: wanted ${n} messages, page shows ${JSON.stringify(await shown(page))}`);
+  }
+  return shown(page);
+}
+
+const badge = (page, conv) => page.$eval(`#convs li[data-conv="${conv}"] .badge`, (e) => e.textContent);
+
+test('alice and bob chat in the page; bob catches up by sync after being away and after a reload', async () => {
+  const alice = ctx.pages()[0] || await ctx.newPage();
+  const bob = await ctx.newPage();
+  const errors = [];
+  for (const p of [alice, bob]) p.on('pageerror', (e) => errors.push(e.message));
+  await login(alice, 'alice');
+  await login(bob, 'bob');
+
+  // alice opens a chat with bob and writes three messages
+  await (await use(alice)).fill('#peer', 'bob');
+  await alice.press('#peer', 'Enter');
+  for (const t of ['a1', 'a2', 'a3']) await say(alice, t);
+  await waitShown(alice, 3, 'alice own copies');
+
+  // bob sees the conversation with 3 unread, opens it, answers
+  await bob.waitForFunction(() => document.querySelector('#convs li[data-conv="u:alice"] .badge')?.textContent === '3',
+    null, { timeout: 15000 });
+  await click(bob, '#convs li[data-conv="u:alice"]');
+  assert.deepEqual(await waitShown(bob, 3, 'bob live'), [[1, 'alice', 'a1'], [2, 'alice', 'a2'], [3, 'alice', 'a3']]);
+  for (const t of ['b1', 'b2']) await say(bob, t);
+  assert.deepEqual((await waitShown(alice, 5, 'alice sees replies')).map((m) => m.slice(1)),
+    [['alice', 'a1'], ['alice', 'a2'], ['alice', 'a3'], ['bob', 'b1'], ['bob', 'b2']]);
+  assert.deepEqual((await shown(alice)).map((m) => m[0]), [1, 2, 3, 4, 5]);
+
+  // a group with bob
+  await (await use(alice)).fill('#gname', 'team');
+  await alice.fill('#gmembers', 'bob');
+  await click(alice, '#newgroup button');
+  await alice.waitForSelector('#convs li[data-conv="g:team"]');
+  await say(alice, 'g1');
+  await waitShown(alice, 2, 'alice group');
+
+  // bob goes away; alice writes on; bob comes back and catches up by sync
+  await bob.goto('about:blank');
+  await click(alice, '#convs li[data-conv="u:bob"]');
+  for (let i = 4; i <= 8; i++) await say(alice, 'a' + i);
+  await click(alice, '#convs li[data-conv="g:team"]');
+  await say(alice, 'g2');
+  await waitShown(alice, 3, 'alice group 2');
+  await alice.waitForFunction(() => !document.querySelector('#messages li.pending'));
+  await (await use(bob)).goto(base);                      // logs in again from sessionStorage
+  await online(bob);
+  await bob.waitForSelector('#convs li[data-conv="g:team"]');
+  assert.equal(await badge(bob, 'u:alice'), '5');
+  assert.equal(await badge(bob, 'g:team'), '3');
+  await bob.screenshot({ path: join(ART, 'catchup.png') });
+  await click(bob, '#convs li[data-conv="u:alice"]');
+  const want = [[1, 'alice', 'a1'], [2, 'alice', 'a2'], [3, 'alice', 'a3'], [4, 'bob', 'b1'], [5, 'bob', 'b2'],
+    [6, 'alice', 'a4'], [7, 'alice', 'a5'], [8, 'alice', 'a6'], [9, 'alice', 'a7'], [10, 'alice', 'a8']];
+  assert.deepEqual(await waitShown(bob, 10, 'bob after sync'), want);
+  await click(bob, '#convs li[data-conv="g:team"]');
+  const g = await waitShown(bob, 3, 'bob group');
+  assert.deepEqual(g.map((m) => m[0]), [1, 2, 3]);
+  assert.deepEqual(g.slice(1).map((m) => m[2]), ['g1', 'g2']);
+  assert.match(g[0][2], /alice created the group with bob/);
+
+  // a reload: what was shown comes from localStorage, nothing twice
+  await (await use(bob)).reload();
+  await online(bob);
+  await click(bob, '#convs li[data-conv="u:alice"]');
+  await sleep(300);
+  assert.deepEqual(await shown(bob), want);
+  assert.equal(await badge(bob, 'u:alice'), '');
+  assert.deepEqual(errors, []);
+});
+
+test('a dropped connection: alice sends while the broker is down; both catch up, each message once', async () => {
+  const [alice, bob] = ctx.pages();
+  await click(alice, '#convs li[data-conv="u:bob"]');
+  await click(bob, '#convs li[data-conv="u:alice"]');
+  await kill9Broker();
+  await alice.waitForSelector('#status[data-state="offline"]', { timeout: 10000 });
+  await say(alice, 'while down');              // held in the outbox, re-sent with its cmid
+  await alice.waitForSelector('#messages li.pending');
+  await startBroker();                         // same ports, same store
+  await online(alice);
+  await say(alice, 'after');
+  const want = [[11, 'alice', 'while down'], [12, 'alice', 'after']];
+  const got = await waitShown(bob, 12, 'bob after broker restart');
+  assert.deepEqual(got.slice(10), want);
+  assert.deepEqual(got.map((m) => m[0]), [...Array(12).keys()].map((i) => i + 1));
+  await alice.waitForFunction(() => !document.querySelector('#messages li.pending'));
+  assert.deepEqual((await shown(alice)).slice(-2).map((m) => m[2]), ['while down', 'after']);
+  await (await use(bob)).screenshot({ path: join(ART, 'chat.png') });
+  await (await use(alice)).screenshot({ path: join(ART, 'chat-alice.png') });
+});
