@@ -84,7 +84,13 @@ static int print_frame(const uint8_t *buf, size_t len, const char *indent)
 		if(h->body_omitted) printf(",\"body_omitted\":true,\"body_len\":%u", h->body_len);
 		if(h->flags) printf(",\"flags\":%u", h->flags);
 		putchar(',');
-		json_str("body", (const char *)body, blen);
+		if(h->flags & IM__V1__HEADER_FLAG__FLAG_COMPRESSED){
+			uint8_t *raw = im_frame__inflate(body, blen, h->raw_len);
+			json_str("body", raw ? (const char *)raw : "", raw ? h->raw_len : 0);
+			free(raw);
+		}else{
+			json_str("body", (const char *)body, blen);
+		}
 		printf("}\n");
 	}else{
 		printf("%s%s #%" PRIu64 " ", indent, h->timeline ? h->timeline : "?", h->seq);
@@ -94,8 +100,16 @@ static int print_frame(const uint8_t *buf, size_t len, const char *indent)
 		if(h->cmid) printf(" [%s]", h->cmid);
 		if(h->flags & IM__V1__HEADER_FLAG__FLAG_SYSTEM) printf(" (system)");
 		printf(": ");
-		if(h->body_omitted) printf("<%u bytes, sync to read>", h->body_len);
-		else print_body(body, blen);
+		if(h->body_omitted){
+			printf("<%u bytes, sync to read>", h->body_len);
+		}else if(h->flags & IM__V1__HEADER_FLAG__FLAG_COMPRESSED){
+			uint8_t *raw = im_frame__inflate(body, blen, h->raw_len);
+			if(raw) print_body(raw, h->raw_len);
+			else printf("<%zu bytes that do not inflate>", blen);
+			free(raw);
+		}else{
+			print_body(body, blen);
+		}
 		printf("\n");
 	}
 	im__v1__header__free_unpacked(h, NULL);

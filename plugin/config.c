@@ -180,6 +180,9 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 		cfg->jwt_leeway = (long)v;
 	}else if(!strcasecmp(key, "store_key_file")){
 		return set_string(&cfg->store_key_file, value);
+	}else if(!strcasecmp(key, "compress_min_bytes")){
+		rc = parse_int(key, value, 0, 256 * 1024 * 1024, &v);
+		cfg->compress_min = (uint32_t)v;
 	}else if(!strcasecmp(key, "max_devices_per_user")){
 		rc = parse_int(key, value, 0, 1000, &v);
 		cfg->max_devices = (uint32_t)v;

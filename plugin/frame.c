@@ -10,9 +10,11 @@
  * The decoder trusts nothing: every length is checked against the buffer
  * before use, so it is safe on bytes from the network (and fuzzed).
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include <mosquitto.h>
+#include <zlib.h>
 
 #include "im.h"
 
@@ -61,4 +63,19 @@ int im_frame__decode(const uint8_t *buf, size_t len, ProtobufCAllocator *alloc,
 	*body = buf + IM_FRAME_FIXED + h;
 	*body_len = len - IM_FRAME_FIXED - h;
 	return MOSQ_ERR_SUCCESS;
+}
+
+uint8_t *im_frame__inflate(const uint8_t *body, size_t len, uint32_t raw_len)
+{
+	uint8_t *out;
+	uLongf n = raw_len;
+
+	if(raw_len > IM_INFLATE_MAX) return NULL;
+	out = malloc(raw_len ? raw_len : 1);
+	if(out == NULL) return NULL;
+	if(uncompress(out, &n, body, (uLong)len) != Z_OK || n != raw_len){
+		free(out);
+		return NULL;
+	}
+	return out;
 }

@@ -71,6 +71,7 @@ struct im__config {
 	uint32_t sync_rate;         /* sync requests per second per client, 0 = no limit */
 	uint32_t metrics_interval;  /* seconds, 0 = no metrics */
 	uint32_t max_devices;       /* per user, 0 = no limit */
+	uint32_t compress_min;      /* bodies of at least this many bytes are deflated; 0 = never */
 	int presence;               /* enum im_presence */
 	uint32_t max_group_members;
 	uint32_t trim_batch;        /* rows deleted per tick at most */
@@ -146,6 +147,13 @@ size_t im_frame__encode(uint8_t *out, size_t cap, const Im__V1__Header *hdr,
  * truncated buffer or an undecodable header; nothing is allocated then. */
 int im_frame__decode(const uint8_t *buf, size_t len, ProtobufCAllocator *alloc,
 		Im__V1__Header **hdr, const uint8_t **body, size_t *body_len);
+
+/* Inflates a body flagged FLAG_COMPRESSED to its raw_len bytes, for
+ * readers (imcat, the reference client). Returns a malloc()ed buffer the
+ * caller free()s, or NULL if the body does not inflate to exactly raw_len
+ * bytes or raw_len is above IM_INFLATE_MAX (a decompression bomb). */
+#define IM_INFLATE_MAX (256u * 1024 * 1024)
+uint8_t *im_frame__inflate(const uint8_t *body, size_t len, uint32_t raw_len);
 
 /* A growable byte buffer, reused across calls (no per-message malloc). */
 struct im__buf {
@@ -300,6 +308,7 @@ struct im__msg {
 	const char *content_type; /* NULL if none */
 	uint32_t flags;
 	int64_t expires_ms;       /* 0 = never */
+	uint32_t raw_len;         /* FLAG_COMPRESSED: inflated length */
 	const void *body;
 	size_t body_len;
 };
@@ -433,6 +442,7 @@ struct im__plugin {
 	struct im__store store;
 	struct im__crypt crypt;
 	struct im__buf scratch;         /* frames are built here, then copied by the broker */
+	struct im__buf zbuf;            /* deflated bodies */
 	ProtobufCAllocator pb_alloc;    /* protobuf-c through mosquitto_* */
 	/* A client whose MOSQ_EVT_DISCONNECT just fired: the broker sends its
 	 * will right after, and a will on an IM topic must be refused. Only

@@ -25,6 +25,7 @@
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
 #include <mqtt_protocol.h>
+#include <zlib.h>
 
 #include "im.h"
 
@@ -104,6 +105,10 @@ size_t im_message__frame(struct im__plugin *p, const char *tl, const struct im__
 	if(m->expires_ms){
 		h.has_expires_ms = 1;
 		h.expires_ms = m->expires_ms;
+	}
+	if(m->flags & IM__V1__HEADER_FLAG__FLAG_COMPRESSED){
+		h.has_raw_len = 1;
+		h.raw_len = m->raw_len;
 	}
 	n = im_frame__size(&h, body_len);
 	if(n == 0 || im_plugin__buf_reserve(&p->scratch, n) != MOSQ_ERR_SUCCESS) return 0;
@@ -208,6 +213,24 @@ static void retarget(struct mosquitto_evt_message *ed)
 	memcpy(ed->topic, IM_SINK_TOPIC, sizeof(IM_SINK_TOPIC));
 }
 
+/* Deflates m's body into p->zbuf when that is worth it: at least
+ * compress_min bytes, and smaller afterwards. On any failure the body
+ * stays as it is: compression is an optimisation, never a reason to
+ * refuse a message. */
+static void maybe_compress(struct im__plugin *p, struct im__msg *m)
+{
+	uLongf out;
+
+	if(p->cfg.compress_min == 0 || m->body_len < p->cfg.compress_min) return;
+	out = compressBound((uLong)m->body_len);
+	if(im_plugin__buf_reserve(&p->zbuf, out) != MOSQ_ERR_SUCCESS) return;
+	if(compress2(p->zbuf.data, &out, m->body, (uLong)m->body_len, 6) != Z_OK || out >= m->body_len) return;
+	m->raw_len = (uint32_t)m->body_len;
+	m->body = p->zbuf.data;
+	m->body_len = out;
+	m->flags |= IM__V1__HEADER_FLAG__FLAG_COMPRESSED;
+}
+
 int im_message__cb(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_message *ed = event_data;
@@ -264,6 +287,7 @@ int im_message__cb(int event, void *event_data, void *userdata)
 	m.expires_ms = pp.expiry_s ? m.ts_ms + pp.expiry_s * 1000 : 0;
 	m.body = ed->payload;
 	m.body_len = ed->payloadlen;
+	maybe_compress(p, &m);
 	t0 = im_store__mono_us();
 	rc = im_store__append(&p->store, to, own, &m, &a);
 	im_metrics__commit_us(&p->metrics, im_store__mono_us() - t0);
@@ -281,6 +305,12 @@ int im_message__cb(int event, void *event_data, void *userdata)
 		p->metrics.sequenced++;
 		if(a.own_seq && p->cfg.presence == IM_PRESENCE_CONTACTS) im_store__contact_note(&p->store, user, r.name);
 		m.seq = a.seq;
+		if(p->cfg.payload_mode == IM_PAYLOAD_RAW){
+			/* Raw subscribers know no frame flags: they get the body as sent. */
+			m.body = ed->payload;
+			m.body_len = ed->payloadlen;
+			m.flags &= ~(uint32_t)IM__V1__HEADER_FLAG__FLAG_COMPRESSED;
+		}
 		im_message__deliver(p, ed->topic, to_tl, &m);
 		if(a.own_seq){
 			m.seq = a.own_seq;

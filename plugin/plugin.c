@@ -151,6 +151,7 @@ IM_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opt
 	mosquitto_free(p->config_file);
 	im_config__free(&p->cfg);
 	mosquitto_free(p->scratch.data);
+	mosquitto_free(p->zbuf.data);
 	if(g_plugin == p) g_plugin = NULL;
 	mosquitto_free(p);
 	return MOSQ_ERR_SUCCESS;

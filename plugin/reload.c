@@ -158,6 +158,7 @@ static void apply(struct im__plugin *p, struct im__config *n)
 	o->metrics_interval = n->metrics_interval;
 	o->jwt_leeway = n->jwt_leeway;
 	o->max_devices = n->max_devices;
+	o->compress_min = n->compress_min;
 	restart_needed(o->presence != n->presence, "presence");
 	if(o->busy_timeout_ms != n->busy_timeout_ms){
 		o->busy_timeout_ms = n->busy_timeout_ms;

@@ -168,10 +168,10 @@ static int prepare_all(struct im__store *st)
 			" first_seq FROM timelines WHERE name = ?1"},
 		{&st->tl_insert, "INSERT INTO timelines(name, created_ms) VALUES(?1, ?2)"},
 		{&st->tl_set_first, "UPDATE timelines SET first_seq = ?2, head_seq = max(head_seq, ?3) WHERE id = ?1"},
-		{&st->msg_insert, "INSERT INTO messages(tl, seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, copy, body, key_id)"
-			" VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"},
+		{&st->msg_insert, "INSERT INTO messages(tl, seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, copy, body, key_id, raw_len)"
+			" VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"},
 		{&st->msg_dedup, "SELECT copy, seq, ts_ms FROM messages WHERE sender = ?1 AND cmid = ?2 AND cmid IS NOT NULL"},
-		{&st->msg_range, "SELECT seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, body, key_id FROM messages"
+		{&st->msg_range, "SELECT seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, body, key_id, raw_len FROM messages"
 			" WHERE tl = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"},
 		{&st->cursor_get, "SELECT seq FROM cursors WHERE tl = ?1 AND user = ?2 AND client_id = ?3"},
 		{&st->cursor_set, "INSERT INTO cursors(tl, user, client_id, seq, updated_ms) VALUES(?1, ?2, ?3, ?4, ?5)"
@@ -408,6 +408,7 @@ int im_store__insert_msg(struct im__store *st, struct im__tl *t, uint64_t seq, c
 	/* An empty body is stored as an empty blob, not NULL. */
 	sqlite3_bind_blob(s, 11, body, (int)body_len, SQLITE_STATIC);
 	sqlite3_bind_int(s, 12, key_id);
+	sqlite3_bind_int64(s, 13, m->raw_len);
 	rc = step_done(st, s, "inserting a message");
 	sqlite3_clear_bindings(s);
 	return rc;
@@ -482,6 +483,7 @@ int im_store__range(struct im__store *st, struct im__tl *tl, uint64_t after, uin
 		m.content_type = col_text(s, 5);
 		m.flags = (uint32_t)sqlite3_column_int64(s, 6);
 		m.expires_ms = sqlite3_column_int64(s, 7);
+		m.raw_len = (uint32_t)sqlite3_column_int64(s, 10);
 		m.body = sqlite3_column_blob(s, 8);
 		m.body_len = (size_t)sqlite3_column_bytes(s, 8);
 		if(m.expires_ms && m.expires_ms <= now_ms) continue;

@@ -143,8 +143,19 @@ static struct timeline *find_tl(struct im_client *c, const char *name)
 static void deliver(struct im_client *c, struct timeline *t, const Im__V1__Header *h,
 		const uint8_t *body, size_t len)
 {
+	uint8_t *raw = NULL;
+
+	if(h->flags & IM__V1__HEADER_FLAG__FLAG_COMPRESSED){
+		/* Deflated by the plugin (compress_min_bytes): the app sees the body as sent. */
+		raw = im_frame__inflate(body, len, h->raw_len);
+		if(raw){
+			body = raw;
+			len = h->raw_len;
+		}
+	}
 	t->last = h->seq;
 	c->fn(c->ud, h, body, len);
+	free(raw);
 	c->delivered++;
 	c->unacked++;
 	c->last_delivery_ms = now_ms();
