@@ -55,17 +55,27 @@ void im_control__reply(const struct im__plugin *p, struct mosquitto *client, con
 	mosquitto_free(corr);
 }
 
+void im_control__reply_msg(const struct im__plugin *p, struct mosquitto *client, const char *op,
+		const mosquitto_property *req_props, const ProtobufCMessage *msg)
+{
+	uint8_t small[512], *buf = small;
+	size_t n = protobuf_c_message_get_packed_size(msg);
+
+	if(n > sizeof(small) && (buf = mosquitto_malloc(n)) == NULL) return;
+	protobuf_c_message_pack(msg, buf);
+	im_control__reply(p, client, op, req_props, buf, n);
+	if(buf != small) mosquitto_free(buf);
+}
+
 void im_control__reply_status(const struct im__plugin *p, struct mosquitto *client, const char *op,
 		const mosquitto_property *req_props, Im__V1__Status status, const char *reason)
 {
 	Im__V1__Response r = IM__V1__RESPONSE__INIT;
-	uint8_t buf[512];
 
 	r.has_status = 1;
 	r.status = status;
 	r.reason = (char *)reason;
-	if(im__v1__response__get_packed_size(&r) > sizeof(buf)) r.reason = NULL;
-	im_control__reply(p, client, op, req_props, buf, im__v1__response__pack(&r, buf));
+	im_control__reply_msg(p, client, op, req_props, &r.base);
 }
 
 /* ---- request parameters: protobuf payload, or v5 user properties ---- */
@@ -171,27 +181,15 @@ static int batch_add(void *ctx, const struct im__msg *m)
 	return 0;
 }
 
-static void sync_reply(struct im__plugin *p, struct mosquitto_evt_control *ed, Im__V1__SyncBatch *sb)
-{
-	size_t n = im__v1__sync_batch__get_packed_size(sb);
-	uint8_t *buf = mosquitto_malloc(n ? n : 1);
-
-	if(buf == NULL) return;
-	im__v1__sync_batch__pack(sb, buf);
-	im_control__reply(p, ed->client, "sync", ed->properties, buf, n);
-	mosquitto_free(buf);
-}
-
 static void sync_error(const struct im__plugin *p, struct mosquitto_evt_control *ed, const char *tl, Im__V1__Status st, const char *why)
 {
 	Im__V1__SyncBatch sb = IM__V1__SYNC_BATCH__INIT;
-	uint8_t buf[512];
 
 	sb.has_status = 1;
 	sb.status = st;
 	sb.reason = (char *)why;
 	sb.timeline = (tl && strlen(tl) <= IM_TL_MAX) ? (char *)tl : NULL;
-	im_control__reply(p, ed->client, "sync", ed->properties, buf, im__v1__sync_batch__pack(&sb, buf));
+	im_control__reply_msg(p, ed->client, "sync", ed->properties, &sb.base);
 }
 
 static void sync_run(struct im__plugin *p, struct mosquitto_evt_control *ed, const char *tl_name,
@@ -250,7 +248,7 @@ static void sync_run(struct im__plugin *p, struct mosquitto_evt_control *ed, con
 		sb.cursor = cursor;
 		sb.has_unread = 1;
 		sb.unread = tl->head > cursor ? tl->head - cursor : 0;
-		sync_reply(p, ed, &sb);
+		im_control__reply_msg(p, ed->client, "sync", ed->properties, &sb.base);
 	}
 	mosquitto_free(sb.frames);
 	mosquitto_free(b.ends);
@@ -340,7 +338,6 @@ static void ack_reply(const struct im__plugin *p, struct mosquitto_evt_control *
 		const char *why, uint64_t cursor, uint64_t head)
 {
 	Im__V1__AckResponse r = IM__V1__ACK_RESPONSE__INIT;
-	uint8_t buf[512];
 
 	r.has_status = 1;
 	r.status = st;
@@ -352,7 +349,7 @@ static void ack_reply(const struct im__plugin *p, struct mosquitto_evt_control *
 		r.has_head_seq = 1;
 		r.head_seq = head;
 	}
-	im_control__reply(p, ed->client, "ack", ed->properties, buf, im__v1__ack_response__pack(&r, buf));
+	im_control__reply_msg(p, ed->client, "ack", ed->properties, &r.base);
 }
 
 int im_control__ack_cb(int event, void *event_data, void *userdata)

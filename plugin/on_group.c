@@ -67,13 +67,7 @@ static void greq_from_props(const mosquitto_property *props, struct greq *r)
 
 static void reply(struct im__plugin *p, struct mosquitto_evt_control *ed, Im__V1__GroupResponse *gr)
 {
-	size_t n = im__v1__group_response__get_packed_size(gr);
-	uint8_t *buf = mosquitto_malloc(n ? n : 1);
-
-	if(buf == NULL) return;
-	im__v1__group_response__pack(gr, buf);
-	im_control__reply(p, ed->client, "group", ed->properties, buf, n);
-	mosquitto_free(buf);
+	im_control__reply_msg(p, ed->client, "group", ed->properties, &gr->base);
 }
 
 static void reply_status(struct im__plugin *p, struct mosquitto_evt_control *ed, const struct greq *r,

@@ -39,19 +39,7 @@ int64_t im_store__now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* ---- timeline cache: open addressing, FNV-1a, grows at 50% load ---- */
-
-static uint32_t fnv1a(const char *s, size_t len)
-{
-	uint32_t h = 2166136261u;
-	size_t i;
-
-	for(i = 0; i < len; i++){
-		h ^= (uint8_t)s[i];
-		h *= 16777619u;
-	}
-	return h;
-}
+/* ---- timeline cache: open addressing, im_map__hash, grows at 50% load ---- */
 
 static struct im__tl *cache_find(struct im__tl_cache *c, const char *name, size_t len, uint32_t h)
 {
@@ -304,7 +292,7 @@ static int tl_create(struct im__store *st, struct im__tl *t)
 
 struct im__tl *im_store__timeline(struct im__store *st, const char *name, size_t len, bool create)
 {
-	uint32_t h = fnv1a(name, len);
+	uint32_t h = im_map__hash(name, len);
 	struct im__tl *t = cache_find(&st->tls, name, len, h);
 	int found;
 
@@ -588,7 +576,7 @@ static int trim_one(struct im__store *st, const struct trim_row *t, uint64_t new
 		if(!sqlite3_get_autocommit(st->db)) step_done(st, st->rollback, "ROLLBACK");
 		return -1;
 	}
-	c = cache_find(&st->tls, t->name, strlen(t->name), fnv1a(t->name, strlen(t->name)));
+	c = cache_find(&st->tls, t->name, strlen(t->name), im_map__hash(t->name, strlen(t->name)));
 	if(c) c->first = new_first;
 	return n;
 }
