@@ -490,7 +490,17 @@ static int cmd_history(const char *tl_arg)
 		}
 		for(i = 0; i < b->n_frames; i++){
 			if(im_frame__decode(b->frames[i].data, b->frames[i].len, NULL, &h, &body, &blen) != MOSQ_ERR_SUCCESS) continue;
-			print_msg(me, h, body, blen);
+			if(h->flags & IM__V1__HEADER_FLAG__FLAG_COMPRESSED){
+				/* deflated by the plugin (compress_min_bytes); listen gets
+				 * bodies inflated by im_client already */
+				uint8_t *raw = im_frame__inflate(body, blen, h->raw_len);
+
+				if(raw) print_msg(me, h, raw, h->raw_len);
+				else fprintf(stderr, "imchat: %s #%" PRIu64 ": a compressed body that does not inflate\n", tl, h->seq);
+				free(raw);
+			}else{
+				print_msg(me, h, body, blen);
+			}
 			after = h->seq;
 			shown++;
 			im__v1__header__free_unpacked(h, NULL);

@@ -8,7 +8,7 @@ import subprocess
 import threading
 import time
 
-from imtest import BUILD
+from imtest import BUILD, Client, pb, sync_all
 
 IMCHAT = os.path.join(BUILD, "examples", "imchat")
 LINE = re.compile(r"^\d\d:\d\d:\d\d (\S+) #(\d+) (\S+)(?: \(system\)| -> \S+)?: (.*)$")
@@ -219,3 +219,19 @@ def test_clear_errors(make_broker, tmp_path):
 
     # usage errors exit 2
     assert subprocess.run([IMCHAT, "send", "bob", "hi"], capture_output=True).returncode == 2
+
+
+def test_compressed_bodies_are_shown_as_sent(make_broker, tmp_path):
+    b = make_broker({"compress_min_bytes": "64"})
+    long_text = "the quick brown fox jumps over the lazy dog " * 20
+    send(b, "alice", "bob", long_text)
+    send(b, "alice", "bob", "short")
+    bob = Client(b, "bob").connect()
+    frames, _ = sync_all(bob, "u/bob")
+    bob.close()
+    assert [h.flags & pb.FLAG_COMPRESSED for h, _ in frames] == [pb.FLAG_COMPRESSED, 0]   # really deflated
+    r = imchat(b, "bob", "history", "u/bob")
+    assert [body for _, _, _, body in parse(r.stdout)] == [long_text, "short"], r.stderr
+    p = listen(b, "bob", str(tmp_path / "bob.state"), "-n", "2")
+    out, err = p.communicate(timeout=30)
+    assert [body for _, _, _, body in parse(out)] == [long_text, "short"], err
