@@ -51,6 +51,17 @@ export function uuid() {
 }
 
 const utf8 = new TextDecoder();
+const INFLATE_MAX = 16 * 1024 * 1024;  // refuse larger raw_len (a decompression bomb)
+
+// A body the plugin deflated (compress_min_bytes; Header.flags bit 1): a
+// zlib stream (RFC 1950), which is what DecompressionStream calls 'deflate'.
+export async function inflate(bytes, rawLen) {
+  if (rawLen > INFLATE_MAX) throw new Error(`compressed body of ${rawLen} bytes: too large`);
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('deflate'));
+  const out = new Uint8Array(await new Response(stream).arrayBuffer());
+  if (out.length !== rawLen) throw new Error('compressed body does not inflate to raw_len');
+  return out;
+}
 
 export class ImClient extends EventTarget {
   // opts: {url, user, password, proto, storage (localStorage), prefix ('im')}
@@ -64,6 +75,7 @@ export class ImClient extends EventTarget {
     this.pending = { group: [], ack: [] }; // FIFO of waiting requests per op
     this.outbox = this.load('outbox', []);  // sent, no Receipt yet: re-sent with the same cmid
     this.connected = false;
+    this.shown = Promise.resolve();         // messages are shown in this order, one after the other
     this.timeline(this.me);
     for (const g of this.load('groups', [])) this.timeline('g/' + g);
   }
@@ -73,13 +85,15 @@ export class ImClient extends EventTarget {
     try { const v = this.o.storage.getItem(this.key + k); return v ? JSON.parse(v) : dflt; } catch { return dflt; }
   }
   save(k, v) { try { this.o.storage.setItem(this.key + k, JSON.stringify(v)); } catch { /* full: keep going */ } }
-  saveTl(t) { this.save('tl/' + t.name, { last: t.last, msgs: t.msgs.slice(-KEEP_MSGS) }); }
+  // `last` is saved with the messages shown, never ahead of them
+  saveTl(t) { this.save('tl/' + t.name, { last: t.shownSeq, msgs: t.msgs.slice(-KEEP_MSGS) }); }
 
   timeline(name) {
     let t = this.tls.get(name);
     if (!t) {
       const s = this.load('tl/' + name, { last: 0, msgs: [] });
-      t = { name, last: s.last, acked: s.last, syncing: false, held: new Map(), msgs: s.msgs, head: s.last };
+      t = { name, last: s.last, shownSeq: s.last, acked: s.last, syncing: false, held: new Map(), msgs: s.msgs,
+        head: s.last };
       this.tls.set(name, t);
     }
     return t;
@@ -205,10 +219,10 @@ export class ImClient extends EventTarget {
   sendAcks() {
     if (!this.connected) return;
     for (const t of this.tls.values()) {
-      if (t.last <= t.acked) continue;
+      if (t.shownSeq <= t.acked) continue;
       // msg-fin: the highest seq shown; the reply needs no waiting for
-      this.publishReq('ack', this.P.Ack.encode(this.P.Ack.create({ timeline: t.name, seq: t.last })).finish());
-      t.acked = t.last;
+      this.publishReq('ack', this.P.Ack.encode(this.P.Ack.create({ timeline: t.name, seq: t.shownSeq })).finish());
+      t.acked = t.shownSeq;
     }
   }
 
@@ -310,23 +324,36 @@ export class ImClient extends EventTarget {
     }
   }
 
+  // The algorithm's state (`last`) moves now; showing the message may wait
+  // for inflating its body, so it goes through one promise chain: messages
+  // are shown in seq order all the same.
   deliver(t, bytes) {
     const { header, body } = decodeFrame(this.P, bytes);
     t.last = header.seq;
-    const m = {
-      timeline: header.timeline, seq: header.seq, sender: header.sender, to: header.to, tsMs: header.tsMs,
-      cmid: header.cmid, system: (header.flags & 1) === 1, omitted: header.bodyOmitted, text: utf8.decode(body),
-    };
-    t.msgs.push(m);
-    this.saveTl(t);
-    const i = this.outbox.findIndex((o) => o.cmid && o.cmid === m.cmid && m.sender === this.o.user);
-    if (i >= 0) { this.outbox.splice(i, 1); this.save('outbox', this.outbox); } // my copy: stored
-    this.emit('message', m);
+    this.shown = this.shown.then(async () => {
+      let text;
+      try {
+        text = utf8.decode((header.flags & 2) ? await inflate(body, header.rawLen) : body);
+      } catch (e) {
+        text = `(${e.message})`;
+      }
+      const m = {
+        timeline: header.timeline, seq: header.seq, sender: header.sender, to: header.to, tsMs: header.tsMs,
+        cmid: header.cmid, system: (header.flags & 1) === 1, omitted: header.bodyOmitted, text,
+      };
+      t.msgs.push(m);
+      t.shownSeq = m.seq;
+      this.saveTl(t);
+      const i = this.outbox.findIndex((o) => o.cmid && o.cmid === m.cmid && m.sender === this.o.user);
+      if (i >= 0) { this.outbox.splice(i, 1); this.save('outbox', this.outbox); } // my copy: stored
+      this.emit('message', m);
+    });
   }
 
   checkCaughtUp() {
     if (!this.connected) return;
     for (const t of this.tls.values()) if (t.syncing || t.held.size) return;
-    this.status('online', 'online, up to date');
+    // once what was delivered is shown too
+    this.shown.then(() => { if (this.connected) this.status('online', 'online, up to date'); });
   }
 }

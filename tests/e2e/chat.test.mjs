@@ -89,7 +89,8 @@ async function startBroker() {
     // unless socket_domain ipv4 is set: always set it.
     `listener ${broker.ws} 127.0.0.1`, 'protocol websockets', 'socket_domain ipv4',
     'allow_anonymous true', 'max_queued_messages 0', 'persistence false', 'log_dest stderr', 'log_type all',
-    `plugin ${PLUGIN}`, `plugin_opt_db_path ${join(broker.dir, 'im.db')}`, 'plugin_opt_nonim_acl allow', '',
+    `plugin ${PLUGIN}`, `plugin_opt_db_path ${join(broker.dir, 'im.db')}`, 'plugin_opt_nonim_acl allow',
+    'plugin_opt_compress_min_bytes 200', '',  // long bodies arrive deflated: the page inflates them
   ].join('\n'));
   chownForBroker(broker.dir);
   const log = openSync(join(broker.dir, 'broker.log'), 'a');
@@ -211,7 +212,8 @@ test('alice and bob chat in the page; bob catches up by sync after being away an
   // bob goes away; alice writes on; bob comes back and catches up by sync
   await bob.goto('about:blank');
   await click(alice, '#convs li[data-conv="u:bob"]');
-  for (let i = 4; i <= 8; i++) await say(alice, 'a' + i);
+  const LONG = 'a7 ' + 'is long enough to be deflated by the plugin; '.repeat(12);
+  for (let i = 4; i <= 8; i++) await say(alice, i === 7 ? LONG : 'a' + i);
   await click(alice, '#convs li[data-conv="g:team"]');
   await say(alice, 'g2');
   await waitShown(alice, 3, 'alice group 2');
@@ -224,7 +226,7 @@ test('alice and bob chat in the page; bob catches up by sync after being away an
   await bob.screenshot({ path: join(ART, 'catchup.png') });
   await click(bob, '#convs li[data-conv="u:alice"]');
   const want = [[1, 'alice', 'a1'], [2, 'alice', 'a2'], [3, 'alice', 'a3'], [4, 'bob', 'b1'], [5, 'bob', 'b2'],
-    [6, 'alice', 'a4'], [7, 'alice', 'a5'], [8, 'alice', 'a6'], [9, 'alice', 'a7'], [10, 'alice', 'a8']];
+    [6, 'alice', 'a4'], [7, 'alice', 'a5'], [8, 'alice', 'a6'], [9, 'alice', LONG], [10, 'alice', 'a8']];
   assert.deepEqual(await waitShown(bob, 10, 'bob after sync'), want);
   await click(bob, '#convs li[data-conv="g:team"]');
   const g = await waitShown(bob, 3, 'bob group');
