@@ -97,7 +97,7 @@ def test_online_backup_under_load_restores_and_syncs(make_broker, tmp_path):
     def load():
         a = Client(b, "alice").connect()
         i = 0
-        while not stop.is_set() and i < 3000:
+        while not stop.is_set() and i < 50000:               # bounded, stops when told
             a.publish("im/u/bob", b"L%d" % i, qos=1)
             sent.append(i)
             i += 1
@@ -105,9 +105,14 @@ def test_online_backup_under_load_restores_and_syncs(make_broker, tmp_path):
 
     t = threading.Thread(target=load)
     t.start()
-    time.sleep(0.7)                                          # under load
+    deadline = time.time() + 30
+    while len(sent) < 200 and time.time() < deadline:        # under load
+        time.sleep(0.05)
     backup = str(tmp_path / "backup.db")
     r = subprocess.run([tool, "backup", b.db_path, backup], capture_output=True, text=True, timeout=60)
+    after_backup = len(sent)
+    while len(sent) < after_backup + 100 and time.time() < deadline:
+        time.sleep(0.05)                                     # and the load goes on
     stop.set()
     t.join()
     assert r.returncode == 0, r.stderr
