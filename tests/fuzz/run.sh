@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../.."
 secs=${IM_FUZZ_SECONDS:-20}
 build=${IM_FUZZ_BUILD:-build-fuzz}
 out=${IM_FUZZ_OUT:-$build/fuzz-out}
-targets=(fuzz_frame fuzz_route fuzz_proto fuzz_control)
+targets=(fuzz_frame fuzz_route fuzz_proto fuzz_control fuzz_auth)
 
 if [ $# -gt 0 ]; then targets=("$1"); shift; fi
 
