@@ -505,6 +505,10 @@ void im_control__reply(const struct im__plugin *p, struct mosquitto *client, con
 bool im_acl__may_read(struct im__plugin *p, const struct im__route *r, const char *user);
 bool im_acl__is_admin(const struct im__plugin *p, const char *user);
 
+/* True if a length-delimited field of a flat request payload contains a
+ * NUL byte (a string protobuf-c would cut short). */
+bool im_control__has_nul(const void *payload, size_t len);
+
 /* Packs msg and replies with it (as im_control__reply). */
 void im_control__reply_msg(const struct im__plugin *p, struct mosquitto *client, const char *op,
 		const mosquitto_property *req_props, const ProtobufCMessage *msg);

@@ -78,6 +78,52 @@ void im_control__reply_status(const struct im__plugin *p, struct mosquitto *clie
 	im_control__reply_msg(p, client, op, req_props, &r.base);
 }
 
+/* A request's timeline, echoed in a reply only if it is a valid one: a
+ * reply must never carry what a strict decoder refuses (invalid UTF-8). */
+static char *echo_timeline(const char *tl)
+{
+	struct im__route r;
+
+	return (tl && im_route__parse_timeline(tl, &r) == MOSQ_ERR_SUCCESS) ? (char *)tl : NULL;
+}
+
+bool im_control__has_nul(const void *payload, size_t len)
+{
+	const uint8_t *b = payload, *end = b + len;
+	uint64_t key, n;
+	int shift;
+
+	/* Requests are flat: every length-delimited field is a string. protobuf-c
+	 * hands strings over as C strings, so "zz\0evil" would arrive as "zz":
+	 * refuse it here, where the length is still known. Anything that does
+	 * not parse is left to the unpacker to refuse. */
+	while(b < end){
+		for(key = 0, shift = 0; b < end && shift < 64; shift += 7){
+			key |= (uint64_t)(*b & 0x7F) << shift;
+			if(!(*b++ & 0x80)) break;
+		}
+		switch(key & 7){
+			case 0:
+				while(b < end && (*b++ & 0x80));
+				break;
+			case 1: b += 8; break;
+			case 5: b += 4; break;
+			case 2:
+				for(n = 0, shift = 0; b < end && shift < 64; shift += 7){
+					n |= (uint64_t)(*b & 0x7F) << shift;
+					if(!(*b++ & 0x80)) break;
+				}
+				if(n > (uint64_t)(end - b)) return false;
+				if(memchr(b, 0, (size_t)n)) return true;
+				b += n;
+				break;
+			default:
+				return false;
+		}
+	}
+	return false;
+}
+
 /* ---- request parameters: protobuf payload, or v5 user properties ---- */
 
 struct params {
@@ -131,6 +177,10 @@ static Im__V1__Status authorise(struct im__plugin *p, const char *tl, const char
 	if(user == NULL){
 		*why = "requests need a username";
 		return IM__V1__STATUS__UNAUTHENTICATED;
+	}
+	if(!im_route__name_valid(user, strlen(user))){
+		*why = "the username is not a valid IM name";
+		return IM__V1__STATUS__FORBIDDEN;
 	}
 	if(tl == NULL || tl[0] == '\0'){
 		*why = "missing timeline";
@@ -188,7 +238,7 @@ static void sync_error(const struct im__plugin *p, struct mosquitto_evt_control 
 	sb.has_status = 1;
 	sb.status = st;
 	sb.reason = (char *)why;
-	sb.timeline = (tl && strlen(tl) <= IM_TL_MAX) ? (char *)tl : NULL;
+	sb.timeline = echo_timeline(tl);
 	im_control__reply_msg(p, ed->client, "sync", ed->properties, &sb.base);
 }
 
@@ -303,7 +353,8 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_SUCCESS;
 	}
 	if(ed->payloadlen){
-		req = im__v1__sync_request__unpack(&p->pb_alloc, ed->payloadlen, ed->payload);
+		req = im_control__has_nul(ed->payload, ed->payloadlen) ? NULL
+			: im__v1__sync_request__unpack(&p->pb_alloc, ed->payloadlen, ed->payload);
 		if(req == NULL){
 			sync_error(p, ed, NULL, IM__V1__STATUS__BAD_REQUEST, "malformed SyncRequest");
 			return MOSQ_ERR_SUCCESS;
@@ -319,6 +370,11 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 	if(pa.bad){
 		st = IM__V1__STATUS__BAD_REQUEST;
 		why = "user properties after/limit must be non-negative integers";
+	}else if(pa.has_seq && pa.seq > (uint64_t)INT64_MAX){
+		/* SQLite integers are signed: a larger after_seq would wrap and
+		 * return the whole timeline. No seq can be that large. */
+		st = IM__V1__STATUS__BAD_REQUEST;
+		why = "after_seq out of range";
 	}else{
 		st = authorise(p, tl, user, &why);
 	}
@@ -335,15 +391,16 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 /* ---- ack (msg-fin) ---- */
 
 static void ack_reply(const struct im__plugin *p, struct mosquitto_evt_control *ed, const char *tl, Im__V1__Status st,
-		const char *why, uint64_t cursor, uint64_t head)
+		const char *why, bool have_state, uint64_t cursor, uint64_t head)
 {
 	Im__V1__AckResponse r = IM__V1__ACK_RESPONSE__INIT;
 
 	r.has_status = 1;
 	r.status = st;
 	r.reason = (char *)why;
-	r.timeline = (tl && strlen(tl) <= IM_TL_MAX) ? (char *)tl : NULL;
-	if(st == IM__V1__STATUS__OK){
+	r.timeline = echo_timeline(tl);
+	/* Also on a refusal (seq beyond head): the client learns where it is. */
+	if(st == IM__V1__STATUS__OK || have_state){
 		r.has_cursor = 1;
 		r.cursor = cursor;
 		r.has_head_seq = 1;
@@ -362,15 +419,17 @@ int im_control__ack_cb(int event, void *event_data, void *userdata)
 	struct im__tl *tl;
 	const char *name, *why = NULL;
 	uint64_t now = 0;
+	bool have_state = false;
 	Im__V1__Status st;
 
 	(void)event;
 	p->disconnecting = NULL;
 	if(user) im_presence__seen(p, ed->client);
 	if(ed->payloadlen){
-		req = im__v1__ack__unpack(&p->pb_alloc, ed->payloadlen, ed->payload);
+		req = im_control__has_nul(ed->payload, ed->payloadlen) ? NULL
+			: im__v1__ack__unpack(&p->pb_alloc, ed->payloadlen, ed->payload);
 		if(req == NULL){
-			ack_reply(p, ed, NULL, IM__V1__STATUS__BAD_REQUEST, "malformed Ack", 0, 0);
+			ack_reply(p, ed, NULL, IM__V1__STATUS__BAD_REQUEST, "malformed Ack", false, 0, 0);
 			return MOSQ_ERR_SUCCESS;
 		}
 		name = req->timeline;
@@ -393,6 +452,8 @@ int im_control__ack_cb(int event, void *event_data, void *userdata)
 	if(st == IM__V1__STATUS__OK && pa.seq > tl->head){
 		st = IM__V1__STATUS__BAD_REQUEST;
 		why = "seq is beyond the timeline's head";
+		im_store__cursor_get(&p->store, tl, user, mosquitto_client_id(ed->client), &now);
+		have_state = true;
 	}
 	if(st == IM__V1__STATUS__OK && im_store__cursor_set(&p->store, tl, user, mosquitto_client_id(ed->client),
 				pa.seq, &now) != MOSQ_ERR_SUCCESS){
@@ -400,7 +461,7 @@ int im_control__ack_cb(int event, void *event_data, void *userdata)
 		why = "store failure";
 	}
 	if(st == IM__V1__STATUS__OK) p->metrics.acks++;
-	ack_reply(p, ed, name, st, why, now, tl ? tl->head : 0);
+	ack_reply(p, ed, name, st, why, have_state, now, tl ? tl->head : 0);
 	if(req) im__v1__ack__free_unpacked(req, &p->pb_alloc);
 	mosquitto_free(pa.timeline);
 	return MOSQ_ERR_SUCCESS;

@@ -25,7 +25,7 @@ struct greq {
 	size_t n_members;
 	Im__V1__GroupRequest *pb;    /* when from a protobuf payload */
 	char *props_members;         /* owned comma list from properties */
-	char *mem_store[MAX_REQ_MEMBERS];
+	char *mem_store[MAX_REQ_MEMBERS + 1];
 	bool owned;
 };
 
@@ -57,12 +57,25 @@ static void greq_from_props(const mosquitto_property *props, struct greq *r)
 		k = v = NULL;
 	}
 	if(r->props_members){
-		for(tok = strtok_r(r->props_members, ",", &save); tok && r->n_members < MAX_REQ_MEMBERS;
+		/* One past the limit is kept, so check_members refuses the
+		 * request instead of silently cutting the list. */
+		for(tok = strtok_r(r->props_members, ",", &save); tok && r->n_members <= MAX_REQ_MEMBERS;
 				tok = strtok_r(NULL, ",", &save)){
 			r->mem_store[r->n_members++] = tok;
 		}
 	}
 	r->members = r->mem_store;
+}
+
+static bool is_op(const char *op)
+{
+	static const char *const ops[] = {"create", "add", "remove", "leave", "list", "info", NULL};
+	int i;
+
+	for(i = 0; ops[i]; i++){
+		if(!strcmp(op, ops[i])) return true;
+	}
+	return false;
 }
 
 static void reply(struct im__plugin *p, struct mosquitto_evt_control *ed, Im__V1__GroupResponse *gr)
@@ -78,7 +91,7 @@ static void reply_status(struct im__plugin *p, struct mosquitto_evt_control *ed,
 	gr.has_status = 1;
 	gr.status = st;
 	gr.reason = (char *)why;
-	gr.op = (r->op && strlen(r->op) < 16) ? r->op : NULL;
+	gr.op = (r->op && is_op(r->op)) ? r->op : NULL; /* never echo bytes a decoder would refuse */
 	gr.group = (r->group && im_route__name_valid(r->group, strlen(r->group))) ? r->group : NULL;
 	reply(p, ed, &gr);
 }
@@ -287,6 +300,9 @@ static void dispatch(struct im__plugin *p, struct mosquitto_evt_control *ed, str
 	size_t i;
 
 	if(user == NULL) return reply_status(p, ed, r, IM__V1__STATUS__UNAUTHENTICATED, "requests need a username");
+	if(!im_route__name_valid(user, strlen(user))){
+		return reply_status(p, ed, r, IM__V1__STATUS__FORBIDDEN, "the username is not a valid IM name");
+	}
 	if(r->op == NULL) return reply_status(p, ed, r, IM__V1__STATUS__BAD_REQUEST, "missing op");
 	if(!strcmp(r->op, "list")) return do_list(p, ed, r, user);
 	if(r->group == NULL || r->group[0] == '\0') return reply_status(p, ed, r, IM__V1__STATUS__BAD_REQUEST, "missing group");
@@ -347,7 +363,8 @@ int im_control__group_cb(int event, void *event_data, void *userdata)
 	p->disconnecting = NULL;
 	memset(&r, 0, sizeof(r));
 	if(ed->payloadlen){
-		r.pb = im__v1__group_request__unpack(&p->pb_alloc, ed->payloadlen, ed->payload);
+		r.pb = im_control__has_nul(ed->payload, ed->payloadlen) ? NULL
+			: im__v1__group_request__unpack(&p->pb_alloc, ed->payloadlen, ed->payload);
 		if(r.pb == NULL){
 			reply_status(p, ed, &r, IM__V1__STATUS__BAD_REQUEST, "malformed GroupRequest");
 			return MOSQ_ERR_SUCCESS;

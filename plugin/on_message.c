@@ -199,7 +199,7 @@ static void send_receipt(struct im__plugin *p, struct mosquitto *client, const s
 		return;
 	}
 	if(mosquitto_broker_publish_copy(mosquitto_client_id(client), pp->response_topic, (int)n,
-				p->scratch.data, 1, false, props) != MOSQ_ERR_SUCCESS){
+				p->scratch.data, p->cfg.delivery_qos, false, props) != MOSQ_ERR_SUCCESS){
 		mosquitto_property_free_all(&props);
 	}
 }

@@ -304,10 +304,9 @@ static void check_reply(int op, const char *user, const char *resp_topic, struct
 		FUZZ_ASSERT(same_state(before, state_now()));  /* refused (or read-only): nothing changed */
 	}
 	if(user == NULL) FUZZ_ASSERT(status != IM__V1__STATUS__OK);
-	/* Known open bug (tests/fuzz/crashes/README.md): group requests do not
-	 * check that the username is a valid IM name. Checked only with
-	 * FUZZ_KNOWN_BUGS=1 so that the CI run looks for new ones. */
-	if(user && !im_route__name_valid(user, strlen(user)) && getenv("FUZZ_KNOWN_BUGS")){
+	/* A user whose name is not a valid IM name can do nothing (found by
+	 * this target: tests/fuzz/corpus/fuzz_control/group-create-by-invalid-username). */
+	if(user && !im_route__name_valid(user, strlen(user))){
 		FUZZ_ASSERT(status != IM__V1__STATUS__OK);
 	}
 }

@@ -167,9 +167,6 @@ def test_group_members_above_max_group_members_refused(make_broker):
     dm_roundtrip(broker)
 
 
-@pytest.mark.xfail(strict=True, reason="plugin/on_group.c greq_from_props() keeps the first 1000 names of a "
-                   "'members' user property and drops the rest silently, so a 10,000-member create "
-                   "succeeds with 1000 members instead of being refused like the protobuf form")
 def test_group_members_property_with_10000_names_refused(broker):
     alice = Client(broker, "alice", v5=True).connect()
     members = ",".join("u%d" % i for i in range(10000))
@@ -237,10 +234,6 @@ def test_invalid_names_in_requests_refused(broker):
     dm_roundtrip(broker)
 
 
-@pytest.mark.xfail(strict=True, reason="protobuf-c hands string fields to the plugin as C strings: a name "
-                   "with an embedded NUL is cut at the NUL instead of refused (on_group.c dispatch(), "
-                   "on_control.c authorise() use strlen), so GroupRequest{create, group: 'zz\\0evil'} "
-                   "creates group 'zz'")
 def test_embedded_nul_in_request_names_refused(broker):
     eve = Client(broker, "eve", v5=True).connect()
     r = raw_request(eve, "group", b"\x0a\x06create\x12\x06zz\x00evil", pb.GroupResponse)
@@ -273,9 +266,6 @@ def test_invalid_utf8_topic_closes_connection_stores_nothing(broker):
     dm_roundtrip(broker)
 
 
-@pytest.mark.xfail(strict=True, reason="plugin/on_group.c dispatch() does not check that the username is a "
-                   "valid IM name: a user 'a/b' creates a group, owns it and adds members "
-                   "(tests/fuzz/crashes/fuzz_control/group-create-by-invalid-username)")
 def test_invalid_username_cannot_create_group(broker):
     odd = Client(broker, "a/b", v5=True).connect()
     r = odd.request("group", pb.GroupRequest(op="create", group="zz", members=["bob"]),
@@ -288,10 +278,6 @@ def test_invalid_username_cannot_create_group(broker):
     assert info.status == pb.NOT_FOUND
 
 
-@pytest.mark.xfail(strict=True, reason="plugin/on_control.c sync_error()/ack_reply() and on_group.c "
-                   "reply_status() copy the request's timeline/op into the error reply without a UTF-8 "
-                   "check: the reply carries invalid UTF-8 in a protobuf string field, which strict "
-                   "protobuf decoders reject")
 def test_error_replies_carry_only_valid_utf8(broker):
     eve = Client(broker, "eve", v5=True).connect()
     bad = b"u/\xc3\x28"

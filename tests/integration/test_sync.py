@@ -153,6 +153,8 @@ def test_bad_requests_answered_and_change_nothing(make_broker):
         ("sync", pb.SyncRequest(timeline="u/bad+name"), pb.SyncBatch, pb.BAD_REQUEST),
         ("sync", pb.SyncRequest(timeline="x/bob"), pb.SyncBatch, pb.BAD_REQUEST),
         ("ack", pb.Ack(timeline="u/bob", seq=99), pb.AckResponse, pb.BAD_REQUEST),  # beyond head
+        ("sync", pb.SyncRequest(timeline="u/bob", after_seq=2**63), pb.SyncBatch, pb.BAD_REQUEST),
+        ("sync", pb.SyncRequest(timeline="u/bob", after_seq=2**64 - 1), pb.SyncBatch, pb.BAD_REQUEST),
         ("ack", pb.Ack(timeline="u/bob"), pb.AckResponse, pb.BAD_REQUEST),          # no seq
         ("ack", pb.Ack(timeline="u/alice", seq=1), pb.AckResponse, pb.FORBIDDEN),
         ("ack", b"\x0a\xff", pb.AckResponse, pb.BAD_REQUEST),
@@ -167,6 +169,9 @@ def test_bad_requests_answered_and_change_nothing(make_broker):
         r.ParseFromString(m.payload)
         assert r.status == status, (op, msg, r)
         assert r.reason, "an error must say why"
+    # A refused ack still says where the timeline is.
+    r = bob.request("ack", pb.Ack(timeline="u/bob", seq=99), response_type=pb.AckResponse)
+    assert (r.status, r.head_seq, r.cursor) == (pb.BAD_REQUEST, 2, 0) and r.HasField("head_seq")
     # Bad user properties.
     r = bob.request("sync", user_props={"timeline": "u/bob", "after": "minus-one"}, response_type=pb.SyncBatch)
     assert r.status == pb.BAD_REQUEST
