@@ -44,7 +44,7 @@
 
 #define BODY_LEN_DEFAULT 100
 #define BODY_MAGIC 0x494d4231u /* "IMB1" */
-#define MAX_CLIENTS 256
+#define MAX_CLIENTS 1100
 
 /* ---- options ---- */
 
@@ -142,7 +142,7 @@ static void die(const char *fmt, ...)
 
 /* ---- clients and the poll loop ---- */
 
-enum role { R_SENDER, R_RECEIVER, R_SYNC, R_QUEUE };
+enum role { R_SENDER, R_RECEIVER, R_SYNC, R_QUEUE, R_OWNER };
 
 struct client {
 	struct mosquitto *m;
@@ -232,6 +232,8 @@ static void on_connect(struct mosquitto *m, void *ud, int rc)
 		mosquitto_subscribe(c->m, NULL, c->topic, opt.qos);
 	}else if(c->role == R_SYNC){
 		mosquitto_subscribe(c->m, NULL, "$CONTROL/im/v1/sync/response", 1);
+	}else if(c->role == R_OWNER){
+		mosquitto_subscribe(c->m, NULL, "$CONTROL/im/v1/group/response", 1);
 	}
 }
 
@@ -381,8 +383,18 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
 	struct client *c = ud;
 
 	(void)m;
-	if(c->role == R_SYNC) on_message_sync(c, msg);
-	else on_message_recv(c, msg);
+	if(c->role == R_SYNC){
+		on_message_sync(c, msg);
+	}else if(c->role == R_OWNER){
+		Im__V1__GroupResponse *r = im__v1__group_response__unpack(NULL, (size_t)msg->payloadlen, msg->payload);
+		if(r == NULL || r->status != IM__V1__STATUS__OK){
+			die("group create refused: %s", r && r->reason ? r->reason : "malformed reply");
+		}
+		im__v1__group_response__free_unpacked(r, NULL);
+		c->done = true;
+	}else{
+		on_message_recv(c, msg);
+	}
 }
 
 static struct client *client_new(enum role role, int idx, const char *id, const char *user, bool clean)
@@ -712,6 +724,99 @@ static int mode_catchup_sync(void)
 	return ok ? 0 : 1;
 }
 
+/* ---- fanout ---- */
+
+static struct client *g_owner;
+
+static bool owner_done(void)
+{
+	return g_owner->done;
+}
+
+static bool owner_subscribed(void)
+{
+	return g_owner->connected && g_owner->subscribed;
+}
+
+/* The plugin run: the sender creates the group with every receiver in it. */
+static void create_group(struct client *owner, const char *group, int members)
+{
+	Im__V1__GroupRequest rq = IM__V1__GROUP_REQUEST__INIT;
+	char **names = calloc((size_t)members, sizeof(char *));
+	uint8_t *buf;
+	size_t n;
+	int i;
+	struct client *set[1] = {owner};
+
+	if(names == NULL) die("out of memory");
+	for(i = 0; i < members; i++) names[i] = clients[i]->user;
+	rq.op = "create";
+	rq.group = (char *)group;
+	rq.members = names;
+	rq.n_members = (size_t)members;
+	n = im__v1__group_request__get_packed_size(&rq);
+	buf = malloc(n);
+	if(buf == NULL) die("out of memory");
+	im__v1__group_request__pack(&rq, buf);
+	g_owner = owner;
+	g_set = set;
+	g_n = 1;
+	if(!run_until(set, 1, owner_subscribed, NULL)) die("timed out subscribing to group replies");
+	if(mosquitto_publish(owner->m, NULL, "$CONTROL/im/v1/group", (int)n, buf, 1, false) != MOSQ_ERR_SUCCESS){
+		die("cannot send the group request");
+	}
+	if(!run_until(set, 1, owner_done, NULL)) die("timed out creating the group");
+	free(buf);
+	free(names);
+}
+
+static int mode_fanout(void)
+{
+	char id[64], user[48], topic[128], group[48];
+	struct client *s;
+	int i, members = opt.pairs;
+	int64_t t0, t1, c0, c1;
+	bool ok;
+
+	snprintf(group, sizeof(group), "fan%s", opt.tag);
+	if(opt.frame) snprintf(topic, sizeof(topic), "im/g/%s", group);
+	else snprintf(topic, sizeof(topic), "bench/fan/%s", opt.tag);
+	for(i = 0; i < members; i++){
+		struct client *r;
+		snprintf(user, sizeof(user), "f%s_%d", opt.tag, i);
+		snprintf(id, sizeof(id), "imb-%s", user);
+		r = client_new(R_RECEIVER, 0, id, user, true);
+		snprintf(r->topic, sizeof(r->topic), "%s", topic);
+	}
+	snprintf(user, sizeof(user), "fo%s", opt.tag);
+	snprintf(id, sizeof(id), "imb-%s", user);
+	s = client_new(opt.frame ? R_OWNER : R_SENDER, 0, id, user, true);
+	snprintf(s->topic, sizeof(s->topic), "%s", topic);
+	s->to_send = opt.msgs;
+	if(opt.frame){
+		client_connect(s);
+		create_group(s, group, members);
+		s->role = R_SENDER;
+	}
+	for(i = 0; i < members; i++) client_connect(clients[i]);
+	if(!opt.frame) client_connect(s);
+	g_set = clients;
+	g_n = nclients;
+	if(!run_until(clients, nclients, all_connected, NULL)) die("timed out connecting");
+	if(!run_until(clients, nclients, all_subscribed, NULL)) die("timed out subscribing");
+
+	expect_received = opt.msgs * members;
+	c0 = proc_cpu_us(opt.broker_pid);
+	t0 = pace_start = now_ns();
+	top_up_senders();
+	ok = run_until(clients, nclients, dm_done, top_up_senders);
+	t1 = now_ns();
+	c1 = proc_cpu_us(opt.broker_pid);
+	report("fanout", total_received, t0, t1, c0, c1, ok, NULL);
+	for(i = 0; i < nclients; i++) client_disconnect(clients[i]);
+	return ok && total_received == expect_received ? 0 : 1;
+}
+
 static bool queue_done(void)
 {
 	return all_received();
@@ -821,7 +926,7 @@ int main(int argc, char **argv)
 		else usage();
 	}
 	if(opt.msgs < 1 || opt.msgs > 10000000) die("-n must be 1..10000000");
-	if(opt.pairs < 1 || opt.pairs > 100) die("-c must be 1..100");
+	if(opt.pairs < 1 || opt.pairs > (strcmp(opt.mode, "fanout") ? 100 : 1000)) die("-c must be 1..100 (fanout: 1..1000)");
 	if(opt.qos < 0 || opt.qos > 2) die("-q must be 0..2");
 	if(opt.qos == 0) die("QoS 0 has no acknowledgement to bound the window; use 1 or 2");
 	if(opt.window < 1 || opt.window > 65535) die("-w must be 1..65535");
@@ -830,7 +935,7 @@ int main(int argc, char **argv)
 	if(strlen(opt.tag) > 20) die("-T: at most 20 characters");
 
 	body_buf = calloc(1, (size_t)opt.body_len);
-	lat_cap = opt.msgs;
+	lat_cap = !strcmp(opt.mode, "fanout") ? opt.msgs * opt.pairs : opt.msgs;
 	lat_ns = calloc((size_t)lat_cap, sizeof(*lat_ns));
 	if(body_buf == NULL || lat_ns == NULL) die("out of memory");
 	memset(body_buf, 'x', (size_t)opt.body_len);
@@ -840,6 +945,7 @@ int main(int argc, char **argv)
 	if(!strcmp(opt.mode, "dm")) rc = mode_dm();
 	else if(!strcmp(opt.mode, "catchup-sync")) rc = mode_catchup_sync();
 	else if(!strcmp(opt.mode, "catchup-queue")) rc = mode_catchup_queue();
+	else if(!strcmp(opt.mode, "fanout")) rc = mode_fanout();
 	else usage();
 	for(i = 0; i < nclients; i++) mosquitto_destroy(clients[i]->m);
 	mosquitto_lib_cleanup();

@@ -179,6 +179,7 @@ if [ "$quick" = 1 ]; then
 		"dm-q1-1pair-10k|dm -q 1 -c 1 -n 10000|dm -q 1 -c 1 -n 10000 --frame"
 		"dm-q2-10pair-10k|dm -q 2 -c 10 -n 10000|dm -q 2 -c 10 -n 10000 --frame"
 		"catchup-5k|catchup-queue -n 5000|catchup-sync -n 5000"
+		"fanout-200x50|fanout -q 1 -c 200 -n 50|fanout -q 1 -c 200 -n 50 --frame"
 	)
 else
 	workloads=(
@@ -188,6 +189,7 @@ else
 		"dm-q1-10pair-100k|dm -q 1 -c 10 -n 100000|dm -q 1 -c 10 -n 100000 --frame"
 		"catchup-10k|catchup-queue -n 10000|catchup-sync -n 10000"
 		"catchup-50k|catchup-queue -n 50000|catchup-sync -n 50000"
+		"fanout-1000x100|fanout -q 1 -c 1000 -n 100|fanout -q 1 -c 1000 -n 100 --frame"
 	)
 fi
 
