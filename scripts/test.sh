@@ -10,14 +10,21 @@ jobs=$(nproc)
 # The chat page's packages, exactly as package-lock.json pins them.
 (cd examples/web && npm ci --no-audit --no-fund)
 
+summary=$(mktemp)
+trap 'rm -f "$summary"' EXIT
+# ctest's closing line, kept for the summary at the end.
+run_ctest() {
+  (cd "$1" && ctest --output-on-failure -j"$jobs") | tee -a "$summary"
+}
+
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
 cmake --build build -j"$jobs"
-(cd build && ctest --output-on-failure -j"$jobs")
+run_ctest build
 
 if [ "${IM_SANITIZE_RUN:-1}" != "0" ]; then
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DIM_SANITIZE=ON
   cmake --build build-asan -j"$jobs"
-  (cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j"$jobs")
+  ASAN_OPTIONS=detect_leaks=1 run_ctest build-asan
 fi
 
 # Third step: each libFuzzer target of tests/fuzz for IM_FUZZ_SECONDS (default
@@ -25,3 +32,8 @@ fi
 if [ "${IM_FUZZ_SECONDS:-20}" != "0" ]; then
   IM_FUZZ_SECONDS=${IM_FUZZ_SECONDS:-20} tests/fuzz/run.sh
 fi
+
+# One closing line for the whole run (every step above stops the script on
+# a failure, so reaching here means none failed).
+total=$(awk '/tests failed out of/ {n += $NF} END {print n + 0}' "$summary")
+echo "tests: $total passed, 0 failed"
