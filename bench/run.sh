@@ -5,6 +5,7 @@
 #   bench/run.sh --quick            # < 1 minute
 #   bench/run.sh                    # full run (several minutes)
 #   bench/run.sh --rounds 5 --sync full --build build-bench
+#   IM_BENCH_OPTS="checkpoint inline" bench/run.sh --only dm   # plugin options
 #
 # Starts two brokers on 127.0.0.1 (free ports) per workload, each on a fresh
 # temporary directory (the plugin's SQLite file lives there), and stops them
@@ -138,6 +139,8 @@ start_broker() {
 			echo "plugin_opt_db_path $dir/im.db"
 			echo "plugin_opt_nonim_acl allow"
 			echo "plugin_opt_synchronous $sync"
+			# Extra plugin options, one "key value" per line (A/B runs).
+			if [ -n "${IM_BENCH_OPTS:-}" ]; then printf '%s\n' "$IM_BENCH_OPTS" | sed 's/^/plugin_opt_/'; fi
 		fi
 		if [ "$(id -u)" = 0 ]; then
 			# mosquitto drops to this user; the directory is its own.

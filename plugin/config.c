@@ -130,6 +130,8 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 	static const char *const syncs[] = {"off", "normal", "full", NULL};
 	static const char *const nonims[] = {"defer", "allow", NULL};
 	static const char *const presences[] = {"off", "contacts", "all", NULL};
+	static const char *const checkpoints[] = {"thread", "inline", NULL};
+	int e = 0;
 	int64_t v;
 	int rc;
 
@@ -139,6 +141,11 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 	if(!strcasecmp(key, "delivery")) return parse_enum(key, value, deliveries, &cfg->delivery);
 	if(!strcasecmp(key, "nonim_acl")) return parse_enum(key, value, nonims, &cfg->nonim);
 	if(!strcasecmp(key, "presence")) return parse_enum(key, value, presences, &cfg->presence);
+	if(!strcasecmp(key, "checkpoint")){
+		rc = parse_enum(key, value, checkpoints, &e);
+		cfg->checkpoint_inline = (e == 1);
+		return rc;
+	}
 	if(!strcasecmp(key, "admins")){
 		im_config__free_admins(cfg);
 		return set_admins(cfg, value);

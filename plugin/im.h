@@ -59,6 +59,7 @@ struct im__config {
 	uint32_t max_body;          /* bytes; larger publishes are refused */
 	int busy_timeout_ms;        /* SQLite busy timeout on the broker thread */
 	int page_size;              /* for a new database only */
+	bool checkpoint_inline;     /* SQLite's own checkpoints, on the broker thread */
 	uint32_t sync_max_frames;   /* per batch */
 	uint32_t sync_max_bytes;    /* per batch, frames' bytes */
 	int64_t retention_seconds;  /* 0 = keep forever */
@@ -317,7 +318,8 @@ struct im__msg {
  * migrations, prepares statements. MOSQ_ERR_SUCCESS, or MOSQ_ERR_UNKNOWN
  * with a log line naming the path and SQLite's message. On failure the
  * store is left closed (im_store__close is still safe). */
-int im_store__open(struct im__store *st, const char *path, int synchronous, int busy_timeout_ms, int page_size);
+int im_store__open(struct im__store *st, const char *path, int synchronous, int busy_timeout_ms, int page_size,
+		bool checkpoint_thread);
 void im_store__close(struct im__store *st);
 
 /* Looks a timeline up in the cache, then in the database, creating its row

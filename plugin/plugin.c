@@ -101,7 +101,8 @@ IM_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 		rc = im_crypt__load(&p->crypt, p->cfg.store_key_file);
 	}
 	if(rc == MOSQ_ERR_SUCCESS){
-		rc = im_store__open(&p->store, p->cfg.db_path, p->cfg.synchronous, p->cfg.busy_timeout_ms, p->cfg.page_size);
+		rc = im_store__open(&p->store, p->cfg.db_path, p->cfg.synchronous, p->cfg.busy_timeout_ms, p->cfg.page_size,
+				!p->cfg.checkpoint_inline);
 		if(p->cfg.store_key_file) p->store.crypt = &p->crypt;
 	}
 	for(i = 0; rc == MOSQ_ERR_SUCCESS && i < sizeof(callbacks) / sizeof(callbacks[0]); i++){

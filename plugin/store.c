@@ -178,7 +178,8 @@ static int prepare_all(struct im__store *st)
 	return MOSQ_ERR_SUCCESS;
 }
 
-int im_store__open(struct im__store *st, const char *path, int synchronous, int busy_timeout_ms, int page_size)
+int im_store__open(struct im__store *st, const char *path, int synchronous, int busy_timeout_ms, int page_size,
+		bool checkpoint_thread)
 {
 	char sql[64], pgsql[64];
 
@@ -205,7 +206,7 @@ int im_store__open(struct im__store *st, const char *path, int synchronous, int 
 			|| exec(st, sql) != MOSQ_ERR_SUCCESS
 			/* Checkpoints run on the checkpointer's thread, never inside a
 			 * commit on the broker's thread (a stall of every client). */
-			|| exec(st, "PRAGMA wal_autocheckpoint = 0") != MOSQ_ERR_SUCCESS
+			|| (checkpoint_thread && exec(st, "PRAGMA wal_autocheckpoint = 0") != MOSQ_ERR_SUCCESS)
 			|| exec(st, "PRAGMA journal_size_limit = 67108864") != MOSQ_ERR_SUCCESS
 			|| exec(st, "PRAGMA foreign_keys = OFF") != MOSQ_ERR_SUCCESS
 			|| migrate(st) != MOSQ_ERR_SUCCESS
@@ -220,7 +221,7 @@ int im_store__open(struct im__store *st, const char *path, int synchronous, int 
 		im_store__close(st);
 		return MOSQ_ERR_UNKNOWN;
 	}
-	if(im_ckpt__start(&st->ckpt, path) != MOSQ_ERR_SUCCESS){
+	if(checkpoint_thread && im_ckpt__start(&st->ckpt, path) != MOSQ_ERR_SUCCESS){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: cannot start the checkpoint thread for \"%s\".", path);
 		im_store__close(st);
 		return MOSQ_ERR_UNKNOWN;

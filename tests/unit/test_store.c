@@ -25,7 +25,7 @@ static struct im__msg msg(const char *cmid, const char *body)
 
 static void open_store(struct im__store *st)
 {
-	CHECK_EQ(im_store__open(st, path, 1, 100, 1024), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(im_store__open(st, path, 1, 100, 1024, true), MOSQ_ERR_SUCCESS);
 }
 
 struct collect { uint64_t seqs[64]; char bodies[64][14]; int n; int stop_after; };
@@ -273,7 +273,7 @@ static void migrations(void)
 	/* A database from a newer plugin is refused, not damaged. */
 	sqlite3_exec(db, "PRAGMA user_version = 999", NULL, NULL, NULL);
 	sqlite3_close(db);
-	CHECK(im_store__open(&st, path, 1, 100, 1024) != MOSQ_ERR_SUCCESS);
+	CHECK(im_store__open(&st, path, 1, 100, 1024, true) != MOSQ_ERR_SUCCESS);
 	im_store__close(&st);
 }
 
@@ -282,7 +282,7 @@ static void unwritable(void)
 	struct im__store st;
 
 	/* A folder that does not exist cannot hold the store. */
-	CHECK(im_store__open(&st, "/nonexistent-dir/im.db", 1, 100, 1024) != MOSQ_ERR_SUCCESS);
+	CHECK(im_store__open(&st, "/nonexistent-dir/im.db", 1, 100, 1024, false) != MOSQ_ERR_SUCCESS);
 	im_store__close(&st);
 }
 
