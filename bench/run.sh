@@ -192,6 +192,7 @@ else
 		"dm-q1-10pair-100k|dm -q 1 -c 10 -n 100000|dm -q 1 -c 10 -n 100000 --frame"
 		"catchup-10k|catchup-queue -n 10000|catchup-sync -n 10000"
 		"catchup-50k|catchup-queue -n 50000|catchup-sync -n 50000"
+		"catchup-100k|catchup-queue -n 100000|catchup-sync -n 100000"
 		"fanout-1000x100|fanout -q 1 -c 1000 -n 100|fanout -q 1 -c 1000 -n 100 --frame"
 	)
 fi
