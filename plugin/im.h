@@ -466,7 +466,7 @@ struct im__plugin {
  * presence.c — devices and presence
  * ========================================================================= */
 
-/* client did something on IM topics: it is an online device of its user
+/* client subscribed to an IM topic: it is an online device of its user
  * from now on (may disconnect the user's oldest device). */
 void im_presence__seen(struct im__plugin *p, const struct mosquitto *client);
 /* client disconnected. */

@@ -346,7 +346,6 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 	(void)event;
 	p->disconnecting = NULL;
 	p->metrics.sync_requests++;
-	if(user) im_presence__seen(p, ed->client);
 	if(!rate_ok(p, ed->client)){
 		p->metrics.sync_limited++;
 		sync_error(p, ed, NULL, IM__V1__STATUS__TOO_MANY, "too many sync requests (plugin_opt_sync_rate)");
@@ -424,7 +423,6 @@ int im_control__ack_cb(int event, void *event_data, void *userdata)
 
 	(void)event;
 	p->disconnecting = NULL;
-	if(user) im_presence__seen(p, ed->client);
 	if(ed->payloadlen){
 		req = im_control__has_nul(ed->payload, ed->payloadlen) ? NULL
 			: im__v1__ack__unpack(&p->pb_alloc, ed->payloadlen, ed->payload);

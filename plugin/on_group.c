@@ -376,7 +376,6 @@ int im_control__group_cb(int event, void *event_data, void *userdata)
 	}else{
 		greq_from_props(ed->properties, &r);
 	}
-	if(mosquitto_client_username(ed->client)) im_presence__seen(p, ed->client);
 	dispatch(p, ed, &r, mosquitto_client_username(ed->client));
 	greq_free(p, &r);
 	return MOSQ_ERR_SUCCESS;

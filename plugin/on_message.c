@@ -266,7 +266,6 @@ int im_message__cb(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_ACL_DENIED;
 	}
 
-	im_presence__seen(p, ed->client);
 	im_route__timeline(&r, to_tl, sizeof(to_tl));
 	snprintf(own_tl, sizeof(own_tl), "u/%s", user);
 	snprintf(own_topic, sizeof(own_topic), "%s/%s", p->cfg.prefix, own_tl);

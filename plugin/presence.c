@@ -3,9 +3,12 @@
  *
  * Mosquitto 2.0.11 tells plugins about a disconnect but not about a
  * connect. So a device (an MQTT client id of a user) counts as online
- * from its first IM activity (an IM subscription, publish or request)
- * until MOSQ_EVT_DISCONNECT, which also fires for a dropped TCP connection
- * after its keepalive. docs/PROTOCOL.md states this definition.
+ * from its first subscription to an IM topic until MOSQ_EVT_DISCONNECT,
+ * which also fires for a dropped TCP connection after its keepalive.
+ * Clients that only publish or make requests (a sensor, `imchat send`,
+ * mosquitto_rr) receive nothing and are not devices: they neither count
+ * against the limit nor make a user look online. docs/PROTOCOL.md states
+ * this definition.
  *
  * - max_devices_per_user N: a device beyond N disconnects the user's
  *   oldest device (mosquitto_kick_client_by_clientid) and leaves a notice
@@ -16,7 +19,7 @@
  *   option (contacts: share a group or have exchanged a direct message).
  *
  * Costs nothing when both are off; otherwise one hash lookup per IM
- * activity.
+ * subscription.
  */
 #include <inttypes.h>
 #include <stdio.h>

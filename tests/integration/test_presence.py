@@ -106,3 +106,18 @@ def test_device_limit_kicks_the_oldest_with_a_notice(make_broker):
     d1.c.loop_stop()
     d2.close()
     d3.close()
+
+
+def test_senders_and_requests_are_not_devices(make_broker):
+    """max_devices_per_user 1: a publish-only client or a request of the
+    same user does not disconnect the user's one receiving device."""
+    b = make_broker({"max_devices_per_user": 1, "presence": "all"})
+    phone = Client(b, "bob", client_id="bob-phone").connect()
+    phone.subscribe("im/u/bob")
+    sender = Client(b, "bob", client_id="bob-cli").connect()
+    sender.publish("im/u/alice", b"from the command line", qos=1)
+    r = sender.request("sync", pb.SyncRequest(timeline="u/bob", after_seq=0), response_type=pb.SyncBatch)
+    assert r.status == pb.OK
+    sender.close()
+    assert not phone.disconnected.wait(1.0)
+    phone.close()
