@@ -45,6 +45,8 @@ struct im_client {
 	long unacked;
 	int64_t last_delivery_ms, last_ack_ms;
 	bool connected, ever_connected, refused, stop;
+	char *other_state;      /* state lines of timelines not followed this run, kept as they are */
+	size_t other_len;
 };
 
 static int64_t now_ms(void)
@@ -64,10 +66,26 @@ static void state_load(struct im_client *c)
 	unsigned long long last;
 	int i;
 
+	int found;
+	char line[128], *grown;
+
 	if(!c->opt.state_path || !(f = fopen(c->opt.state_path, "r"))) return;
 	while(fscanf(f, "%66s %llu", name, &last) == 2){
-		for(i = 0; i < c->n_tls; i++){
-			if(!strcmp(c->tls[i].name, name)) c->tls[i].last = c->tls[i].acked = last;
+		for(i = 0, found = 0; i < c->n_tls; i++){
+			if(!strcmp(c->tls[i].name, name)){
+				c->tls[i].last = c->tls[i].acked = last;
+				found = 1;
+			}
+		}
+		/* A group followed by another run (imchat listen -g ...): keep its
+		 * place, or the next run that follows it would start over. */
+		if(!found){
+			int n = snprintf(line, sizeof(line), "%s %llu\n", name, last);
+			grown = realloc(c->other_state, c->other_len + (size_t)n + 1);
+			if(grown == NULL) continue;
+			c->other_state = grown;
+			memcpy(c->other_state + c->other_len, line, (size_t)n + 1);
+			c->other_len += (size_t)n;
 		}
 	}
 	fclose(f);
@@ -83,6 +101,7 @@ static void state_save(struct im_client *c)
 	snprintf(tmp, sizeof(tmp), "%s.tmp", c->opt.state_path);
 	if(!(f = fopen(tmp, "w"))) return;
 	for(i = 0; i < c->n_tls; i++) fprintf(f, "%s %llu\n", c->tls[i].name, (unsigned long long)c->tls[i].last);
+	if(c->other_state) fputs(c->other_state, f);
 	if(fclose(f) == 0) rename(tmp, c->opt.state_path);
 }
 
@@ -221,6 +240,10 @@ static void on_frame(struct im_client *c, const uint8_t *frame, size_t len)
 	t = find_tl(c, h->timeline);
 	if(t == NULL || h->seq <= t->last){
 		/* not ours, or a duplicate */
+	}else if(h->body_omitted){
+		/* Notify mode: the frame only says there is more; the bodies come
+		 * by sync (which returns whole frames). */
+		if(!t->syncing) start_sync(c, t);
 	}else if(t->syncing){
 		hold(t, h->seq, frame, len);
 	}else if(h->seq == t->last + 1){
@@ -450,5 +473,6 @@ void im_client_free(struct im_client *c)
 	}
 	mosquitto_destroy(c->mosq);
 	mosquitto_lib_cleanup();
+	free(c->other_state);
 	free(c);
 }

@@ -95,3 +95,25 @@ def test_imrecv_clear_errors(make_broker, tmp_path):
     b.stop()
     r = subprocess.run([IMRECV, "-p", str(port), "-u", "bob", "-t", "1"], capture_output=True, timeout=20)
     assert r.returncode != 0 and b"cannot connect" in r.stderr
+
+
+def test_imrecv_pulls_bodies_in_notify_mode(make_broker, tmp_path):
+    b = make_broker({"delivery": "notify"})
+    state = str(tmp_path / "bob.state")
+    p = recv(b, state, "-n", "5")
+    time.sleep(1.0)                                   # listening, live
+    send_reliably(b, [b"n%d" % i for i in range(5)])
+    out, err = p.communicate(timeout=30)
+    got = lines_of(out)
+    assert [l[3] for l in got] == ["n%d" % i for i in range(5)], err   # bodies, not headers
+
+
+def test_state_of_timelines_not_followed_is_kept(make_broker, tmp_path):
+    b = make_broker()
+    state = tmp_path / "bob.state"
+    state.write_text("g/elsewhere 42\n")
+    send_reliably(b, [b"s0"])
+    p = recv(b, str(state), "-n", "1")
+    p.communicate(timeout=30)
+    lines = state.read_text().splitlines()
+    assert "u/bob 1" in lines and "g/elsewhere 42" in lines
