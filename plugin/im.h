@@ -451,6 +451,11 @@ struct im__plugin {
 	 * meaningful until the next event. */
 	const struct mosquitto *disconnecting;
 	bool fallback_registered;       /* the non-IM "allow" ACL callback */
+	/* The last payload the READ check judged (on_acl.c is_frame). */
+	const void *read_ptr;
+	const char *read_topic;
+	uint32_t read_len;
+	bool read_ok;
 	bool auth_registered;           /* MOSQ_EVT_BASIC_AUTH (token login) */
 	struct im__map rate;            /* client id -> struct im__bucket (sync_rate) */
 	struct im__metrics metrics;

@@ -130,18 +130,77 @@ static int check_write(struct im__plugin *p, const struct mosquitto_evt_acl_chec
 	return MOSQ_ERR_SUCCESS;
 }
 
-/* Everything the plugin delivers on an IM topic is a frame (in frame
- * mode). A will sent at a session takeover, after a Will Delay Interval
- * or at shutdown reaches subscribers without passing MOSQ_EVT_MESSAGE or
- * our will check (Mosquitto gives no disconnect event first): refusing
- * what is not a frame keeps such raw bytes out of an inbox. */
-static bool is_frame(const struct im__plugin *p, const struct mosquitto_evt_acl_check *ed)
+/* Reads a protobuf varint; NULL if it runs past end. */
+static const uint8_t *varint(const uint8_t *b, const uint8_t *end, uint64_t *v)
 {
-	const uint8_t *b = ed->payload;
+	int shift;
 
+	for(*v = 0, shift = 0; b < end && shift < 64; shift += 7){
+		*v |= (uint64_t)(*b & 0x7F) << shift;
+		if(!(*b++ & 0x80)) return b;
+	}
+	return NULL;
+}
+
+/* Is this payload a frame the plugin could have sent on r's topic: the
+ * magic, a header naming r's timeline, a seq already handed out? Only the
+ * two header fields are read, not the whole header. */
+static bool frame_is_ours(struct im__plugin *p, const struct im__route *r, const uint8_t *b, uint32_t len)
+{
+	const uint8_t *h, *end;
+	const char *tl = NULL;
+	uint64_t key, v, seq = 0, tl_len = 0;
+	char name[IM_TL_MAX + 1];
+	struct im__tl *t;
+
+	if(len < IM_FRAME_FIXED || b[0] != 'I' || b[1] != 'M' || b[2] != IM_FRAME_VERSION) return false;
+	v = ((uint32_t)b[3] << 8) | b[4];
+	if(v > len - IM_FRAME_FIXED) return false;
+	h = b + IM_FRAME_FIXED;
+	end = h + v;
+	while(h && h < end){
+		if((h = varint(h, end, &key)) == NULL) return false;
+		switch(key & 7){
+			case 0: h = varint(h, end, &v); if((key >> 3) == 2) seq = v; break;
+			case 1: h = (end - h >= 8) ? h + 8 : NULL; break;
+			case 5: h = (end - h >= 4) ? h + 4 : NULL; break;
+			case 2:
+				if((h = varint(h, end, &v)) == NULL || v > (uint64_t)(end - h)) return false;
+				if((key >> 3) == 1){
+					tl = (const char *)h;
+					tl_len = v;
+				}
+				h += v;
+				break;
+			default: return false;
+		}
+	}
+	if(h == NULL || tl == NULL || seq == 0) return false;
+	im_route__timeline(r, name, sizeof(name));
+	if(tl_len != strlen(name) || memcmp(tl, name, tl_len)) return false;
+	t = im_store__timeline(&p->store, name, tl_len, false);
+	return t && seq <= t->head;
+}
+
+/* Everything the plugin delivers on an IM topic is a frame (in frame
+ * mode) of that topic's timeline with a seq already handed out. A will
+ * sent at a session takeover, after a Will Delay Interval or at shutdown
+ * reaches subscribers without passing MOSQ_EVT_MESSAGE or our will check
+ * (Mosquitto gives no disconnect event first): this keeps raw bytes, and
+ * frames a client made up with the next seq, out of an inbox.
+ * The verdict is kept for the payload it was made for: the broker checks
+ * one stored message for each of its subscribers in a row (a group's
+ * fan-out), so the header is read once per message, not per member. */
+static bool is_frame(struct im__plugin *p, const struct im__route *r, const struct mosquitto_evt_acl_check *ed)
+{
 	if(p->cfg.payload_mode != IM_PAYLOAD_FRAME) return true;
-	return ed->payloadlen >= IM_FRAME_FIXED && b[0] == 'I' && b[1] == 'M' && b[2] == IM_FRAME_VERSION
-		&& (((uint32_t)b[3] << 8) | b[4]) <= ed->payloadlen - IM_FRAME_FIXED;
+	if(ed->payload != p->read_ptr || ed->payloadlen != p->read_len || ed->topic != p->read_topic){
+		p->read_ptr = ed->payload;
+		p->read_len = ed->payloadlen;
+		p->read_topic = ed->topic;
+		p->read_ok = frame_is_ours(p, r, ed->payload, ed->payloadlen);
+	}
+	return p->read_ok;
 }
 
 int im_acl__check_cb(int event, void *event_data, void *userdata)
@@ -170,7 +229,7 @@ int im_acl__check_cb(int event, void *event_data, void *userdata)
 			/* Silent: this runs per message per subscriber, and a wildcard
 			 * subscriber is denied others' messages as a matter of course. */
 			if(im_route__parse_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_ACL_DENIED;
-			if(!is_frame(p, ed)) return deny(ed, "not a frame of this plugin (a will sent past the plugin?)");
+			if(!is_frame(p, &r, ed)) return deny(ed, "not a frame of this plugin (a will sent past the plugin?)");
 			return im_acl__may_read(p, &r, user) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 		case MOSQ_ACL_WRITE:
 			return check_write(p, ed, user, will);

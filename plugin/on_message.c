@@ -247,6 +247,7 @@ int im_message__cb(int event, void *event_data, void *userdata)
 
 	(void)event;
 	p->disconnecting = NULL;
+	p->read_ptr = NULL; /* a new message: no READ verdict carries over */
 	if(!im_route__in_namespace(&p->cfg, ed->topic)) return MOSQ_ERR_SUCCESS;
 	user = mosquitto_client_username(ed->client);
 	/* The ACL check let this through; these hold unless another plugin

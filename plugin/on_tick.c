@@ -49,6 +49,7 @@ int im_tick__cb(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)event_data;
 	p->disconnecting = NULL;
+	p->read_ptr = NULL;
 	register_fallback(p);
 	retention_step(p);
 	if(p->cfg.metrics_interval){

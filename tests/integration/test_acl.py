@@ -381,3 +381,27 @@ def test_bad_option_stops_broker(make_broker, opt, value):
     assert rc != 0
     log = b.read_log()
     assert "plugin_opt_%s" % opt in log, log
+
+
+def test_crafted_frame_will_refused(broker):
+    """A will whose body is made up as a frame of bob's inbox, with the next
+    seq, sent at a session takeover: refused at delivery (the seq was never
+    handed out), so it cannot take the place of bob's real next message."""
+    header = pb.Header(timeline="u/bob", seq=1, sender="alice", ts_ms=1, to="u/bob").SerializeToString()
+    fake = b"IM\x01" + len(header).to_bytes(2, "big") + header + b"forged"
+    bob = Client(broker, "bob").connect()
+    bob.subscribe("im/u/bob")
+    w = Client(broker, "mallory", client_id="mallory-takeover")
+    w.c.will_set("im/u/bob", fake, qos=1)
+    w.connect()
+    w.c.loop_stop()
+    newcomer = Client(broker, "mallory", client_id="mallory-takeover").connect()
+    got = bob.get_n(1, timeout=1.5)
+    assert got == [], "delivered: %r" % [m.payload for m in got]
+    # The real seq 1 still arrives as seq 1.
+    alice = Client(broker, "alice").connect()
+    alice.publish("im/u/bob", b"real", qos=1)
+    h, body = decode_frame(bob.get().payload)
+    assert (h.seq, body) == (1, b"real")
+    for c in (alice, newcomer, bob):
+        c.close()
