@@ -124,6 +124,10 @@ int im_route__parse_topic(const struct im__config *cfg, const char *topic, struc
 /* Parses a timeline string "u/<name>" or "g/<name>" (as in requests). */
 int im_route__parse_timeline(const char *tl, struct im__route *r);
 
+/* True if a length-delimited field of a flat request payload contains a
+ * NUL byte (a string protobuf-c would cut short). */
+bool im_route__has_nul(const void *payload, size_t len);
+
 /* Writes "u/<name>" into out (cap >= IM_TL_MAX + 1). Returns length. */
 size_t im_route__timeline(const struct im__route *r, char *out, size_t cap);
 
@@ -511,10 +515,6 @@ void im_control__reply(const struct im__plugin *p, struct mosquitto *client, con
  * the user is a member of. */
 bool im_acl__may_read(struct im__plugin *p, const struct im__route *r, const char *user);
 bool im_acl__is_admin(const struct im__plugin *p, const char *user);
-
-/* True if a length-delimited field of a flat request payload contains a
- * NUL byte (a string protobuf-c would cut short). */
-bool im_control__has_nul(const void *payload, size_t len);
 
 /* Packs msg and replies with it (as im_control__reply). */
 void im_control__reply_msg(const struct im__plugin *p, struct mosquitto *client, const char *op,

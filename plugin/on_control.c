@@ -87,43 +87,6 @@ static char *echo_timeline(const char *tl)
 	return (tl && im_route__parse_timeline(tl, &r) == MOSQ_ERR_SUCCESS) ? (char *)tl : NULL;
 }
 
-bool im_control__has_nul(const void *payload, size_t len)
-{
-	const uint8_t *b = payload, *end = b + len;
-	uint64_t key, n;
-	int shift;
-
-	/* Requests are flat: every length-delimited field is a string. protobuf-c
-	 * hands strings over as C strings, so "zz\0evil" would arrive as "zz":
-	 * refuse it here, where the length is still known. Anything that does
-	 * not parse is left to the unpacker to refuse. */
-	while(b < end){
-		for(key = 0, shift = 0; b < end && shift < 64; shift += 7){
-			key |= (uint64_t)(*b & 0x7F) << shift;
-			if(!(*b++ & 0x80)) break;
-		}
-		switch(key & 7){
-			case 0:
-				while(b < end && (*b++ & 0x80));
-				break;
-			case 1: b += 8; break;
-			case 5: b += 4; break;
-			case 2:
-				for(n = 0, shift = 0; b < end && shift < 64; shift += 7){
-					n |= (uint64_t)(*b & 0x7F) << shift;
-					if(!(*b++ & 0x80)) break;
-				}
-				if(n > (uint64_t)(end - b)) return false;
-				if(memchr(b, 0, (size_t)n)) return true;
-				b += n;
-				break;
-			default:
-				return false;
-		}
-	}
-	return false;
-}
-
 /* ---- request parameters: protobuf payload, or v5 user properties ---- */
 
 struct params {
@@ -352,7 +315,7 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_SUCCESS;
 	}
 	if(ed->payloadlen){
-		req = im_control__has_nul(ed->payload, ed->payloadlen) ? NULL
+		req = im_route__has_nul(ed->payload, ed->payloadlen) ? NULL
 			: im__v1__sync_request__unpack(&p->pb_alloc, ed->payloadlen, ed->payload);
 		if(req == NULL){
 			sync_error(p, ed, NULL, IM__V1__STATUS__BAD_REQUEST, "malformed SyncRequest");
@@ -424,7 +387,7 @@ int im_control__ack_cb(int event, void *event_data, void *userdata)
 	(void)event;
 	p->disconnecting = NULL;
 	if(ed->payloadlen){
-		req = im_control__has_nul(ed->payload, ed->payloadlen) ? NULL
+		req = im_route__has_nul(ed->payload, ed->payloadlen) ? NULL
 			: im__v1__ack__unpack(&p->pb_alloc, ed->payloadlen, ed->payload);
 		if(req == NULL){
 			ack_reply(p, ed, NULL, IM__V1__STATUS__BAD_REQUEST, "malformed Ack", false, 0, 0);

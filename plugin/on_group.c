@@ -363,7 +363,7 @@ int im_control__group_cb(int event, void *event_data, void *userdata)
 	p->disconnecting = NULL;
 	memset(&r, 0, sizeof(r));
 	if(ed->payloadlen){
-		r.pb = im_control__has_nul(ed->payload, ed->payloadlen) ? NULL
+		r.pb = im_route__has_nul(ed->payload, ed->payloadlen) ? NULL
 			: im__v1__group_request__unpack(&p->pb_alloc, ed->payloadlen, ed->payload);
 		if(r.pb == NULL){
 			reply_status(p, ed, &r, IM__V1__STATUS__BAD_REQUEST, "malformed GroupRequest");

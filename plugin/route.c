@@ -85,3 +85,40 @@ size_t im_route__timeline(const struct im__route *r, char *out, size_t cap)
 	out[2 + r->name_len] = '\0';
 	return 2 + r->name_len;
 }
+
+bool im_route__has_nul(const void *payload, size_t len)
+{
+	const uint8_t *b = payload, *end = b + len;
+	uint64_t key, n;
+	int shift;
+
+	/* Requests are flat: every length-delimited field is a string. protobuf-c
+	 * hands strings over as C strings, so "zz\0evil" would arrive as "zz":
+	 * refuse it here, where the length is still known. Anything that does
+	 * not parse is left to the unpacker to refuse. */
+	while(b < end){
+		for(key = 0, shift = 0; b < end && shift < 64; shift += 7){
+			key |= (uint64_t)(*b & 0x7F) << shift;
+			if(!(*b++ & 0x80)) break;
+		}
+		switch(key & 7){
+			case 0:
+				while(b < end && (*b++ & 0x80));
+				break;
+			case 1: b += 8; break;
+			case 5: b += 4; break;
+			case 2:
+				for(n = 0, shift = 0; b < end && shift < 64; shift += 7){
+					n |= (uint64_t)(*b & 0x7F) << shift;
+					if(!(*b++ & 0x80)) break;
+				}
+				if(n > (uint64_t)(end - b)) return false;
+				if(memchr(b, 0, (size_t)n)) return true;
+				b += n;
+				break;
+			default:
+				return false;
+		}
+	}
+	return false;
+}
