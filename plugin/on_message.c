@@ -33,9 +33,7 @@
 struct pub_props {
 	char *cmid;
 	char *content_type;
-	char *response_topic;
-	void *correlation;
-	uint16_t correlation_len;
+	bool receipt;               /* a Response Topic was given */
 	int64_t expiry_s;
 };
 
@@ -43,8 +41,6 @@ static void props_free(struct pub_props *pp)
 {
 	mosquitto_free(pp->cmid);
 	mosquitto_free(pp->content_type);
-	mosquitto_free(pp->response_topic);
-	mosquitto_free(pp->correlation);
 }
 
 /* Returns NULL, or a reason the properties are refused. */
@@ -69,8 +65,7 @@ static const char *props_read(const mosquitto_property *props, struct pub_props 
 		k = v = NULL;
 	}
 	mosquitto_property_read_string(props, MQTT_PROP_CONTENT_TYPE, &pp->content_type, false);
-	mosquitto_property_read_string(props, MQTT_PROP_RESPONSE_TOPIC, &pp->response_topic, false);
-	mosquitto_property_read_binary(props, MQTT_PROP_CORRELATION_DATA, &pp->correlation, &pp->correlation_len, false);
+	pp->receipt = mosquitto_property_read_string(props, MQTT_PROP_RESPONSE_TOPIC, NULL, false) != NULL;
 	if(pp->cmid && (pp->cmid[0] == '\0' || strlen(pp->cmid) > IM_CMID_MAX)) return "im-cmid must be 1..128 bytes";
 	if(pp->content_type && strlen(pp->content_type) > IM_CTYPE_MAX) return "content type longer than 256 bytes";
 	if(pp->expiry_s < 0) return "im-expiry must be a number of seconds";
@@ -170,12 +165,12 @@ void im_message__deliver(struct im__plugin *p, const char *topic, const char *tl
 	}
 }
 
-static void send_receipt(struct im__plugin *p, struct mosquitto *client, const struct pub_props *pp,
+/* The Receipt goes where the publish's Response Topic says, with its
+ * Correlation Data: the same routing as a request's reply. */
+static void send_receipt(struct im__plugin *p, const struct mosquitto_evt_message *ed, const struct pub_props *pp,
 		const char *tl, const struct im__appended *a)
 {
 	Im__V1__Receipt r = IM__V1__RECEIPT__INIT;
-	mosquitto_property *props = NULL;
-	size_t n;
 
 	r.has_status = 1;
 	r.status = IM__V1__STATUS__OK;
@@ -191,17 +186,7 @@ static void send_receipt(struct im__plugin *p, struct mosquitto *client, const s
 		r.has_own_seq = 1;
 		r.own_seq = a->own_seq;
 	}
-	n = im__v1__receipt__get_packed_size(&r);
-	if(im_plugin__buf_reserve(&p->scratch, n) != MOSQ_ERR_SUCCESS) return;
-	im__v1__receipt__pack(&r, p->scratch.data);
-	if(pp->correlation && mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA,
-				pp->correlation, pp->correlation_len)){
-		return;
-	}
-	if(mosquitto_broker_publish_copy(mosquitto_client_id(client), pp->response_topic, (int)n,
-				p->scratch.data, p->cfg.delivery_qos, false, props) != MOSQ_ERR_SUCCESS){
-		mosquitto_property_free_all(&props);
-	}
+	im_control__reply_msg(p, ed->client, "receipt", ed->properties, &r.base);
 }
 
 /* Makes the broker deliver the original publish to no one, in place: the
@@ -317,7 +302,7 @@ int im_message__cb(int event, void *event_data, void *userdata)
 			im_message__deliver(p, own_topic, own_tl, &m);
 		}
 	}
-	if(pp.response_topic) send_receipt(p, ed->client, &pp, to_tl, &a);
+	if(pp.receipt) send_receipt(p, ed, &pp, to_tl, &a);
 	retarget(ed);
 	props_free(&pp);
 	return MOSQ_ERR_SUCCESS;
