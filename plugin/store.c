@@ -39,7 +39,10 @@ int64_t im_store__now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* ---- timeline cache: open addressing, im_map__hash, grows at 50% load ---- */
+/* ---- timeline cache: open addressing, im_map__hash, grows at 50% load ----
+ * Not an im_map: one allocation per timeline with the name inline and an
+ * 8-byte slot keeps a cached head at 170 bytes of resident memory; the
+ * generic map (separate key copy, 32-byte slots) measured 249 (bench/memory.sh). */
 
 static struct im__tl *cache_find(struct im__tl_cache *c, const char *name, size_t len, uint32_t h)
 {
