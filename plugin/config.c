@@ -5,6 +5,7 @@
  * a default (think "synchronus full").
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,93 +124,89 @@ static void set_defaults(struct im__config *cfg)
 	cfg->metrics_interval = 10;
 }
 
+/* Integer options: the field, its range. Values are never negative and
+ * fit the field, so the width decides the store. */
+#define INT_OPT(name, field, lo, hi) \
+	{name, offsetof(struct im__config, field), sizeof(((struct im__config *)0)->field), lo, hi}
+static const struct int_opt {
+	const char *key;
+	size_t off, size;
+	int64_t min, max;
+} int_opts[] = {
+	INT_OPT("delivery_qos", delivery_qos, 0, 2),
+	INT_OPT("max_body", max_body, 1, 256 * 1024 * 1024),
+	INT_OPT("busy_timeout_ms", busy_timeout_ms, 0, 60000),
+	INT_OPT("page_size", page_size, 512, 65536),
+	INT_OPT("sync_max_frames", sync_max_frames, 1, 100000),
+	INT_OPT("sync_max_bytes", sync_max_bytes, 1024, 64 * 1024 * 1024),
+	INT_OPT("sync_rate", sync_rate, 0, 1000000),
+	INT_OPT("retention_seconds", retention_seconds, 0, INT64_MAX / 1000),
+	INT_OPT("retention_messages", retention_messages, 0, INT64_MAX),
+	INT_OPT("trim_batch", trim_batch, 1, 1000000),
+	INT_OPT("auth_jwt_leeway", jwt_leeway, 0, 3600),
+	INT_OPT("compress_min_bytes", compress_min, 0, 256 * 1024 * 1024),
+	INT_OPT("max_devices_per_user", max_devices, 0, 1000),
+	INT_OPT("metrics_interval", metrics_interval, 0, 86400),
+	INT_OPT("max_group_members", max_group_members, 1, 1000000),
+};
+
+static int parse_int_opt(struct im__config *cfg, const struct int_opt *o, const char *value)
+{
+	int64_t v;
+	int32_t v32;
+	int rc = parse_int(o->key, value, o->min, o->max, &v);
+
+	if(rc == MOSQ_ERR_SUCCESS && !strcmp(o->key, "page_size") && (v & (v - 1))){
+		rc = bad(o->key, value, "a power of two from 512 to 65536");
+	}
+	if(rc != MOSQ_ERR_SUCCESS) return rc;
+	if(o->size == sizeof(int64_t)){
+		memcpy((char *)cfg + o->off, &v, sizeof(v));
+	}else{
+		v32 = (int32_t)v;
+		memcpy((char *)cfg + o->off, &v32, sizeof(v32));
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
 static int parse_one(struct im__config *cfg, const char *key, const char *value)
 {
 	static const char *const payloads[] = {"frame", "raw", NULL};
 	static const char *const deliveries[] = {"full", "notify", NULL};
-	static const char *const syncs[] = {"off", "normal", "full", NULL};
+	static const char *const syncs[] = {"normal", "full", NULL};
 	static const char *const nonims[] = {"defer", "allow", NULL};
 	static const char *const presences[] = {"off", "contacts", "all", NULL};
 	static const char *const checkpoints[] = {"thread", "inline", NULL};
-	int e = 0;
-	int64_t v;
-	int rc;
+	size_t i;
+	int e = 0, rc;
 
+	for(i = 0; i < sizeof(int_opts) / sizeof(int_opts[0]); i++){
+		if(!strcasecmp(key, int_opts[i].key)) return parse_int_opt(cfg, &int_opts[i], value);
+	}
 	if(!strcasecmp(key, "db_path")) return set_string(&cfg->db_path, value);
+	if(!strcasecmp(key, "store_key_file")) return set_string(&cfg->store_key_file, value);
+	if(!strcasecmp(key, "auth_jwt_secret_file")) return im_auth__load_secret(cfg, value);
 	if(!strcasecmp(key, "prefix")) return set_prefix(cfg, value);
 	if(!strcasecmp(key, "payload")) return parse_enum(key, value, payloads, &cfg->payload_mode);
 	if(!strcasecmp(key, "delivery")) return parse_enum(key, value, deliveries, &cfg->delivery);
 	if(!strcasecmp(key, "nonim_acl")) return parse_enum(key, value, nonims, &cfg->nonim);
 	if(!strcasecmp(key, "presence")) return parse_enum(key, value, presences, &cfg->presence);
+	if(!strcasecmp(key, "admins")){
+		im_config__free_admins(cfg);
+		return set_admins(cfg, value);
+	}
 	if(!strcasecmp(key, "checkpoint")){
 		rc = parse_enum(key, value, checkpoints, &e);
 		cfg->checkpoint_inline = (e == 1);
 		return rc;
 	}
-	if(!strcasecmp(key, "admins")){
-		im_config__free_admins(cfg);
-		return set_admins(cfg, value);
-	}
 	if(!strcasecmp(key, "synchronous")){
-		rc = parse_enum(key, value, syncs + 1, &cfg->synchronous);
-		cfg->synchronous += 1; /* SQLite: NORMAL = 1, FULL = 2 */
+		rc = parse_enum(key, value, syncs, &e);
+		cfg->synchronous = e + 1; /* SQLite: NORMAL = 1, FULL = 2 */
 		return rc;
 	}
-	if(!strcasecmp(key, "delivery_qos")){
-		rc = parse_int(key, value, 0, 2, &v);
-		cfg->delivery_qos = (int)v;
-	}else if(!strcasecmp(key, "max_body")){
-		rc = parse_int(key, value, 1, 256 * 1024 * 1024, &v);
-		cfg->max_body = (uint32_t)v;
-	}else if(!strcasecmp(key, "busy_timeout_ms")){
-		rc = parse_int(key, value, 0, 60000, &v);
-		cfg->busy_timeout_ms = (int)v;
-	}else if(!strcasecmp(key, "page_size")){
-		rc = parse_int(key, value, 512, 65536, &v);
-		if(rc == MOSQ_ERR_SUCCESS && (v & (v - 1))) rc = bad(key, value, "a power of two from 512 to 65536");
-		cfg->page_size = (int)v;
-	}else if(!strcasecmp(key, "sync_max_frames")){
-		rc = parse_int(key, value, 1, 100000, &v);
-		cfg->sync_max_frames = (uint32_t)v;
-	}else if(!strcasecmp(key, "sync_max_bytes")){
-		rc = parse_int(key, value, 1024, 64 * 1024 * 1024, &v);
-		cfg->sync_max_bytes = (uint32_t)v;
-	}else if(!strcasecmp(key, "retention_seconds")){
-		rc = parse_int(key, value, 0, INT64_MAX / 1000, &v);
-		cfg->retention_seconds = v;
-	}else if(!strcasecmp(key, "retention_messages")){
-		rc = parse_int(key, value, 0, INT64_MAX, &v);
-		cfg->retention_messages = v;
-	}else if(!strcasecmp(key, "auth_jwt_secret_file")){
-		return im_auth__load_secret(cfg, value);
-	}else if(!strcasecmp(key, "auth_jwt_leeway")){
-		rc = parse_int(key, value, 0, 3600, &v);
-		cfg->jwt_leeway = (long)v;
-	}else if(!strcasecmp(key, "store_key_file")){
-		return set_string(&cfg->store_key_file, value);
-	}else if(!strcasecmp(key, "compress_min_bytes")){
-		rc = parse_int(key, value, 0, 256 * 1024 * 1024, &v);
-		cfg->compress_min = (uint32_t)v;
-	}else if(!strcasecmp(key, "max_devices_per_user")){
-		rc = parse_int(key, value, 0, 1000, &v);
-		cfg->max_devices = (uint32_t)v;
-	}else if(!strcasecmp(key, "metrics_interval")){
-		rc = parse_int(key, value, 0, 86400, &v);
-		cfg->metrics_interval = (uint32_t)v;
-	}else if(!strcasecmp(key, "sync_rate")){
-		rc = parse_int(key, value, 0, 1000000, &v);
-		cfg->sync_rate = (uint32_t)v;
-	}else if(!strcasecmp(key, "max_group_members")){
-		rc = parse_int(key, value, 1, 1000000, &v);
-		cfg->max_group_members = (uint32_t)v;
-	}else if(!strcasecmp(key, "trim_batch")){
-		rc = parse_int(key, value, 1, 1000000, &v);
-		cfg->trim_batch = (uint32_t)v;
-	}else{
-		mosquitto_log_printf(MOSQ_LOG_ERR, "im: unknown option plugin_opt_%s (see README.md, \"Configuration\").", key);
-		return MOSQ_ERR_INVAL;
-	}
-	return rc;
+	mosquitto_log_printf(MOSQ_LOG_ERR, "im: unknown option plugin_opt_%s (see README.md, \"Configuration\").", key);
+	return MOSQ_ERR_INVAL;
 }
 
 int im_config__parse(struct im__config *cfg, struct mosquitto_opt *opts, int count)
