@@ -529,6 +529,10 @@ void im_control__reply_status(const struct im__plugin *p, struct mosquitto *clie
  * message is committed, so sync returns it anyway. */
 void im_message__deliver(struct im__plugin *p, const char *topic, const char *tl, const struct im__msg *m);
 
+/* Fills m as a system message (FLAG_SYSTEM, JSON body, time now) from
+ * sender to timeline to. Strings and body are borrowed. */
+void im_message__system(struct im__msg *m, const char *sender, const char *to, const char *body, size_t len);
+
 /* Builds the frame of m for timeline tl into p->scratch. Returns its length
  * or 0 on failure. notify omits the body. */
 size_t im_message__frame(struct im__plugin *p, const char *tl, const struct im__msg *m, bool notify);

@@ -146,14 +146,7 @@ static int apply(struct im__plugin *p, struct mosquitto_evt_control *ed, const s
 		reply_status(p, ed, r, IM__V1__STATUS__INTERNAL, "store failure");
 		return MOSQ_ERR_SUCCESS;
 	}
-	memset(&m, 0, sizeof(m));
-	m.ts_ms = im_store__now_ms();
-	m.sender = user;
-	m.to = tl_name;
-	m.content_type = "application/json";
-	m.flags = IM__V1__HEADER_FLAG__FLAG_SYSTEM;
-	m.body = body;
-	m.body_len = body_len;
+	im_message__system(&m, user, tl_name, body, body_len);
 	if(im_store__group_change(&p->store, op, r->group, user, users, n, tl, &m, &seq) != MOSQ_ERR_SUCCESS){
 		mosquitto_free(body);
 		reply_status(p, ed, r, IM__V1__STATUS__INTERNAL, "store failure; nothing changed");

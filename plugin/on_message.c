@@ -198,6 +198,18 @@ static void retarget(struct mosquitto_evt_message *ed)
 	memcpy(ed->topic, IM_SINK_TOPIC, sizeof(IM_SINK_TOPIC));
 }
 
+void im_message__system(struct im__msg *m, const char *sender, const char *to, const char *body, size_t len)
+{
+	memset(m, 0, sizeof(*m));
+	m->ts_ms = im_store__now_ms();
+	m->sender = sender;
+	m->to = to;
+	m->content_type = "application/json";
+	m->flags = IM__V1__HEADER_FLAG__FLAG_SYSTEM;
+	m->body = body;
+	m->body_len = len;
+}
+
 /* Deflates m's body into p->zbuf when that is worth it: at least
  * compress_min bytes, and smaller afterwards. On any failure the body
  * stays as it is: compression is an optimisation, never a reason to
@@ -216,6 +228,44 @@ static void maybe_compress(struct im__plugin *p, struct im__msg *m)
 	m->flags |= IM__V1__HEADER_FLAG__FLAG_COMPRESSED;
 }
 
+/* The timelines a publish goes to: the addressed one, and for a direct
+ * message the sender's inbox (its copy). NULL on a store failure. */
+static struct im__tl *timelines(struct im__plugin *p, const struct im__route *r, const char *user,
+		char *to_tl, struct im__tl **own)
+{
+	char own_tl[IM_TL_MAX + 1];
+
+	*own = NULL;
+	im_route__timeline(r, to_tl, IM_TL_MAX + 1);
+	if(r->kind == 'u'){
+		snprintf(own_tl, sizeof(own_tl), "u/%s", user);
+		if((*own = im_store__timeline(&p->store, own_tl, strlen(own_tl), true)) == NULL) return NULL;
+	}
+	return im_store__timeline(&p->store, to_tl, strlen(to_tl), true);
+}
+
+/* Live delivery of a stored message: to the addressed topic, and the
+ * sender's copy to its own inbox. */
+static void deliver_stored(struct im__plugin *p, const struct mosquitto_evt_message *ed, struct im__msg *m,
+		const struct im__appended *a, struct im__tl *own)
+{
+	char own_topic[IM_TL_MAX + 70];
+
+	m->seq = a->seq;
+	if(p->cfg.payload_mode == IM_PAYLOAD_RAW){
+		/* Raw subscribers know no frame flags: they get the body as sent. */
+		m->body = ed->payload;
+		m->body_len = ed->payloadlen;
+		m->flags &= ~(uint32_t)IM__V1__HEADER_FLAG__FLAG_COMPRESSED;
+	}
+	im_message__deliver(p, ed->topic, m->to, m);
+	if(a->own_seq){
+		snprintf(own_topic, sizeof(own_topic), "%s/%s", p->cfg.prefix, own->name);
+		m->seq = a->own_seq;
+		im_message__deliver(p, own_topic, own->name, m);
+	}
+}
+
 int im_message__cb(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_message *ed = event_data;
@@ -227,7 +277,7 @@ int im_message__cb(int event, void *event_data, void *userdata)
 	struct im__appended a;
 	const char *user, *why;
 	int64_t t0;
-	char to_tl[IM_TL_MAX + 1], own_tl[IM_TL_MAX + 1], own_topic[IM_TL_MAX + 70];
+	char to_tl[IM_TL_MAX + 1];
 	int rc;
 
 	(void)event;
@@ -251,13 +301,7 @@ int im_message__cb(int event, void *event_data, void *userdata)
 		props_free(&pp);
 		return MOSQ_ERR_ACL_DENIED;
 	}
-
-	im_route__timeline(&r, to_tl, sizeof(to_tl));
-	snprintf(own_tl, sizeof(own_tl), "u/%s", user);
-	snprintf(own_topic, sizeof(own_topic), "%s/%s", p->cfg.prefix, own_tl);
-	to = im_store__timeline(&p->store, to_tl, strlen(to_tl), true);
-	own = r.kind == 'u' ? im_store__timeline(&p->store, own_tl, strlen(own_tl), true) : NULL;
-	if(to == NULL || (r.kind == 'u' && own == NULL)){
+	if((to = timelines(p, &r, user, to_tl, &own)) == NULL){
 		p->metrics.store_errors++;
 		props_free(&pp);
 		return MOSQ_ERR_UNKNOWN;
@@ -289,18 +333,7 @@ int im_message__cb(int event, void *event_data, void *userdata)
 	}else{
 		p->metrics.sequenced++;
 		if(a.own_seq && p->cfg.presence == IM_PRESENCE_CONTACTS) im_store__contact_note(&p->store, user, r.name);
-		m.seq = a.seq;
-		if(p->cfg.payload_mode == IM_PAYLOAD_RAW){
-			/* Raw subscribers know no frame flags: they get the body as sent. */
-			m.body = ed->payload;
-			m.body_len = ed->payloadlen;
-			m.flags &= ~(uint32_t)IM__V1__HEADER_FLAG__FLAG_COMPRESSED;
-		}
-		im_message__deliver(p, ed->topic, to_tl, &m);
-		if(a.own_seq){
-			m.seq = a.own_seq;
-			im_message__deliver(p, own_topic, own_tl, &m);
-		}
+		deliver_stored(p, ed, &m, &a, own);
 	}
 	if(pp.receipt) send_receipt(p, ed, &pp, to_tl, &a);
 	retarget(ed);

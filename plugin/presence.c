@@ -72,16 +72,9 @@ static void notice_kicked(struct im__plugin *p, const char *user, const char *ol
 	snprintf(topic, sizeof(topic), "%s/%s", p->cfg.prefix, tl);
 	t = im_store__timeline(&p->store, tl, strlen(tl), true);
 	if(t == NULL) return;
-	memset(&m, 0, sizeof(m));
-	m.ts_ms = im_store__now_ms();
-	m.sender = user;
-	m.to = tl;
-	m.content_type = "application/json";
-	m.flags = IM__V1__HEADER_FLAG__FLAG_SYSTEM;
 	snprintf(body, sizeof(body), "{\"event\":\"device_limit\",\"disconnected\":\"%s\",\"by\":\"%s\",\"max_devices\":%u}",
 			old_id, new_id, p->cfg.max_devices);
-	m.body = body;
-	m.body_len = strlen(body);
+	im_message__system(&m, user, tl, body, strlen(body));
 	if(im_store__append(&p->store, t, NULL, &m, &a) == MOSQ_ERR_SUCCESS){
 		m.seq = a.seq;
 		im_message__deliver(p, topic, tl, &m);
