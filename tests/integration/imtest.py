@@ -344,3 +344,13 @@ def sync_all(client, timeline, after=0, limit=None):
 
 def run_tool(args, timeout=15, **kw):
     return subprocess.run(args, capture_output=True, timeout=timeout, **kw)
+
+
+def inbox(broker, user):
+    """Everything stored in u/<user>, read by <user> with a fresh client:
+    ([(Header, body)], last batch)."""
+    c = Client(broker, user, v5=True).connect()
+    try:
+        return sync_all(c, "u/" + user)
+    finally:
+        c.close()

@@ -7,20 +7,10 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from imtest import Client, decode_frame, pb, sync_all
+from imtest import Client, decode_frame, inbox, pb, sync_all
 
 DENIED_V311 = 0x80
 DENIED_V5 = 0x87
-
-
-def inbox(broker, user):
-    """Everything stored in u/<user>, read by <user> with a fresh client."""
-    c = Client(broker, user, v5=True).connect()
-    try:
-        frames, batch = sync_all(c, "u/" + user)
-    finally:
-        c.close()
-    return frames, batch
 
 
 def assert_empty_inbox(broker, user):

@@ -11,15 +11,12 @@ import time
 import pytest
 
 from imtest import Client, decode_frame, sync_all
+from imtest import inbox as inbox_frames
 
 
 def inbox(broker, user):
     """[(seq, body)] of u/<user> and the last batch, read by <user>."""
-    c = Client(broker, user, v5=True).connect()
-    try:
-        frames, batch = sync_all(c, "u/" + user)
-    finally:
-        c.close()
+    frames, batch = inbox_frames(broker, user)
     return [(h.seq, body) for h, body in frames], batch
 
 
