@@ -133,6 +133,7 @@ static const struct int_opt {
 	size_t off, size;
 	int64_t min, max;
 } int_opts[] = {
+	/* page_size only shapes a new database: the one not applied on reload. */
 	INT_OPT("delivery_qos", delivery_qos, 0, 2),
 	INT_OPT("max_body", max_body, 1, 256 * 1024 * 1024),
 	INT_OPT("busy_timeout_ms", busy_timeout_ms, 0, 60000),
@@ -224,6 +225,20 @@ int im_config__parse(struct im__config *cfg, struct mosquitto_opt *opts, int cou
 		}
 	}
 	return rc;
+}
+
+void im_config__copy_runtime(struct im__config *dst, const struct im__config *src)
+{
+	size_t i;
+
+	for(i = 0; i < sizeof(int_opts) / sizeof(int_opts[0]); i++){
+		if(strcmp(int_opts[i].key, "page_size")){
+			memcpy((char *)dst + int_opts[i].off, (const char *)src + int_opts[i].off, int_opts[i].size);
+		}
+	}
+	dst->payload_mode = src->payload_mode;
+	dst->delivery = src->delivery;
+	dst->nonim = src->nonim;
 }
 
 void im_config__free_admins(struct im__config *cfg)

@@ -84,6 +84,10 @@ struct im__config {
 int im_config__parse(struct im__config *cfg, struct mosquitto_opt *opts, int count);
 void im_config__free(struct im__config *cfg);
 void im_config__free_admins(struct im__config *cfg);
+/* Copies what may change while the broker runs (SIGHUP): every integer
+ * option but page_size, payload, delivery, nonim_acl. Strings, keys and
+ * what shapes the store are left to the caller. */
+void im_config__copy_runtime(struct im__config *dst, const struct im__config *src);
 
 /* =========================================================================
  * auth.c — token login

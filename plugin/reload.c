@@ -143,29 +143,11 @@ static void apply(struct im__plugin *p, struct im__config *n)
 	restart_needed(o->page_size != n->page_size, "page_size");
 	restart_needed((o->jwt_secret == NULL) != (n->jwt_secret == NULL), "auth_jwt_secret_file (on/off)");
 	restart_needed((o->store_key_file == NULL) != (n->store_key_file == NULL), "store_key_file (on/off)");
-
-	o->payload_mode = n->payload_mode;
-	o->delivery = n->delivery;
-	o->delivery_qos = n->delivery_qos;
-	o->max_body = n->max_body;
-	o->sync_max_frames = n->sync_max_frames;
-	o->sync_max_bytes = n->sync_max_bytes;
-	o->retention_seconds = n->retention_seconds;
-	o->retention_messages = n->retention_messages;
-	o->trim_batch = n->trim_batch;
-	o->max_group_members = n->max_group_members;
-	o->sync_rate = n->sync_rate;
-	o->metrics_interval = n->metrics_interval;
-	o->jwt_leeway = n->jwt_leeway;
-	o->max_devices = n->max_devices;
-	o->compress_min = n->compress_min;
 	restart_needed(o->presence != n->presence, "presence");
-	if(o->busy_timeout_ms != n->busy_timeout_ms){
-		o->busy_timeout_ms = n->busy_timeout_ms;
-		sqlite3_busy_timeout(p->store.db, o->busy_timeout_ms);
-	}
-	/* nonim: the fallback is (re)registered on the next tick if needed. */
-	o->nonim = n->nonim;
+	restart_needed(o->checkpoint_inline != n->checkpoint_inline, "checkpoint");
+	if(o->busy_timeout_ms != n->busy_timeout_ms) sqlite3_busy_timeout(p->store.db, n->busy_timeout_ms);
+	/* nonim_acl: the fallback is (re)registered on the next tick if needed. */
+	im_config__copy_runtime(o, n);
 	admins = o->admins;
 	o->admins = n->admins;
 	n->admins = admins;
