@@ -101,6 +101,25 @@ const char *im_auth__check_jwt(const struct im__config *cfg, const char *token, 
 int im_auth__basic_cb(int event, void *event_data, void *userdata);
 
 /* =========================================================================
+ * props.c — reading MQTT v5 properties (broker's readers or libmosquitto's)
+ * ========================================================================= */
+
+/* Finds out, once, which library's property readers were bound. */
+void im_props__init(void);
+/* Releases a string or binary returned by the functions below (or by
+ * im_props__user): they were allocated by whichever library read them. */
+void im_props__free(void *ptr);
+/* Iterates user properties as mosquitto_property_read_string_pair does:
+ * pass the list first with skip_first false, then the returned pointer
+ * with skip_first true. *key and *value are the caller's (im_props__free). */
+const mosquitto_property *im_props__user(const mosquitto_property *it, char **key, char **value, bool skip_first);
+/* The first string property identifier of props, or NULL. Caller frees. */
+char *im_props__string(const mosquitto_property *props, int identifier);
+bool im_props__has(const mosquitto_property *props, int identifier);
+/* The first binary property identifier of props, or NULL. Caller frees. */
+void *im_props__binary(const mosquitto_property *props, int identifier, uint16_t *len);
+
+/* =========================================================================
  * route.c — topic and name rules
  * ========================================================================= */
 

@@ -40,10 +40,8 @@ void im_control__reply(const struct im__plugin *p, struct mosquitto *client, con
 	char topic[128];
 	const char *dest = topic;
 
-	if(req_props){
-		mosquitto_property_read_string(req_props, MQTT_PROP_RESPONSE_TOPIC, &resp_topic, false);
-		mosquitto_property_read_binary(req_props, MQTT_PROP_CORRELATION_DATA, &corr, &corr_len, false);
-	}
+	resp_topic = im_props__string(req_props, MQTT_PROP_RESPONSE_TOPIC);
+	corr = im_props__binary(req_props, MQTT_PROP_CORRELATION_DATA, &corr_len);
 	if(resp_topic && resp_topic[0] && !strpbrk(resp_topic, "+#")) dest = resp_topic;
 	snprintf(topic, sizeof(topic), "$CONTROL/im/v1/%s/response", op);
 	if(corr) mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr, corr_len);
@@ -51,8 +49,8 @@ void im_control__reply(const struct im__plugin *p, struct mosquitto *client, con
 				p->cfg.delivery_qos, false, props) != MOSQ_ERR_SUCCESS){
 		mosquitto_property_free_all(&props);
 	}
-	mosquitto_free(resp_topic);
-	mosquitto_free(corr);
+	im_props__free(resp_topic);
+	im_props__free(corr);
 }
 
 void im_control__reply_msg(const struct im__plugin *p, struct mosquitto *client, const char *op,
@@ -113,7 +111,7 @@ static void params_from_props(const mosquitto_property *props, const char *seq_k
 	uint64_t n;
 	bool skip = false;
 
-	while((it = mosquitto_property_read_string_pair(it, MQTT_PROP_USER_PROPERTY, &k, &v, skip)) != NULL){
+	while((it = im_props__user(it, &k, &v, skip)) != NULL){
 		skip = true;
 		if(!strcmp(k, "timeline") && pa->timeline == NULL){
 			pa->timeline = v;
@@ -125,9 +123,8 @@ static void params_from_props(const mosquitto_property *props, const char *seq_k
 			if(parse_u64(v, &n) && n <= UINT32_MAX) pa->limit = (uint32_t)n;
 			else pa->bad = true;
 		}
-		mosquitto_free(k);
-		mosquitto_free(v);
-		k = v = NULL;
+		im_props__free(k);
+		im_props__free(v);
 	}
 }
 
@@ -346,7 +343,7 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 		sync_run(p, ed, tl, pa.has_seq, pa.seq, pa.limit);
 	}
 	if(req) im__v1__sync_request__free_unpacked(req, &p->pb_alloc);
-	mosquitto_free(pa.timeline);
+	im_props__free(pa.timeline);
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -424,6 +421,6 @@ int im_control__ack_cb(int event, void *event_data, void *userdata)
 	if(st == IM__V1__STATUS__OK) p->metrics.acks++;
 	ack_reply(p, ed, name, st, why, have_state, now, tl ? tl->head : 0);
 	if(req) im__v1__ack__free_unpacked(req, &p->pb_alloc);
-	mosquitto_free(pa.timeline);
+	im_props__free(pa.timeline);
 	return MOSQ_ERR_SUCCESS;
 }

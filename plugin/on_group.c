@@ -33,10 +33,10 @@ static void greq_free(struct im__plugin *p, struct greq *r)
 {
 	if(r->pb) im__v1__group_request__free_unpacked(r->pb, &p->pb_alloc);
 	if(r->owned){
-		mosquitto_free(r->op);
-		mosquitto_free(r->group);
+		im_props__free(r->op);
+		im_props__free(r->group);
 	}
-	mosquitto_free(r->props_members);
+	im_props__free(r->props_members);
 }
 
 /* From v5 user properties: op, group, members ("bob,carol"). */
@@ -47,14 +47,13 @@ static void greq_from_props(const mosquitto_property *props, struct greq *r)
 	bool skip = false;
 
 	r->owned = true;
-	while((it = mosquitto_property_read_string_pair(it, MQTT_PROP_USER_PROPERTY, &k, &v, skip)) != NULL){
+	while((it = im_props__user(it, &k, &v, skip)) != NULL){
 		skip = true;
 		if(!strcmp(k, "op") && !r->op){ r->op = v; v = NULL; }
 		else if(!strcmp(k, "group") && !r->group){ r->group = v; v = NULL; }
 		else if(!strcmp(k, "members") && !r->props_members){ r->props_members = v; v = NULL; }
-		mosquitto_free(k);
-		mosquitto_free(v);
-		k = v = NULL;
+		im_props__free(k);
+		im_props__free(v);
 	}
 	if(r->props_members){
 		/* One past the limit is kept, so check_members refuses the

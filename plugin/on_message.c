@@ -39,8 +39,8 @@ struct pub_props {
 
 static void props_free(struct pub_props *pp)
 {
-	mosquitto_free(pp->cmid);
-	mosquitto_free(pp->content_type);
+	im_props__free(pp->cmid);
+	im_props__free(pp->content_type);
 }
 
 /* Returns NULL, or a reason the properties are refused. */
@@ -52,7 +52,7 @@ static const char *props_read(const mosquitto_property *props, struct pub_props 
 
 	memset(pp, 0, sizeof(*pp));
 	if(props == NULL) return NULL;
-	while((it = mosquitto_property_read_string_pair(it, MQTT_PROP_USER_PROPERTY, &k, &v, skip)) != NULL){
+	while((it = im_props__user(it, &k, &v, skip)) != NULL){
 		skip = true;
 		if(!strcmp(k, "im-cmid") && pp->cmid == NULL){
 			pp->cmid = v;
@@ -60,12 +60,11 @@ static const char *props_read(const mosquitto_property *props, struct pub_props 
 		}else if(!strcmp(k, "im-expiry")){
 			pp->expiry_s = strtoll(v, NULL, 10);
 		}
-		mosquitto_free(k);
-		mosquitto_free(v);
-		k = v = NULL;
+		im_props__free(k);
+		im_props__free(v);
 	}
-	mosquitto_property_read_string(props, MQTT_PROP_CONTENT_TYPE, &pp->content_type, false);
-	pp->receipt = mosquitto_property_read_string(props, MQTT_PROP_RESPONSE_TOPIC, NULL, false) != NULL;
+	pp->content_type = im_props__string(props, MQTT_PROP_CONTENT_TYPE);
+	pp->receipt = im_props__has(props, MQTT_PROP_RESPONSE_TOPIC);
 	if(pp->cmid && (pp->cmid[0] == '\0' || strlen(pp->cmid) > IM_CMID_MAX)) return "im-cmid must be 1..128 bytes";
 	if(pp->content_type && strlen(pp->content_type) > IM_CTYPE_MAX) return "content type longer than 256 bytes";
 	if(pp->expiry_s < 0) return "im-expiry must be a number of seconds";

@@ -95,6 +95,7 @@ IM_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 	p->pb_alloc.alloc = pb_alloc;
 	p->pb_alloc.free = pb_free;
 
+	im_props__init();
 	rc = im_config__parse(&p->cfg, options, option_count);
 	if(rc == MOSQ_ERR_SUCCESS) rc = im_reload__init(p);
 	if(rc == MOSQ_ERR_SUCCESS && p->cfg.store_key_file){
