@@ -31,8 +31,8 @@ int im_auth__load_secret(struct im__config *cfg, const char *path)
 		mosquitto_log_printf(MOSQ_LOG_ERR, "im: plugin_opt_auth_jwt_secret_file: cannot open \"%s\": %s.", path, strerror(errno));
 		return MOSQ_ERR_INVAL;
 	}
-	mosquitto_free(cfg->jwt_secret);
-	cfg->jwt_secret = mosquitto_malloc(SECRET_MAX);
+	im_free(cfg->jwt_secret);
+	cfg->jwt_secret = im_malloc(SECRET_MAX);
 	if(cfg->jwt_secret == NULL){
 		fclose(f);
 		return MOSQ_ERR_NOMEM;
@@ -92,19 +92,42 @@ const char *im_auth__check_jwt(const struct im__config *cfg, const char *token, 
 	return why;
 }
 
+/* client_id_guard: a client id belongs to the first user seen with it (at
+ * its first subscription or publish on an IM topic, or a token login),
+ * for as long as the broker runs. Someone else connecting with it would
+ * take over that session: disconnect its owner and, with a persistent
+ * session, destroy the owner's queued messages. */
+static bool guard_ok(struct im__plugin *p, const struct mosquitto_evt_basic_auth *ed)
+{
+	const char *id = mosquitto_client_id(ed->client);
+	const struct im__client *c;
+
+	if(!p->cfg.client_id_guard || id == NULL || (c = im_map__get(&p->clients, id, strlen(id))) == NULL) return true;
+	if(c->owner[0] == '\0' || (ed->username && !strcmp(c->owner, ed->username))) return true;
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: refused login of \"%s\" from %s: client id \"%s\" belongs to another user (plugin_opt_client_id_guard).",
+			ed->username ? ed->username : "", mosquitto_client_address(ed->client), id);
+	return false;
+}
+
 int im_auth__basic_cb(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_basic_auth *ed = event_data;
 	struct im__plugin *p = userdata;
+	struct im__client *c;
 	const char *why;
 
 	(void)event;
+	if(!guard_ok(p, ed)) return MOSQ_ERR_AUTH;
 	if(ed->password == NULL || !looks_like_jwt(ed->password)) return MOSQ_ERR_PLUGIN_DEFER;
 	why = im_auth__check_jwt(&p->cfg, ed->password, ed->username, time(NULL));
 	if(why){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: refused token login of \"%s\" from %s: %s.",
 				ed->username ? ed->username : "", mosquitto_client_address(ed->client), why);
 		return MOSQ_ERR_AUTH;
+	}
+	if(p->cfg.client_id_guard && ed->username && im_route__name_valid(ed->username, strlen(ed->username))
+			&& (c = im_plugin__client(p, mosquitto_client_id(ed->client))) != NULL && c->owner[0] == '\0'){
+		snprintf(c->owner, sizeof(c->owner), "%s", ed->username);
 	}
 	return MOSQ_ERR_SUCCESS;
 }

@@ -10,7 +10,9 @@
  * the WAL from its beginning once a checkpoint has caught up.
  *
  * The thread touches nothing but its own SQLite connection (no broker
- * function, no log call): the broker is not thread-safe.
+ * function, no log call): the broker is not thread-safe. With the store
+ * worker the commits are off the broker's thread already; checkpoints stay
+ * off the worker too, so a checkpoint's fsync never delays a batch.
  */
 #include <errno.h>
 #include <string.h>
@@ -18,7 +20,7 @@
 
 #include <mosquitto.h>
 
-#include "im.h"
+#include "store_sqlite.h"
 
 #define CKPT_INTERVAL_MS 100
 

@@ -67,8 +67,8 @@ static int set_prefix(struct im__config *cfg, const char *value)
 			|| strpbrk(value, "+#") != NULL){
 		return bad("prefix", value, "a topic level such as \"im\" (no wildcards, no leading '$' or '/')");
 	}
-	mosquitto_free(cfg->prefix);
-	cfg->prefix = mosquitto_strdup(value);
+	im_free(cfg->prefix);
+	cfg->prefix = im_strdup(value);
 	if(cfg->prefix == NULL) return MOSQ_ERR_NOMEM;
 	cfg->prefix_len = len;
 	return MOSQ_ERR_SUCCESS;
@@ -76,32 +76,32 @@ static int set_prefix(struct im__config *cfg, const char *value)
 
 static int set_string(char **dst, const char *value)
 {
-	mosquitto_free(*dst);
-	*dst = mosquitto_strdup(value);
+	im_free(*dst);
+	*dst = im_strdup(value);
 	return *dst ? MOSQ_ERR_SUCCESS : MOSQ_ERR_NOMEM;
 }
 
 /* "alice, bob" -> {"alice", "bob", NULL}; every entry a valid name. */
 static int set_admins(struct im__config *cfg, const char *value)
 {
-	char *copy = mosquitto_strdup(value), *save = NULL, *tok;
+	char *copy = im_strdup(value), *save = NULL, *tok;
 	size_t n = 0;
 	char **list;
 
 	if(copy == NULL) return MOSQ_ERR_NOMEM;
-	list = mosquitto_calloc(strlen(value) / 2 + 2, sizeof(char *));
+	list = im_calloc(strlen(value) / 2 + 2, sizeof(char *));
 	if(list == NULL){
-		mosquitto_free(copy);
+		im_free(copy);
 		return MOSQ_ERR_NOMEM;
 	}
 	for(tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)){
-		if(!im_route__name_valid(tok, strlen(tok)) || (list[n++] = mosquitto_strdup(tok)) == NULL){
-			mosquitto_free(copy);
+		if(!im_route__name_valid(tok, strlen(tok)) || (list[n++] = im_strdup(tok)) == NULL){
+			im_free(copy);
 			cfg->admins = list; /* freed by im_config__free */
 			return bad("admins", value, "a comma-separated list of user names");
 		}
 	}
-	mosquitto_free(copy);
+	im_free(copy);
 	cfg->admins = list;
 	return MOSQ_ERR_SUCCESS;
 }
@@ -122,6 +122,12 @@ static void set_defaults(struct im__config *cfg)
 	cfg->trim_batch = 1000;
 	cfg->max_group_members = 10000;
 	cfg->metrics_interval = 10;
+	cfg->sync_inflight = 16;
+	cfg->reply_bytes_rate = 2 * 1024 * 1024;
+	cfg->new_timelines_per_min = 120;
+	cfg->batch_max = 256;
+	cfg->backlog_max = 64ULL * 1024 * 1024;
+	cfg->client_id_guard = true;
 }
 
 /* Integer options: the field, its range. Values are never negative and
@@ -149,6 +155,12 @@ static const struct int_opt {
 	INT_OPT("max_devices_per_user", max_devices, 0, 1000),
 	INT_OPT("metrics_interval", metrics_interval, 0, 86400),
 	INT_OPT("max_group_members", max_group_members, 1, 1000000),
+	INT_OPT("sync_inflight", sync_inflight, 0, 100000),
+	INT_OPT("reply_bytes_rate", reply_bytes_rate, 0, 1024 * 1024 * 1024),
+	INT_OPT("user_msg_rate", user_msg_rate, 0, 1000000),
+	INT_OPT("new_timelines_per_min", new_timelines_per_min, 0, 100000000),
+	INT_OPT("batch_max", batch_max, 1, 100000),
+	INT_OPT("backlog_max", backlog_max, 1024 * 1024, INT64_MAX),
 };
 
 static int parse_int_opt(struct im__config *cfg, const struct int_opt *o, const char *value)
@@ -178,6 +190,7 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 	static const char *const nonims[] = {"defer", "allow", NULL};
 	static const char *const presences[] = {"off", "contacts", "all", NULL};
 	static const char *const checkpoints[] = {"thread", "inline", NULL};
+	static const char *const onoff[] = {"off", "on", NULL};
 	size_t i;
 	int e = 0, rc;
 
@@ -185,6 +198,12 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 		if(!strcasecmp(key, int_opts[i].key)) return parse_int_opt(cfg, &int_opts[i], value);
 	}
 	if(!strcasecmp(key, "db_path")) return set_string(&cfg->db_path, value);
+	if(!strcasecmp(key, "journal_dir")) return set_string(&cfg->journal_dir, value);
+	if(!strcasecmp(key, "client_id_guard")){
+		rc = parse_enum(key, value, onoff, &e);
+		cfg->client_id_guard = (e == 1);
+		return rc;
+	}
 	if(!strcasecmp(key, "store_key_file")) return set_string(&cfg->store_key_file, value);
 	if(!strcasecmp(key, "auth_jwt_secret_file")) return im_auth__load_secret(cfg, value);
 	if(!strcasecmp(key, "prefix")) return set_prefix(cfg, value);
@@ -224,6 +243,12 @@ int im_config__parse(struct im__config *cfg, struct mosquitto_opt *opts, int cou
 			rc = parse_one(cfg, opts[i].key, opts[i].value);
 		}
 	}
+	if(rc == MOSQ_ERR_SUCCESS && cfg->journal_dir == NULL){
+		/* Beside the database: "<db_path>.journal/". */
+		size_t n = strlen(cfg->db_path) + sizeof(".journal");
+		if((cfg->journal_dir = im_malloc(n)) == NULL) return MOSQ_ERR_NOMEM;
+		snprintf(cfg->journal_dir, n, "%s.journal", cfg->db_path);
+	}
 	return rc;
 }
 
@@ -239,14 +264,15 @@ void im_config__copy_runtime(struct im__config *dst, const struct im__config *sr
 	dst->payload_mode = src->payload_mode;
 	dst->delivery = src->delivery;
 	dst->nonim = src->nonim;
+	dst->client_id_guard = src->client_id_guard;
 }
 
 void im_config__free_admins(struct im__config *cfg)
 {
 	char **a;
 
-	for(a = cfg->admins; a && *a; a++) mosquitto_free(*a);
-	mosquitto_free(cfg->admins);
+	for(a = cfg->admins; a && *a; a++) im_free(*a);
+	im_free(cfg->admins);
 	cfg->admins = NULL;
 }
 
@@ -254,12 +280,14 @@ void im_config__free(struct im__config *cfg)
 {
 	im_config__free_admins(cfg);
 	if(cfg->jwt_secret) memset(cfg->jwt_secret, 0, cfg->jwt_secret_len);
-	mosquitto_free(cfg->jwt_secret);
-	mosquitto_free(cfg->store_key_file);
+	im_free(cfg->jwt_secret);
+	im_free(cfg->store_key_file);
 	cfg->jwt_secret = NULL;
 	cfg->store_key_file = NULL;
-	mosquitto_free(cfg->db_path);
-	mosquitto_free(cfg->prefix);
+	im_free(cfg->db_path);
+	im_free(cfg->journal_dir);
+	im_free(cfg->prefix);
 	cfg->db_path = NULL;
+	cfg->journal_dir = NULL;
 	cfg->prefix = NULL;
 }

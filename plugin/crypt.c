@@ -97,7 +97,7 @@ int im_crypt__load(struct im__crypt *c, const char *path)
 void im_crypt__free(struct im__crypt *c)
 {
 	if(c->ctx) EVP_CIPHER_CTX_free(c->ctx);
-	mosquitto_free(c->buf.data);
+	im_buf__free(&c->buf);
 	OPENSSL_cleanse(c->keys, sizeof(c->keys));
 	memset(c, 0, sizeof(*c));
 }
@@ -120,7 +120,7 @@ int im_crypt__seal(struct im__crypt *c, const char *tl, uint64_t seq, const void
 	size_t alen = make_aad(aad, tl, seq);
 	int n, ok;
 
-	if(len > INT32_MAX - NONCE - TAG || im_plugin__buf_reserve(&c->buf, len + NONCE + TAG) != MOSQ_ERR_SUCCESS){
+	if(len > INT32_MAX - NONCE - TAG || im_buf__reserve(&c->buf, len + NONCE + TAG) != MOSQ_ERR_SUCCESS){
 		return MOSQ_ERR_NOMEM;
 	}
 	o = c->buf.data;
@@ -151,7 +151,7 @@ int im_crypt__open(struct im__crypt *c, uint16_t key_id, const char *tl, uint64_
 	}
 	if(k == NULL || len < NONCE + TAG || c->ctx == NULL) return MOSQ_ERR_UNKNOWN;
 	plen = len - NONCE - TAG;
-	if(im_plugin__buf_reserve(&c->buf, plen + 1) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_NOMEM;
+	if(im_buf__reserve(&c->buf, plen + 1) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_NOMEM;
 	alen = make_aad(aad, tl, seq);
 	ok = EVP_DecryptInit_ex(c->ctx, EVP_aes_256_gcm(), NULL, k->key, b) == 1
 		&& EVP_DecryptUpdate(c->ctx, NULL, &n, aad, (int)alen) == 1

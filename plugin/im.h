@@ -1,19 +1,37 @@
 /*
  * mosquitto-im: private header of the plugin.
  *
- * One header, split in banner sections, one section per module (file).
+ * Two threads run plugin code, and this header is split along that line:
+ *
+ *   broker thread [B]  every broker callback: checks, the journal append
+ *                      (the acknowledgement point), and the completions
+ *                      that publish frames and replies. It alone calls the
+ *                      broker's API.
+ *   store worker  [W]  worker.c and everything in store.h: the store, in
+ *                      batches; it never calls the broker's API (not even
+ *                      to log or allocate: see im_log and "Memory").
+ *
+ * Jobs go B -> W (struct im__job), completions W -> B (struct im__done),
+ * each through one mutex-protected FIFO. Functions not marked run on B.
+ *
+ * Memory: the plugin allocates with libc (malloc/free), because most of
+ * what it allocates crosses to the worker, which must not call
+ * mosquitto_malloc (the broker's allocator is not thread-safe). Nothing
+ * the plugin hands the broker is the broker's to free: payloads go through
+ * mosquitto_broker_publish_copy, properties are built by the broker's own
+ * mosquitto_property_add_*.
+ *
  * Cross-file functions are named im_<module>__<verb>_<noun>; broker
  * callbacks end in _cb. Ownership is stated at each declaration.
  */
 #ifndef IM_H
 #define IM_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
-
-#include <sqlite3.h>
 
 #include "im.pb-c.h"
 
@@ -27,21 +45,29 @@ struct mosquitto_opt;
 
 #define IM_NAME_MAX 64          /* user and group names, bytes of UTF-8 */
 #define IM_TL_MAX (2 + IM_NAME_MAX) /* "u/<name>" */
+#define IM_TOPIC_MAX (64 + 1 + IM_TL_MAX) /* "<prefix>/u/<name>" */
 #define IM_CMID_MAX 128         /* client message id, bytes */
 #define IM_CTYPE_MAX 256        /* content type, bytes */
+#define IM_CLIENT_ID_MAX 65535
 #define IM_FRAME_FIXED 5        /* 'I' 'M' version len_hi len_lo */
 #define IM_FRAME_VERSION 1
+#define IM_EXPIRY_MAX (10LL * 365 * 86400) /* im-expiry, seconds: ten years */
 /* Where a publish that must reach no one is retargeted (duplicates, and
  * every original publish once the plugin delivered its frame itself).
  * Short enough to be written over the shortest possible IM topic
  * ("x/u/y"); '$' so that '#' never matches it; the ACL refuses to let
  * anyone subscribe to or read it. */
 #define IM_SINK_TOPIC "$IMD"
+#define IM_CONTROL_PREFIX "$CONTROL/im/v1/"
 
 enum im_payload_mode { IM_PAYLOAD_FRAME = 0, IM_PAYLOAD_RAW = 1 };
 enum im_delivery { IM_DELIVERY_FULL = 0, IM_DELIVERY_NOTIFY = 1 };
 enum im_nonim { IM_NONIM_DEFER = 0, IM_NONIM_ALLOW = 1 };
 enum im_presence { IM_PRESENCE_OFF = 0, IM_PRESENCE_CONTACTS = 1, IM_PRESENCE_ALL = 2 };
+
+/* Row callbacks (store ranges, group lists) answer one of these: never a
+ * value that could be mistaken for an error code, or an error for "stop". */
+enum im_row { IM_ROW_NEXT = 0, IM_ROW_STOP = 1, IM_ROW_ERROR = 2 };
 
 /* =========================================================================
  * config.c — plugin_opt_* parsing
@@ -49,17 +75,18 @@ enum im_presence { IM_PRESENCE_OFF = 0, IM_PRESENCE_CONTACTS = 1, IM_PRESENCE_AL
 
 struct im__config {
 	char *db_path;              /* owned */
+	char *journal_dir;          /* owned; default "<db_path>.journal" */
 	char *prefix;               /* owned, e.g. "im" */
 	size_t prefix_len;
 	int payload_mode;           /* enum im_payload_mode */
 	int delivery;               /* enum im_delivery */
-	int synchronous;            /* 1 = NORMAL, 2 = FULL (SQLite values) */
+	int synchronous;            /* 1 = NORMAL, 2 = FULL (SQLite values; FULL also fsyncs the journal) */
 	int nonim;                  /* enum im_nonim */
 	int delivery_qos;           /* QoS of every frame and reply the plugin sends */
 	uint32_t max_body;          /* bytes; larger publishes are refused */
-	int busy_timeout_ms;        /* SQLite busy timeout on the broker thread */
+	int busy_timeout_ms;        /* SQLite busy timeout (on the worker) */
 	int page_size;              /* for a new database only */
-	bool checkpoint_inline;     /* SQLite's own checkpoints, on the broker thread */
+	bool checkpoint_inline;     /* SQLite's own checkpoints, inside the worker's commits */
 	uint32_t sync_max_frames;   /* per batch */
 	uint32_t sync_max_bytes;    /* per batch, frames' bytes */
 	int64_t retention_seconds;  /* 0 = keep forever */
@@ -70,12 +97,19 @@ struct im__config {
 	long jwt_leeway;            /* seconds of clock skew allowed for exp/nbf */
 	char *store_key_file;       /* NULL: bodies stored as given */
 	uint32_t sync_rate;         /* sync requests per second per client, 0 = no limit */
+	uint32_t sync_inflight;     /* sync requests queued per client at most */
+	uint32_t reply_bytes_rate;  /* reply bytes per second per client (burst: 4 s worth); 0 = no limit */
 	uint32_t metrics_interval;  /* seconds, 0 = no metrics */
 	uint32_t max_devices;       /* per user, 0 = no limit */
 	uint32_t compress_min;      /* bodies of at least this many bytes are deflated; 0 = never */
 	int presence;               /* enum im_presence */
 	uint32_t max_group_members;
-	uint32_t trim_batch;        /* rows deleted per tick at most */
+	uint32_t trim_batch;        /* rows deleted per retention step at most */
+	uint32_t user_msg_rate;     /* messages per second per user, 0 = no limit */
+	uint32_t new_timelines_per_min; /* new timelines a user may open per minute, 0 = no limit */
+	uint32_t batch_max;         /* jobs per store transaction at most */
+	uint64_t backlog_max;       /* journal bytes not yet stored before publishes are refused */
+	bool client_id_guard;       /* token login: a client id stays with its first user */
 };
 
 /* Fills cfg from the broker's options. Defaults first; an unknown option or
@@ -90,7 +124,7 @@ void im_config__free_admins(struct im__config *cfg);
 void im_config__copy_runtime(struct im__config *dst, const struct im__config *src);
 
 /* =========================================================================
- * auth.c — token login
+ * auth.c — token login, client id guard
  * ========================================================================= */
 
 /* Reads the HS256 secret (at least 32 bytes; a trailing newline is not
@@ -120,7 +154,7 @@ bool im_props__has(const mosquitto_property *props, int identifier);
 void *im_props__binary(const mosquitto_property *props, int identifier, uint16_t *len);
 
 /* =========================================================================
- * route.c — topic and name rules
+ * route.c — topic and name rules [any thread]
  * ========================================================================= */
 
 /* A timeline named by a topic or a request. Points into the caller's
@@ -151,12 +185,16 @@ int im_route__parse_timeline(const char *tl, struct im__route *r);
  * NUL byte (a string protobuf-c would cut short). */
 bool im_route__has_nul(const void *payload, size_t len);
 
-/* Writes "u/<name>" into out (cap >= IM_TL_MAX + 1). Returns length. */
+/* Writes "u/<name>" into out (cap >= IM_TL_MAX + 1). Returns length, 0 if
+ * it does not fit. */
 size_t im_route__timeline(const struct im__route *r, char *out, size_t cap);
 
 /* =========================================================================
- * frame.c — the frame codec (shared with examples/ and tests/)
+ * siphash.c, frame.c — the frame codec (shared with examples/ and tests/)
  * ========================================================================= */
+
+/* SipHash-2-4 of a || b under key. */
+uint64_t im_siphash(const uint8_t key[16], const void *a, size_t alen, const void *b, size_t blen);
 
 /* Size of the frame for hdr and a body of body_len bytes, or 0 if the
  * encoded header does not fit the 16-bit length field. */
@@ -167,6 +205,19 @@ size_t im_frame__size(const Im__V1__Header *hdr, size_t body_len);
  * is 0. */
 size_t im_frame__encode(uint8_t *out, size_t cap, const Im__V1__Header *hdr,
 		const void *body, size_t body_len);
+
+/* The same with the plugin's authentication tag (Header field 13) keyed
+ * with key: what the plugin sends. im_frame__verify is true only for a
+ * frame sealed with key and unchanged since. */
+size_t im_frame__sealed_size(const Im__V1__Header *hdr, size_t body_len);
+size_t im_frame__encode_sealed(uint8_t *out, size_t cap, const Im__V1__Header *hdr,
+		const void *body, size_t body_len, const uint8_t key[16]);
+bool im_frame__verify(const uint8_t *buf, size_t len, const uint8_t key[16]);
+
+/* Reads the timeline (field 1, pointing into buf) and seq of a frame's
+ * header without unpacking it. False if buf is not a frame with a
+ * timeline. */
+bool im_frame__peek(const uint8_t *buf, size_t len, const char **tl, size_t *tl_len, uint64_t *seq);
 
 /* Splits a frame. On success (MOSQ_ERR_SUCCESS) *hdr is an unpacked header
  * allocated with alloc (NULL = protobuf-c's default), free it with
@@ -183,27 +234,83 @@ int im_frame__decode(const uint8_t *buf, size_t len, ProtobufCAllocator *alloc,
 #define IM_INFLATE_MAX (256u * 1024 * 1024)
 uint8_t *im_frame__inflate(const uint8_t *body, size_t len, uint32_t raw_len);
 
+/* =========================================================================
+ * util.c — buffers, maps, time, JSON strings, logging [any thread]
+ * ========================================================================= */
+
 /* A growable byte buffer, reused across calls (no per-message malloc). */
 struct im__buf {
 	uint8_t *data;
 	size_t cap;
 };
 
-/* A token bucket per client for request rate limits. */
+/* Grows b to at least n bytes. MOSQ_ERR_SUCCESS or MOSQ_ERR_NOMEM. */
+int im_buf__reserve(struct im__buf *b, size_t n);
+void im_buf__free(struct im__buf *b);
+
+/* Allocation hooks: libc by default; unit tests swap in a failing
+ * allocator (failmalloc) to prove every path survives NULL. */
+extern void *(*im_malloc)(size_t n);
+extern void *(*im_calloc)(size_t n, size_t size);
+extern void *(*im_realloc)(void *p, size_t n);
+void im_free(void *p);
+char *im_strdup(const char *s);
+char *im_strndup(const char *s, size_t n);
+
+/* A token bucket: rate per second, burst tokens at most. */
 struct im__bucket {
 	double tokens;
 	int64_t last_ms;
 };
+/* Refills b for now and takes cost tokens if there are enough. A new
+ * bucket (last_ms 0) starts full. */
+bool im_bucket__take(struct im__bucket *b, double rate, double burst, double cost, int64_t now_ms);
 
-struct im__plugin;
-/* Publishes every metric once (retained). */
-void im_metrics__publish(struct im__plugin *p);
+/* Milliseconds since the epoch; monotonic microseconds. */
+int64_t im_now_ms(void);
+int64_t im_mono_us(void);
 
-/* Grows b to at least n bytes (map.c). MOSQ_ERR_SUCCESS or MOSQ_ERR_NOMEM. */
-int im_plugin__buf_reserve(struct im__buf *b, size_t n);
+/* Appends s as the body of a JSON string (quotes, backslashes and control
+ * characters escaped) to out[*len..cap). False if it does not fit. */
+bool im_json__str(char *out, size_t cap, size_t *len, const char *s);
+
+/* Logs from any thread: directly on the broker thread, else handed to it
+ * as a completion (the broker's log function is not thread-safe). */
+void im_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Where lines logged off the broker thread go (the worker's completion
+ * queue); false from fn means "log directly". */
+void im_log__sink(bool (*fn)(int level, const char *text));
 
 /* =========================================================================
- * crypt.c — encryption at rest (AES-256-GCM)
+ * map.c — string-keyed hash map [any thread, one owner each]
+ * ========================================================================= */
+
+struct im__map_slot {
+	char *key;          /* owned copy, NUL-terminated; NULL = empty slot */
+	size_t len;
+	uint32_t hash;
+	void *val;
+};
+
+struct im__map {
+	struct im__map_slot *slots;
+	size_t cap;         /* power of two */
+	size_t count;
+};
+
+uint32_t im_map__hash(const char *s, size_t len);
+/* The value for key, or NULL. */
+void *im_map__get(const struct im__map *m, const char *key, size_t len);
+/* Inserts or replaces; the key is copied, val is stored as given.
+ * MOSQ_ERR_SUCCESS or MOSQ_ERR_NOMEM (map unchanged). */
+int im_map__put(struct im__map *m, const char *key, size_t len, void *val);
+/* Removes key; returns its value (for the caller to free), or NULL. */
+void *im_map__del(struct im__map *m, const char *key, size_t len);
+/* Frees keys, and values with free_val if not NULL. */
+void im_map__free(struct im__map *m, void (*free_val)(void *));
+
+/* =========================================================================
+ * crypt.c — encryption at rest (AES-256-GCM) [W, loaded on B]
  * ========================================================================= */
 
 #define IM_MAX_KEYS 16
@@ -232,219 +339,264 @@ int im_crypt__open(struct im__crypt *c, uint16_t key_id, const char *tl, uint64_
 		const void *in, size_t len, const void **out, size_t *out_len);
 
 /* =========================================================================
- * map.c — string-keyed hash map (groups, member sets)
+ * record.c — a message as journaled [any thread]
  * ========================================================================= */
 
-struct im__map_slot {
-	char *key;          /* owned copy, NUL-terminated; NULL = empty slot */
-	size_t len;
-	uint32_t hash;
-	void *val;
-};
+enum im_rec_kind { IM_REC_MESSAGE = 0, IM_REC_SYSTEM = 1 };
 
-struct im__map {
-	struct im__map_slot *slots;
-	size_t cap;         /* power of two */
-	size_t count;
-};
-
-uint32_t im_map__hash(const char *s, size_t len);
-/* The value for key, or NULL. */
-void *im_map__get(const struct im__map *m, const char *key, size_t len);
-/* Inserts or replaces; the key is copied, val is stored as given.
- * MOSQ_ERR_SUCCESS or MOSQ_ERR_NOMEM (map unchanged). */
-int im_map__put(struct im__map *m, const char *key, size_t len, void *val);
-/* Removes key; returns its value (for the caller to free), or NULL. */
-void *im_map__del(struct im__map *m, const char *key, size_t len);
-/* Frees keys, and values with free_val if not NULL. */
-void im_map__free(struct im__map *m, void (*free_val)(void *));
-
-/* =========================================================================
- * store.c — SQLite: open, pragmas, migrations, prepared statements
- * ========================================================================= */
-
-/* A cached timeline: its row id and head. One per timeline touched since
- * start; the cache is the only place the hot path reads heads from. */
-struct im__tl {
-	int64_t id;
-	uint64_t head;      /* last seq allocated (committed) */
-	uint64_t first;     /* oldest seq still stored (head+1 if none) */
-	uint32_t hash;
-	uint16_t name_len;
-	char name[];        /* "u/<name>", NUL-terminated */
-};
-
-struct im__tl_cache {
-	struct im__tl **slots;
-	size_t cap;         /* power of two */
-	size_t count;
-};
-
-/* =========================================================================
- * ckpt.c — WAL checkpoints on a thread of their own
- * ========================================================================= */
-
-#include <pthread.h>
-
-struct im__ckpt {
-	pthread_t thread;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	sqlite3 *db;        /* the thread's own connection */
-	bool running, stop;
-	int last_rc;        /* last SQLite result, read on the broker thread for logs */
-	long checkpoints;
-};
-
-/* Opens a second connection to path and starts a thread that runs a
- * PASSIVE checkpoint every 100 ms (never blocks the writer). */
-int im_ckpt__start(struct im__ckpt *c, const char *path);
-/* Stops and joins the thread, runs a last checkpoint, closes. Idempotent. */
-void im_ckpt__stop(struct im__ckpt *c);
-
-struct im__store {
-	sqlite3 *db;
-	struct im__ckpt ckpt;
-	struct im__crypt *crypt;    /* NULL: bodies stored as given; owned by the plugin */
-	struct im__tl_cache tls;
-	sqlite3_stmt *begin, *commit, *rollback;
-	sqlite3_stmt *tl_get, *tl_insert, *tl_set_first;
-	sqlite3_stmt *msg_insert, *msg_dedup, *msg_range, *msg_own_seq;
-	sqlite3_stmt *cursor_get, *cursor_set;
-	sqlite3_stmt *trim_list, *trim_age_first, *trim_delete;
-	/* store_group.c */
-	struct im__map groups;      /* name -> struct im__group *, loaded lazily */
-	sqlite3_stmt *grp_get, *grp_members, *grp_insert, *mem_insert, *mem_delete, *grp_of_user;
-	sqlite3_stmt *contact_insert, *contact_check;
-	struct im__map contacts_seen;   /* "a\nb" pairs already written this run */
-};
-
-/* A group as cached: owner and member set (user -> non-NULL). */
-struct im__group {
-	char *owner;
-	struct im__map members;
-};
-
-/* A message as stored and as sent in a frame. Strings are borrowed: they
- * must outlive the call they are passed to. */
-struct im__msg {
-	uint64_t seq;
-	int64_t ts_ms;
+/* A message as it enters the store. Strings point into the record buffer
+ * (decode) or the caller's memory (encode); "" for none. */
+struct im__rec {
+	uint8_t kind;           /* enum im_rec_kind */
+	int64_t ts_ms;          /* server time at the acknowledgement */
+	int64_t expires_ms;     /* 0 = never */
+	uint16_t key_id;        /* 0: body as sent; else sealed (AAD: "" and the LSN) */
 	const char *sender;
-	const char *cmid;         /* NULL if none */
-	const char *to;           /* addressed timeline */
-	const char *content_type; /* NULL if none */
-	uint32_t flags;
-	int64_t expires_ms;       /* 0 = never */
-	uint32_t raw_len;         /* FLAG_COMPRESSED: inflated length */
+	const char *to;         /* "u/<user>" or "g/<group>" */
+	const char *own;        /* the sender's inbox for its copy, "" for none */
+	const char *cmid;
+	const char *ctype;
 	const void *body;
-	size_t body_len;
+	uint32_t body_len;
 };
 
-/* Opens (creating if needed) the database at path, applies pragmas and
- * migrations, prepares statements. MOSQ_ERR_SUCCESS, or MOSQ_ERR_UNKNOWN
- * with a log line naming the path and SQLite's message. On failure the
- * store is left closed (im_store__close is still safe). */
-int im_store__open(struct im__store *st, const char *path, int synchronous, int busy_timeout_ms, int page_size,
-		bool checkpoint_thread);
-void im_store__close(struct im__store *st);
-
-/* Looks a timeline up in the cache, then in the database, creating its row
- * if create is true. Returns NULL if it does not exist (and !create) or on
- * a store error (logged). The pointer is owned by the store and stays valid
- * until im_store__close. */
-struct im__tl *im_store__timeline(struct im__store *st, const char *name, size_t len, bool create);
-
-/* The outcome of an append. */
-struct im__appended {
-	uint64_t seq;       /* in the addressed timeline */
-	uint64_t own_seq;   /* in the sender's inbox, 0 if no copy was made */
-	int64_t ts_ms;
-	bool duplicate;     /* (sender, cmid) seen before: seq/own_seq/ts_ms are the original's */
-};
-
-/* Appends msg to `to` and, if own is not NULL, the sender's copy to own,
- * in one transaction, after checking (sender, cmid) for a repeat. msg->seq
- * is ignored. Heads in the cache move only after COMMIT succeeded.
- * Returns MOSQ_ERR_SUCCESS (out filled) or MOSQ_ERR_UNKNOWN on a store
- * failure (logged; nothing changed). */
-int im_store__append(struct im__store *st, struct im__tl *to, struct im__tl *own,
-		const struct im__msg *msg, struct im__appended *out);
-
-/* Row callback for im_store__range: return 0 to continue, 1 to stop
- * (the row was not consumed), or a MOSQ_ERR_* to abort. */
-typedef int (*im_store__row_fn)(void *ctx, const struct im__msg *m);
-
-/* Calls fn for each message of tl with seq > after, in order, at most
- * limit rows, skipping rows expired at now_ms. Returns MOSQ_ERR_SUCCESS,
- * or MOSQ_ERR_UNKNOWN on a store failure. *more tells whether a further
- * row exists after the last one delivered. */
-int im_store__range(struct im__store *st, struct im__tl *tl, uint64_t after, uint32_t limit,
-		int64_t now_ms, im_store__row_fn fn, void *ctx, bool *more);
-
-/* Cursor of (timeline, user, client id): 0 if none. */
-int im_store__cursor_get(struct im__store *st, struct im__tl *tl, const char *user,
-		const char *client_id, uint64_t *seq);
-/* Moves the cursor to max(current, seq). *now receives the result. */
-int im_store__cursor_set(struct im__store *st, struct im__tl *tl, const char *user,
-		const char *client_id, uint64_t seq, uint64_t *now);
-
-/* One step of a retention sweep over the timelines, from *cursor_id on:
- * deletes messages older than cutoff_ms (0 = no age limit) or beyond the
- * newest keep (0 = no count limit), at most budget rows, one short
- * transaction per timeline, and moves first_seq. *cursor_id is where the
- * next step starts; *done is set when the sweep reached the last timeline. Returns rows deleted,
- * or -1 on a store failure (logged; nothing half-done). */
-int im_store__trim_step(struct im__store *st, int64_t cutoff_ms, int64_t keep, uint32_t budget,
-		int64_t *cursor_id, bool *done);
-
-/* Milliseconds since the epoch. */
-int64_t im_store__now_ms(void);
-/* Monotonic microseconds, for durations. */
-int64_t im_store__mono_us(void);
-
-/* Building blocks of a transaction, for store_*.c. begin/commit return
- * MOSQ_ERR_SUCCESS or MOSQ_ERR_UNKNOWN (logged); a failed commit is rolled
- * back. insert_msg writes one row at seq and moves the timeline's head in
- * the database only: the caller moves tl->head after the commit. */
-int im_store__begin(struct im__store *st);
-int im_store__commit(struct im__store *st);
-void im_store__rollback(struct im__store *st);
-int im_store__insert_msg(struct im__store *st, struct im__tl *tl, uint64_t seq, const struct im__msg *m, int copy);
-int im_store__step(struct im__store *st, sqlite3_stmt *s, const char *what);
+/* Bytes im_rec__encode writes for r. */
+size_t im_rec__size(const struct im__rec *r);
+/* Writes r into out (exactly im_rec__size(r) bytes). */
+void im_rec__encode(uint8_t *out, const struct im__rec *r);
+/* Reads a record; false if buf does not hold exactly one valid record. */
+bool im_rec__decode(const uint8_t *buf, size_t len, struct im__rec *r);
 
 /* =========================================================================
- * store_group.c — groups and members
+ * journal.c — the acknowledgement point
  * ========================================================================= */
 
-enum im_group_op { IM_GROUP_CREATE, IM_GROUP_ADD, IM_GROUP_REMOVE, IM_GROUP_LEAVE };
+/* An append-only log of message records in segment files
+ * <dir>/<first lsn, 16 hex digits>.log. On disk each record is
+ *   u32 length | u32 crc32(lsn, payload) | u64 lsn | payload
+ * little-endian. LSNs are consecutive across segments. */
+struct im__journal {
+	char *dir;
+	int fd;                 /* the active (last) segment */
+	int dir_fd;
+	uint64_t next_lsn;      /* [B] */
+	uint64_t seg_bytes;     /* [B] size of the active segment */
+	uint64_t seg_first;     /* [B] first LSN of the active segment */
+	uint64_t rotate_bytes;
+	bool fsync;             /* synchronous full: fdatasync before the ack */
+	struct im__buf buf;     /* [B] header + payload of one write */
+};
 
-int im_store__group_prepare(struct im__store *st);
-void im_store__group_close(struct im__store *st);
+/* Called at open for every record after applied_lsn, in order. A non-zero
+ * return stops the replay (and fails the open). */
+typedef int (*im_journal__replay_fn)(void *ctx, uint64_t lsn, const uint8_t *payload, size_t len);
 
-/* The cached group, loading it on first use; NULL if it does not exist or
- * on a store error (logged). Owned by the store. */
-struct im__group *im_store__group(struct im__store *st, const char *name, size_t len);
+/* Opens (creating) dir, replays the records after applied_lsn through fn,
+ * drops a torn record at the very end of the last segment (a write cut
+ * short by a crash or a full disk: never acknowledged), and opens a segment
+ * for appending. *gap is set if records between applied_lsn and the oldest
+ * segment are missing (the store was rolled back further than the journal
+ * reaches). Returns MOSQ_ERR_SUCCESS, or MOSQ_ERR_UNKNOWN with a log line
+ * (unreadable dir, a damaged record before the end). */
+int im_journal__open(struct im__journal *j, const char *dir, bool fsync, uint64_t applied_lsn,
+		im_journal__replay_fn fn, void *ctx, bool *gap);
+/* [B] Appends one record with one write(2) (and fdatasync if fsync).
+ * Returns its LSN in *lsn. On failure (disk full, I/O error) the segment is
+ * cut back to where it was: nothing half-written stays. MOSQ_ERR_SUCCESS or
+ * MOSQ_ERR_UNKNOWN (errno kept for the caller's log line). */
+int im_journal__append(struct im__journal *j, const void *payload, size_t len, uint64_t *lsn);
+/* [W] Deletes every segment whose records are all <= applied_lsn, except
+ * the active one. */
+void im_journal__cut(const char *dir, uint64_t applied_lsn);
+void im_journal__close(struct im__journal *j);
 
-bool im_store__is_member(struct im__store *st, const char *group, size_t glen, const char *user);
+/* =========================================================================
+ * Jobs and completions: what crosses between the threads
+ * ========================================================================= */
 
-/* Applies a membership change and appends its system message sys to the
- * group's timeline tl, in one transaction; caches change after COMMIT.
- * users: the users added/removed (actor for LEAVE; for CREATE the owner
- * is the actor and is added too). out gets the system message's seq.
- * MOSQ_ERR_SUCCESS or MOSQ_ERR_UNKNOWN (nothing changed). */
-int im_store__group_change(struct im__store *st, enum im_group_op op, const char *group,
-		const char *actor, char *const *users, size_t n, struct im__tl *tl,
-		const struct im__msg *sys, uint64_t *seq);
+/* Where a reply goes: the requesting client, on the request's Response
+ * Topic (with its Correlation Data) or else $CONTROL/im/v1/<op>/response. */
+struct im__reply_to {
+	char *client_id;        /* NULL: no reply wanted (a publish without Response Topic) */
+	char *topic;            /* NULL: the op's response topic */
+	void *corr;
+	uint16_t corr_len;
+	char op[16];
+};
 
-/* Notes that a and b exchanged a direct message (once per pair per run). */
-void im_store__contact_note(struct im__store *st, const char *a, const char *b);
-/* True if reader and user (len bytes) exchanged a direct message or share a group. */
-bool im_store__are_contacts(struct im__store *st, const char *reader, const char *user, size_t len);
+enum im_job_kind {
+	IM_JOB_MSG,             /* a journaled record: data = record bytes */
+	IM_JOB_SYNC,
+	IM_JOB_ACK,
+	IM_JOB_GROUP,
+	IM_JOB_OPTIONS,         /* new run-time options and keys (reload) */
+};
 
-/* Calls fn for each group user is a member of, in name order. */
-int im_store__groups_of(struct im__store *st, const char *user,
-		int (*fn)(void *ctx, const char *group), void *ctx);
+struct im__group_req {
+	char op[8];
+	char group[IM_NAME_MAX + 1];
+	size_t n;
+	char (*members)[IM_NAME_MAX + 1];   /* points into the job */
+};
+
+/* A unit of work for the worker, in one malloc() block: strings and data
+ * live after the struct. Owned by whoever holds it; the worker frees it. */
+struct im__job {
+	struct im__job *next;
+	enum im_job_kind kind;
+	uint64_t lsn;           /* IM_JOB_MSG */
+	char user[IM_NAME_MAX + 1];
+	struct im__reply_to to;
+	union {
+		struct {
+			char timeline[IM_TL_MAX + 1];
+			bool has_after;
+			uint64_t after;
+			uint32_t limit;
+		} sync;
+		struct {
+			char timeline[IM_TL_MAX + 1];
+			uint64_t seq;
+		} ack;
+		struct im__group_req group;
+		struct im__config *options;     /* IM_JOB_OPTIONS: owned */
+	} u;
+	size_t len;
+	uint8_t *data;          /* IM_JOB_MSG: the record; points after the struct */
+};
+
+/* Builds a job with room for data_len bytes of data and the reply route
+ * (client_id, topic and corr copied). NULL on allocation failure. */
+struct im__job *im_job__new(enum im_job_kind kind, size_t data_len, const char *client_id,
+		const char *op, const char *resp_topic, const void *corr, uint16_t corr_len);
+void im_job__free(struct im__job *j);
+
+enum im_done_kind {
+	IM_DONE_FRAME,          /* publish a frame (or raw body) to topic */
+	IM_DONE_REPLY,          /* publish payload to one client */
+	IM_DONE_MEMBERS,        /* the broker thread's membership view changed */
+	IM_DONE_WROTE,          /* sender wrote its first direct message to peer */
+	IM_DONE_LOG,            /* a log line from the worker */
+};
+
+/* One completion, in one malloc() block. */
+struct im__done {
+	struct im__done *next;
+	enum im_done_kind kind;
+	/* FRAME: where, and what v5 subscribers see as properties */
+	const char *topic;
+	const char *timeline, *sender, *cmid, *ctype;
+	uint64_t seq;
+	uint32_t expiry_s;          /* v5 Message Expiry Interval, 0 = none */
+	/* REPLY */
+	const char *client_id;
+	const void *corr;
+	uint16_t corr_len;
+	bool sync_reply;            /* ends one of the client's sync requests */
+	/* FRAME and REPLY */
+	const void *payload;
+	size_t len;
+	/* MEMBERS: group, op ("create", "add", "remove", "leave"), users */
+	const char *group, *op, *owner;
+	const char **users;
+	size_t n_users;
+	/* WROTE: sender -> peer; LOG: level, text in payload */
+	int level;
+	char data[];
+};
+
+/* =========================================================================
+ * worker.c — the store worker thread
+ * ========================================================================= */
+
+struct im__plugin;
+
+/* Opens the store, replays the journal into it, loads what the broker
+ * thread needs (memberships, contacts) and starts the worker thread. On
+ * failure everything is logged and closed. Runs on the init thread. */
+int im_worker__start(struct im__plugin *p);
+/* Stops the thread after it finished every queued job; closes the store
+ * and the journal. Idempotent. */
+void im_worker__stop(struct im__plugin *p);
+/* Queues a job; the worker owns it from now on. */
+void im_worker__submit(struct im__plugin *p, struct im__job *j);
+/* Hands the queued completions to fn in order (fn owns each). Returns how
+ * many. Cheap when there are none (one atomic load). */
+size_t im_worker__drain(struct im__plugin *p, void (*fn)(struct im__plugin *, struct im__done *));
+/* Bytes of journaled records not yet stored. */
+uint64_t im_worker__backlog(const struct im__plugin *p);
+/* Waits until every job submitted so far is done (the inline mode, for a
+ * broker that sends no ticks). */
+void im_worker__wait_idle(struct im__plugin *p);
+
+/* =========================================================================
+ * wake.c — waking the broker thread from the worker
+ * ========================================================================= */
+
+/* [B, at init] Installs a no-op handler for a free real-time signal.
+ * False if none is free: completions then wait for the next tick. */
+bool im_wake__init(void);
+/* [W] Interrupts the broker's epoll_wait (EINTR) so its loop runs the tick,
+ * which drains completions. */
+void im_wake__poke(void);
+bool im_wake__on_broker_thread(void);
+void im_wake__cleanup(void);
+
+/* =========================================================================
+ * policy.c — who may do what (the broker thread's view)
+ * ========================================================================= */
+
+/* The username of client if it may use IM topics (set, a valid name),
+ * else NULL with *why set. The one place names are checked for every path. */
+const char *im_policy__user(const struct mosquitto *client, const char **why);
+bool im_policy__is_admin(const struct im__config *cfg, const char *user);
+/* May user read (subscribe, sync, ack) timeline r? Own inbox, or a group
+ * the user is a member of (the broker thread's membership view). */
+bool im_policy__may_read(struct im__plugin *p, const struct im__route *r, const char *user);
+bool im_policy__is_member(struct im__plugin *p, const char *group, size_t glen, const char *user);
+/* Applies a membership change to the view (from a completion, or loaded
+ * at start). */
+void im_policy__members(struct im__plugin *p, const char *group, const char *op, const char *owner,
+		const char *const *users, size_t n);
+/* presence contacts: writer wrote a direct message to reader. */
+void im_policy__wrote(struct im__plugin *p, const char *writer, const char *reader);
+bool im_policy__has_written(struct im__plugin *p, const char *writer, size_t wlen, const char *reader);
+void im_policy__free(struct im__plugin *p);
+
+/* =========================================================================
+ * deliver.c, reply.c — what the plugin says
+ * ========================================================================= */
+
+/* Runs one completion on the broker thread and frees it. */
+void im_deliver__done(struct im__plugin *p, struct im__done *d);
+/* Drains every completion (the tick, or inline after a job). */
+void im_deliver__drain(struct im__plugin *p);
+/* Is this payload on an IM topic something the plugin sent? Frames carry
+ * the plugin's tag; raw bodies and presence are matched against
+ * fingerprints of what was published. */
+bool im_deliver__is_ours(struct im__plugin *p, const char *topic, const struct im__route *r,
+		const void *payload, uint32_t len);
+/* Publishes presence retained on <prefix>/p/<user>, remembering it. */
+void im_deliver__presence(struct im__plugin *p, const char *user, const char *json, size_t len);
+bool im_deliver__presence_is_ours(struct im__plugin *p, const char *user, const void *payload, uint32_t len);
+/* Rotates the fingerprints of raw deliveries (tick). */
+void im_deliver__tick(struct im__plugin *p, int64_t now_ms);
+void im_deliver__free(struct im__plugin *p);
+
+/* Sends payload to the requesting client (as in struct im__reply_to). The
+ * request's properties give Response Topic and Correlation Data. payload is
+ * copied. */
+void im_reply__send(const struct im__plugin *p, struct mosquitto *client, const char *op,
+		const mosquitto_property *req_props, const void *payload, size_t len);
+void im_reply__msg(const struct im__plugin *p, struct mosquitto *client, const char *op,
+		const mosquitto_property *req_props, const ProtobufCMessage *msg);
+/* Replies with a bare im.v1.Response {status, reason}. */
+void im_reply__status(const struct im__plugin *p, struct mosquitto *client, const char *op,
+		const mosquitto_property *req_props, Im__V1__Status status, const char *reason);
+/* Reads the reply route of a request (Response Topic if usable). The
+ * strings are copied into the job by im_job__new. */
+struct im__job *im_reply__job(struct mosquitto *client, enum im_job_kind kind, size_t data_len,
+		const char *op, const mosquitto_property *req_props);
 
 /* =========================================================================
  * metrics.c — $SYS/broker/im/...
@@ -452,47 +604,78 @@ int im_store__groups_of(struct im__store *st, const char *user,
 
 #define IM_HIST_BUCKETS 24      /* log2 µs: 1 µs .. 8 s */
 
+/* Counters written by one thread each, read by the broker thread with
+ * relaxed atomics (a metric may be one message behind; never torn). */
 struct im__metrics {
-	uint64_t sequenced, duplicates, refused;
-	uint64_t sync_requests, sync_frames, sync_limited, acks, group_changes;
-	uint64_t store_errors, trimmed;
-	uint64_t commit_hist[IM_HIST_BUCKETS];  /* this interval */
+	/* [B] */
+	uint64_t refused, sync_requests, sync_limited, acks_requested, journal_errors, rate_limited;
+	uint64_t journal_us_hist[IM_HIST_BUCKETS];
+	/* [W] */
+	uint64_t sequenced, duplicates, sync_frames, acks, group_changes;
+	uint64_t store_errors, trimmed, batches, worker_refused;
+	uint64_t commit_hist[IM_HIST_BUCKETS];  /* per batch, this interval */
+	uint64_t timelines_cached, groups_cached;
 };
 
-void im_metrics__commit_us(struct im__metrics *m, int64_t us);
+#define IM_STAT_ADD(field, n) __atomic_fetch_add(&(field), (uint64_t)(n), __ATOMIC_RELAXED)
+#define IM_STAT_GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+#define IM_STAT_SET(field, v) __atomic_store_n(&(field), (uint64_t)(v), __ATOMIC_RELAXED)
+
+void im_metrics__hist(uint64_t *hist, int64_t us);
+/* Publishes every metric once (retained). */
+void im_metrics__publish(struct im__plugin *p);
 
 /* =========================================================================
  * plugin.c — shared plugin state
  * ========================================================================= */
 
+struct im__worker;
+struct im__fpset;
+
 struct im__plugin {
 	void *pid;                      /* mosquitto_plugin_id_t * */
-	struct im__config cfg;
-	struct im__store store;
-	struct im__crypt crypt;
-	struct im__buf scratch;         /* frames are built here, then copied by the broker */
-	struct im__buf zbuf;            /* deflated bodies */
+	struct im__config cfg;          /* [B]; the worker has its own copy */
+	struct im__crypt crypt;         /* loaded here, handed to the worker */
+	struct im__journal journal;     /* [B] appends */
+	struct im__worker *worker;
+	uint64_t store_id;              /* set at start, then read-only */
+	uint8_t frame_key[16];          /* set at start, then read-only */
+	bool v21;                       /* the broker offers the 2.1 plugin API */
+	bool ticks;                     /* a tick arrived: completions may wait for ticks */
+	struct im__buf scratch;         /* [B] journal records are built here */
 	ProtobufCAllocator pb_alloc;    /* protobuf-c through mosquitto_* */
 	/* A client whose MOSQ_EVT_DISCONNECT just fired: the broker sends its
 	 * will right after, and a will on an IM topic must be refused. Only
 	 * meaningful until the next event. */
 	const struct mosquitto *disconnecting;
 	bool fallback_registered;       /* the non-IM "allow" ACL callback */
-	/* The last payload the READ check judged (on_acl.c is_frame). */
-	const void *read_ptr;
-	const char *read_topic;
-	uint32_t read_len;
-	bool read_ok;
 	bool auth_registered;           /* MOSQ_EVT_BASIC_AUTH (token login) */
-	struct im__map rate;            /* client id -> struct im__bucket (sync_rate) */
+	struct im__map clients;         /* client id -> struct im__client (rate, budgets, owner) */
+	struct im__map users;           /* user -> struct im__user (message rate) */
+	struct im__map groups;          /* [B] group -> struct im__bgroup (membership view) */
+	struct im__map wrote;           /* [B] "writer\nreader" -> (presence contacts) */
+	struct im__fpset *raw_fps;      /* fingerprints of raw deliveries */
+	struct im__map presence_fps;    /* user -> uint64_t * fingerprint of the retained presence */
 	struct im__metrics metrics;
 	char *config_file;              /* the broker's -c file, absolute; NULL if unknown */
 	struct im__map devices;         /* client id -> device (presence.c) */
 	struct im__map users_online;    /* user -> its devices */
 	int64_t next_metrics_ms;
-	int64_t next_trim_ms;           /* when the next retention step may run */
-	int64_t trim_cursor;            /* timeline id the sweep continues after */
+	int64_t last_backlog_log_ms;
 };
+
+/* Per client id. */
+struct im__client {
+	char owner[IM_NAME_MAX + 1];    /* the first user seen with this id ("" = none yet) */
+	struct im__bucket sync_bucket;  /* sync_rate */
+	struct im__bucket reply_bucket; /* reply_bytes_rate */
+	uint32_t sync_inflight;         /* sync jobs queued, not answered */
+};
+/* The client's entry, created on first use; NULL if id is NULL or on
+ * allocation failure. */
+struct im__client *im_plugin__client(struct im__plugin *p, const char *id);
+
+/* The frame key and store id are known once the worker opened the store. */
 
 /* =========================================================================
  * presence.c — devices and presence
@@ -508,7 +691,18 @@ bool im_presence__may_read(struct im__plugin *p, const char *reader, const char 
 void im_presence__free(struct im__plugin *p);
 
 /* =========================================================================
- * Broker callbacks: on_acl.c, on_message.c, on_control.c, on_tick.c
+ * on_message.c — the publish path
+ * ========================================================================= */
+
+/* Journals a record the plugin itself writes (a system notice) and queues
+ * it for the worker; rec's body may be replaced by its sealed form.
+ * MOSQ_ERR_SUCCESS, or MOSQ_ERR_UNKNOWN (logged): the journal refused it or
+ * the backlog is full; nothing was queued. */
+int im_message__submit(struct im__plugin *p, struct im__rec *rec);
+
+/* =========================================================================
+ * Broker callbacks: on_acl.c, on_message.c, on_control.c, on_group.c,
+ * on_tick.c, reload.c
  * ========================================================================= */
 
 int im_acl__check_cb(int event, void *event_data, void *userdata);
@@ -526,38 +720,8 @@ int im_reload__init(struct im__plugin *p);
 /* The ops with a MOSQ_EVT_CONTROL handler; anything else under
  * $CONTROL/im/v1/ is answered "unknown op" from the ACL check. */
 bool im_control__op_known(const char *op);
-
-/* Sends a reply to a request: on the v5 Response Topic (with its
- * Correlation Data) when the request had one, else on
- * "$CONTROL/im/v1/<op>/response", to the requesting client only.
- * payload is copied. */
-void im_control__reply(const struct im__plugin *p, struct mosquitto *client, const char *op,
-		const mosquitto_property *req_props, const void *payload, size_t len);
-
-/* May user read (subscribe, sync, ack) timeline r? Own inbox, or a group
- * the user is a member of. */
-bool im_acl__may_read(struct im__plugin *p, const struct im__route *r, const char *user);
-bool im_acl__is_admin(const struct im__plugin *p, const char *user);
-
-/* Packs msg and replies with it (as im_control__reply). */
-void im_control__reply_msg(const struct im__plugin *p, struct mosquitto *client, const char *op,
-		const mosquitto_property *req_props, const ProtobufCMessage *msg);
-
-/* Replies with a bare im.v1.Response {status, reason}. */
-void im_control__reply_status(const struct im__plugin *p, struct mosquitto *client, const char *op,
-		const mosquitto_property *req_props, Im__V1__Status status, const char *reason);
-
-/* Sequenced message m of timeline tl: deliver it to the subscribers of
- * topic, as a frame or raw per the options. Never fails the caller: the
- * message is committed, so sync returns it anyway. */
-void im_message__deliver(struct im__plugin *p, const char *topic, const char *tl, const struct im__msg *m);
-
-/* Fills m as a system message (FLAG_SYSTEM, JSON body, time now) from
- * sender to timeline to. Strings and body are borrowed. */
-void im_message__system(struct im__msg *m, const char *sender, const char *to, const char *body, size_t len);
-
-/* Builds the frame of m for timeline tl into p->scratch. Returns its length
- * or 0 on failure. notify omits the body. */
-size_t im_message__frame(struct im__plugin *p, const char *tl, const struct im__msg *m, bool notify);
+/* After a job was queued from a callback: in the inline mode (a broker
+ * that sends no ticks) wait for it and deliver its completions now. */
+void im_tick__settle(struct im__plugin *p);
 
 #endif

@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include <mosquitto.h>
-#include <mosquitto_broker.h>
 
 #include "im.h"
 
@@ -45,7 +44,7 @@ void *im_map__get(const struct im__map *m, const char *key, size_t len)
 static int grow(struct im__map *m)
 {
 	size_t ncap = m->cap ? m->cap * 2 : 16, i, j;
-	struct im__map_slot *ns = mosquitto_calloc(ncap, sizeof(*ns));
+	struct im__map_slot *ns = im_calloc(ncap, sizeof(*ns));
 
 	if(ns == NULL) return MOSQ_ERR_NOMEM;
 	for(i = 0; i < m->cap; i++){
@@ -53,7 +52,7 @@ static int grow(struct im__map *m)
 		for(j = m->slots[i].hash & (ncap - 1); ns[j].key; j = (j + 1) & (ncap - 1));
 		ns[j] = m->slots[i];
 	}
-	mosquitto_free(m->slots);
+	im_free(m->slots);
 	m->slots = ns;
 	m->cap = ncap;
 	return MOSQ_ERR_SUCCESS;
@@ -71,7 +70,7 @@ int im_map__put(struct im__map *m, const char *key, size_t len, void *val)
 		m->slots[i].val = val;
 		return MOSQ_ERR_SUCCESS;
 	}
-	k = mosquitto_malloc(len + 1);
+	k = im_malloc(len + 1);
 	if(k == NULL) return MOSQ_ERR_NOMEM;
 	memcpy(k, key, len);
 	k[len] = '\0';
@@ -92,7 +91,7 @@ void *im_map__del(struct im__map *m, const char *key, size_t len)
 	i = find_slot(m, key, len, im_map__hash(key, len));
 	if(m->slots[i].key == NULL) return NULL;
 	val = m->slots[i].val;
-	mosquitto_free(m->slots[i].key);
+	im_free(m->slots[i].key);
 	m->slots[i].key = NULL;
 	m->count--;
 	/* Backward shift: move later entries of the cluster into the hole if
@@ -115,23 +114,8 @@ void im_map__free(struct im__map *m, void (*free_val)(void *))
 	for(i = 0; i < m->cap; i++){
 		if(m->slots[i].key == NULL) continue;
 		if(free_val) free_val(m->slots[i].val);
-		mosquitto_free(m->slots[i].key);
+		im_free(m->slots[i].key);
 	}
-	mosquitto_free(m->slots);
+	im_free(m->slots);
 	memset(m, 0, sizeof(*m));
-}
-
-int im_plugin__buf_reserve(struct im__buf *b, size_t n)
-{
-	uint8_t *d;
-	size_t cap;
-
-	if(n <= b->cap) return MOSQ_ERR_SUCCESS;
-	cap = b->cap ? b->cap : 1024;
-	while(cap < n) cap *= 2;
-	d = mosquitto_realloc(b->data, cap);
-	if(d == NULL) return MOSQ_ERR_NOMEM;
-	b->data = d;
-	b->cap = cap;
-	return MOSQ_ERR_SUCCESS;
 }

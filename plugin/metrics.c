@@ -1,9 +1,10 @@
 /*
  * Metrics under $SYS/broker/im/..., published (retained, like the broker's
  * own $SYS topics) every plugin_opt_metrics_interval seconds from the tick.
- * Counters are totals since start; the commit latency percentiles cover
- * the last interval, from a log2 histogram (bucket upper bounds, so a
- * reported p99 of 512 means "between 256 and 512 µs").
+ * Counters are totals since start; latency percentiles cover the last
+ * interval, from log2 histograms (bucket upper bounds, so a reported p99
+ * of 512 means "between 256 and 512 µs"). Counters the worker writes are
+ * read with relaxed atomics.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -15,26 +16,33 @@
 
 #include "im.h"
 
-void im_metrics__commit_us(struct im__metrics *m, int64_t us)
+void im_metrics__hist(uint64_t *hist, int64_t us)
 {
 	int b = 0;
 
 	while(b < IM_HIST_BUCKETS - 1 && (1LL << b) < us) b++;
-	m->commit_hist[b]++;
+	IM_STAT_ADD(hist[b], 1);
 }
 
-static uint64_t percentile(const uint64_t *h, double q)
+/* Percentile of a histogram, and resets it. */
+static uint64_t percentile(uint64_t *h, double q, bool reset)
 {
-	uint64_t total = 0, seen = 0;
+	uint64_t total = 0, seen = 0, c[IM_HIST_BUCKETS], out = 0;
 	int b;
 
-	for(b = 0; b < IM_HIST_BUCKETS; b++) total += h[b];
-	if(total == 0) return 0;
 	for(b = 0; b < IM_HIST_BUCKETS; b++){
-		seen += h[b];
-		if((double)seen >= q * (double)total) return 1ULL << b;
+		c[b] = IM_STAT_GET(h[b]);
+		total += c[b];
+		if(reset) IM_STAT_SET(h[b], 0);
 	}
-	return 1ULL << (IM_HIST_BUCKETS - 1);
+	for(b = 0; total && b < IM_HIST_BUCKETS; b++){
+		seen += c[b];
+		if((double)seen >= q * (double)total){
+			out = 1ULL << b;
+			break;
+		}
+	}
+	return out;
 }
 
 static void put(const char *name, uint64_t v)
@@ -47,61 +55,61 @@ static void put(const char *name, uint64_t v)
 	mosquitto_broker_publish_copy(NULL, topic, n, val, 0, true, NULL);
 }
 
-static uint64_t db_bytes(const struct im__plugin *p)
+static uint64_t file_bytes(const char *path)
 {
 	struct stat s;
-	uint64_t total = 0;
-	char path[4096];
 
-	if(stat(p->cfg.db_path, &s) == 0) total += (uint64_t)s.st_size;
-	snprintf(path, sizeof(path), "%s-wal", p->cfg.db_path);
-	if(stat(path, &s) == 0) total += (uint64_t)s.st_size;
-	return total;
+	return stat(path, &s) == 0 ? (uint64_t)s.st_size : 0;
 }
 
-/* All of it as one JSON object on $SYS/broker/im/stats, for exporters
- * that read JSON (Debian's prometheus-mqtt-exporter). */
-static void put_json(const struct im__plugin *p, uint64_t p50, uint64_t p99, uint64_t bytes)
+static uint64_t db_bytes(const struct im__plugin *p)
 {
-	const struct im__metrics *m = &p->metrics;
-	char buf[768];
-	int n;
+	char path[4096];
 
-	n = snprintf(buf, sizeof(buf),
-			"{\"sequenced\":%" PRIu64 ",\"duplicates\":%" PRIu64 ",\"refused\":%" PRIu64
-			",\"sync_requests\":%" PRIu64 ",\"sync_frames\":%" PRIu64 ",\"sync_limited\":%" PRIu64
-			",\"acks\":%" PRIu64 ",\"group_changes\":%" PRIu64 ",\"store_errors\":%" PRIu64
-			",\"commit_us_p50\":%" PRIu64 ",\"commit_us_p99\":%" PRIu64 ",\"store_bytes\":%" PRIu64
-			",\"trimmed\":%" PRIu64 ",\"timelines_cached\":%zu,\"groups_cached\":%zu}",
-			m->sequenced, m->duplicates, m->refused, m->sync_requests, m->sync_frames, m->sync_limited,
-			m->acks, m->group_changes, m->store_errors, p50, p99, bytes, m->trimmed,
-			p->store.tls.count, p->store.groups.count);
-	if(n > 0 && (size_t)n < sizeof(buf)){
-		mosquitto_broker_publish_copy(NULL, "$SYS/broker/im/stats", n, buf, 0, true, NULL);
-	}
+	snprintf(path, sizeof(path), "%s-wal", p->cfg.db_path);
+	return file_bytes(p->cfg.db_path) + file_bytes(path);
 }
 
 void im_metrics__publish(struct im__plugin *p)
 {
 	struct im__metrics *m = &p->metrics;
-	uint64_t p50 = percentile(m->commit_hist, 0.50), p99 = percentile(m->commit_hist, 0.99);
-	uint64_t bytes = db_bytes(p);
+	uint64_t b50 = percentile(m->commit_hist, 0.50, false), b99 = percentile(m->commit_hist, 0.99, true);
+	uint64_t j50 = percentile(m->journal_us_hist, 0.50, false), j99 = percentile(m->journal_us_hist, 0.99, true);
+	uint64_t bytes = db_bytes(p), backlog = im_worker__backlog(p);
+	/* Topic under $SYS/broker/im/, key in the JSON object, value. */
+	const struct { const char *name, *key; uint64_t v; } t[] = {
+		{"messages/sequenced", "sequenced", IM_STAT_GET(m->sequenced)},
+		{"messages/duplicates", "duplicates", IM_STAT_GET(m->duplicates)},
+		{"messages/refused", "refused", m->refused + IM_STAT_GET(m->worker_refused)},
+		{"messages/rate_limited", "rate_limited", m->rate_limited},
+		{"sync/requests", "sync_requests", m->sync_requests},
+		{"sync/frames", "sync_frames", IM_STAT_GET(m->sync_frames)},
+		{"sync/limited", "sync_limited", m->sync_limited},
+		{"acks", "acks", IM_STAT_GET(m->acks)},
+		{"groups/changes", "group_changes", IM_STAT_GET(m->group_changes)},
+		{"store/errors", "store_errors", IM_STAT_GET(m->store_errors) + m->journal_errors},
+		{"store/batches", "batches", IM_STAT_GET(m->batches)},
+		{"store/commit_us_p50", "commit_us_p50", b50},
+		{"store/commit_us_p99", "commit_us_p99", b99},
+		{"store/backlog_bytes", "backlog_bytes", backlog},
+		{"store/bytes", "store_bytes", bytes},
+		{"store/trimmed", "trimmed", IM_STAT_GET(m->trimmed)},
+		{"journal/append_us_p50", "journal_us_p50", j50},
+		{"journal/append_us_p99", "journal_us_p99", j99},
+		{"timelines/cached", "timelines_cached", IM_STAT_GET(m->timelines_cached)},
+		{"groups/cached", "groups_cached", IM_STAT_GET(m->groups_cached)},
+	};
+	char buf[1536];
+	size_t i, n = 1;
 
-	put("messages/sequenced", m->sequenced);
-	put("messages/duplicates", m->duplicates);
-	put("messages/refused", m->refused);
-	put("sync/requests", m->sync_requests);
-	put("sync/frames", m->sync_frames);
-	put("sync/limited", m->sync_limited);
-	put("acks", m->acks);
-	put("groups/changes", m->group_changes);
-	put("store/errors", m->store_errors);
-	put("store/commit_us_p50", p50);
-	put("store/commit_us_p99", p99);
-	put("store/bytes", bytes);
-	put("store/trimmed", m->trimmed);
-	put("timelines/cached", p->store.tls.count);
-	put("groups/cached", p->store.groups.count);
-	put_json(p, p50, p99, bytes);
-	memset(m->commit_hist, 0, sizeof(m->commit_hist));
+	buf[0] = '{';
+	for(i = 0; i < sizeof(t) / sizeof(t[0]); i++){
+		put(t[i].name, t[i].v);
+		n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s\"%s\":%" PRIu64, i ? "," : "", t[i].key, t[i].v);
+		if(n >= sizeof(buf) - 2) return;
+	}
+	buf[n++] = '}';
+	/* One JSON object for exporters that read JSON (Debian's
+	 * prometheus-mqtt-exporter). */
+	mosquitto_broker_publish_copy(NULL, "$SYS/broker/im/stats", (int)n, buf, 0, true, NULL);
 }

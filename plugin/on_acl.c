@@ -1,11 +1,24 @@
 /*
  * MOSQ_EVT_ACL_CHECK: who may publish, subscribe to and read which IM
- * topic. The plugin decides every IM topic itself and defers every other
- * topic, so acl_file or dynamic security keep deciding those exactly as
- * before. Wildcard subscriptions are allowed to be made; each message they
- * would carry is checked again on READ, which is what keeps "im/#" or "#"
- * from leaking someone else's inbox.
+ * topic. The plugin decides every IM topic and its own $CONTROL topics
+ * itself and defers every other topic, so acl_file or dynamic security
+ * keep deciding those exactly as before.
+ *
+ * The plugin is the only voice on IM topics and on its response topics.
+ * Clients never write there directly (a publish to an inbox is retargeted
+ * after it was journaled; the plugin delivers the frame), and a will or a
+ * retained message that slipped past the publish path is refused when it
+ * would be read: every delivery on an IM topic must be something the
+ * plugin sent (deliver.c, im_deliver__is_ours), and nothing is ever read
+ * on $CONTROL/im/v1/... (the plugin's replies go to one client id and are
+ * never fanned out, so a read check there is always someone else's).
+ *
+ * Wildcard subscriptions are allowed to be made; each message they would
+ * carry is checked again on READ, which is what keeps "im/#" or "#" from
+ * leaking someone else's inbox.
  */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <mosquitto.h>
@@ -14,32 +27,7 @@
 
 #include "im.h"
 
-#define CONTROL_PREFIX "$CONTROL/im/v1/"
-#define CONTROL_PREFIX_LEN (sizeof(CONTROL_PREFIX) - 1)
-
-static bool is_user(const struct im__route *r, const char *user)
-{
-	return r->kind == 'u' && strlen(user) == r->name_len && !memcmp(r->name, user, r->name_len);
-}
-
-bool im_acl__is_admin(const struct im__plugin *p, const char *user)
-{
-	char *const *a;
-
-	for(a = p->cfg.admins; a && *a; a++){
-		if(!strcmp(*a, user)) return true;
-	}
-	return false;
-}
-
-/* Read access to a timeline: your own inbox, or a group you are a member
- * of. Membership comes from the cache, so a removal takes effect on the
- * next message, on existing subscriptions too. */
-bool im_acl__may_read(struct im__plugin *p, const struct im__route *r, const char *user)
-{
-	if(r->kind == 'u') return is_user(r, user);
-	return im_store__is_member(&p->store, r->name, r->name_len, user);
-}
+#define CONTROL_PREFIX_LEN (sizeof(IM_CONTROL_PREFIX) - 1)
 
 static int deny(const struct mosquitto_evt_acl_check *ed, const char *why)
 {
@@ -50,31 +38,43 @@ static int deny(const struct mosquitto_evt_acl_check *ed, const char *why)
 	return MOSQ_ERR_ACL_DENIED;
 }
 
-/* Requests: anyone may publish to $CONTROL/im/v1/<op>, and the op's
- * handler authorises and answers the request itself. Refusing here would
- * risk the answer: Debian's 2.0.11 closes the connection of a client whose
- * publish was denied when its out_packet_count >= max_queued_messages
- * (always, with max_queued_messages 0), and the reply is lost. An unknown op has no MOSQ_EVT_CONTROL handler, so it is answered
- * here. Subscribing is only allowed to the response topics; we never give
- * fall-through access to our $CONTROL topics. */
-static int check_control(struct im__plugin *p, const struct mosquitto_evt_acl_check *ed, const char *user)
+/* Requests: anyone may publish to $CONTROL/im/v1/<op> (no deeper level),
+ * and the op's handler authorises and answers the request itself. Refusing
+ * a request here would risk the answer: Debian's 2.0.11 closes the
+ * connection of a client whose publish was denied when its
+ * out_packet_count >= max_queued_messages, and the reply is lost. An
+ * unknown op has no MOSQ_EVT_CONTROL handler, so it is answered here.
+ *
+ * Everything below an op (".../response" above all) is the plugin's to
+ * speak: a client may subscribe to its response topics, never publish,
+ * retain or leave a will there, and no read check there ever passes. */
+static int check_control(struct im__plugin *p, const struct mosquitto_evt_acl_check *ed, const char *user,
+		bool will)
 {
 	const char *op = ed->topic + CONTROL_PREFIX_LEN;
 	const char *slash = strchr(op, '/');
 
-	if(ed->access == MOSQ_ACL_UNSUBSCRIBE) return MOSQ_ERR_SUCCESS;
-	if(ed->access == MOSQ_ACL_WRITE){
-		if(slash == NULL && im_control__op_known(op)) return MOSQ_ERR_SUCCESS;
-		/* Never answer on a topic the client made up. */
-		im_control__reply_status(p, ed->client, slash ? "unknown" : op, NULL,
-				IM__V1__STATUS__NOT_FOUND, "unknown op");
-		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: unknown request \"%s\" from client \"%s\".",
-				ed->topic, mosquitto_client_id(ed->client));
-		return MOSQ_ERR_SUCCESS;
+	switch(ed->access){
+		case MOSQ_ACL_UNSUBSCRIBE:
+			return MOSQ_ERR_SUCCESS;
+		case MOSQ_ACL_READ:
+			return MOSQ_ERR_ACL_DENIED;
+		case MOSQ_ACL_SUBSCRIBE:
+			/* "$CONTROL/im/v1/<op>/response" or "+/response". */
+			if(user && slash && !strcmp(slash, "/response") && strchr(op, '#') == NULL) return MOSQ_ERR_SUCCESS;
+			return deny(ed, user ? "only .../<op>/response can be subscribed to" : "no username");
+		case MOSQ_ACL_WRITE:
+			if(slash || will || ed->retain) return deny(ed, "only the plugin speaks below $CONTROL/im/v1/<op>");
+			if(im_control__op_known(op)) return MOSQ_ERR_SUCCESS;
+			/* Answered on "<op>/response" (to this client only), or on
+			 * "unknown/response" for an op too long to be one. */
+			im_reply__status(p, ed->client, strlen(op) <= 24 ? op : "unknown", NULL, IM__V1__STATUS__NOT_FOUND, "unknown op");
+			mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: unknown request \"%s\" from client \"%s\".",
+					ed->topic, mosquitto_client_id(ed->client));
+			return MOSQ_ERR_SUCCESS;
+		default:
+			return MOSQ_ERR_ACL_DENIED;
 	}
-	/* SUBSCRIBE / READ: "$CONTROL/im/v1/<op>/response" or "+/response". */
-	if(user && slash && !strcmp(slash, "/response") && strchr(op, '#') == NULL) return MOSQ_ERR_SUCCESS;
-	return deny(ed, user ? "only .../<op>/response can be subscribed to" : "no username");
 }
 
 static int check_subscribe(struct im__plugin *p, const struct mosquitto_evt_acl_check *ed, const char *user)
@@ -85,7 +85,8 @@ static int check_subscribe(struct im__plugin *p, const struct mosquitto_evt_acl_
 	/* A wildcard filter cannot name one inbox; READ decides per message. */
 	if(strpbrk(ed->topic, "+#")) return MOSQ_ERR_SUCCESS;
 	if(im_route__parse_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS) return deny(ed, "not an IM timeline topic");
-	return im_acl__may_read(p, &r, user) ? MOSQ_ERR_SUCCESS : deny(ed, r.kind == 'u' ? "not your timeline" : "not a member of the group");
+	return im_policy__may_read(p, &r, user) ? MOSQ_ERR_SUCCESS
+		: deny(ed, r.kind == 'u' ? "not your timeline" : "not a member of the group");
 }
 
 /* "<prefix>/p/<user>": written by the plugin only, read per the presence
@@ -111,6 +112,9 @@ static int check_presence(struct im__plugin *p, const struct mosquitto_evt_acl_c
 			|| !im_presence__may_read(p, user, target, len)){
 		return ed->access == MOSQ_ACL_SUBSCRIBE ? deny(ed, "presence not visible to you") : MOSQ_ERR_ACL_DENIED;
 	}
+	if(ed->access == MOSQ_ACL_READ && !im_deliver__presence_is_ours(p, target, ed->payload, ed->payloadlen)){
+		return deny(ed, "not the plugin's presence notice (a will or retained message sent past the plugin?)");
+	}
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -124,122 +128,64 @@ static int check_write(struct im__plugin *p, const struct mosquitto_evt_acl_chec
 		return deny(ed, "not a valid IM topic (<prefix>/u/<user> or <prefix>/g/<group>)");
 	}
 	if(ed->payloadlen > p->cfg.max_body) return deny(ed, "body larger than plugin_opt_max_body");
-	if(r.kind == 'g' && !im_store__is_member(&p->store, r.name, r.name_len, user)){
+	if(r.kind == 'g' && !im_policy__is_member(p, r.name, r.name_len, user)){
 		return deny(ed, "not a member of the group");
 	}
 	return MOSQ_ERR_SUCCESS;
 }
 
-/* Reads a protobuf varint; NULL if it runs past end. */
-static const uint8_t *varint(const uint8_t *b, const uint8_t *end, uint64_t *v)
+/* Remembers which user a client id belongs to (auth.c's guard asks). */
+static void note_owner(struct im__plugin *p, const struct mosquitto *client, const char *user)
 {
-	int shift;
+	struct im__client *c;
 
-	for(*v = 0, shift = 0; b < end && shift < 64; shift += 7){
-		*v |= (uint64_t)(*b & 0x7F) << shift;
-		if(!(*b++ & 0x80)) return b;
-	}
-	return NULL;
-}
-
-/* Is this payload a frame the plugin could have sent on r's topic: the
- * magic, a header naming r's timeline, a seq already handed out? Only the
- * two header fields are read, not the whole header. */
-static bool frame_is_ours(struct im__plugin *p, const struct im__route *r, const uint8_t *b, uint32_t len)
-{
-	const uint8_t *h, *end;
-	const char *tl = NULL;
-	uint64_t key, v, seq = 0, tl_len = 0;
-	char name[IM_TL_MAX + 1];
-	struct im__tl *t;
-
-	if(len < IM_FRAME_FIXED || b[0] != 'I' || b[1] != 'M' || b[2] != IM_FRAME_VERSION) return false;
-	v = ((uint32_t)b[3] << 8) | b[4];
-	if(v > len - IM_FRAME_FIXED) return false;
-	h = b + IM_FRAME_FIXED;
-	end = h + v;
-	while(h && h < end){
-		if((h = varint(h, end, &key)) == NULL) return false;
-		switch(key & 7){
-			case 0: h = varint(h, end, &v); if((key >> 3) == 2) seq = v; break;
-			case 1: h = (end - h >= 8) ? h + 8 : NULL; break;
-			case 5: h = (end - h >= 4) ? h + 4 : NULL; break;
-			case 2:
-				if((h = varint(h, end, &v)) == NULL || v > (uint64_t)(end - h)) return false;
-				if((key >> 3) == 1){
-					tl = (const char *)h;
-					tl_len = v;
-				}
-				h += v;
-				break;
-			default: return false;
-		}
-	}
-	if(h == NULL || tl == NULL || seq == 0) return false;
-	im_route__timeline(r, name, sizeof(name));
-	if(tl_len != strlen(name) || memcmp(tl, name, tl_len)) return false;
-	t = im_store__timeline(&p->store, name, tl_len, false);
-	return t && seq <= t->head;
-}
-
-/* Everything the plugin delivers on an IM topic is a frame (in frame
- * mode) of that topic's timeline with a seq already handed out. A will
- * sent at a session takeover, after a Will Delay Interval or at shutdown
- * reaches subscribers without passing MOSQ_EVT_MESSAGE or our will check
- * (Mosquitto gives no disconnect event first): this keeps raw bytes, and
- * frames a client made up with the next seq, out of an inbox.
- * The verdict is kept for the payload it was made for: the broker checks
- * one stored message for each of its subscribers in a row (a group's
- * fan-out), so the header is read once per message, not per member. */
-static bool is_frame(struct im__plugin *p, const struct im__route *r, const struct mosquitto_evt_acl_check *ed)
-{
-	if(p->cfg.payload_mode != IM_PAYLOAD_FRAME) return true;
-	if(ed->payload != p->read_ptr || ed->payloadlen != p->read_len || ed->topic != p->read_topic){
-		p->read_ptr = ed->payload;
-		p->read_len = ed->payloadlen;
-		p->read_topic = ed->topic;
-		p->read_ok = frame_is_ours(p, r, ed->payload, ed->payloadlen);
-	}
-	return p->read_ok;
+	if(!p->cfg.client_id_guard) return;
+	c = im_plugin__client(p, mosquitto_client_id(client));
+	if(c && c->owner[0] == '\0') snprintf(c->owner, sizeof(c->owner), "%s", user);
 }
 
 int im_acl__check_cb(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_acl_check *ed = event_data;
 	struct im__plugin *p = userdata;
-	const char *user = mosquitto_client_username(ed->client);
 	bool will = (ed->client == p->disconnecting);
 	struct im__route r;
-	const char *target;
+	const char *target, *user, *why = NULL;
 
 	(void)event;
 	p->disconnecting = NULL;
-	if(!strncmp(ed->topic, CONTROL_PREFIX, CONTROL_PREFIX_LEN)) return check_control(p, ed, user);
+	if(!strncmp(ed->topic, IM_CONTROL_PREFIX, CONTROL_PREFIX_LEN)){
+		return check_control(p, ed, mosquitto_client_username(ed->client), will);
+	}
 	if(!strncmp(ed->topic, IM_SINK_TOPIC, strlen(IM_SINK_TOPIC))) return MOSQ_ERR_ACL_DENIED;
 	if(!im_route__in_namespace(&p->cfg, ed->topic)) return MOSQ_ERR_PLUGIN_DEFER;
 
 	if(ed->access == MOSQ_ACL_UNSUBSCRIBE) return MOSQ_ERR_SUCCESS;
-	if(user == NULL) return deny(ed, "IM topics need a username");
-	if(!im_route__name_valid(user, strlen(user))) return deny(ed, "the username is not a valid IM name");
+	if((user = im_policy__user(ed->client, &why)) == NULL) return deny(ed, why);
 	if((target = presence_user(&p->cfg, ed->topic)) != NULL) return check_presence(p, ed, user, target);
 	switch(ed->access){
 		case MOSQ_ACL_SUBSCRIBE:
+			note_owner(p, ed->client, user);
 			return check_subscribe(p, ed, user);
 		case MOSQ_ACL_READ:
 			/* Silent: this runs per message per subscriber, and a wildcard
 			 * subscriber is denied others' messages as a matter of course. */
 			if(im_route__parse_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_ACL_DENIED;
-			if(!is_frame(p, &r, ed)) return deny(ed, "not a frame of this plugin (a will sent past the plugin?)");
-			return im_acl__may_read(p, &r, user) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+			if(!im_policy__may_read(p, &r, user)) return MOSQ_ERR_ACL_DENIED;
+			if(!im_deliver__is_ours(p, ed->topic, &r, ed->payload, ed->payloadlen)){
+				return deny(ed, "not sent by the plugin (a will or retained message sent past it?)");
+			}
+			return MOSQ_ERR_SUCCESS;
 		case MOSQ_ACL_WRITE:
+			note_owner(p, ed->client, user);
 			return check_write(p, ed, user, will);
 		default:
 			return MOSQ_ERR_ACL_DENIED;
 	}
 }
 
-/* Registered last (on the first tick), so it only answers what every other
- * ACL check, acl_file and other plugins included, left undecided. */
+/* Registered only when no other ACL source exists, so it answers only
+ * what nothing else would decide. */
 int im_acl__fallback_cb(int event, void *event_data, void *userdata)
 {
 	(void)event;
@@ -249,17 +195,26 @@ int im_acl__fallback_cb(int event, void *event_data, void *userdata)
 }
 
 /* The broker sends a client's will right after this event, with an ACL
- * check on its topic first: remember the client until the next event.
- * Its rate-limit bucket goes: a reconnect starts with a full one. */
+ * check on its topic first: remember the client until the next event. A
+ * clean session's per-client state goes; a persistent one keeps its owner
+ * for the client id guard. */
 int im_acl__disconnect_cb(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_disconnect *ed = event_data;
 	struct im__plugin *p = userdata;
 	const char *id = mosquitto_client_id(ed->client);
+	struct im__client *c;
 
 	(void)event;
 	p->disconnecting = ed->client;
-	if(id) mosquitto_free(im_map__del(&p->rate, id, strlen(id)));
+	if(id && (c = im_map__get(&p->clients, id, strlen(id))) != NULL){
+		if(mosquitto_client_clean_session(ed->client) || c->owner[0] == '\0'){
+			free(im_map__del(&p->clients, id, strlen(id)));
+		}else{
+			memset(&c->sync_bucket, 0, sizeof(c->sync_bucket));
+			c->sync_inflight = 0;
+		}
+	}
 	im_presence__gone(p, ed->client);
 	return MOSQ_ERR_SUCCESS;
 }

@@ -1,21 +1,27 @@
 /*
- * MOSQ_EVT_MESSAGE: a publish to an IM topic is sequenced, stored and
- * delivered here, on the broker's only thread.
+ * MOSQ_EVT_MESSAGE: a publish to an IM topic, on the broker's only thread.
+ *
+ * Check, authorise, append the message to the journal with one write,
+ * queue it for the store worker, return: the broker acknowledges it. The
+ * journal is the durability point (journal.c); the seq, the frames and the
+ * Receipt come from the worker once the message is stored.
  *
  * The plugin delivers frames itself (mosquitto_broker_publish) and
- * retargets the original publish in place to IM_SINK_TOPIC, where nobody
- * can subscribe. Why not let the broker deliver the rewritten original?
- * A QoS 2 publish reaches subscribers only when its PUBREL arrives, and
- * PUBRELs of concurrent senders arrive in any order: subscribers would see
- * seq 5 before seq 4. Plugin publishes leave in one FIFO, in seq order,
- * and sync replies travel the same FIFO. The publisher still gets a clean
- * acknowledgement (v5 QoS 1: 0x10 "no matching subscribers", a success).
+ * retargets the original publish to IM_SINK_TOPIC, where nobody can
+ * subscribe. A QoS 2 publish reaches subscribers only when its PUBREL
+ * arrives, and PUBRELs of concurrent senders arrive in any order:
+ * subscribers would see seq 5 before seq 4. Plugin publishes leave in one
+ * FIFO, in seq order, and sync replies travel the same FIFO. The publisher
+ * still gets a clean acknowledgement (v5 QoS 1: 0x10 "no matching
+ * subscribers", a success code).
  *
- * Returns: SUCCESS (stored, or a recognised repeat), ACL_DENIED (the
- * client's fault: bad name, no username), or UNKNOWN when the store
- * failed, which makes the broker drop the connection without
+ * Returns: SUCCESS (journaled), ACL_DENIED (the client's fault: bad name,
+ * no username, a limit; 2.1 answers a rate limit with QUOTA_EXCEEDED), or
+ * UNKNOWN when the journal could not take it or the store is too far
+ * behind, which makes the broker drop the connection without
  * acknowledging, so the client sends the message again.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,9 +31,12 @@
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
 #include <mqtt_protocol.h>
-#include <zlib.h>
 
 #include "im.h"
+
+/* 2.1's "quota exceeded" (MQTT reason 0x97); 2.0 has no such code and
+ * would drop the connection on it, so it is returned on 2.1 only. */
+#define IM_ERR_QUOTA_EXCEEDED (-6)
 
 /* What the publisher told us in MQTT v5 properties. Owned strings. */
 struct pub_props {
@@ -43,12 +52,27 @@ static void props_free(struct pub_props *pp)
 	im_props__free(pp->content_type);
 }
 
+/* Seconds, a plain decimal in 0..IM_EXPIRY_MAX (0: no expiry). */
+static bool parse_expiry(const char *s, int64_t *out)
+{
+	int64_t v = 0;
+
+	if(*s == '\0') return false;
+	for(; *s; s++){
+		if(*s < '0' || *s > '9') return false;
+		v = v * 10 + (*s - '0');
+		if(v > IM_EXPIRY_MAX) return false;
+	}
+	*out = v;
+	return true;
+}
+
 /* Returns NULL, or a reason the properties are refused. */
 static const char *props_read(const mosquitto_property *props, struct pub_props *pp)
 {
 	const mosquitto_property *it = props;
 	char *k = NULL, *v = NULL;
-	bool skip = false;
+	bool skip = false, bad_expiry = false;
 
 	memset(pp, 0, sizeof(*pp));
 	if(props == NULL) return NULL;
@@ -58,7 +82,7 @@ static const char *props_read(const mosquitto_property *props, struct pub_props 
 			pp->cmid = v;
 			v = NULL;
 		}else if(!strcmp(k, "im-expiry")){
-			pp->expiry_s = strtoll(v, NULL, 10);
+			bad_expiry |= !parse_expiry(v, &pp->expiry_s);
 		}
 		im_props__free(k);
 		im_props__free(v);
@@ -67,202 +91,94 @@ static const char *props_read(const mosquitto_property *props, struct pub_props 
 	pp->receipt = im_props__has(props, MQTT_PROP_RESPONSE_TOPIC);
 	if(pp->cmid && (pp->cmid[0] == '\0' || strlen(pp->cmid) > IM_CMID_MAX)) return "im-cmid must be 1..128 bytes";
 	if(pp->content_type && strlen(pp->content_type) > IM_CTYPE_MAX) return "content type longer than 256 bytes";
-	if(pp->expiry_s < 0) return "im-expiry must be a number of seconds";
+	if(bad_expiry) return "im-expiry must be a whole number of seconds from 0 to 315360000";
 	return NULL;
 }
 
-size_t im_message__frame(struct im__plugin *p, const char *tl, const struct im__msg *m, bool notify)
+/* Makes the broker deliver the original publish to no one. On 2.1 the
+ * plugin may hand the broker a new topic (it frees the old one); on 2.0
+ * who frees a replaced topic pointer differs across releases (2.0.11 leaks
+ * it, 2.0.15 frees it), so the sink name is written over the original,
+ * which is never shorter. */
+static void retarget(struct im__plugin *p, struct mosquitto_evt_message *ed)
 {
-	Im__V1__Header h = IM__V1__HEADER__INIT;
-	size_t body_len = notify ? 0 : m->body_len;
-	size_t n;
+	char *t;
 
-	h.timeline = (char *)tl;
-	h.has_seq = 1;
-	h.seq = m->seq;
-	h.sender = (char *)m->sender;
-	h.has_ts_ms = 1;
-	h.ts_ms = m->ts_ms;
-	h.cmid = (char *)m->cmid;
-	h.to = (char *)m->to;
-	h.content_type = (char *)m->content_type;
-	h.has_body_len = 1;
-	h.body_len = (uint32_t)m->body_len;
-	if(notify){
-		h.has_body_omitted = 1;
-		h.body_omitted = 1;
+	if(p->v21 && (t = mosquitto_strdup(IM_SINK_TOPIC)) != NULL){
+		ed->topic = t;
+		return;
 	}
-	if(m->flags){
-		h.has_flags = 1;
-		h.flags = m->flags;
-	}
-	if(m->expires_ms){
-		h.has_expires_ms = 1;
-		h.expires_ms = m->expires_ms;
-	}
-	if(m->flags & IM__V1__HEADER_FLAG__FLAG_COMPRESSED){
-		h.has_raw_len = 1;
-		h.raw_len = m->raw_len;
-	}
-	n = im_frame__size(&h, body_len);
-	if(n == 0 || im_plugin__buf_reserve(&p->scratch, n) != MOSQ_ERR_SUCCESS) return 0;
-	return im_frame__encode(p->scratch.data, p->scratch.cap, &h, m->body, body_len);
-}
-
-/* v5 subscribers see the metadata without decoding the frame. */
-static mosquitto_property *delivery_props(const char *tl, const struct im__msg *m)
-{
-	mosquitto_property *props = NULL;
-	char seq[24];
-	int rc;
-
-	snprintf(seq, sizeof(seq), "%" PRIu64, m->seq);
-	rc = mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, "im-seq", seq);
-	if(!rc) rc = mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, "im-timeline", tl);
-	if(!rc) rc = mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, "im-from", m->sender);
-	if(!rc && m->cmid) rc = mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, "im-cmid", m->cmid);
-	if(!rc && m->content_type) rc = mosquitto_property_add_string(&props, MQTT_PROP_CONTENT_TYPE, m->content_type);
-	if(!rc && m->expires_ms){
-		int64_t left = (m->expires_ms - m->ts_ms) / 1000;
-		rc = mosquitto_property_add_int32(&props, MQTT_PROP_MESSAGE_EXPIRY_INTERVAL, (uint32_t)(left > 0 ? left : 1));
-	}
-	if(rc){
-		mosquitto_property_free_all(&props);
-		return NULL;
-	}
-	return props;
-}
-
-/* Queues the message for every subscriber of topic, always at
- * delivery_qos: Mosquitto keeps order only within one QoS (a QoS 0 frame
- * overtakes QoS 1 frames waiting for the in-flight window), so frames of
- * one timeline must not mix QoS levels, whatever the senders used. Failing here loses no
- * data (the message is committed; sync returns it), so it is logged only. */
-void im_message__deliver(struct im__plugin *p, const char *topic, const char *tl, const struct im__msg *m)
-{
-	mosquitto_property *props = delivery_props(tl, m);
-	const void *payload = m->body;
-	size_t len = m->body_len;
-	int rc;
-
-	if(p->cfg.payload_mode == IM_PAYLOAD_FRAME){
-		len = im_message__frame(p, tl, m, p->cfg.delivery == IM_DELIVERY_NOTIFY);
-		payload = p->scratch.data;
-		if(len == 0){
-			mosquitto_property_free_all(&props);
-			mosquitto_log_printf(MOSQ_LOG_WARNING, "im: cannot build frame for %s seq %" PRIu64 ".", tl, m->seq);
-			return;
-		}
-	}else if(p->cfg.delivery == IM_DELIVERY_NOTIFY){
-		len = 0;
-	}
-	rc = mosquitto_broker_publish_copy(NULL, topic, (int)len, (void *)payload, p->cfg.delivery_qos, false, props);
-	if(rc != MOSQ_ERR_SUCCESS){
-		mosquitto_property_free_all(&props);
-		mosquitto_log_printf(MOSQ_LOG_WARNING, "im: cannot deliver %s seq %" PRIu64 ": %s (sync will return it).",
-				tl, m->seq, mosquitto_strerror(rc));
-	}
-}
-
-/* The Receipt goes where the publish's Response Topic says, with its
- * Correlation Data: the same routing as a request's reply. */
-static void send_receipt(struct im__plugin *p, const struct mosquitto_evt_message *ed, const struct pub_props *pp,
-		const char *tl, const struct im__appended *a)
-{
-	Im__V1__Receipt r = IM__V1__RECEIPT__INIT;
-
-	r.has_status = 1;
-	r.status = IM__V1__STATUS__OK;
-	r.timeline = (char *)tl;
-	r.has_seq = 1;
-	r.seq = a->seq;
-	r.cmid = pp->cmid;
-	r.has_ts_ms = 1;
-	r.ts_ms = a->ts_ms;
-	r.has_duplicate = 1;
-	r.duplicate = a->duplicate;
-	if(a->own_seq){
-		r.has_own_seq = 1;
-		r.own_seq = a->own_seq;
-	}
-	im_control__reply_msg(p, ed->client, "receipt", ed->properties, &r.base);
-}
-
-/* Makes the broker deliver the original publish to no one, in place: the
- * topic buffer is the broker's, and whether the broker frees a replaced
- * topic pointer differs across 2.0.x releases (2.0.11 leaks it, 2.0.15
- * frees it). Writing over it works the same on all of them. */
-static void retarget(struct mosquitto_evt_message *ed)
-{
 	memcpy(ed->topic, IM_SINK_TOPIC, sizeof(IM_SINK_TOPIC));
 }
 
-void im_message__system(struct im__msg *m, const char *sender, const char *to, const char *body, size_t len)
+/* messages per second per user (user_msg_rate). */
+static bool user_rate_ok(struct im__plugin *p, const char *user)
 {
-	memset(m, 0, sizeof(*m));
-	m->ts_ms = im_store__now_ms();
-	m->sender = sender;
-	m->to = to;
-	m->content_type = "application/json";
-	m->flags = IM__V1__HEADER_FLAG__FLAG_SYSTEM;
-	m->body = body;
-	m->body_len = len;
+	struct im__bucket *b;
+
+	if(p->cfg.user_msg_rate == 0) return true;
+	b = im_map__get(&p->users, user, strlen(user));
+	if(b == NULL){
+		b = im_calloc(1, sizeof(*b));
+		if(b == NULL || im_map__put(&p->users, user, strlen(user), b) != MOSQ_ERR_SUCCESS){
+			free(b);
+			return true;
+		}
+	}
+	return im_bucket__take(b, p->cfg.user_msg_rate, p->cfg.user_msg_rate, 1.0, im_now_ms());
 }
 
-/* Deflates m's body into p->zbuf when that is worth it: at least
- * compress_min bytes, and smaller afterwards. On any failure the body
- * stays as it is: compression is an optimisation, never a reason to
- * refuse a message. */
-static void maybe_compress(struct im__plugin *p, struct im__msg *m)
+/* One warning a second at most: a failing disk must not flood the log. */
+static void warn(struct im__plugin *p, const char *fmt, const char *a, const char *b)
 {
-	uLongf out;
+	int64_t now = im_now_ms();
 
-	if(p->cfg.compress_min == 0 || m->body_len < p->cfg.compress_min) return;
-	out = compressBound((uLong)m->body_len);
-	if(im_plugin__buf_reserve(&p->zbuf, out) != MOSQ_ERR_SUCCESS) return;
-	if(compress2(p->zbuf.data, &out, m->body, (uLong)m->body_len, 6) != Z_OK || out >= m->body_len) return;
-	m->raw_len = (uint32_t)m->body_len;
-	m->body = p->zbuf.data;
-	m->body_len = out;
-	m->flags |= IM__V1__HEADER_FLAG__FLAG_COMPRESSED;
+	if(now - p->last_backlog_log_ms < 1000) return;
+	p->last_backlog_log_ms = now;
+	mosquitto_log_printf(MOSQ_LOG_WARNING, fmt, a, b);
 }
 
-/* The timelines a publish goes to: the addressed one, and for a direct
- * message the sender's inbox (its copy). NULL on a store failure. */
-static struct im__tl *timelines(struct im__plugin *p, const struct im__route *r, const char *user,
-		char *to_tl, struct im__tl **own)
+static int submit(struct im__plugin *p, struct im__rec *rec, struct mosquitto *client, const mosquitto_property *reply_props)
 {
-	char own_tl[IM_TL_MAX + 1];
+	struct im__job *j;
+	const void *sealed;
+	size_t len, sealed_len;
+	int64_t t0 = im_mono_us();
 
-	*own = NULL;
-	im_route__timeline(r, to_tl, IM_TL_MAX + 1);
-	if(r->kind == 'u'){
-		snprintf(own_tl, sizeof(own_tl), "u/%s", user);
-		if((*own = im_store__timeline(&p->store, own_tl, strlen(own_tl), true)) == NULL) return NULL;
+	if(im_worker__backlog(p) >= p->cfg.backlog_max){
+		warn(p, "im: the store is behind by more than plugin_opt_backlog_max bytes: refusing (not acknowledging) a message from \"%s\"%s.",
+				client ? mosquitto_client_id(client) : rec->sender, "");
+		return MOSQ_ERR_UNKNOWN;
 	}
-	return im_store__timeline(&p->store, to_tl, strlen(to_tl), true);
+	/* Encrypted at rest also in the journal: bound to its LSN. */
+	if(p->crypt.n){
+		if(im_crypt__seal(&p->crypt, "", p->journal.next_lsn, rec->body, rec->body_len, &sealed, &sealed_len, &rec->key_id) != MOSQ_ERR_SUCCESS){
+			return MOSQ_ERR_UNKNOWN;
+		}
+		rec->body = sealed;
+		rec->body_len = (uint32_t)sealed_len;
+	}
+	len = im_rec__size(rec);
+	j = reply_props ? im_reply__job(client, IM_JOB_MSG, len, "receipt", reply_props)
+		: im_job__new(IM_JOB_MSG, len, NULL, NULL, NULL, NULL, 0);
+	if(j == NULL) return MOSQ_ERR_UNKNOWN;
+	im_rec__encode(j->data, rec);
+	snprintf(j->user, sizeof(j->user), "%s", rec->sender);
+	if(im_journal__append(&p->journal, j->data, len, &j->lsn) != MOSQ_ERR_SUCCESS){
+		p->metrics.journal_errors++;
+		warn(p, "im: journal: cannot append (%s); disconnecting \"%s\" without acknowledging its message.",
+				strerror(errno), client ? mosquitto_client_id(client) : rec->sender);
+		im_job__free(j);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	im_metrics__hist(p->metrics.journal_us_hist, im_mono_us() - t0);
+	im_worker__submit(p, j);
+	return MOSQ_ERR_SUCCESS;
 }
 
-/* Live delivery of a stored message: to the addressed topic, and the
- * sender's copy to its own inbox. */
-static void deliver_stored(struct im__plugin *p, const struct mosquitto_evt_message *ed, struct im__msg *m,
-		const struct im__appended *a, struct im__tl *own)
+int im_message__submit(struct im__plugin *p, struct im__rec *rec)
 {
-	char own_topic[IM_TL_MAX + 70];
-
-	m->seq = a->seq;
-	if(p->cfg.payload_mode == IM_PAYLOAD_RAW){
-		/* Raw subscribers know no frame flags: they get the body as sent. */
-		m->body = ed->payload;
-		m->body_len = ed->payloadlen;
-		m->flags &= ~(uint32_t)IM__V1__HEADER_FLAG__FLAG_COMPRESSED;
-	}
-	im_message__deliver(p, ed->topic, m->to, m);
-	if(a->own_seq){
-		snprintf(own_topic, sizeof(own_topic), "%s/%s", p->cfg.prefix, own->name);
-		m->seq = a->own_seq;
-		im_message__deliver(p, own_topic, own->name, m);
-	}
+	return submit(p, rec, NULL, NULL);
 }
 
 int im_message__cb(int event, void *event_data, void *userdata)
@@ -271,71 +187,50 @@ int im_message__cb(int event, void *event_data, void *userdata)
 	struct im__plugin *p = userdata;
 	struct im__route r;
 	struct pub_props pp;
-	struct im__tl *to, *own;
-	struct im__msg m;
-	struct im__appended a;
-	const char *user, *why;
-	int64_t t0;
-	char to_tl[IM_TL_MAX + 1];
+	struct im__rec rec;
+	const char *user, *why = NULL;
+	char to_tl[IM_TL_MAX + 1], own_tl[IM_TL_MAX + 1];
 	int rc;
 
 	(void)event;
 	p->disconnecting = NULL;
-	p->read_ptr = NULL; /* a new message: no READ verdict carries over */
 	if(!im_route__in_namespace(&p->cfg, ed->topic)) return MOSQ_ERR_SUCCESS;
-	user = mosquitto_client_username(ed->client);
 	/* The ACL check let this through; these hold unless another plugin
 	 * decided before ours, so check again rather than trust. */
-	if(user == NULL || im_route__parse_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS
+	if((user = im_policy__user(ed->client, &why)) == NULL
+			|| im_route__parse_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS
 			|| ed->retain || ed->payloadlen > p->cfg.max_body
-			|| (r.kind == 'g' && !im_store__is_member(&p->store, r.name, r.name_len, user))){
+			|| (r.kind == 'g' && !im_policy__is_member(p, r.name, r.name_len, user))){
 		p->metrics.refused++;
 		return MOSQ_ERR_ACL_DENIED;
 	}
-	why = props_read(ed->properties, &pp);
-	if(why){
+	if((why = props_read(ed->properties, &pp)) != NULL || !user_rate_ok(p, user)){
 		p->metrics.refused++;
+		if(why == NULL) p->metrics.rate_limited++;
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: refused publish from \"%s\" to \"%s\": %s.",
-				mosquitto_client_id(ed->client), ed->topic, why);
+				mosquitto_client_id(ed->client), ed->topic, why ? why : "more messages a second than plugin_opt_user_msg_rate");
 		props_free(&pp);
-		return MOSQ_ERR_ACL_DENIED;
+		return (why == NULL && p->v21) ? IM_ERR_QUOTA_EXCEEDED : MOSQ_ERR_ACL_DENIED;
 	}
-	if((to = timelines(p, &r, user, to_tl, &own)) == NULL){
-		p->metrics.store_errors++;
-		props_free(&pp);
-		return MOSQ_ERR_UNKNOWN;
-	}
+	im_route__timeline(&r, to_tl, sizeof(to_tl));
+	own_tl[0] = '\0';
+	if(r.kind == 'u') snprintf(own_tl, sizeof(own_tl), "u/%s", user);
 
-	memset(&m, 0, sizeof(m));
-	m.ts_ms = im_store__now_ms();
-	m.sender = user;
-	m.cmid = pp.cmid;
-	m.to = to_tl;
-	m.content_type = pp.content_type;
-	m.expires_ms = pp.expiry_s ? m.ts_ms + pp.expiry_s * 1000 : 0;
-	m.body = ed->payload;
-	m.body_len = ed->payloadlen;
-	maybe_compress(p, &m);
-	t0 = im_store__mono_us();
-	rc = im_store__append(&p->store, to, own, &m, &a);
-	im_metrics__commit_us(&p->metrics, im_store__mono_us() - t0);
-	if(rc != MOSQ_ERR_SUCCESS){
-		p->metrics.store_errors++;
-		mosquitto_log_printf(MOSQ_LOG_WARNING, "im: store failed; disconnecting \"%s\" without acknowledging its message to \"%s\".",
-				mosquitto_client_id(ed->client), ed->topic);
-		props_free(&pp);
-		return MOSQ_ERR_UNKNOWN;
-	}
-
-	if(a.duplicate){
-		p->metrics.duplicates++;
-	}else{
-		p->metrics.sequenced++;
-		if(a.own_seq && p->cfg.presence == IM_PRESENCE_CONTACTS) im_store__contact_note(&p->store, user, r.name);
-		deliver_stored(p, ed, &m, &a, own);
-	}
-	if(pp.receipt) send_receipt(p, ed, &pp, to_tl, &a);
-	retarget(ed);
+	memset(&rec, 0, sizeof(rec));
+	rec.kind = IM_REC_MESSAGE;
+	rec.ts_ms = im_now_ms();
+	rec.expires_ms = pp.expiry_s ? rec.ts_ms + pp.expiry_s * 1000 : 0;
+	rec.sender = user;
+	rec.to = to_tl;
+	rec.own = own_tl;
+	rec.cmid = pp.cmid ? pp.cmid : "";
+	rec.ctype = pp.content_type ? pp.content_type : "";
+	rec.body = ed->payload;
+	rec.body_len = ed->payloadlen;
+	rc = submit(p, &rec, ed->client, pp.receipt ? ed->properties : NULL);
 	props_free(&pp);
+	if(rc != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+	retarget(p, ed);
+	im_tick__settle(p);
 	return MOSQ_ERR_SUCCESS;
 }

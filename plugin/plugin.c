@@ -3,6 +3,8 @@
  * store and registers the callbacks; any failure stops the broker at start
  * with a log line, never a half-working plugin.
  */
+#define _GNU_SOURCE
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -63,8 +65,8 @@ static int count_admins(const struct im__config *cfg)
 
 static void log_policy(const struct im__config *cfg)
 {
-	mosquitto_log_printf(MOSQ_LOG_INFO, "im: store %s (synchronous %s), topics %s/u/<user> and %s/g/<group>, payload %s, delivery %s, %d admin(s).",
-			cfg->db_path, cfg->synchronous == 2 ? "full" : "normal", cfg->prefix, cfg->prefix,
+	mosquitto_log_printf(MOSQ_LOG_INFO, "im: store %s, journal %s (synchronous %s), topics %s/u/<user> and %s/g/<group>, payload %s, delivery %s, %d admin(s).",
+			cfg->db_path, cfg->journal_dir, cfg->synchronous == 2 ? "full" : "normal", cfg->prefix, cfg->prefix,
 			cfg->payload_mode == IM_PAYLOAD_RAW ? "raw" : "frame",
 			cfg->delivery == IM_DELIVERY_NOTIFY ? "notify" : "full", count_admins(cfg));
 	if(cfg->store_key_file){
@@ -96,16 +98,18 @@ IM_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 	p->pb_alloc.free = pb_free;
 
 	im_props__init();
+	/* 2.1 exports this, 2.0 does not: asked at run time, so one build
+	 * serves both. */
+	p->v21 = dlsym(RTLD_DEFAULT, "mosquitto_plugin_set_info") != NULL;
+	if(!im_wake__init()){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "im: no free real-time signal: stored messages wait for the broker's next idle wake-up (up to 100 ms on 2.0).");
+	}
 	rc = im_config__parse(&p->cfg, options, option_count);
 	if(rc == MOSQ_ERR_SUCCESS) rc = im_reload__init(p);
 	if(rc == MOSQ_ERR_SUCCESS && p->cfg.store_key_file){
 		rc = im_crypt__load(&p->crypt, p->cfg.store_key_file);
 	}
-	if(rc == MOSQ_ERR_SUCCESS){
-		rc = im_store__open(&p->store, p->cfg.db_path, p->cfg.synchronous, p->cfg.busy_timeout_ms, p->cfg.page_size,
-				!p->cfg.checkpoint_inline);
-		if(p->cfg.store_key_file) p->store.crypt = &p->crypt;
-	}
+	if(rc == MOSQ_ERR_SUCCESS) rc = im_worker__start(p);
 	for(i = 0; rc == MOSQ_ERR_SUCCESS && i < sizeof(callbacks) / sizeof(callbacks[0]); i++){
 		rc = mosquitto_callback_register(identifier, callbacks[i].event, callbacks[i].cb, callbacks[i].data, p);
 		if(rc != MOSQ_ERR_SUCCESS){
@@ -124,6 +128,9 @@ IM_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 		return rc;
 	}
 	log_policy(&p->cfg);
+	mosquitto_log_printf(MOSQ_LOG_INFO, "im: broker plugin API %s: the original of each IM publish is %s; store id %016llx.",
+			p->v21 ? "2.1" : "2.0", p->v21 ? "given the sink topic (2.1 frees the old one)" : "overwritten in place with the sink topic",
+			(unsigned long long)p->store_id);
 	g_plugin = p;
 	*userdata = p;
 	return MOSQ_ERR_SUCCESS;
@@ -146,14 +153,17 @@ IM_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opt
 	if(p->fallback_registered){
 		mosquitto_callback_unregister(p->pid, MOSQ_EVT_ACL_CHECK, im_acl__fallback_cb, NULL);
 	}
-	im_store__close(&p->store);
+	im_worker__stop(p);
+	im_wake__cleanup();
 	im_crypt__free(&p->crypt);
-	im_map__free(&p->rate, mosquitto_free);
+	im_map__free(&p->clients, im_free);
+	im_map__free(&p->users, im_free);
+	im_policy__free(p);
+	im_deliver__free(p);
 	im_presence__free(p);
 	mosquitto_free(p->config_file);
 	im_config__free(&p->cfg);
-	mosquitto_free(p->scratch.data);
-	mosquitto_free(p->zbuf.data);
+	im_buf__free(&p->scratch);
 	if(g_plugin == p) g_plugin = NULL;
 	mosquitto_free(p);
 	return MOSQ_ERR_SUCCESS;

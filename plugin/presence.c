@@ -16,7 +16,8 @@
  * - presence: the plugin publishes "<prefix>/p/<user>" retained,
  *   {"state":"online"|"offline","devices":n,"ts_ms":...}, when the first
  *   device comes and the last one goes; who may read it is the presence
- *   option (contacts: share a group or have exchanged a direct message).
+ *   option (contacts: users the user wrote a direct message to; being
+ *   written to, or put in a group, gives no one a view of you).
  *
  * Costs nothing when both are off; otherwise one hash lookup per IM
  * subscription.
@@ -50,43 +51,51 @@ static bool enabled(const struct im__plugin *p)
 
 static void publish_presence(struct im__plugin *p, const char *user, int devices)
 {
-	char topic[IM_NAME_MAX + 80], body[128];
+	char body[128];
 	int n;
 
 	if(p->cfg.presence == IM_PRESENCE_OFF) return;
-	snprintf(topic, sizeof(topic), "%s/p/%s", p->cfg.prefix, user);
 	n = snprintf(body, sizeof(body), "{\"state\":\"%s\",\"devices\":%d,\"ts_ms\":%" PRId64 "}",
-			devices ? "online" : "offline", devices, im_store__now_ms());
-	mosquitto_broker_publish_copy(NULL, topic, n, body, 1, true, NULL);
+			devices ? "online" : "offline", devices, im_now_ms());
+	im_deliver__presence(p, user, body, (size_t)n);
 }
 
-/* A system message in the user's inbox: the device that was let go. */
+/* A system message in the user's inbox: the device that was let go. It
+ * goes through the journal like any message; client ids are escaped (they
+ * may hold quotes). */
 static void notice_kicked(struct im__plugin *p, const char *user, const char *old_id, const char *new_id)
 {
-	char tl[IM_TL_MAX + 1], topic[IM_TL_MAX + 70], body[512];
-	struct im__tl *t;
-	struct im__msg m;
-	struct im__appended a;
+	char tl[IM_TL_MAX + 1], body[1024];
+	struct im__rec rec;
+	size_t len;
 
 	snprintf(tl, sizeof(tl), "u/%s", user);
-	snprintf(topic, sizeof(topic), "%s/%s", p->cfg.prefix, tl);
-	t = im_store__timeline(&p->store, tl, strlen(tl), true);
-	if(t == NULL) return;
-	snprintf(body, sizeof(body), "{\"event\":\"device_limit\",\"disconnected\":\"%s\",\"by\":\"%s\",\"max_devices\":%u}",
-			old_id, new_id, p->cfg.max_devices);
-	im_message__system(&m, user, tl, body, strlen(body));
-	if(im_store__append(&p->store, t, NULL, &m, &a) == MOSQ_ERR_SUCCESS){
-		m.seq = a.seq;
-		im_message__deliver(p, topic, tl, &m);
+	len = (size_t)snprintf(body, sizeof(body), "{\"event\":\"device_limit\",\"disconnected\":\"");
+	if(!im_json__str(body, sizeof(body), &len, old_id) || len + 8 >= sizeof(body)) return;
+	len += (size_t)snprintf(body + len, sizeof(body) - len, "\",\"by\":\"");
+	if(!im_json__str(body, sizeof(body), &len, new_id) || len + 32 >= sizeof(body)) return;
+	len += (size_t)snprintf(body + len, sizeof(body) - len, "\",\"max_devices\":%u}", p->cfg.max_devices);
+	memset(&rec, 0, sizeof(rec));
+	rec.kind = IM_REC_SYSTEM;
+	rec.ts_ms = im_now_ms();
+	rec.sender = user;
+	rec.to = tl;
+	rec.own = "";
+	rec.cmid = "";
+	rec.ctype = "application/json";
+	rec.body = body;
+	rec.body_len = (uint32_t)len;
+	if(im_message__submit(p, &rec) != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "im: the device-limit notice for \"%s\" could not be journaled.", user);
 	}
 }
 
 static void device_free(struct device *d)
 {
 	if(d == NULL) return;
-	mosquitto_free(d->client_id);
-	mosquitto_free(d->user);
-	mosquitto_free(d);
+	im_free(d->client_id);
+	im_free(d->user);
+	im_free(d);
 }
 
 /* Unlinks d from its user's list; returns the user's remaining count. */
@@ -116,14 +125,14 @@ static void kick_oldest(struct im__plugin *p, struct user_devices *u, const char
 	u->head = old->next;
 	u->count--;
 	im_map__del(&p->devices, old->client_id, strlen(old->client_id));
-	old_id = mosquitto_strdup(old->client_id);
+	old_id = im_strdup(old->client_id);
 	mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: user \"%s\" has more than %u devices: disconnecting the oldest, \"%s\", for \"%s\".",
 			user, p->cfg.max_devices, old->client_id, new_id);
 	device_free(old);
 	if(old_id){
 		mosquitto_kick_client_by_clientid(old_id, false);
 		notice_kicked(p, user, old_id, new_id);
-		mosquitto_free(old_id);
+		im_free(old_id);
 	}
 }
 
@@ -144,18 +153,18 @@ void im_presence__seen(struct im__plugin *p, const struct mosquitto *client)
 	}
 	u = im_map__get(&p->users_online, user, strlen(user));
 	if(u == NULL){
-		u = mosquitto_calloc(1, sizeof(*u));
+		u = im_calloc(1, sizeof(*u));
 		if(u == NULL || im_map__put(&p->users_online, user, strlen(user), u) != MOSQ_ERR_SUCCESS){
-			mosquitto_free(u);
+			im_free(u);
 			return;
 		}
 	}
-	d = mosquitto_calloc(1, sizeof(*d));
+	d = im_calloc(1, sizeof(*d));
 	if(d == NULL) return;
 	d->client = client;
-	d->client_id = mosquitto_strdup(id);
-	d->user = mosquitto_strdup(user);
-	d->since_ms = im_store__now_ms();
+	d->client_id = im_strdup(id);
+	d->user = im_strdup(user);
+	d->since_ms = im_now_ms();
 	if(d->client_id == NULL || d->user == NULL || im_map__put(&p->devices, id, strlen(id), d) != MOSQ_ERR_SUCCESS){
 		device_free(d);
 		return;
@@ -183,7 +192,7 @@ void im_presence__gone(struct im__plugin *p, const struct mosquitto *client)
 	im_map__del(&p->devices, id, strlen(id));
 	snprintf(user, sizeof(user), "%s", d->user);
 	if(unlink_device(p, d) == 0){
-		mosquitto_free(im_map__del(&p->users_online, user, strlen(user)));
+		im_free(im_map__del(&p->users_online, user, strlen(user)));
 		publish_presence(p, user, 0);
 	}
 	device_free(d);
@@ -196,7 +205,8 @@ bool im_presence__may_read(struct im__plugin *p, const char *reader, const char 
 		case IM_PRESENCE_ALL:
 			return true;
 		case IM_PRESENCE_CONTACTS:
-			return im_store__are_contacts(&p->store, reader, user, len);
+			/* reader sees user if user wrote to reader. */
+			return im_policy__has_written(p, user, len, reader);
 		default:
 			return false;
 	}
@@ -204,7 +214,7 @@ bool im_presence__may_read(struct im__plugin *p, const char *reader, const char 
 
 static void free_user(void *v)
 {
-	mosquitto_free(v);
+	im_free(v);
 }
 
 static void free_device(void *v)

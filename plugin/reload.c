@@ -132,20 +132,50 @@ static void restart_needed(bool changed, const char *key)
 	}
 }
 
+/* The worker gets its own copy of what changed: the run-time options, the
+ * admins, and a keyring of its own (OpenSSL contexts stay per thread). */
+static void send_to_worker(struct im__plugin *p, const struct im__config *n)
+{
+	struct im__crypt fresh;
+	struct im__job *j;
+	char **a;
+	size_t count = 0, i;
+
+	memset(&fresh, 0, sizeof(fresh));
+	if(p->cfg.store_key_file && n->store_key_file && im_crypt__load(&fresh, n->store_key_file) != MOSQ_ERR_SUCCESS){
+		return; /* logged by reload_keys too; keep everything as it is */
+	}
+	j = im_job__new(IM_JOB_OPTIONS, fresh.n ? sizeof(fresh) : 0, NULL, "reload", NULL, NULL, 0);
+	if(j == NULL || (j->u.options = im_calloc(1, sizeof(*j->u.options))) == NULL){
+		im_job__free(j);
+		im_crypt__free(&fresh);
+		return;
+	}
+	im_config__copy_runtime(j->u.options, n);
+	for(a = n->admins; a && *a; a++) count++;
+	j->u.options->admins = im_calloc(count + 1, sizeof(char *));
+	for(i = 0; j->u.options->admins && i < count; i++) j->u.options->admins[i] = im_strdup(n->admins[i]);
+	if(fresh.n) memcpy(j->data, &fresh, sizeof(fresh));
+	im_worker__submit(p, j);
+}
+
 static void apply(struct im__plugin *p, struct im__config *n)
 {
 	struct im__config *o = &p->cfg;
 	char **admins;
 
 	restart_needed(strcmp(o->db_path, n->db_path) != 0, "db_path");
+	restart_needed(strcmp(o->journal_dir, n->journal_dir) != 0, "journal_dir");
 	restart_needed(strcmp(o->prefix, n->prefix) != 0, "prefix");
 	restart_needed(o->synchronous != n->synchronous, "synchronous");
 	restart_needed(o->page_size != n->page_size, "page_size");
+	restart_needed(o->busy_timeout_ms != n->busy_timeout_ms, "busy_timeout_ms");
 	restart_needed((o->jwt_secret == NULL) != (n->jwt_secret == NULL), "auth_jwt_secret_file (on/off)");
 	restart_needed((o->store_key_file == NULL) != (n->store_key_file == NULL), "store_key_file (on/off)");
 	restart_needed(o->presence != n->presence, "presence");
 	restart_needed(o->checkpoint_inline != n->checkpoint_inline, "checkpoint");
-	if(o->busy_timeout_ms != n->busy_timeout_ms) sqlite3_busy_timeout(p->store.db, n->busy_timeout_ms);
+	n->busy_timeout_ms = o->busy_timeout_ms;
+	send_to_worker(p, n);
 	/* nonim_acl: the fallback is (re)registered on the next tick if needed. */
 	im_config__copy_runtime(o, n);
 	admins = o->admins;
@@ -159,8 +189,6 @@ static void apply(struct im__plugin *p, struct im__config *n)
 		n->jwt_secret = sec;
 		n->jwt_secret_len = len;
 	}
-	p->trim_cursor = 0;
-	p->next_trim_ms = 0;
 	p->next_metrics_ms = 0;
 }
 

@@ -1,627 +1,398 @@
 /*
- * The store: one SQLite database in WAL mode, statements prepared once,
- * schema migrations by PRAGMA user_version, and an in-memory cache of
- * timeline heads so that sequencing a message reads nothing from disk.
+ * The SQLite backend: one database in WAL mode, statements prepared once,
+ * schema migrations by PRAGMA user_version, and the store's identity (meta
+ * table). Worker thread only (the init thread before the worker starts).
  *
- * Policy: a message is committed before the broker acknowledges it. Every
- * SQLite failure is logged here, once, with sqlite3_errmsg, and reported
- * upwards as MOSQ_ERR_UNKNOWN; callers decide what the client sees.
+ * Policy: the worker applies journal records in batches, one transaction
+ * each, and records the last applied journal position in that same
+ * transaction, so a crash anywhere applies every record exactly once.
+ * Every SQLite failure is logged here, once, with sqlite3_errmsg, and
+ * reported upwards as MOSQ_ERR_UNKNOWN.
  */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+#include <openssl/rand.h>
 
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 
-#include "im.h"
+#include "store_sqlite.h"
 
 extern const char *const im_schema_migrations[];
 
-static int fail(struct im__store *st, const char *what)
+int im_sqlite__fail(struct im__sqlite *s, const char *what)
 {
-	mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: %s: %s", what, sqlite3_errmsg(st->db));
+	im_log(MOSQ_LOG_ERR, "im: store: %s: %s", what, s->db ? sqlite3_errmsg(s->db) : "no database");
 	return MOSQ_ERR_UNKNOWN;
 }
 
-int64_t im_store__mono_us(void)
+int im_sqlite__step(struct im__sqlite *s, sqlite3_stmt *stmt, const char *what)
 {
-	struct timespec ts;
+	int rc = sqlite3_step(stmt);
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+	sqlite3_reset(stmt);
+	return rc == SQLITE_DONE ? MOSQ_ERR_SUCCESS : im_sqlite__fail(s, what);
 }
 
-int64_t im_store__now_ms(void)
+int im_sqlite__prepare(struct im__sqlite *s, sqlite3_stmt **stmt, const char *sql)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* ---- timeline cache: open addressing, im_map__hash, grows at 50% load ----
- * Not an im_map: one allocation per timeline with the name inline and an
- * 8-byte slot keeps a cached head at 170 bytes of resident memory; the
- * generic map (separate key copy, 32-byte slots) measured 249 (bench/memory.sh). */
-
-static struct im__tl *cache_find(struct im__tl_cache *c, const char *name, size_t len, uint32_t h)
-{
-	size_t i;
-	struct im__tl *t;
-
-	if(c->cap == 0) return NULL;
-	for(i = h & (c->cap - 1); (t = c->slots[i]) != NULL; i = (i + 1) & (c->cap - 1)){
-		if(t->hash == h && t->name_len == len && !memcmp(t->name, name, len)) return t;
+	if(sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, stmt, NULL) != SQLITE_OK){
+		return im_sqlite__fail(s, sql);
 	}
-	return NULL;
-}
-
-static int cache_put(struct im__tl_cache *c, struct im__tl *t)
-{
-	size_t i, ncap;
-	struct im__tl **ns;
-
-	if((c->count + 1) * 2 > c->cap){
-		ncap = c->cap ? c->cap * 2 : 64;
-		ns = mosquitto_calloc(ncap, sizeof(*ns));
-		if(ns == NULL) return MOSQ_ERR_NOMEM;
-		for(i = 0; i < c->cap; i++){
-			if(c->slots[i]){
-				size_t j = c->slots[i]->hash & (ncap - 1);
-				while(ns[j]) j = (j + 1) & (ncap - 1);
-				ns[j] = c->slots[i];
-			}
-		}
-		mosquitto_free(c->slots);
-		c->slots = ns;
-		c->cap = ncap;
-	}
-	for(i = t->hash & (c->cap - 1); c->slots[i]; i = (i + 1) & (c->cap - 1));
-	c->slots[i] = t;
-	c->count++;
 	return MOSQ_ERR_SUCCESS;
 }
 
-static void cache_free(struct im__tl_cache *c)
+const char *im_sqlite__text(sqlite3_stmt *s, int col)
 {
-	size_t i;
-
-	for(i = 0; i < c->cap; i++) mosquitto_free(c->slots[i]);
-	mosquitto_free(c->slots);
-	memset(c, 0, sizeof(*c));
+	return (const char *)sqlite3_column_text(s, col);
 }
 
 /* ---- open, migrate, prepare ---- */
 
-static int exec(struct im__store *st, const char *sql)
+static int exec(struct im__sqlite *s, const char *sql)
 {
 	char *err = NULL;
 
-	if(sqlite3_exec(st->db, sql, NULL, NULL, &err) != SQLITE_OK){
-		mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: %s", err ? err : sqlite3_errmsg(st->db));
+	if(sqlite3_exec(s->db, sql, NULL, NULL, &err) != SQLITE_OK){
+		im_log(MOSQ_LOG_ERR, "im: store: %s", err ? err : sqlite3_errmsg(s->db));
 		sqlite3_free(err);
 		return MOSQ_ERR_UNKNOWN;
 	}
 	return MOSQ_ERR_SUCCESS;
 }
 
-static int migrate(struct im__store *st)
+/* Migrates to the newest schema; *before is the version found. */
+static int migrate(struct im__sqlite *s, int *before)
 {
-	sqlite3_stmt *s;
+	sqlite3_stmt *q;
 	int version = 0, target = 0, rc = MOSQ_ERR_SUCCESS;
 	char sql[64];
 
-	if(sqlite3_prepare_v2(st->db, "PRAGMA user_version", -1, &s, NULL) != SQLITE_OK){
-		return fail(st, "reading user_version");
+	if(sqlite3_prepare_v2(s->db, "PRAGMA user_version", -1, &q, NULL) != SQLITE_OK){
+		return im_sqlite__fail(s, "reading user_version");
 	}
-	if(sqlite3_step(s) == SQLITE_ROW) version = sqlite3_column_int(s, 0);
-	sqlite3_finalize(s);
+	if(sqlite3_step(q) == SQLITE_ROW) version = sqlite3_column_int(q, 0);
+	sqlite3_finalize(q);
+	*before = version;
 
 	while(im_schema_migrations[target]) target++;
 	if(version > target){
-		mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: database schema version %d is newer than this plugin's (%d); refusing to open it.",
+		im_log(MOSQ_LOG_ERR, "im: store: database schema version %d is newer than this plugin's (%d); refusing to open it.",
 				version, target);
 		return MOSQ_ERR_UNKNOWN;
 	}
 	for(; version < target && rc == MOSQ_ERR_SUCCESS; version++){
 		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", version + 1);
-		rc = exec(st, "BEGIN IMMEDIATE");
-		if(rc == MOSQ_ERR_SUCCESS) rc = exec(st, im_schema_migrations[version]);
-		if(rc == MOSQ_ERR_SUCCESS) rc = exec(st, sql);
-		if(rc == MOSQ_ERR_SUCCESS) rc = exec(st, "COMMIT");
+		rc = exec(s, "BEGIN IMMEDIATE");
+		if(rc == MOSQ_ERR_SUCCESS) rc = exec(s, im_schema_migrations[version]);
+		if(rc == MOSQ_ERR_SUCCESS) rc = exec(s, sql);
+		if(rc == MOSQ_ERR_SUCCESS) rc = exec(s, "COMMIT");
 		if(rc != MOSQ_ERR_SUCCESS){
-			exec(st, "ROLLBACK");
+			exec(s, "ROLLBACK");
 		}else{
-			mosquitto_log_printf(MOSQ_LOG_INFO, "im: store: schema migrated to version %d.", version + 1);
+			im_log(MOSQ_LOG_INFO, "im: store: schema migrated to version %d.", version + 1);
 		}
 	}
 	return rc;
 }
 
-static int prepare(struct im__store *st, sqlite3_stmt **s, const char *sql)
-{
-	if(sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, s, NULL) != SQLITE_OK){
-		return fail(st, sql);
-	}
-	return MOSQ_ERR_SUCCESS;
-}
-
-static int prepare_all(struct im__store *st)
+static int prepare_base(struct im__sqlite *s)
 {
 	const struct { sqlite3_stmt **s; const char *sql; } t[] = {
-		{&st->begin, "BEGIN IMMEDIATE"},
-		{&st->commit, "COMMIT"},
-		{&st->rollback, "ROLLBACK"},
-		/* The head is not written per message (one UPDATE and one page
-		 * less per commit): it is the larger of the persisted head_seq
-		 * (kept by retention) and the newest row. */
-		{&st->tl_get, "SELECT id, max(head_seq, coalesce((SELECT max(seq) FROM messages WHERE tl = timelines.id), 0)),"
-			" first_seq FROM timelines WHERE name = ?1"},
-		{&st->tl_insert, "INSERT INTO timelines(name, created_ms) VALUES(?1, ?2)"},
-		{&st->tl_set_first, "UPDATE timelines SET first_seq = ?2, head_seq = max(head_seq, ?3) WHERE id = ?1"},
-		{&st->msg_insert, "INSERT INTO messages(tl, seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, copy, body, key_id, raw_len)"
-			" VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"},
-		{&st->msg_dedup, "SELECT copy, seq, ts_ms FROM messages WHERE sender = ?1 AND cmid = ?2 AND cmid IS NOT NULL"},
-		{&st->msg_range, "SELECT seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, body, key_id, raw_len FROM messages"
-			" WHERE tl = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"},
-		{&st->cursor_get, "SELECT seq FROM cursors WHERE tl = ?1 AND user = ?2 AND client_id = ?3"},
-		{&st->cursor_set, "INSERT INTO cursors(tl, user, client_id, seq, updated_ms) VALUES(?1, ?2, ?3, ?4, ?5)"
-			" ON CONFLICT(tl, user, client_id) DO UPDATE SET seq = max(seq, excluded.seq), updated_ms = excluded.updated_ms"
-			" RETURNING seq"},
-		{&st->trim_list, "SELECT id, name, max(head_seq, coalesce((SELECT max(seq) FROM messages WHERE tl = timelines.id), 0)),"
-			" first_seq FROM timelines WHERE id > ?1 ORDER BY id LIMIT 64"},
-		{&st->trim_age_first, "SELECT seq FROM messages WHERE tl = ?1 AND seq >= ?2 AND ts_ms >= ?3 ORDER BY seq LIMIT 1"},
-		{&st->trim_delete, "DELETE FROM messages WHERE tl = ?1 AND seq < ?2"},
+		{&s->begin, "BEGIN IMMEDIATE"},
+		{&s->commit, "COMMIT"},
+		{&s->rollback, "ROLLBACK"},
+		{&s->meta_set, "INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value"},
 	};
 	size_t i;
 
 	for(i = 0; i < sizeof(t) / sizeof(t[0]); i++){
-		if(prepare(st, t[i].s, t[i].sql) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+		if(im_sqlite__prepare(s, t[i].s, t[i].sql) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
 	}
 	return MOSQ_ERR_SUCCESS;
 }
 
-int im_store__open(struct im__store *st, const char *path, int synchronous, int busy_timeout_ms, int page_size,
-		bool checkpoint_thread)
+static int meta_put(struct im__sqlite *s, const char *key, const void *v, int len, int64_t iv)
 {
-	char sql[64], pgsql[64];
+	sqlite3_bind_text(s->meta_set, 1, key, -1, SQLITE_STATIC);
+	if(v) sqlite3_bind_blob(s->meta_set, 2, v, len, SQLITE_STATIC);
+	else sqlite3_bind_int64(s->meta_set, 2, iv);
+	return im_sqlite__step(s, s->meta_set, "writing meta");
+}
 
-	memset(st, 0, sizeof(*st));
-	/* NOMUTEX: this connection is only used on the broker's thread (the
-	 * checkpointer has its own), so SQLite's locking is pure cost. */
-	if(sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK){
-		mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: cannot open \"%s\": %s", path,
-				st->db ? sqlite3_errmsg(st->db) : "out of memory");
-		im_store__close(st);
+static void be64(uint8_t *out, uint64_t v)
+{
+	int i;
+
+	for(i = 0; i < 8; i++) out[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+/* Reads store_id, frame_key and applied_lsn, making the first two if the
+ * database has none yet (a new database). */
+static int meta_load(struct im__store *st, struct im__sqlite *s)
+{
+	sqlite3_stmt *q;
+	bool have_id = false, have_key = false;
+	uint8_t idb[8];
+	int rc, i;
+
+	if(sqlite3_prepare_v2(s->db, "SELECT key, value FROM meta", -1, &q, NULL) != SQLITE_OK){
+		return im_sqlite__fail(s, "reading meta");
+	}
+	while((rc = sqlite3_step(q)) == SQLITE_ROW){
+		const char *k = im_sqlite__text(q, 0);
+		const uint8_t *v = sqlite3_column_blob(q, 1);
+		int n = sqlite3_column_bytes(q, 1);
+
+		if(!strcmp(k, "store_id") && n == 8){
+			for(st->store_id = 0, i = 0; i < 8; i++) st->store_id = (st->store_id << 8) | v[i];
+			have_id = true;
+		}else if(!strcmp(k, "frame_key") && n == 16){
+			memcpy(st->frame_key, v, 16);
+			have_key = true;
+		}else if(!strcmp(k, "applied_lsn")){
+			st->applied_lsn = (uint64_t)sqlite3_column_int64(q, 1);
+		}
+	}
+	sqlite3_finalize(q);
+	if(rc != SQLITE_DONE) return im_sqlite__fail(s, "reading meta");
+	if(have_id && have_key) return MOSQ_ERR_SUCCESS;
+	if(!have_id){
+		if(RAND_bytes(idb, sizeof(idb)) != 1) return MOSQ_ERR_UNKNOWN;
+		for(st->store_id = 0, i = 0; i < 8; i++) st->store_id = (st->store_id << 8) | idb[i];
+		if(st->store_id == 0) st->store_id = 1;
+		be64(idb, st->store_id);
+	}
+	if(!have_key && RAND_bytes(st->frame_key, sizeof(st->frame_key)) != 1) return MOSQ_ERR_UNKNOWN;
+	if(exec(s, "BEGIN IMMEDIATE") != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+	if((!have_id && meta_put(s, "store_id", idb, 8, 0) != MOSQ_ERR_SUCCESS)
+			|| (!have_key && meta_put(s, "frame_key", st->frame_key, 16, 0) != MOSQ_ERR_SUCCESS)
+			|| exec(s, "COMMIT") != MOSQ_ERR_SUCCESS){
+		exec(s, "ROLLBACK");
 		return MOSQ_ERR_UNKNOWN;
 	}
-	sqlite3_busy_timeout(st->db, busy_timeout_ms);
-	snprintf(sql, sizeof(sql), "PRAGMA synchronous = %d", synchronous);
-	/* journal_mode answers with a row; exec ignores it. A database that
-	 * cannot switch to WAL (read-only file or folder) fails here, at
-	 * start, rather than on the first message. */
-	snprintf(pgsql, sizeof(pgsql), "PRAGMA page_size = %d", page_size);
+	return MOSQ_ERR_SUCCESS;
+}
+
+int im_store__renew_id(struct im__store *st)
+{
+	uint8_t idb[8];
+	int i;
+
+	if(RAND_bytes(idb, sizeof(idb)) != 1) return MOSQ_ERR_UNKNOWN;
+	for(st->store_id = 0, i = 0; i < 8; i++) st->store_id = (st->store_id << 8) | idb[i];
+	if(st->store_id == 0) st->store_id = 1;
+	im_sqlite(st)->id_dirty = true;
+	return MOSQ_ERR_SUCCESS;
+}
+
+static off_t file_size(const char *path)
+{
+	struct stat sb;
+
+	return stat(path, &sb) == 0 ? sb.st_size : -1;
+}
+
+/* Why a database could not be used, in words that point at the cause. */
+static void explain(struct im__sqlite *s, const char *path)
+{
+	int code = s->db ? sqlite3_extended_errcode(s->db) & 0xff : SQLITE_CANTOPEN;
+
+	if(code == SQLITE_NOTADB || code == SQLITE_CORRUPT){
+		im_log(MOSQ_LOG_ERR, "im: store: \"%s\" is damaged or not an SQLite database; move it aside and restore a backup (docs/OPERATIONS.md, \"Restore\").", path);
+	}else if(code == SQLITE_READONLY || code == SQLITE_CANTOPEN || code == SQLITE_PERM || code == SQLITE_AUTH){
+		im_log(MOSQ_LOG_ERR, "im: store: cannot write \"%s\" or its folder (is it writable by the broker's user?).", path);
+	}else if(code == SQLITE_FULL){
+		im_log(MOSQ_LOG_ERR, "im: store: the disk holding \"%s\" is full.", path);
+	}else{
+		im_log(MOSQ_LOG_ERR, "im: store: cannot use \"%s\".", path);
+	}
+}
+
+static void sqlite_close(struct im__store *st);
+
+static const struct im__store_ops sqlite_ops;
+
+int im_store__open_sqlite(struct im__store *st, const struct im__store_options *o)
+{
+	struct im__sqlite *s;
+	char sql[64], pgsql[64], wal[4096];
+	off_t db_size, wal_size;
+	int before = 0;
+
+	memset(st, 0, sizeof(*st));
+	st->ops = &sqlite_ops;
+	s = calloc(1, sizeof(*s));
+	if(s == NULL) return MOSQ_ERR_NOMEM;
+	st->be = s;
+	db_size = file_size(o->path);
+	snprintf(wal, sizeof(wal), "%s-wal", o->path);
+	wal_size = file_size(wal);
+	if(db_size <= 0 && wal_size > 0){
+		im_log(MOSQ_LOG_WARNING, "im: store: \"%s\" is missing or empty but its write-ahead log is not: the database was deleted or truncated. A new store is made; clients see a new store id and start over.",
+				o->path);
+	}
+	/* NOMUTEX: one thread uses this connection (the worker; the
+	 * checkpointer has its own), so SQLite's locking is pure cost. */
+	if(sqlite3_open_v2(o->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK){
+		im_log(MOSQ_LOG_ERR, "im: store: cannot open \"%s\": %s", o->path, s->db ? sqlite3_errmsg(s->db) : "out of memory");
+		explain(s, o->path);
+		sqlite_close(st);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	sqlite3_busy_timeout(s->db, o->busy_timeout_ms);
+	snprintf(sql, sizeof(sql), "PRAGMA synchronous = %d", o->synchronous);
 	/* page_size only takes on a new database (before WAL and the first
 	 * table). Small pages: a commit writes each dirty page whole to the
-	 * WAL, and an IM commit dirties a few pages for a few hundred bytes;
-	 * 1 KiB pages measured +7..30% messages/s over 4 KiB (PERFORMANCE.md). */
-	if(exec(st, pgsql) != MOSQ_ERR_SUCCESS || exec(st, "PRAGMA journal_mode = WAL") != MOSQ_ERR_SUCCESS
-			|| exec(st, sql) != MOSQ_ERR_SUCCESS
-			/* Checkpoints run on the checkpointer's thread, never inside a
-			 * commit on the broker's thread (a stall of every client). */
-			|| (checkpoint_thread && exec(st, "PRAGMA wal_autocheckpoint = 0") != MOSQ_ERR_SUCCESS)
-			|| exec(st, "PRAGMA journal_size_limit = 67108864") != MOSQ_ERR_SUCCESS
-			|| exec(st, "PRAGMA foreign_keys = OFF") != MOSQ_ERR_SUCCESS
-			|| migrate(st) != MOSQ_ERR_SUCCESS
-			|| prepare_all(st) != MOSQ_ERR_SUCCESS
-			|| im_store__group_prepare(st) != MOSQ_ERR_SUCCESS){
-		mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: cannot use \"%s\" (is it writable by the broker's user?).", path);
-		im_store__close(st);
+	 * WAL; 1 KiB pages measured +7..30% messages/s over 4 KiB. */
+	snprintf(pgsql, sizeof(pgsql), "PRAGMA page_size = %d", o->page_size);
+	/* journal_mode answers with a row; exec ignores it. A database that
+	 * cannot switch to WAL fails here, at start, not on the first message. */
+	if(exec(s, pgsql) != MOSQ_ERR_SUCCESS || exec(s, "PRAGMA journal_mode = WAL") != MOSQ_ERR_SUCCESS
+			|| exec(s, sql) != MOSQ_ERR_SUCCESS
+			|| (o->checkpoint_thread && exec(s, "PRAGMA wal_autocheckpoint = 0") != MOSQ_ERR_SUCCESS)
+			|| exec(s, "PRAGMA journal_size_limit = 67108864") != MOSQ_ERR_SUCCESS
+			|| exec(s, "PRAGMA foreign_keys = OFF") != MOSQ_ERR_SUCCESS
+			|| migrate(s, &before) != MOSQ_ERR_SUCCESS
+			|| prepare_base(s) != MOSQ_ERR_SUCCESS
+			|| im_sqlite__prepare_msg(s) != MOSQ_ERR_SUCCESS
+			|| im_sqlite__prepare_group(s) != MOSQ_ERR_SUCCESS
+			|| im_sqlite__prepare_trim(s) != MOSQ_ERR_SUCCESS
+			|| meta_load(st, s) != MOSQ_ERR_SUCCESS){
+		explain(s, o->path);
+		sqlite_close(st);
 		return MOSQ_ERR_UNKNOWN;
 	}
-	if(sqlite3_db_readonly(st->db, "main") == 1){
-		mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: \"%s\" is read-only for the broker's user.", path);
-		im_store__close(st);
+	st->created = (before == 0);
+	if(sqlite3_db_readonly(s->db, "main") == 1){
+		im_log(MOSQ_LOG_ERR, "im: store: \"%s\" is read-only for the broker's user.", o->path);
+		sqlite_close(st);
 		return MOSQ_ERR_UNKNOWN;
 	}
-	if(checkpoint_thread && im_ckpt__start(&st->ckpt, path) != MOSQ_ERR_SUCCESS){
-		mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: cannot start the checkpoint thread for \"%s\".", path);
-		im_store__close(st);
+	if(o->checkpoint_thread && im_ckpt__start(&s->ckpt, o->path) != MOSQ_ERR_SUCCESS){
+		im_log(MOSQ_LOG_ERR, "im: store: cannot start the checkpoint thread for \"%s\".", o->path);
+		sqlite_close(st);
 		return MOSQ_ERR_UNKNOWN;
 	}
 	return MOSQ_ERR_SUCCESS;
 }
 
-void im_store__close(struct im__store *st)
+static void sqlite_close(struct im__store *st)
 {
-	sqlite3_stmt *s;
+	struct im__sqlite *s = im_sqlite(st);
+	sqlite3_stmt *q;
 
-	im_ckpt__stop(&st->ckpt);
-	if(st->db){
+	if(s == NULL) return;
+	im_ckpt__stop(&s->ckpt);
+	if(s->db){
 		/* Finalize every statement, including those we did not keep. */
-		while((s = sqlite3_next_stmt(st->db, NULL)) != NULL) sqlite3_finalize(s);
-		sqlite3_close(st->db);
+		while((q = sqlite3_next_stmt(s->db, NULL)) != NULL) sqlite3_finalize(q);
+		sqlite3_close(s->db);
 	}
-	cache_free(&st->tls);
-	im_store__group_close(st);
-	memset(st, 0, sizeof(*st));
+	im_sqlite__cache_free(&s->tls);
+	im_sqlite__group_close(s);
+	free(s->touched);
+	free(s);
+	st->be = NULL;
+	st->ops = NULL;
 }
 
-/* ---- timelines ---- */
+/* ---- transactions ---- */
 
-static struct im__tl *tl_new(const char *name, size_t len, uint32_t h)
+void im_sqlite__touch(struct im__sqlite *s, struct im__tl *t)
 {
-	struct im__tl *t = mosquitto_calloc(1, sizeof(*t) + len + 1);
+	struct im__tl **n;
 
-	if(t == NULL) return NULL;
-	t->hash = h;
-	t->name_len = (uint16_t)len;
-	memcpy(t->name, name, len);
-	return t;
-}
-
-/* Reads the timeline row into t. Returns 1 found, 0 absent, -1 error. */
-static int tl_load(struct im__store *st, struct im__tl *t)
-{
-	int rc;
-
-	sqlite3_bind_text(st->tl_get, 1, t->name, t->name_len, SQLITE_STATIC);
-	rc = sqlite3_step(st->tl_get);
-	if(rc == SQLITE_ROW){
-		t->id = sqlite3_column_int64(st->tl_get, 0);
-		t->head = (uint64_t)sqlite3_column_int64(st->tl_get, 1);
-		t->first = (uint64_t)sqlite3_column_int64(st->tl_get, 2);
+	if(s->n_touched == s->cap_touched){
+		size_t cap = s->cap_touched ? s->cap_touched * 2 : 64;
+		n = realloc(s->touched, cap * sizeof(*n));
+		if(n == NULL){
+			/* Cannot remember it: make sure a rollback still reloads it. */
+			t->stale = true;
+			return;
+		}
+		s->touched = n;
+		s->cap_touched = cap;
 	}
-	sqlite3_reset(st->tl_get);
-	if(rc == SQLITE_ROW) return 1;
-	if(rc == SQLITE_DONE) return 0;
-	fail(st, "loading a timeline");
-	return -1;
+	s->touched[s->n_touched++] = t;
 }
 
-static int tl_create(struct im__store *st, struct im__tl *t)
+static int sqlite_begin(struct im__store *st)
 {
-	int rc;
+	struct im__sqlite *s = im_sqlite(st);
 
-	sqlite3_bind_text(st->tl_insert, 1, t->name, t->name_len, SQLITE_STATIC);
-	sqlite3_bind_int64(st->tl_insert, 2, im_store__now_ms());
-	rc = sqlite3_step(st->tl_insert);
-	sqlite3_reset(st->tl_insert);
-	if(rc != SQLITE_DONE) return fail(st, "creating a timeline");
-	t->id = sqlite3_last_insert_rowid(st->db);
-	t->head = 0;
-	t->first = 1;
-	return MOSQ_ERR_SUCCESS;
+	s->n_touched = 0;
+	s->groups_dirty = false;
+	return im_sqlite__step(s, s->begin, "BEGIN");
 }
 
-struct im__tl *im_store__timeline(struct im__store *st, const char *name, size_t len, bool create)
+static void sqlite_rollback(struct im__store *st)
 {
-	uint32_t h = im_map__hash(name, len);
-	struct im__tl *t = cache_find(&st->tls, name, len, h);
-	int found;
+	struct im__sqlite *s = im_sqlite(st);
+	size_t i;
 
-	if(t) return t;
-	if(len > IM_TL_MAX) return NULL;
-	t = tl_new(name, len, h);
-	if(t == NULL) return NULL;
-	found = tl_load(st, t);
-	if(found < 0 || (found == 0 && (!create || tl_create(st, t) != MOSQ_ERR_SUCCESS))
-			|| cache_put(&st->tls, t) != MOSQ_ERR_SUCCESS){
-		mosquitto_free(t);
-		return NULL;
-	}
-	return t;
-}
-
-/* ---- append ---- */
-
-static int step_done(struct im__store *st, sqlite3_stmt *s, const char *what)
-{
-	int rc = sqlite3_step(s);
-
-	sqlite3_reset(s);
-	return rc == SQLITE_DONE ? MOSQ_ERR_SUCCESS : fail(st, what);
-}
-
-int im_store__step(struct im__store *st, sqlite3_stmt *s, const char *what)
-{
-	return step_done(st, s, what);
-}
-
-int im_store__begin(struct im__store *st)
-{
-	return step_done(st, st->begin, "BEGIN");
-}
-
-void im_store__rollback(struct im__store *st)
-{
 	/* COMMIT may fail (SQLITE_FULL, SQLITE_IOERR) and leave the
 	 * transaction open: roll back so the next one starts clean. */
-	if(!sqlite3_get_autocommit(st->db)) step_done(st, st->rollback, "ROLLBACK");
+	if(!sqlite3_get_autocommit(s->db)) im_sqlite__step(s, s->rollback, "ROLLBACK");
+	/* Heads moved inside the transaction: reload them on next use. */
+	for(i = 0; i < s->n_touched; i++) s->touched[i]->stale = true;
+	s->n_touched = 0;
+	if(s->groups_dirty) im_sqlite__group_forget(s);
+	s->groups_dirty = false;
 }
 
-int im_store__commit(struct im__store *st)
+static int sqlite_commit(struct im__store *st, uint64_t applied_lsn)
 {
-	if(step_done(st, st->commit, "COMMIT") == MOSQ_ERR_SUCCESS) return MOSQ_ERR_SUCCESS;
-	im_store__rollback(st);
-	return MOSQ_ERR_UNKNOWN;
-}
+	struct im__sqlite *s = im_sqlite(st);
+	uint8_t idb[8];
+	int rc = MOSQ_ERR_SUCCESS;
 
-/* Looks (sender, cmid) up. Returns 1 if seen (out filled), 0 if not, -1 on
- * error. */
-static int dedup_find(struct im__store *st, const struct im__msg *m, struct im__appended *out)
-{
-	int rc;
-
-	sqlite3_bind_text(st->msg_dedup, 1, m->sender, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st->msg_dedup, 2, m->cmid, -1, SQLITE_STATIC);
-	memset(out, 0, sizeof(*out));
-	while((rc = sqlite3_step(st->msg_dedup)) == SQLITE_ROW){
-		if(sqlite3_column_int(st->msg_dedup, 0)){
-			out->own_seq = (uint64_t)sqlite3_column_int64(st->msg_dedup, 1);
-		}else{
-			out->seq = (uint64_t)sqlite3_column_int64(st->msg_dedup, 1);
-			out->ts_ms = sqlite3_column_int64(st->msg_dedup, 2);
-			out->duplicate = true;
-		}
+	if(applied_lsn) rc = meta_put(s, "applied_lsn", NULL, 0, (int64_t)applied_lsn);
+	if(rc == MOSQ_ERR_SUCCESS && s->id_dirty){
+		be64(idb, st->store_id);
+		rc = meta_put(s, "store_id", idb, 8, 0);
 	}
-	sqlite3_reset(st->msg_dedup);
-	if(rc != SQLITE_DONE){
-		fail(st, "dedup lookup");
-		return -1;
-	}
-	return out->duplicate ? 1 : 0;
-}
-
-int im_store__insert_msg(struct im__store *st, struct im__tl *t, uint64_t seq, const struct im__msg *m, int copy)
-{
-	sqlite3_stmt *s = st->msg_insert;
-	const void *body = m->body_len ? m->body : "";
-	size_t body_len = m->body_len;
-	uint16_t key_id = 0;
-	int rc;
-
-	if(st->crypt && im_crypt__seal(st->crypt, t->name, seq, m->body, m->body_len, &body, &body_len, &key_id) != MOSQ_ERR_SUCCESS){
-		mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: cannot encrypt a message for %s.", t->name);
-		return MOSQ_ERR_UNKNOWN;
-	}
-	sqlite3_bind_int64(s, 1, t->id);
-	sqlite3_bind_int64(s, 2, (sqlite3_int64)seq);
-	sqlite3_bind_int64(s, 3, m->ts_ms);
-	sqlite3_bind_text(s, 4, m->sender, -1, SQLITE_STATIC);
-	if(m->cmid) sqlite3_bind_text(s, 5, m->cmid, -1, SQLITE_STATIC);
-	else sqlite3_bind_null(s, 5);
-	sqlite3_bind_text(s, 6, m->to, -1, SQLITE_STATIC);
-	if(m->content_type) sqlite3_bind_text(s, 7, m->content_type, -1, SQLITE_STATIC);
-	else sqlite3_bind_null(s, 7);
-	sqlite3_bind_int64(s, 8, m->flags);
-	sqlite3_bind_int64(s, 9, m->expires_ms);
-	sqlite3_bind_int(s, 10, copy);
-	/* An empty body is stored as an empty blob, not NULL. */
-	sqlite3_bind_blob(s, 11, body, (int)body_len, SQLITE_STATIC);
-	sqlite3_bind_int(s, 12, key_id);
-	sqlite3_bind_int64(s, 13, m->raw_len);
-	rc = step_done(st, s, "inserting a message");
-	sqlite3_clear_bindings(s);
-	return rc;
-}
-
-int im_store__append(struct im__store *st, struct im__tl *to, struct im__tl *own,
-		const struct im__msg *msg, struct im__appended *out)
-{
-	int rc;
-
-	if(im_store__begin(st) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
-
-	/* Inside the transaction, so two brokers (or a tool) sharing the file
-	 * cannot both store the same cmid. */
-	if(msg->cmid){
-		rc = dedup_find(st, msg, out);
-		if(rc != 0){
-			im_store__rollback(st);
-			return rc > 0 ? MOSQ_ERR_SUCCESS : MOSQ_ERR_UNKNOWN;
-		}
-	}
-	memset(out, 0, sizeof(*out));
-	out->ts_ms = msg->ts_ms;
-	out->seq = to->head + 1;
-	rc = im_store__insert_msg(st, to, out->seq, msg, 0);
-	if(rc == MOSQ_ERR_SUCCESS && own && own != to){
-		out->own_seq = own->head + 1;
-		rc = im_store__insert_msg(st, own, out->own_seq, msg, 1);
-	}
+	if(rc == MOSQ_ERR_SUCCESS) rc = im_sqlite__step(s, s->commit, "COMMIT");
 	if(rc != MOSQ_ERR_SUCCESS){
-		im_store__rollback(st);
+		sqlite_rollback(st);
 		return MOSQ_ERR_UNKNOWN;
 	}
-	if(im_store__commit(st) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
-	to->head = out->seq;
-	if(out->own_seq) own->head = out->own_seq;
+	if(applied_lsn) st->applied_lsn = applied_lsn;
+	s->id_dirty = false;
+	s->n_touched = 0;
+	s->groups_dirty = false;
 	return MOSQ_ERR_SUCCESS;
 }
 
-/* ---- reads ---- */
-
-static const char *col_text(sqlite3_stmt *s, int i)
+static size_t sqlite_cached(struct im__store *st, size_t *groups)
 {
-	return (const char *)sqlite3_column_text(s, i);
+	struct im__sqlite *s = im_sqlite(st);
+
+	*groups = s->groups.count;
+	return s->tls.count;
 }
 
-int im_store__range(struct im__store *st, struct im__tl *tl, uint64_t after, uint32_t limit,
-		int64_t now_ms, im_store__row_fn fn, void *ctx, bool *more)
-{
-	sqlite3_stmt *s = st->msg_range;
-	struct im__msg m;
-	uint32_t n = 0;
-	int rc, frc = 0;
-
-	*more = false;
-	sqlite3_bind_int64(s, 1, tl->id);
-	sqlite3_bind_int64(s, 2, (sqlite3_int64)after);
-	sqlite3_bind_int64(s, 3, (sqlite3_int64)limit + 1);
-	/* Expired rows count against limit: a batch may hold fewer frames than
-	 * asked for, with has_more still true, but never scans unbounded. */
-	while((rc = sqlite3_step(s)) == SQLITE_ROW){
-		if(++n > limit){
-			*more = true;
-			break;
-		}
-		memset(&m, 0, sizeof(m));
-		m.seq = (uint64_t)sqlite3_column_int64(s, 0);
-		m.ts_ms = sqlite3_column_int64(s, 1);
-		m.sender = col_text(s, 2);
-		m.cmid = col_text(s, 3);
-		m.to = col_text(s, 4);
-		m.content_type = col_text(s, 5);
-		m.flags = (uint32_t)sqlite3_column_int64(s, 6);
-		m.expires_ms = sqlite3_column_int64(s, 7);
-		m.raw_len = (uint32_t)sqlite3_column_int64(s, 10);
-		m.body = sqlite3_column_blob(s, 8);
-		m.body_len = (size_t)sqlite3_column_bytes(s, 8);
-		if(m.expires_ms && m.expires_ms <= now_ms) continue;
-		if(sqlite3_column_int(s, 9) != 0 && (st->crypt == NULL
-					|| im_crypt__open(st->crypt, (uint16_t)sqlite3_column_int(s, 9), tl->name, m.seq,
-						m.body, m.body_len, &m.body, &m.body_len) != MOSQ_ERR_SUCCESS)){
-			mosquitto_log_printf(MOSQ_LOG_ERR, "im: store: cannot decrypt %s seq %llu (key %d missing from plugin_opt_store_key_file, or the row was altered).",
-					tl->name, (unsigned long long)m.seq, sqlite3_column_int(s, 9));
-			frc = MOSQ_ERR_UNKNOWN;
-			break;
-		}
-		frc = fn(ctx, &m);
-		if(frc == 1) *more = true;
-		if(frc != 0) break;
-	}
-	sqlite3_reset(s);
-	if(rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(st, "reading a timeline");
-	return frc > 1 ? frc : MOSQ_ERR_SUCCESS;
-}
-
-int im_store__cursor_get(struct im__store *st, struct im__tl *tl, const char *user,
-		const char *client_id, uint64_t *seq)
-{
-	sqlite3_stmt *s = st->cursor_get;
-	int rc;
-
-	*seq = 0;
-	sqlite3_bind_int64(s, 1, tl->id);
-	sqlite3_bind_text(s, 2, user, -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 3, client_id, -1, SQLITE_STATIC);
-	rc = sqlite3_step(s);
-	if(rc == SQLITE_ROW) *seq = (uint64_t)sqlite3_column_int64(s, 0);
-	sqlite3_reset(s);
-	if(rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(st, "reading a cursor");
-	return MOSQ_ERR_SUCCESS;
-}
-
-int im_store__cursor_set(struct im__store *st, struct im__tl *tl, const char *user,
-		const char *client_id, uint64_t seq, uint64_t *now)
-{
-	sqlite3_stmt *s = st->cursor_set;
-	int rc;
-
-	sqlite3_bind_int64(s, 1, tl->id);
-	sqlite3_bind_text(s, 2, user, -1, SQLITE_STATIC);
-	sqlite3_bind_text(s, 3, client_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(s, 4, (sqlite3_int64)seq);
-	sqlite3_bind_int64(s, 5, im_store__now_ms());
-	rc = sqlite3_step(s);
-	if(rc == SQLITE_ROW) *now = (uint64_t)sqlite3_column_int64(s, 0);
-	while(rc == SQLITE_ROW) rc = sqlite3_step(s);
-	sqlite3_reset(s);
-	if(rc != SQLITE_DONE) return fail(st, "moving a cursor");
-	return MOSQ_ERR_SUCCESS;
-}
-
-/* ---- retention ---- */
-
-struct trim_row {
-	int64_t id;
-	uint64_t head, first;
-	char name[IM_TL_MAX + 1];
+static const struct im__store_ops sqlite_ops = {
+	.name = "sqlite",
+	.close = sqlite_close,
+	.begin = sqlite_begin,
+	.commit = sqlite_commit,
+	.rollback = sqlite_rollback,
+	.timeline = im_sqlite__timeline,
+	.append = im_sqlite__append,
+	.range = im_sqlite__range,
+	.cursor_get = im_sqlite__cursor_get,
+	.cursor_set = im_sqlite__cursor_set,
+	.group = im_sqlite__group,
+	.group_change = im_sqlite__group_change,
+	.groups_of = im_sqlite__groups_of,
+	.each_group = im_sqlite__each_group,
+	.wrote = im_sqlite__wrote,
+	.each_wrote = im_sqlite__each_wrote,
+	.trim_step = im_sqlite__trim_step,
+	.cached = sqlite_cached,
 };
-
-/* The first seq to keep in a timeline under the age and count limits. */
-static int keep_from(struct im__store *st, const struct trim_row *t, int64_t cutoff_ms, int64_t keep, uint64_t *out)
-{
-	uint64_t first = t->first;
-	int rc;
-
-	if(keep > 0 && t->head > (uint64_t)keep && t->head - (uint64_t)keep + 1 > first){
-		first = t->head - (uint64_t)keep + 1;
-	}
-	if(cutoff_ms > 0){
-		sqlite3_bind_int64(st->trim_age_first, 1, t->id);
-		sqlite3_bind_int64(st->trim_age_first, 2, (sqlite3_int64)first);
-		sqlite3_bind_int64(st->trim_age_first, 3, cutoff_ms);
-		rc = sqlite3_step(st->trim_age_first);
-		if(rc == SQLITE_ROW) first = (uint64_t)sqlite3_column_int64(st->trim_age_first, 0);
-		else if(rc == SQLITE_DONE) first = t->head + 1; /* everything is older */
-		sqlite3_reset(st->trim_age_first);
-		if(rc != SQLITE_ROW && rc != SQLITE_DONE) return fail(st, "retention scan");
-	}
-	*out = first;
-	return MOSQ_ERR_SUCCESS;
-}
-
-static int trim_one(struct im__store *st, const struct trim_row *t, uint64_t new_first)
-{
-	struct im__tl *c;
-	int n;
-
-	if(step_done(st, st->begin, "BEGIN") != MOSQ_ERR_SUCCESS) return -1;
-	sqlite3_bind_int64(st->trim_delete, 1, t->id);
-	sqlite3_bind_int64(st->trim_delete, 2, (sqlite3_int64)new_first);
-	sqlite3_bind_int64(st->tl_set_first, 1, t->id);
-	sqlite3_bind_int64(st->tl_set_first, 2, (sqlite3_int64)new_first);
-	sqlite3_bind_int64(st->tl_set_first, 3, (sqlite3_int64)t->head);
-	if(step_done(st, st->trim_delete, "retention delete") != MOSQ_ERR_SUCCESS
-			|| (n = sqlite3_changes(st->db), step_done(st, st->tl_set_first, "retention first_seq")) != MOSQ_ERR_SUCCESS
-			|| step_done(st, st->commit, "COMMIT") != MOSQ_ERR_SUCCESS){
-		if(!sqlite3_get_autocommit(st->db)) step_done(st, st->rollback, "ROLLBACK");
-		return -1;
-	}
-	c = cache_find(&st->tls, t->name, strlen(t->name), im_map__hash(t->name, strlen(t->name)));
-	if(c) c->first = new_first;
-	return n;
-}
-
-int im_store__trim_step(struct im__store *st, int64_t cutoff_ms, int64_t keep, uint32_t budget,
-		int64_t *cursor_id, bool *done)
-{
-	struct trim_row rows[64];
-	int n = 0, i, rc, deleted = 0, d;
-	uint64_t new_first;
-
-	/* Read the list first: no statement stays open across the writes. */
-	*done = false;
-	sqlite3_bind_int64(st->trim_list, 1, *cursor_id);
-	while(n < 64 && (rc = sqlite3_step(st->trim_list)) == SQLITE_ROW){
-		rows[n].id = sqlite3_column_int64(st->trim_list, 0);
-		snprintf(rows[n].name, sizeof(rows[n].name), "%s", col_text(st->trim_list, 1));
-		rows[n].head = (uint64_t)sqlite3_column_int64(st->trim_list, 2);
-		rows[n].first = (uint64_t)sqlite3_column_int64(st->trim_list, 3);
-		n++;
-	}
-	sqlite3_reset(st->trim_list);
-	for(i = 0; i < n; i++){
-		if(keep_from(st, &rows[i], cutoff_ms, keep, &new_first) != MOSQ_ERR_SUCCESS) return -1;
-		if(new_first > rows[i].first){
-			if((uint32_t)deleted >= budget) return deleted; /* resume at this timeline */
-			if(new_first - rows[i].first > budget - (uint32_t)deleted){
-				new_first = rows[i].first + (budget - (uint32_t)deleted);
-			}
-			d = trim_one(st, &rows[i], new_first);
-			if(d < 0) return -1;
-			deleted += d;
-			rows[i].first = new_first;
-			if(keep_from(st, &rows[i], cutoff_ms, keep, &new_first) != MOSQ_ERR_SUCCESS) return -1;
-			if(new_first > rows[i].first) return deleted; /* more to do here */
-		}
-		*cursor_id = rows[i].id;
-	}
-	if(n < 64){
-		*cursor_id = 0;
-		*done = true;
-	}
-	return deleted;
-}

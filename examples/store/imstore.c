@@ -86,6 +86,33 @@ static int inspect_one(sqlite3 *db, const char *name)
 	return rc == SQLITE_DONE ? 0 : 1;
 }
 
+/* A restored backup is a store that went back in time: seqs after the
+ * backup point will be handed out again, to other messages. The copy gets
+ * a store id of its own, so that clients seeing it start over instead of
+ * dropping new messages as duplicates of ones they hold (docs/PROTOCOL.md,
+ * "Store id"). When the broker's journal still holds what came after the
+ * backup, it is rolled forward on start; the new id then costs clients a
+ * resync, never a lost message. */
+static int new_store_id(const char *dest)
+{
+	sqlite3 *db;
+	char *err = NULL;
+	int rc;
+
+	if(sqlite3_open_v2(dest, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK){
+		fprintf(stderr, "imstore: cannot open the backup %s: %s\n", dest, sqlite3_errmsg(db));
+		sqlite3_close(db);
+		return 1;
+	}
+	rc = sqlite3_exec(db, "UPDATE meta SET value = randomblob(8) WHERE key = 'store_id'", NULL, NULL, &err);
+	if(rc != SQLITE_OK){
+		fprintf(stderr, "imstore: cannot give the backup a store id of its own: %s\n", err ? err : "?");
+		sqlite3_free(err);
+	}
+	sqlite3_close(db);
+	return rc == SQLITE_OK ? 0 : 1;
+}
+
 static int backup(sqlite3 *db, const char *dest)
 {
 	sqlite3_stmt *s;
@@ -105,6 +132,7 @@ static int backup(sqlite3 *db, const char *dest)
 		fprintf(stderr, "imstore: backup failed: %s\n", sqlite3_errmsg(db));
 		return 1;
 	}
+	if(new_store_id(dest) != 0) return 1;
 	printf("backup written to %s\n", dest);
 	return 0;
 }

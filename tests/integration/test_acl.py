@@ -153,7 +153,7 @@ def test_will_on_session_takeover_refused(broker):
     got = bob.get_n(1, timeout=1.5)
     assert got == [], "delivered: %r" % [m.payload for m in got]
     assert_empty_inbox(broker, "bob")
-    assert "not a frame of this plugin" in broker.read_log()
+    assert "not sent by the plugin" in broker.read_log()
     newcomer.close()
     bob.close()
 

@@ -120,18 +120,42 @@ def test_online_backup_under_load_restores_and_syncs(make_broker, tmp_path):
     out = subprocess.run([tool, "inspect", backup, "u/bob"], capture_output=True, text=True, check=True).stdout
     head = int([l for l in out.splitlines() if l.startswith("head ")][0].split()[1])
     assert 0 < head < len(sent)                              # a snapshot taken mid-stream
-    # Restore: stop, replace the file, drop the old WAL, fix the owner, start.
-    b.stop()
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(b.db_path + suffix):
-            os.remove(b.db_path + suffix)
-    shutil.copyfile(backup, b.db_path)
-    b._chown(b.dir)
-    b.start()
-    bob = Client(b, "bob").connect()
-    frames, batch = sync_all(bob, "u/bob")
+    alice = Client(b, "alice", v5=True).connect()
+    old_id = alice.request("sync", pb.SyncRequest(timeline="u/alice"), response_type=pb.SyncBatch).store_id
+    alice.close()
+
+    def restore(keep_journal):
+        """Stop, replace the file, drop the old WAL, fix the owner, start."""
+        b.stop()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(b.db_path + suffix):
+                os.remove(b.db_path + suffix)
+        if not keep_journal:
+            shutil.rmtree(b.db_path + ".journal")
+        shutil.copyfile(backup, b.db_path)
+        b._chown(b.dir)
+        b.start()
+        bob = Client(b, "bob").connect()
+        frames, batch = sync_all(bob, "u/bob")
+        return bob, frames, batch
+
+    # The journal still holds what came after the backup: it is rolled
+    # forward, and nothing acknowledged is lost.
+    snapshot = backup + ".copy"
+    shutil.copyfile(backup, snapshot)
+    bob, frames, batch = restore(keep_journal=True)
+    assert [body for _, body in frames] == [b"L%d" % i for i in range(len(sent))]
+    assert [h.seq for h, _ in frames] == list(range(1, len(sent) + 1))
+    assert batch.store_id != old_id                          # a restored store is a new store
+    assert "acknowledged message(s) not yet stored" in b.read_log()
+    bob.close()
+    # Without the journal the store is the backup, exactly.
+    os.remove(backup)
+    shutil.copyfile(snapshot, backup)
+    bob, frames, batch = restore(keep_journal=False)
     assert [h.seq for h, _ in frames] == list(range(1, head + 1))
     assert [body for _, body in frames] == [b"L%d" % i for i in range(head)]
+    assert batch.store_id != old_id
     # The restored store keeps counting from its head.
     a = Client(b, "alice").connect()
     a.publish("im/u/bob", b"after restore", qos=1)

@@ -63,25 +63,42 @@ def test_online_offline_and_keepalive(make_broker):
 
 
 def test_presence_visible_to_contacts_only(make_broker):
+    """A contact is someone bob himself wrote to. Writing to bob, or putting
+    him in a group, gives nobody a view of him (issue #11, finding 3)."""
     b = make_broker({"presence": "contacts"})
     eve = Client(b, "eve", v5=True).connect()
-    assert eve.subscribe("im/p/bob")[0] >= 0x80       # no conversation, no shared group
-    alice = Client(b, "alice").connect()
-    alice.publish("im/u/bob", b"hi bob", qos=1)        # now alice and bob are contacts
-    assert alice.subscribe("im/p/bob") == [1]
-    carol = Client(b, "carol").connect()
+    assert eve.subscribe("im/p/bob")[0] >= 0x80       # a stranger
+    alice = Client(b, "alice", v5=True).connect()
+    alice.subscribe("im/u/alice")
+    alice.publish("im/u/bob", b"hi bob", qos=1)        # an unsolicited message to bob...
+    assert alice.subscribe("im/p/bob")[0] >= 0x80      # ...is no view of bob
+    carol = Client(b, "carol", v5=True).connect()
     assert carol.request("group", pb.GroupRequest(op="create", group="g", members=["bob"]),
                          response_type=pb.GroupResponse).status == pb.OK
-    assert carol.subscribe("im/p/bob") == [1]           # shares a group
-    eve.subscribe("im/p/+")                             # wildcards do not help
+    assert carol.subscribe("im/p/bob")[0] >= 0x80      # nor is putting him in a group
     bob = Client(b, "bob").connect()
+    bob.publish("im/u/alice", b"hi alice", qos=1)      # bob writes to alice: now she may
+    bodies = [decode_frame(alice.get(timeout=30).payload)[1] for _ in range(2)]
+    assert bodies == [b"hi bob", b"hi alice"]           # her own copy, then bob's message
+    assert alice.subscribe("im/p/bob") == [1]
+    eve.subscribe("im/p/+")                             # wildcards do not help
     bob.subscribe("im/u/bob")
-    assert states(alice, 1) == ["online"]
-    assert states(carol, 1) == ["online"]
-    got = [m.topic for m in eve.get_n(3, timeout=0.7)]
-    assert "im/p/bob" not in got and got == ["im/p/eve"]      # her own presence only
+    assert states(alice, 1, timeout=30) == ["online"]
+    # eve gets her own presence through the wildcard (she subscribed: online)
+    # and never bob's; bob's presence reached alice, so it is out by now.
+    got = [m.topic for m in eve.get_n(1, timeout=30)]
+    assert got == ["im/p/eve"]
+    assert all(m.topic != "im/p/bob" for m in list(eve.msgs.queue))
+    # A restart keeps who may see whom (the store has it).
     for c in (alice, bob, carol, eve):
         c.close()
+    b.restart()
+    alice = Client(b, "alice").connect()
+    assert alice.subscribe("im/p/bob") == [1]
+    carol = Client(b, "carol").connect()
+    assert carol.subscribe("im/p/bob")[0] >= 0x80
+    alice.close()
+    carol.close()
 
 
 def test_device_limit_kicks_the_oldest_with_a_notice(make_broker):

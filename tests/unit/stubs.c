@@ -33,3 +33,9 @@ const char *mosquitto_client_address(const struct mosquitto *client)
 	(void)client;
 	return "127.0.0.1";
 }
+
+const char *mosquitto_client_id(const struct mosquitto *client)
+{
+	(void)client;
+	return "unit";
+}

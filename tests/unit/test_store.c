@@ -5,7 +5,7 @@
 
 #include <mosquitto.h>
 
-#include "im.h"
+#include "store_sqlite.h"
 #include "tap.h"
 
 static char path[256];
@@ -14,7 +14,7 @@ static struct im__msg msg(const char *cmid, const char *body)
 {
 	struct im__msg m = {0};
 
-	m.ts_ms = im_store__now_ms();
+	m.ts_ms = im_now_ms();
 	m.sender = "alice";
 	m.cmid = cmid;
 	m.to = "u/bob";
@@ -23,22 +23,67 @@ static struct im__msg msg(const char *cmid, const char *body)
 	return m;
 }
 
+static int store_open(struct im__store *st, const char *p, bool ckpt)
+{
+	struct im__store_options o = {.path = p, .synchronous = 1, .busy_timeout_ms = 100, .page_size = 1024,
+		.checkpoint_thread = ckpt};
+
+	return im_store__open_sqlite(st, &o);
+}
+
 static void open_store(struct im__store *st)
 {
-	CHECK_EQ(im_store__open(st, path, 1, 100, 1024, true), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(store_open(st, path, true), MOSQ_ERR_SUCCESS);
 }
+
+/* The seam, one call each, as the worker uses it (a transaction around
+ * every write). */
+static struct im__tl *timeline(struct im__store *st, const char *name, bool create)
+{
+	bool err;
+
+	return st->ops->timeline(st, name, strlen(name), create, &err);
+}
+
+static int append(struct im__store *st, struct im__tl *to, struct im__tl *own, const struct im__msg *m, struct im__appended *a)
+{
+	int rc = st->ops->begin(st);
+
+	if(rc == MOSQ_ERR_SUCCESS) rc = st->ops->append(st, to, own, m, a);
+	if(rc == MOSQ_ERR_SUCCESS) return st->ops->commit(st, 0);
+	st->ops->rollback(st);
+	return rc;
+}
+
+static int cursor_set(struct im__store *st, struct im__tl *tl, const char *u, const char *c, uint64_t seq, uint64_t *now)
+{
+	int rc = st->ops->begin(st);
+
+	if(rc == MOSQ_ERR_SUCCESS) rc = st->ops->cursor_set(st, tl, u, c, seq, now);
+	if(rc == MOSQ_ERR_SUCCESS) return st->ops->commit(st, 0);
+	st->ops->rollback(st);
+	return rc;
+}
+
+#define im_store__timeline(st, name, len, create) timeline(st, name, create)
+#define im_store__append append
+#define im_store__range(st, ...) (st)->ops->range(st, __VA_ARGS__)
+#define im_store__cursor_get(st, ...) (st)->ops->cursor_get(st, __VA_ARGS__)
+#define im_store__cursor_set cursor_set
+#define im_store__trim_step(st, ...) (st)->ops->trim_step(st, __VA_ARGS__)
+#define im_store__now_ms im_now_ms
 
 struct collect { uint64_t seqs[64]; char bodies[64][14]; int n; int stop_after; };
 
-static int collect_row(void *ctx, const struct im__msg *m)
+static enum im_row collect_row(void *ctx, const struct im__msg *m)
 {
 	struct collect *c = ctx;
 
-	if(c->stop_after && c->n == c->stop_after) return 1;
+	if(c->stop_after && c->n == c->stop_after) return IM_ROW_STOP;
 	c->seqs[c->n] = m->seq;
 	snprintf(c->bodies[c->n], sizeof(c->bodies[0]), "%.*s", (int)m->body_len, (const char *)m->body);
 	c->n++;
-	return 0;
+	return IM_ROW_NEXT;
 }
 
 static void append_and_dedup(void)
@@ -235,7 +280,7 @@ static void encryption(void)
 	CHECK_EQ(c.n, 1);
 	CHECK_STR(c.bodies[0], "TOP-SECRET-BO"); /* collect keeps 15 chars */
 	/* On disk: sealed with key 2, no plaintext. */
-	sqlite3_prepare_v2(st.db, "SELECT key_id, instr(body, 'TOP-SECRET') FROM messages WHERE tl = ?1", -1, &s, NULL);
+	sqlite3_prepare_v2(im_sqlite(&st)->db, "SELECT key_id, instr(body, 'TOP-SECRET') FROM messages WHERE tl = ?1", -1, &s, NULL);
 	sqlite3_bind_int64(s, 1, t->id);
 	if(sqlite3_step(s) == SQLITE_ROW){
 		CHECK_EQ(sqlite3_column_int(s, 0), 2);
@@ -244,7 +289,7 @@ static void encryption(void)
 	sqlite3_finalize(s);
 	CHECK_EQ(plain_hits, 0);
 	/* A row moved to another seq no longer opens. */
-	sqlite3_exec(st.db, "UPDATE messages SET seq = 7 WHERE seq = 1 AND key_id = 2", NULL, NULL, NULL);
+	sqlite3_exec(im_sqlite(&st)->db, "UPDATE messages SET seq = 7 WHERE seq = 1 AND key_id = 2", NULL, NULL, NULL);
 	memset(&c, 0, sizeof(c));
 	CHECK(im_store__range(&st, t, 0, 10, im_store__now_ms(), collect_row, &c, &more) != MOSQ_ERR_SUCCESS);
 	CHECK_EQ(c.n, 0);
@@ -273,7 +318,7 @@ static void migrations(void)
 	/* A database from a newer plugin is refused, not damaged. */
 	sqlite3_exec(db, "PRAGMA user_version = 999", NULL, NULL, NULL);
 	sqlite3_close(db);
-	CHECK(im_store__open(&st, path, 1, 100, 1024, true) != MOSQ_ERR_SUCCESS);
+	CHECK(store_open(&st, path, true) != MOSQ_ERR_SUCCESS);
 	im_store__close(&st);
 }
 
@@ -282,7 +327,7 @@ static void unwritable(void)
 	struct im__store st;
 
 	/* A folder that does not exist cannot hold the store. */
-	CHECK(im_store__open(&st, "/nonexistent-dir/im.db", 1, 100, 1024, false) != MOSQ_ERR_SUCCESS);
+	CHECK(store_open(&st, "/nonexistent-dir/im.db", false) != MOSQ_ERR_SUCCESS);
 	im_store__close(&st);
 }
 

@@ -1,0 +1,24 @@
+/*
+ * Per client id state of the broker thread: its request budgets and, for
+ * the client id guard, which user it belongs to.
+ */
+#include <string.h>
+
+#include <mosquitto.h>
+
+#include "im.h"
+
+struct im__client *im_plugin__client(struct im__plugin *p, const char *id)
+{
+	struct im__client *c;
+
+	if(id == NULL) return NULL;
+	c = im_map__get(&p->clients, id, strlen(id));
+	if(c) return c;
+	c = im_calloc(1, sizeof(*c));
+	if(c && im_map__put(&p->clients, id, strlen(id), c) != MOSQ_ERR_SUCCESS){
+		im_free(c);
+		c = NULL;
+	}
+	return c;
+}

@@ -1,0 +1,149 @@
+/*
+ * The store seam [W]: everything the worker asks of a store, as one table
+ * of operations. The SQLite backend (store*.c) is the one in this tree;
+ * another backend (PostgreSQL, for cluster mode) fills the same table and
+ * nothing above the worker changes. Only the worker thread calls these.
+ *
+ * Errors: a backend logs each failure once (im_log, with its own message)
+ * and returns MOSQ_ERR_UNKNOWN; callers decide what the client sees.
+ */
+#ifndef IM_STORE_H
+#define IM_STORE_H
+
+#include "im.h"
+
+/* A timeline as cached by the backend. One per timeline touched since
+ * start; the pointer stays valid until close. head moves inside an open
+ * transaction; after a rollback the entry is marked stale and reloaded on
+ * its next use. */
+struct im__tl {
+	int64_t id;
+	uint64_t head;          /* last seq handed out */
+	uint64_t first;         /* oldest seq still stored (head+1 if none) */
+	uint32_t hash;
+	uint16_t name_len;
+	bool stale;
+	char name[];            /* "u/<name>", NUL-terminated */
+};
+
+/* A message as stored and as sent in a frame. Strings are borrowed: they
+ * must outlive the call they are passed to. */
+struct im__msg {
+	uint64_t seq;
+	int64_t ts_ms;
+	const char *sender;
+	const char *cmid;         /* NULL if none */
+	const char *to;           /* addressed timeline */
+	const char *content_type; /* NULL if none */
+	uint32_t flags;
+	int64_t expires_ms;       /* 0 = never */
+	uint32_t raw_len;         /* FLAG_COMPRESSED: inflated length */
+	const void *body;
+	size_t body_len;
+};
+
+/* The outcome of an append. */
+struct im__appended {
+	uint64_t seq;           /* in the timeline that holds the message */
+	uint64_t own_seq;       /* in the sender's inbox, 0 if no copy was made */
+	int64_t ts_ms;
+	bool duplicate;         /* (sender, cmid) seen before: the original's values */
+	char timeline[IM_TL_MAX + 1];   /* where the message (the original) is */
+};
+
+/* A group as cached: owner and member set (user -> non-NULL). */
+struct im__group {
+	char *owner;
+	struct im__map members;
+};
+
+enum im_group_op { IM_GROUP_CREATE, IM_GROUP_ADD, IM_GROUP_REMOVE, IM_GROUP_LEAVE };
+
+typedef enum im_row (*im_store__row_fn)(void *ctx, const struct im__msg *m);
+typedef enum im_row (*im_store__name_fn)(void *ctx, const char *name);
+typedef enum im_row (*im_store__group_fn)(void *ctx, const char *group, const char *owner,
+		const char *const *members, size_t n);
+typedef enum im_row (*im_store__pair_fn)(void *ctx, const char *a, const char *b);
+
+struct im__store;
+
+struct im__store_options {
+	const char *path;           /* SQLite file */
+	int synchronous;
+	int busy_timeout_ms;
+	int page_size;
+	bool checkpoint_thread;
+};
+
+struct im__store_ops {
+	const char *name;
+	void (*close)(struct im__store *st);
+	/* One transaction per batch; commit records applied_lsn in it (0: keep). */
+	int (*begin)(struct im__store *st);
+	int (*commit)(struct im__store *st, uint64_t applied_lsn);
+	void (*rollback)(struct im__store *st);
+	/* The cached timeline name (len bytes), loading it, creating its row if
+	 * create. NULL if absent (and !create) or on error (*err set). */
+	struct im__tl *(*timeline)(struct im__store *st, const char *name, size_t len, bool create, bool *err);
+	/* Appends m to `to` and the sender's copy to own (may be NULL), after
+	 * looking (sender, cmid) up. Inside the caller's transaction. */
+	int (*append)(struct im__store *st, struct im__tl *to, struct im__tl *own, const struct im__msg *m,
+			struct im__appended *out);
+	/* fn for each message of tl after `after`, in order, at most limit rows,
+	 * skipping rows expired at now_ms. *more: a further row exists.
+	 * MOSQ_ERR_SUCCESS, MOSQ_ERR_NOMEM if fn said IM_ROW_ERROR, or
+	 * MOSQ_ERR_UNKNOWN on a store failure. */
+	int (*range)(struct im__store *st, struct im__tl *tl, uint64_t after, uint32_t limit, int64_t now_ms,
+			im_store__row_fn fn, void *ctx, bool *more);
+	int (*cursor_get)(struct im__store *st, struct im__tl *tl, const char *user, const char *client_id, uint64_t *seq);
+	/* Moves the cursor to max(current, seq); *now receives the result. */
+	int (*cursor_set)(struct im__store *st, struct im__tl *tl, const char *user, const char *client_id,
+			uint64_t seq, uint64_t *now);
+	/* The cached group; NULL if absent or on error (*err set). */
+	struct im__group *(*group)(struct im__store *st, const char *name, size_t len, bool *err);
+	/* Applies a membership change and appends its system message sys to the
+	 * group's timeline tl; the group cache changes with it (and is dropped
+	 * on rollback). out: the system message's seq. */
+	int (*group_change)(struct im__store *st, enum im_group_op op, const char *group, const char *actor,
+			char *const *users, size_t n, struct im__tl *tl, const struct im__msg *sys, uint64_t *seq);
+	/* fn for each group user is a member of, in name order. */
+	int (*groups_of)(struct im__store *st, const char *user, im_store__name_fn fn, void *ctx);
+	/* fn for every group with its members (the broker thread's view, at start). */
+	int (*each_group)(struct im__store *st, im_store__group_fn fn, void *ctx);
+	/* Notes that writer wrote to reader (presence contacts); *first is set
+	 * when this is the first time. */
+	int (*wrote)(struct im__store *st, const char *writer, const char *reader, bool *first);
+	int (*each_wrote)(struct im__store *st, im_store__pair_fn fn, void *ctx);
+	/* One bounded step of a retention sweep: at most budget rows, short
+	 * transactions of its own (call outside a batch). Returns rows deleted
+	 * or -1 on a store failure; *cursor_id is where the next step starts,
+	 * *done when the sweep passed the last timeline. */
+	int (*trim_step)(struct im__store *st, int64_t cutoff_ms, int64_t keep, uint32_t budget,
+			int64_t *cursor_id, bool *done);
+	/* Entries cached, for metrics. */
+	size_t (*cached)(struct im__store *st, size_t *groups);
+};
+
+struct im__store {
+	const struct im__store_ops *ops;
+	void *be;                   /* the backend's state */
+	struct im__crypt *crypt;    /* NULL: bodies stored as given; owned by the worker */
+	/* What the store says about itself (read at open). */
+	uint64_t store_id;
+	uint8_t frame_key[16];
+	uint64_t applied_lsn;
+	bool created;               /* a new database was made by this open */
+};
+
+/* Opens (creating if needed) the SQLite database at o->path, applies
+ * pragmas and migrations, prepares statements, reads or makes the store id
+ * and frame key. MOSQ_ERR_SUCCESS, or MOSQ_ERR_UNKNOWN with a log line
+ * naming the path and why. On failure st is closed. */
+int im_store__open_sqlite(struct im__store *st, const struct im__store_options *o);
+/* A new store id (the store was rolled back: clients must start over).
+ * Written at the next commit. */
+int im_store__renew_id(struct im__store *st);
+
+static inline void im_store__close(struct im__store *st) { if(st->ops) st->ops->close(st); }
+
+#endif

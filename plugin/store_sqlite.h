@@ -1,0 +1,99 @@
+/*
+ * The SQLite backend's private state, shared by store.c (open, migrate,
+ * transactions), store_msg.c (timelines, append, range), store_cursor.c,
+ * store_group.c and store_trim.c. Worker thread only.
+ */
+#ifndef IM_STORE_SQLITE_H
+#define IM_STORE_SQLITE_H
+
+#include <sqlite3.h>
+
+#include "store.h"
+
+struct im__tl_cache {
+	struct im__tl **slots;
+	size_t cap;         /* power of two */
+	size_t count;
+};
+
+/* WAL checkpoints on a thread of their own (ckpt.c). */
+struct im__ckpt {
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	sqlite3 *db;        /* the thread's own connection */
+	bool running, stop;
+	int last_rc;
+	long checkpoints;
+};
+
+int im_ckpt__start(struct im__ckpt *c, const char *path);
+void im_ckpt__stop(struct im__ckpt *c);
+
+struct im__sqlite {
+	sqlite3 *db;
+	struct im__ckpt ckpt;
+	struct im__tl_cache tls;
+	/* timelines touched by the open transaction, to mark stale on rollback */
+	struct im__tl **touched;
+	size_t n_touched, cap_touched;
+	bool groups_dirty;          /* the open transaction changed a group */
+	bool id_dirty;              /* store_id to write at the next commit */
+	sqlite3_stmt *begin, *commit, *rollback, *meta_set;
+	sqlite3_stmt *tl_get, *tl_insert, *tl_set_first;
+	sqlite3_stmt *msg_insert, *msg_dedup, *msg_range;
+	sqlite3_stmt *cursor_get, *cursor_set;
+	sqlite3_stmt *trim_list, *trim_scan, *trim_delete;
+	struct im__map groups;      /* name -> struct im__group *, loaded lazily */
+	sqlite3_stmt *grp_get, *grp_members, *grp_insert, *mem_insert, *mem_delete, *grp_of_user, *grp_all, *mem_all;
+	sqlite3_stmt *wrote_insert, *wrote_all;
+	struct im__map wrote_seen;  /* "writer\nreader" pairs known written */
+};
+
+static inline struct im__sqlite *im_sqlite(struct im__store *st) { return st->be; }
+
+/* Logs SQLite's message for what and returns MOSQ_ERR_UNKNOWN. */
+int im_sqlite__fail(struct im__sqlite *s, const char *what);
+/* Steps a statement that returns no row, resets it. */
+int im_sqlite__step(struct im__sqlite *s, sqlite3_stmt *stmt, const char *what);
+int im_sqlite__prepare(struct im__sqlite *s, sqlite3_stmt **stmt, const char *sql);
+const char *im_sqlite__text(sqlite3_stmt *s, int col);
+/* Inserts one message row at seq (sealed with the store's key if any). */
+int im_sqlite__insert_msg(struct im__store *st, struct im__tl *t, uint64_t seq, const struct im__msg *m, int copy);
+/* Remembers t as touched by the open transaction. */
+void im_sqlite__touch(struct im__sqlite *s, struct im__tl *t);
+struct im__tl *im_sqlite__cache_find(struct im__tl_cache *c, const char *name, size_t len);
+
+/* store_msg.c */
+struct im__tl *im_sqlite__timeline(struct im__store *st, const char *name, size_t len, bool create, bool *err);
+int im_sqlite__append(struct im__store *st, struct im__tl *to, struct im__tl *own, const struct im__msg *m,
+		struct im__appended *out);
+int im_sqlite__range(struct im__store *st, struct im__tl *tl, uint64_t after, uint32_t limit, int64_t now_ms,
+		im_store__row_fn fn, void *ctx, bool *more);
+int im_sqlite__prepare_msg(struct im__sqlite *s);
+void im_sqlite__cache_free(struct im__tl_cache *c);
+
+/* store_cursor.c */
+int im_sqlite__cursor_get(struct im__store *st, struct im__tl *tl, const char *user, const char *client_id, uint64_t *seq);
+int im_sqlite__cursor_set(struct im__store *st, struct im__tl *tl, const char *user, const char *client_id,
+		uint64_t seq, uint64_t *now);
+
+/* store_group.c */
+int im_sqlite__prepare_group(struct im__sqlite *s);
+void im_sqlite__group_close(struct im__sqlite *s);
+/* Drops the group cache (after a rollback): reloaded on next use. */
+void im_sqlite__group_forget(struct im__sqlite *s);
+struct im__group *im_sqlite__group(struct im__store *st, const char *name, size_t len, bool *err);
+int im_sqlite__group_change(struct im__store *st, enum im_group_op op, const char *group, const char *actor,
+		char *const *users, size_t n, struct im__tl *tl, const struct im__msg *sys, uint64_t *seq);
+int im_sqlite__groups_of(struct im__store *st, const char *user, im_store__name_fn fn, void *ctx);
+int im_sqlite__each_group(struct im__store *st, im_store__group_fn fn, void *ctx);
+int im_sqlite__wrote(struct im__store *st, const char *writer, const char *reader, bool *first);
+int im_sqlite__each_wrote(struct im__store *st, im_store__pair_fn fn, void *ctx);
+
+/* store_trim.c */
+int im_sqlite__prepare_trim(struct im__sqlite *s);
+int im_sqlite__trim_step(struct im__store *st, int64_t cutoff_ms, int64_t keep, uint32_t budget,
+		int64_t *cursor_id, bool *done);
+
+#endif

@@ -1,0 +1,708 @@
+/*
+ * The store worker: one thread that owns the store. The broker thread
+ * journals each message (the acknowledgement point) and queues it here;
+ * the worker applies queued jobs in batches, one transaction each, with
+ * the last journal position in that same transaction, and hands the
+ * results (frames, receipts, replies) back to the broker thread in the
+ * order it produced them: seq order per timeline.
+ *
+ * Why one thread: SQLite has one writer, so more writing threads only
+ * queue on its lock; and one thread makes the order of completions the
+ * order of commits with no further bookkeeping. Reads (sync) run in the
+ * same batches; they are bounded by sync_max_frames/bytes.
+ *
+ * A batch that fails to commit (disk full, I/O error, a locked file) is
+ * rolled back and tried again with a growing pause; its requests are
+ * answered "store failure" at once, its messages wait: they are in the
+ * journal and acknowledged, so they are never dropped. While they wait the
+ * backlog grows, and past backlog_max the broker thread refuses new
+ * publishes (without acknowledging them).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mosquitto.h>
+#include <mosquitto_broker.h>
+
+#include "worker.h"
+
+#define CUT_INTERVAL_MS 1000
+#define REPOKE_US 2000          /* re-wake the broker thread if it has not drained by then */
+#define BATCH_US 2000           /* stop adding jobs to a batch after this much work */
+
+static struct im__worker *g_worker; /* for post_log */
+
+/* ---- completions ---- */
+
+struct im__done *im_work__done(enum im_done_kind kind, size_t extra)
+{
+	struct im__done *d = im_calloc(1, sizeof(*d) + extra);
+
+	if(d) d->kind = kind;
+	return d;
+}
+
+const char *im_work__str(struct im__done *d, size_t *used, const char *s)
+{
+	size_t n;
+	char *out;
+
+	if(s == NULL) return NULL;
+	n = strlen(s) + 1;
+	out = d->data + *used;
+	memcpy(out, s, n);
+	*used += n;
+	return out;
+}
+
+void im_work__emit(struct im__worker *w, struct im__done *d)
+{
+	if(d == NULL) return;
+	if(w->replaying){
+		free(d);
+		return;
+	}
+	d->next = NULL;
+	*w->btail = d;
+	w->btail = &d->next;
+}
+
+#define SLEN(s) ((s) ? strlen(s) + 1 : 0)
+
+void im_work__reply(struct im__worker *w, const struct im__job *j, const ProtobufCMessage *msg, bool sync_reply)
+{
+	char topic[sizeof(IM_CONTROL_PREFIX) + 32];
+	const char *dest = j->to.topic;
+	size_t n = protobuf_c_message_get_packed_size(msg), used = 0;
+	struct im__done *d;
+
+	if(j->to.client_id == NULL) return;
+	if(dest == NULL){
+		snprintf(topic, sizeof(topic), IM_CONTROL_PREFIX "%s/response", j->to.op);
+		dest = topic;
+	}
+	d = im_work__done(IM_DONE_REPLY, SLEN(j->to.client_id) + SLEN(dest) + j->to.corr_len + n);
+	if(d == NULL){
+		im_log(MOSQ_LOG_WARNING, "im: out of memory: a %s reply to \"%s\" is lost.", j->to.op, j->to.client_id);
+		return;
+	}
+	d->client_id = im_work__str(d, &used, j->to.client_id);
+	d->topic = im_work__str(d, &used, dest);
+	if(j->to.corr_len){
+		memcpy(d->data + used, j->to.corr, j->to.corr_len);
+		d->corr = d->data + used;
+		d->corr_len = j->to.corr_len;
+		used += j->to.corr_len;
+	}
+	protobuf_c_message_pack(msg, (uint8_t *)d->data + used);
+	d->payload = d->data + used;
+	d->len = n;
+	d->sync_reply = sync_reply;
+	im_work__emit(w, d);
+}
+
+static bool post_log(int level, const char *text)
+{
+	struct im__worker *w = g_worker;
+	size_t n = strlen(text) + 1;
+	struct im__done *d;
+
+	if(w == NULL) return false;
+	d = im_work__done(IM_DONE_LOG, n);
+	if(d == NULL) return true; /* out of memory: the line is lost, not the thread */
+	memcpy(d->data, text, n);
+	d->payload = d->data;
+	d->len = n - 1;
+	d->level = level;
+	pthread_mutex_lock(&w->mu);
+	*w->dtail = d;
+	w->dtail = &d->next;
+	__atomic_store_n(&w->has_done, 1, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&w->mu);
+	im_wake__poke();
+	return true;
+}
+
+/* ---- the broker thread's side ---- */
+
+void im_worker__submit(struct im__plugin *p, struct im__job *j)
+{
+	struct im__worker *w = p->worker;
+
+	j->next = NULL;
+	pthread_mutex_lock(&w->mu);
+	*w->tail = j;
+	w->tail = &j->next;
+	w->submitted++;
+	if(j->kind == IM_JOB_MSG) __atomic_add_fetch(&w->backlog, j->len, __ATOMIC_RELAXED);
+	pthread_cond_signal(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+size_t im_worker__drain(struct im__plugin *p, void (*fn)(struct im__plugin *, struct im__done *))
+{
+	struct im__worker *w = p->worker;
+	struct im__done *d, *next;
+	size_t n = 0;
+
+	if(w == NULL || !__atomic_load_n(&w->has_done, __ATOMIC_ACQUIRE)) return 0;
+	pthread_mutex_lock(&w->mu);
+	d = w->dhead;
+	w->dhead = NULL;
+	w->dtail = &w->dhead;
+	__atomic_store_n(&w->has_done, 0, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&w->mu);
+	for(; d; d = next, n++){
+		next = d->next;
+		fn(p, d);
+	}
+	return n;
+}
+
+uint64_t im_worker__backlog(const struct im__plugin *p)
+{
+	return p->worker ? __atomic_load_n(&p->worker->backlog, __ATOMIC_RELAXED) : 0;
+}
+
+void im_worker__wait_idle(struct im__plugin *p)
+{
+	struct im__worker *w = p->worker;
+
+	pthread_mutex_lock(&w->mu);
+	while(w->finished < w->submitted && !w->stop) pthread_cond_wait(&w->idle_cv, &w->mu);
+	pthread_mutex_unlock(&w->mu);
+}
+
+/* ---- jobs ---- */
+
+struct im__job *im_job__new(enum im_job_kind kind, size_t data_len, const char *client_id,
+		const char *op, const char *resp_topic, const void *corr, uint16_t corr_len)
+{
+	size_t extra = data_len + SLEN(client_id) + SLEN(resp_topic) + corr_len, used = 0;
+	struct im__job *j = im_calloc(1, sizeof(*j) + extra);
+	char *tail;
+
+	if(j == NULL) return NULL;
+	tail = (char *)(j + 1);
+	j->kind = kind;
+	j->len = data_len;
+	j->data = (uint8_t *)tail;
+	used = data_len;
+	if(client_id){
+		j->to.client_id = tail + used;
+		memcpy(tail + used, client_id, strlen(client_id) + 1);
+		used += strlen(client_id) + 1;
+	}
+	if(resp_topic){
+		j->to.topic = tail + used;
+		memcpy(tail + used, resp_topic, strlen(resp_topic) + 1);
+		used += strlen(resp_topic) + 1;
+	}
+	if(corr_len){
+		j->to.corr = tail + used;
+		memcpy(tail + used, corr, corr_len);
+		j->to.corr_len = corr_len;
+	}
+	snprintf(j->to.op, sizeof(j->to.op), "%s", op ? op : "receipt");
+	return j;
+}
+
+void im_job__free(struct im__job *j)
+{
+	if(j == NULL) return;
+	if(j->kind == IM_JOB_OPTIONS && j->u.options){
+		im_config__free(j->u.options);
+		free(j->u.options);
+	}
+	free(j);
+}
+
+/* ---- batches ---- */
+
+static void drop_batch_done(struct im__worker *w)
+{
+	struct im__done *d, *next;
+
+	for(d = w->bhead; d; d = next){
+		next = d->next;
+		free(d);
+	}
+	w->bhead = NULL;
+	w->btail = &w->bhead;
+}
+
+static int run_job(struct im__worker *w, struct im__job *j)
+{
+	switch(j->kind){
+		case IM_JOB_MSG: return im_work__message(w, j);
+		case IM_JOB_SYNC: return im_work__sync(w, j);
+		case IM_JOB_ACK: return im_work__ack(w, j);
+		case IM_JOB_GROUP: return im_work__group(w, j);
+		default: return MOSQ_ERR_SUCCESS;
+	}
+}
+
+/* New options (a reload): the worker's copy and the keys. */
+static void apply_options(struct im__worker *w, struct im__job *j)
+{
+	struct im__config *n = j->u.options;
+	struct im__crypt *c;
+
+	if(n == NULL) return;
+	im_config__copy_runtime(&w->cfg, n);
+	im_config__free_admins(&w->cfg);
+	w->cfg.admins = n->admins;
+	n->admins = NULL;
+	/* The keys travel in the job's data: a loaded struct im__crypt. */
+	if(j->len == sizeof(struct im__crypt)){
+		c = (struct im__crypt *)(void *)j->data;
+		if(w->crypt){
+			im_crypt__free(w->crypt);
+			memcpy(w->crypt, c, sizeof(*c));
+			w->st.crypt = w->crypt;
+		}else{
+			im_crypt__free(c);
+		}
+		memset(c, 0, sizeof(*c));
+	}
+	w->next_trim_ms = 0;
+	w->trim_cursor = 0;
+}
+
+/* Requests in a batch that failed get "store failure" now (they are not
+ * acknowledged data); messages stay for the next attempt. */
+static struct im__job *fail_requests(struct im__worker *w, struct im__job *jobs, size_t *n, size_t *removed)
+{
+	struct im__job *keep = NULL, **kt = &keep, *j, *next;
+	Im__V1__Response r = IM__V1__RESPONSE__INIT;
+
+	r.has_status = 1;
+	r.status = IM__V1__STATUS__INTERNAL;
+	r.reason = "store failure; nothing changed";
+	for(j = jobs; j; j = next){
+		next = j->next;
+		if(j->kind == IM_JOB_MSG){
+			*kt = j;
+			kt = &j->next;
+			continue;
+		}
+		im_work__reply(w, j, &r.base, j->kind == IM_JOB_SYNC);
+		im_job__free(j);
+		(*n)--;
+		(*removed)++;
+	}
+	*kt = NULL;
+	return keep;
+}
+
+static void publish_batch(struct im__worker *w, size_t n_jobs)
+{
+	bool any;
+
+	pthread_mutex_lock(&w->mu);
+	any = w->bhead != NULL;
+	if(any){
+		*w->dtail = w->bhead;
+		w->dtail = w->btail;
+		__atomic_store_n(&w->has_done, 1, __ATOMIC_RELEASE);
+		w->poked_us = im_mono_us();
+	}
+	w->finished += n_jobs;
+	pthread_cond_broadcast(&w->idle_cv);
+	pthread_mutex_unlock(&w->mu);
+	w->bhead = NULL;
+	w->btail = &w->bhead;
+	if(any) im_wake__poke();
+}
+
+/* Applies jobs (a list) in one transaction; retries until it commits or
+ * the worker stops (or, replaying at start, gives up after a few tries:
+ * then the broker does not start). Frees the jobs. */
+static int run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
+{
+	struct im__job *j, *next;
+	uint64_t last_lsn, bytes;
+	int64_t t0;
+	int attempt = 0, rc;
+	unsigned pause_ms = 50;
+	size_t removed = 0;
+
+	for(;;){
+		last_lsn = 0;
+		bytes = 0;
+		t0 = im_mono_us();
+		rc = w->st.ops->begin(&w->st);
+		for(j = jobs; j && rc == MOSQ_ERR_SUCCESS; j = j->next){
+			rc = run_job(w, j);
+			if(j->kind == IM_JOB_MSG){
+				last_lsn = j->lsn;
+				bytes += j->len;
+			}
+		}
+		if(rc == MOSQ_ERR_SUCCESS) rc = w->st.ops->commit(&w->st, last_lsn);
+		else w->st.ops->rollback(&w->st);
+		im_metrics__hist(w->p->metrics.commit_hist, im_mono_us() - t0);
+		if(rc == MOSQ_ERR_SUCCESS) break;
+		IM_STAT_ADD(w->p->metrics.store_errors, 1);
+		drop_batch_done(w);
+		if(attempt++ == 0){
+			im_log(MOSQ_LOG_ERR, "im: store: a batch of %zu jobs failed; its requests are answered \"store failure\", its messages are kept in the journal and retried.", n);
+			jobs = fail_requests(w, jobs, &n, &removed);
+			publish_batch(w, removed);
+		}
+		if(jobs == NULL) break;
+		if(w->replaying && attempt >= 3){
+			for(; jobs; jobs = next){
+				next = jobs->next;
+				im_job__free(jobs);
+			}
+			return MOSQ_ERR_UNKNOWN;
+		}
+		pthread_mutex_lock(&w->mu);
+		if(!w->stop){
+			struct timespec until;
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_nsec += (long)pause_ms * 1000000L;
+			until.tv_sec += until.tv_nsec / 1000000000L;
+			until.tv_nsec %= 1000000000L;
+			pthread_cond_timedwait(&w->cv, &w->mu, &until);
+		}
+		rc = w->stop;
+		pthread_mutex_unlock(&w->mu);
+		if(rc){
+			/* Stopping with messages unstored: they stay in the journal
+			 * and are applied at the next start. */
+			for(; jobs; jobs = next){
+				next = jobs->next;
+				im_job__free(jobs);
+			}
+			return MOSQ_ERR_UNKNOWN;
+		}
+		if(pause_ms < 2000) pause_ms *= 2;
+	}
+	if(attempt > 0) im_log(MOSQ_LOG_NOTICE, "im: store: the batch committed after %d attempt(s).", attempt + 1);
+	IM_STAT_ADD(w->p->metrics.batches, 1);
+	__atomic_sub_fetch(&w->backlog, bytes, __ATOMIC_RELAXED);
+	for(; jobs; jobs = next){
+		next = jobs->next;
+		im_job__free(jobs);
+	}
+	publish_batch(w, n);
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* ---- background work: retention, journal cut ---- */
+
+static void housekeeping(struct im__worker *w, int64_t now)
+{
+	const struct im__config *cfg = &w->cfg;
+	int64_t cutoff = 0;
+	bool done = false;
+	size_t groups;
+	int rows;
+
+	if(now - w->last_cut_ms >= CUT_INTERVAL_MS){
+		im_journal__cut(w->journal_dir, w->st.applied_lsn);
+		w->last_cut_ms = now;
+		IM_STAT_SET(w->p->metrics.timelines_cached, w->st.ops->cached(&w->st, &groups));
+		IM_STAT_SET(w->p->metrics.groups_cached, groups);
+	}
+	if((cfg->retention_seconds == 0 && cfg->retention_messages == 0) || now < w->next_trim_ms) return;
+	if(cfg->retention_seconds) cutoff = now - cfg->retention_seconds * 1000;
+	rows = w->st.ops->trim_step(&w->st, cutoff, cfg->retention_messages, cfg->trim_batch, &w->trim_cursor, &done);
+	if(rows > 0) IM_STAT_ADD(w->p->metrics.trimmed, rows);
+	/* A failed step is tried again later from where it stopped. Between
+	 * steps of one sweep the queue goes first (the loop checks it). */
+	w->next_trim_ms = now + (rows < 0 ? 1000 : done ? 1000 : 5);
+}
+
+static void *run(void *arg)
+{
+	struct im__worker *w = arg;
+	struct im__job *jobs, **jt;
+	struct timespec until;
+	size_t n;
+	int64_t now;
+	sigset_t all;
+
+	/* Signals are the broker thread's business (the wake-up one too). */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	pthread_mutex_lock(&w->mu);
+	for(;;){
+		if(w->head == NULL && !w->stop){
+			now = im_mono_us();
+			/* Completions not drained yet: the wake-up may have come just
+			 * before the broker's epoll_wait; wake it again shortly. */
+			if(w->dhead && now - w->poked_us >= REPOKE_US){
+				w->poked_us = now;
+				pthread_mutex_unlock(&w->mu);
+				im_wake__poke();
+				pthread_mutex_lock(&w->mu);
+				continue;
+			}
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_nsec += w->dhead ? REPOKE_US * 1000L : 5000000L;
+			until.tv_sec += until.tv_nsec / 1000000000L;
+			until.tv_nsec %= 1000000000L;
+			pthread_cond_timedwait(&w->cv, &w->mu, &until);
+			if(w->head == NULL && !w->stop){
+				pthread_mutex_unlock(&w->mu);
+				housekeeping(w, im_now_ms());
+				pthread_mutex_lock(&w->mu);
+			}
+			continue;
+		}
+		if(w->head == NULL) break; /* stopping, queue empty */
+		/* Take up to batch_max jobs; an options job runs alone, first. */
+		jobs = w->head;
+		if(jobs->kind == IM_JOB_OPTIONS){
+			w->head = jobs->next;
+			if(w->head == NULL) w->tail = &w->head;
+			w->finished++;
+			pthread_mutex_unlock(&w->mu);
+			apply_options(w, jobs);
+			im_job__free(jobs);
+			pthread_mutex_lock(&w->mu);
+			continue;
+		}
+		for(n = 0, jt = &w->head; *jt && n < w->cfg.batch_max && (*jt)->kind != IM_JOB_OPTIONS; jt = &(*jt)->next) n++;
+		w->head = *jt;
+		*jt = NULL;
+		if(w->head == NULL) w->tail = &w->head;
+		pthread_mutex_unlock(&w->mu);
+		run_batch(w, jobs, n);
+		now = im_now_ms();
+		if(now - w->last_cut_ms >= CUT_INTERVAL_MS || now >= w->next_trim_ms) housekeeping(w, now);
+		pthread_mutex_lock(&w->mu);
+	}
+	pthread_mutex_unlock(&w->mu);
+	return NULL;
+}
+
+/* ---- start, replay, stop ---- */
+
+struct replay {
+	struct im__worker *w;
+	struct im__job *jobs, **tail;
+	size_t n;
+	uint64_t count;
+};
+
+static int replay_flush(struct replay *r)
+{
+	int rc = MOSQ_ERR_SUCCESS;
+
+	if(r->n) rc = run_batch(r->w, r->jobs, r->n);
+	r->jobs = NULL;
+	r->tail = &r->jobs;
+	r->n = 0;
+	return rc;
+}
+
+static int replay_one(void *ctx, uint64_t lsn, const uint8_t *payload, size_t len)
+{
+	struct replay *r = ctx;
+	struct im__job *j = im_job__new(IM_JOB_MSG, len, NULL, NULL, NULL, NULL, 0);
+	struct im__rec rec;
+
+	if(j == NULL) return -1;
+	memcpy(j->data, payload, len);
+	j->lsn = lsn;
+	if(!im_rec__decode(j->data, len, &rec)){
+		im_log(MOSQ_LOG_ERR, "im: journal: record %" PRIu64 " is not a message record this plugin can read.", lsn);
+		im_job__free(j);
+		return -1;
+	}
+	snprintf(j->user, sizeof(j->user), "%s", rec.sender);
+	*r->tail = j;
+	r->tail = &j->next;
+	r->n++;
+	r->count++;
+	if(r->n >= 1024 && replay_flush(r) != MOSQ_ERR_SUCCESS) return -1;
+	return 0;
+}
+
+static enum im_row load_group(void *ctx, const char *group, const char *owner, const char *const *members, size_t n)
+{
+	im_policy__members(ctx, group, "create", owner, members, n);
+	return IM_ROW_NEXT;
+}
+
+static enum im_row load_wrote(void *ctx, const char *writer, const char *reader)
+{
+	im_policy__wrote(ctx, writer, reader);
+	return IM_ROW_NEXT;
+}
+
+static int clone_config(struct im__config *dst, const struct im__config *src)
+{
+	char **a;
+	size_t n = 0, i;
+
+	memset(dst, 0, sizeof(*dst));
+	im_config__copy_runtime(dst, src);
+	dst->synchronous = src->synchronous;
+	dst->page_size = src->page_size;
+	dst->presence = src->presence;
+	dst->prefix = im_strdup(src->prefix);
+	dst->prefix_len = src->prefix_len;
+	for(a = src->admins; a && *a; a++) n++;
+	dst->admins = im_calloc(n + 1, sizeof(char *));
+	if(dst->prefix == NULL || dst->admins == NULL) return MOSQ_ERR_NOMEM;
+	for(i = 0; i < n; i++){
+		if((dst->admins[i] = im_strdup(src->admins[i])) == NULL) return MOSQ_ERR_NOMEM;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+static int open_store(struct im__plugin *p, struct im__worker *w)
+{
+	struct im__store_options o = {
+		.path = p->cfg.db_path,
+		.synchronous = p->cfg.synchronous,
+		.busy_timeout_ms = p->cfg.busy_timeout_ms,
+		.page_size = p->cfg.page_size,
+		.checkpoint_thread = !p->cfg.checkpoint_inline,
+	};
+	struct replay r = {0};
+	bool gap = false;
+	int rc;
+
+	if(im_store__open_sqlite(&w->st, &o) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+	w->st.crypt = w->crypt;
+	r.w = w;
+	r.tail = &r.jobs;
+	w->replaying = true;
+	rc = im_journal__open(&p->journal, p->cfg.journal_dir, p->cfg.synchronous == 2, w->st.applied_lsn,
+			replay_one, &r, &gap);
+	if(rc == MOSQ_ERR_SUCCESS) rc = replay_flush(&r);
+	else while(r.jobs){ struct im__job *nx = r.jobs->next; im_job__free(r.jobs); r.jobs = nx; }
+	w->replaying = false;
+	if(rc != MOSQ_ERR_SUCCESS) return rc;
+	if(r.count){
+		im_log(MOSQ_LOG_NOTICE, "im: journal: %" PRIu64 " acknowledged message(s) not yet stored at the last stop were applied (up to record %" PRIu64 ").",
+				r.count, w->st.applied_lsn);
+	}
+	if(gap && !w->st.created){
+		/* The store lost what it had applied (a deleted or damaged WAL, a
+		 * restored backup): seqs would be handed out again. A new store id
+		 * tells clients to start over instead of dropping new messages as
+		 * duplicates. */
+		im_log(MOSQ_LOG_WARNING, "im: store: \"%s\" is behind its journal (stored up to record %" PRIu64 ", the journal starts later): it was rolled back or restored. A new store id is issued; clients start over.",
+				p->cfg.db_path, w->st.applied_lsn);
+		if(im_store__renew_id(&w->st) != MOSQ_ERR_SUCCESS
+				|| w->st.ops->begin(&w->st) != MOSQ_ERR_SUCCESS
+				|| w->st.ops->commit(&w->st, p->journal.next_lsn - 1) != MOSQ_ERR_SUCCESS){
+			return MOSQ_ERR_UNKNOWN;
+		}
+	}else if(gap){
+		im_log(MOSQ_LOG_WARNING, "im: store: a new database was made at \"%s\" although a journal in \"%s\" shows an earlier one existed: clients see a new store id and start over.",
+				p->cfg.db_path, p->cfg.journal_dir);
+		if(w->st.ops->begin(&w->st) != MOSQ_ERR_SUCCESS
+				|| w->st.ops->commit(&w->st, p->journal.next_lsn - 1) != MOSQ_ERR_SUCCESS){
+			return MOSQ_ERR_UNKNOWN;
+		}
+	}
+	im_journal__cut(p->cfg.journal_dir, w->st.applied_lsn);
+	return MOSQ_ERR_SUCCESS;
+}
+
+int im_worker__start(struct im__plugin *p)
+{
+	struct im__worker *w = im_calloc(1, sizeof(*w));
+	size_t groups;
+	int rc;
+
+	if(w == NULL) return MOSQ_ERR_NOMEM;
+	p->worker = w;
+	w->p = p;
+	w->tail = &w->head;
+	w->dtail = &w->dhead;
+	w->btail = &w->bhead;
+	pthread_mutex_init(&w->mu, NULL);
+	pthread_cond_init(&w->cv, NULL);
+	pthread_cond_init(&w->idle_cv, NULL);
+	w->journal_dir = im_strdup(p->cfg.journal_dir);
+	rc = clone_config(&w->cfg, &p->cfg);
+	if(rc == MOSQ_ERR_SUCCESS && p->cfg.store_key_file){
+		/* The worker gets a keyring of its own (OpenSSL contexts are not
+		 * shared between threads). */
+		w->crypt = im_calloc(1, sizeof(*w->crypt));
+		rc = w->crypt ? im_crypt__load(w->crypt, p->cfg.store_key_file) : MOSQ_ERR_NOMEM;
+	}
+	if(rc == MOSQ_ERR_SUCCESS && w->journal_dir == NULL) rc = MOSQ_ERR_NOMEM;
+	if(rc == MOSQ_ERR_SUCCESS) rc = open_store(p, w);
+	if(rc == MOSQ_ERR_SUCCESS){
+		p->store_id = w->st.store_id;
+		memcpy(p->frame_key, w->st.frame_key, sizeof(p->frame_key));
+		rc = w->st.ops->each_group(&w->st, load_group, p);
+	}
+	if(rc == MOSQ_ERR_SUCCESS && p->cfg.presence == IM_PRESENCE_CONTACTS){
+		rc = w->st.ops->each_wrote(&w->st, load_wrote, p);
+	}
+	if(rc == MOSQ_ERR_SUCCESS){
+		IM_STAT_SET(p->metrics.timelines_cached, w->st.ops->cached(&w->st, &groups));
+		g_worker = w;
+		im_log__sink(post_log);
+		if(pthread_create(&w->thread, NULL, run, w) != 0){
+			g_worker = NULL;
+			rc = MOSQ_ERR_UNKNOWN;
+		}else{
+			w->started = true;
+		}
+	}
+	if(rc != MOSQ_ERR_SUCCESS) im_worker__stop(p);
+	return rc;
+}
+
+void im_worker__stop(struct im__plugin *p)
+{
+	struct im__worker *w = p->worker;
+	struct im__job *j, *next;
+	struct im__done *d, *dn;
+
+	if(w == NULL) return;
+	if(w->started){
+		pthread_mutex_lock(&w->mu);
+		w->stop = true;
+		pthread_cond_broadcast(&w->cv);
+		pthread_mutex_unlock(&w->mu);
+		pthread_join(w->thread, NULL);
+	}
+	g_worker = NULL;
+	im_log__sink(NULL);
+	/* Completions the broker thread did not drain: their log lines still
+	 * matter; deliveries are for clients that are going away. */
+	for(d = w->dhead; d; d = dn){
+		dn = d->next;
+		if(d->kind == IM_DONE_LOG) mosquitto_log_printf(d->level, "%s", (const char *)d->payload);
+		free(d);
+	}
+	for(j = w->head; j; j = next){
+		next = j->next;
+		im_job__free(j);
+	}
+	if(w->st.ops && w->st.applied_lsn) im_journal__cut(w->journal_dir, w->st.applied_lsn);
+	im_store__close(&w->st);
+	im_journal__close(&p->journal);
+	if(w->crypt){
+		im_crypt__free(w->crypt);
+		free(w->crypt);
+	}
+	im_buf__free(&w->frame);
+	im_buf__free(&w->zbuf);
+	im_buf__free(&w->plain);
+	im_map__free(&w->new_tl, free);
+	im_config__free(&w->cfg);
+	free(w->journal_dir);
+	pthread_mutex_destroy(&w->mu);
+	pthread_cond_destroy(&w->cv);
+	pthread_cond_destroy(&w->idle_cv);
+	free(w);
+	p->worker = NULL;
+}

@@ -1,0 +1,76 @@
+/*
+ * The store worker's private state, shared by worker.c (thread, queues,
+ * batches), work_msg.c (messages, frames, receipts), work_read.c (sync,
+ * ack) and work_group.c (group requests). Worker thread only, but for the
+ * fields marked [mu], which the broker thread touches under the mutex.
+ */
+#ifndef IM_WORKER_H
+#define IM_WORKER_H
+
+#include "store.h"
+
+struct im__worker {
+	struct im__plugin *p;           /* read-only fields only: metrics (atomics) */
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;              /* jobs arrived, stop */
+	pthread_cond_t idle_cv;         /* a batch finished (the inline mode waits) */
+	struct im__job *head, **tail;   /* [mu] queued jobs */
+	struct im__done *dhead, **dtail;/* [mu] completions for the broker thread */
+	int has_done;                   /* completions queued (atomic; drain checks it unlocked) */
+	uint64_t submitted, finished;   /* [mu] jobs */
+	uint64_t backlog;               /* [mu] journal bytes queued, not yet stored (atomic reads) */
+	bool stop;                      /* [mu] */
+	bool started;
+	int64_t poked_us;               /* [mu] when the broker thread was last woken */
+
+	/* Worker-owned. */
+	struct im__store st;
+	struct im__config cfg;          /* the worker's copy of the options */
+	struct im__crypt *crypt;        /* NULL: no encryption at rest */
+	struct im__buf frame;           /* frames of a sync batch */
+	struct im__buf zbuf;            /* deflated bodies */
+	struct im__buf plain;           /* bodies opened from the journal */
+	struct im__map new_tl;          /* sender -> struct im__bucket (new_timelines_per_min) */
+	char *journal_dir;
+	int64_t last_cut_ms;
+	int64_t next_trim_ms;
+	int64_t trim_cursor;
+	bool replaying;                 /* applying the journal at start: no completions */
+	/* The open batch's completions: published only after its commit. */
+	struct im__done *bhead, **btail;
+	int64_t batch_started_us;
+};
+
+/* Completion builders (worker.c). done_new allocates a completion with
+ * extra bytes of data; done_str copies a string into it. */
+struct im__done *im_work__done(enum im_done_kind kind, size_t extra);
+const char *im_work__str(struct im__done *d, size_t *used, const char *s);
+/* Queues d for after the batch's commit. */
+void im_work__emit(struct im__worker *w, struct im__done *d);
+/* A reply to the job's requester with a packed protobuf message. */
+void im_work__reply(struct im__worker *w, const struct im__job *j, const ProtobufCMessage *msg, bool sync_reply);
+/* The store failed: the batch is rolled back and tried again. */
+#define IM_WORK_RETRY MOSQ_ERR_UNKNOWN
+
+/* work_msg.c */
+int im_work__message(struct im__worker *w, struct im__job *j);
+/* Builds the frame completion of m in timeline tl (a sealed frame, or the
+ * raw body in payload mode raw). raw_body: the body as sent. */
+struct im__done *im_work__frame(struct im__worker *w, const char *tl, const struct im__msg *m,
+		const void *raw_body, size_t raw_len);
+/* The sealed frame of a stored message m of tl, as sync returns it, into
+ * out (cap bytes); with out NULL, only its size. 0 if it cannot be built. */
+size_t im_work__sync_frame(struct im__worker *w, const char *tl, const struct im__msg *m, uint8_t *out, size_t cap);
+
+/* work_read.c */
+int im_work__sync(struct im__worker *w, struct im__job *j);
+int im_work__ack(struct im__worker *w, struct im__job *j);
+/* Is user a member of group (the worker's authoritative cache)? *err on
+ * a store failure. */
+bool im_work__is_member(struct im__worker *w, const char *group, size_t glen, const char *user, bool *err);
+
+/* work_group.c */
+int im_work__group(struct im__worker *w, struct im__job *j);
+
+#endif
