@@ -25,6 +25,7 @@ BUILD = os.environ.get("IM_BUILD_DIR", os.path.join(os.path.dirname(__file__), "
 PLUGIN = os.environ.get("IM_PLUGIN", os.path.join(BUILD, "mosquitto_im.so"))
 IMCAT = os.environ.get("IM_IMCAT", os.path.join(BUILD, "examples", "imcat"))
 SANITIZE = os.environ.get("IM_SANITIZE", "OFF").upper() in ("ON", "1", "TRUE", "YES")
+TSAN = os.environ.get("IM_TSAN", "OFF").upper() in ("ON", "1", "TRUE", "YES")
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
@@ -62,7 +63,7 @@ def decode_frame(payload):
 class Broker:
     """A mosquitto process with the plugin loaded. opts: plugin_opt_* dict."""
 
-    def __init__(self, opts=None, extra_conf="", plugin=True, tmp=None):
+    def __init__(self, opts=None, extra_conf="", plugin=True, tmp=None, pre_conf=""):
         self.dir = tmp or tempfile.mkdtemp(prefix="im-broker-")
         self.data = os.path.join(self.dir, "data")
         os.makedirs(self.data, exist_ok=True)
@@ -70,6 +71,7 @@ class Broker:
         self.opts = {"db_path": os.path.join(self.data, "im.db")}
         self.opts.update(opts or {})
         self.extra_conf = extra_conf
+        self.pre_conf = pre_conf             # lines before the plugin line (another plugin first)
         self.plugin = plugin
         self.proc = None
         self.log_path = os.path.join(self.dir, "broker.log")
@@ -112,6 +114,8 @@ class Broker:
                  # out_packet_count >= max_queued_messages, always true at 0.
                  "max_queued_messages 1000000",
                  "persistence false"]
+        if self.pre_conf:
+            lines.append(self.pre_conf)
         if self.plugin:
             lines.append("plugin %s" % PLUGIN)
             for k, v in self.opts.items():
@@ -130,6 +134,11 @@ class Broker:
             env["LD_PRELOAD"] = asan
             env["ASAN_OPTIONS"] = "detect_leaks=1:log_path=%s/asan:abort_on_error=0" % self.asan_dir
             env["UBSAN_OPTIONS"] = "print_stacktrace=1:log_path=%s/ubsan" % self.asan_dir
+        if TSAN:
+            tsan = subprocess.run(["gcc", "-print-file-name=libtsan.so"], capture_output=True,
+                                  text=True).stdout.strip()
+            env["LD_PRELOAD"] = tsan
+            env["TSAN_OPTIONS"] = "log_path=%s/tsan:halt_on_error=0:report_signal_unsafe=0" % self.asan_dir
         return env
 
     def start(self, expect_fail=False, preexec_fn=None):

@@ -93,12 +93,13 @@ def test_locked_database_acknowledged_from_the_journal_stored_once(make_broker, 
     """The journal is the acknowledgement point: a locked database delays
     storing, never the acknowledgement, and loses nothing."""
     b = make_broker({"nonim_acl": "allow"})
+    bob = Client(b, "bob").connect()
+    bob.subscribe("im/u/bob")
     if warm:
         w = Client(b, "alice").connect()
         w.publish("im/u/bob", b"warm-up")
         w.close()
-    bob = Client(b, "bob").connect()
-    bob.subscribe("im/u/bob")
+        assert decode_frame(bob.get(timeout=60).payload)[1] == b"warm-up"   # stored and delivered
     lock = sqlite3.connect(b.db_path, isolation_level=None, timeout=5)
     lock.execute("BEGIN EXCLUSIVE")
     pub = Client(b, "alice", client_id="alice-lock", clean=False).connect()
