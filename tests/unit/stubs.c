@@ -39,3 +39,16 @@ const char *mosquitto_client_id(const struct mosquitto *client)
 	(void)client;
 	return "unit";
 }
+
+const char *mosquitto_client_username(const struct mosquitto *client)
+{
+	(void)client;
+	return "unit";
+}
+
+int mosquitto_broker_publish_copy(const char *clientid, const char *topic, int payloadlen, const void *payload,
+		int qos, bool retain, mosquitto_property *properties)
+{
+	(void)clientid; (void)topic; (void)payloadlen; (void)payload; (void)qos; (void)retain; (void)properties;
+	return MOSQ_ERR_SUCCESS;
+}
