@@ -60,6 +60,15 @@ int im_ckpt__start(struct im__ckpt *c, const char *path)
 		return MOSQ_ERR_UNKNOWN;
 	}
 	sqlite3_busy_timeout(c->db, 1000);
+	/* A connection that has read nothing has not opened the WAL yet, and
+	 * sqlite3_wal_checkpoint_v2 on it returns SQLITE_OK having done
+	 * nothing (found in 2026-11: the WAL grew until a restart). Reading
+	 * the schema version opens it. */
+	if(sqlite3_exec(c->db, "PRAGMA schema_version", NULL, NULL, NULL) != SQLITE_OK){
+		sqlite3_close(c->db);
+		c->db = NULL;
+		return MOSQ_ERR_UNKNOWN;
+	}
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_cond_init(&c->cv, NULL);
 	if(pthread_create(&c->thread, NULL, run, c) != 0){

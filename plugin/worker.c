@@ -19,11 +19,14 @@
  * publishes (without acknowledging them).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <unistd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
@@ -221,6 +224,39 @@ void im_job__free(struct im__job *j)
 	free(j);
 }
 
+/* ---- the applied marker ----
+ * <journal>/applied holds the highest LSN the worker saw committed. The
+ * database holds its own applied LSN, in the same transaction as the
+ * records. If the database is ever behind the marker, it lost committed
+ * transactions (a deleted or damaged WAL, a restored backup): the journal
+ * may still hold the records and roll it forward, but group changes and
+ * cursors of that time are gone, and history may differ from what clients
+ * saw. The store then takes a new id so that clients start over. The marker
+ * is written after the commit, never ahead of it, so a crash cannot make
+ * it claim more than the database has. */
+
+static uint64_t marker_read(int fd)
+{
+	uint8_t b[8];
+	uint64_t v = 0;
+	int i;
+
+	if(fd < 0 || pread(fd, b, 8, 0) != 8) return 0;
+	for(i = 7; i >= 0; i--) v = (v << 8) | b[i];
+	return v;
+}
+
+static void marker_write(struct im__worker *w, uint64_t lsn)
+{
+	uint8_t b[8];
+	int i;
+
+	for(i = 0; i < 8; i++) b[i] = (uint8_t)(lsn >> (8 * i));
+	if(w->marker_fd >= 0 && pwrite(w->marker_fd, b, 8, 0) != 8){
+		im_log(MOSQ_LOG_WARNING, "im: journal: cannot update %s/applied: %s.", w->journal_dir, strerror(errno));
+	}
+}
+
 /* ---- batches ---- */
 
 static void drop_batch_done(struct im__worker *w)
@@ -384,9 +420,11 @@ static int run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 		}
 		if(pause_ms < 2000) pause_ms *= 2;
 	}
+	if(last_lsn) marker_write(w, last_lsn);
 	if(attempt > 0) im_log(MOSQ_LOG_NOTICE, "im: store: the batch committed after %d attempt(s).", attempt + 1);
 	IM_STAT_ADD(w->p->metrics.batches, 1);
-	__atomic_sub_fetch(&w->backlog, bytes, __ATOMIC_RELAXED);
+	/* Replayed records were never submitted, so never counted. */
+	if(!w->replaying) __atomic_sub_fetch(&w->backlog, bytes, __ATOMIC_RELAXED);
 	for(; jobs; jobs = next){
 		next = jobs->next;
 		im_job__free(jobs);
@@ -570,16 +608,37 @@ static int open_store(struct im__plugin *p, struct im__worker *w)
 		.checkpoint_thread = !p->cfg.checkpoint_inline,
 	};
 	struct replay r = {0};
-	bool gap = false;
+	bool gap = false, rollback, existed;
 	int rc;
+
+	uint64_t marker;
+	char path[4096];
 
 	if(im_store__open_sqlite(&w->st, &o) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
 	w->st.crypt = w->crypt;
+	if(mkdir(p->cfg.journal_dir, 0700) != 0 && errno != EEXIST){
+		im_log(MOSQ_LOG_ERR, "im: journal: cannot create \"%s\": %s (it must be writable by the broker's user).",
+				p->cfg.journal_dir, strerror(errno));
+		return MOSQ_ERR_UNKNOWN;
+	}
+	snprintf(path, sizeof(path), "%s/applied", p->cfg.journal_dir);
+	w->marker_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	marker = marker_read(w->marker_fd);
+	if(marker > w->st.applied_lsn && w->st.created){
+		gap = true; /* a database existed here: warned about below */
+	}else if(marker > w->st.applied_lsn){
+		im_log(MOSQ_LOG_WARNING, "im: store: \"%s\" lost stored messages (it holds up to journal record %" PRIu64 ", it had stored %" PRIu64 "): a deleted or damaged write-ahead log, or a restored backup. What the journal still holds is applied again; a new store id tells clients to start over.",
+				p->cfg.db_path, w->st.applied_lsn, marker);
+		gap = true;
+	}
 	r.w = w;
 	r.tail = &r.jobs;
 	w->replaying = true;
+	rollback = gap && !w->st.created;
+	existed = gap;
 	rc = im_journal__open(&p->journal, p->cfg.journal_dir, p->cfg.synchronous == 2, w->st.applied_lsn,
 			replay_one, &r, &gap);
+	gap = gap || existed;
 	if(rc == MOSQ_ERR_SUCCESS) rc = replay_flush(&r);
 	else while(r.jobs){ struct im__job *nx = r.jobs->next; im_job__free(r.jobs); r.jobs = nx; }
 	w->replaying = false;
@@ -588,25 +647,24 @@ static int open_store(struct im__plugin *p, struct im__worker *w)
 		im_log(MOSQ_LOG_NOTICE, "im: journal: %" PRIu64 " acknowledged message(s) not yet stored at the last stop were applied (up to record %" PRIu64 ").",
 				r.count, w->st.applied_lsn);
 	}
-	if(gap && !w->st.created){
-		/* The store lost what it had applied (a deleted or damaged WAL, a
-		 * restored backup): seqs would be handed out again. A new store id
-		 * tells clients to start over instead of dropping new messages as
-		 * duplicates. */
-		im_log(MOSQ_LOG_WARNING, "im: store: \"%s\" is behind its journal (stored up to record %" PRIu64 ", the journal starts later): it was rolled back or restored. A new store id is issued; clients start over.",
+	if(gap && !rollback && !w->st.created){
+		im_log(MOSQ_LOG_WARNING, "im: store: \"%s\" is behind its journal (stored up to record %" PRIu64 ", the journal starts later): it was rolled back or restored and what came after is lost.",
 				p->cfg.db_path, w->st.applied_lsn);
-		if(im_store__renew_id(&w->st) != MOSQ_ERR_SUCCESS
+	}else if(gap && w->st.created){
+		im_log(MOSQ_LOG_WARNING, "im: store: a new database was made at \"%s\" although the journal in \"%s\" shows an earlier one existed.",
+				p->cfg.db_path, p->cfg.journal_dir);
+	}
+	if(gap){
+		/* Seqs would be handed out again to other messages: a new store id
+		 * tells clients to start over instead of dropping new messages as
+		 * duplicates of ones they hold. (A new database has a new id.) */
+		if((!w->st.created && im_store__renew_id(&w->st) != MOSQ_ERR_SUCCESS)
 				|| w->st.ops->begin(&w->st) != MOSQ_ERR_SUCCESS
 				|| w->st.ops->commit(&w->st, p->journal.next_lsn - 1) != MOSQ_ERR_SUCCESS){
 			return MOSQ_ERR_UNKNOWN;
 		}
-	}else if(gap){
-		im_log(MOSQ_LOG_WARNING, "im: store: a new database was made at \"%s\" although a journal in \"%s\" shows an earlier one existed: clients see a new store id and start over.",
-				p->cfg.db_path, p->cfg.journal_dir);
-		if(w->st.ops->begin(&w->st) != MOSQ_ERR_SUCCESS
-				|| w->st.ops->commit(&w->st, p->journal.next_lsn - 1) != MOSQ_ERR_SUCCESS){
-			return MOSQ_ERR_UNKNOWN;
-		}
+		marker_write(w, p->journal.next_lsn - 1);
+		im_log(MOSQ_LOG_WARNING, "im: store: new store id %016" PRIx64 ": clients drop what they remember of seqs and sync from 0.", w->st.store_id);
 	}
 	im_journal__cut(p->cfg.journal_dir, w->st.applied_lsn);
 	return MOSQ_ERR_SUCCESS;
@@ -624,6 +682,7 @@ int im_worker__start(struct im__plugin *p)
 	w->tail = &w->head;
 	w->dtail = &w->dhead;
 	w->btail = &w->bhead;
+	w->marker_fd = -1;
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_cond_init(&w->cv, NULL);
 	pthread_cond_init(&w->idle_cv, NULL);
@@ -694,6 +753,7 @@ void im_worker__stop(struct im__plugin *p)
 		im_crypt__free(w->crypt);
 		free(w->crypt);
 	}
+	if(w->marker_fd >= 0) close(w->marker_fd);
 	im_buf__free(&w->frame);
 	im_buf__free(&w->zbuf);
 	im_buf__free(&w->plain);

@@ -33,6 +33,7 @@ struct im__worker {
 	struct im__buf plain;           /* bodies opened from the journal */
 	struct im__map new_tl;          /* sender -> struct im__bucket (new_timelines_per_min) */
 	char *journal_dir;
+	int marker_fd;                  /* <journal>/applied: the highest LSN ever stored */
 	int64_t last_cut_ms;
 	int64_t next_trim_ms;
 	int64_t trim_cursor;
