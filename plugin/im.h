@@ -502,7 +502,7 @@ struct im__done {
 	size_t n_users;
 	/* WROTE: sender -> peer; LOG: level, text in payload */
 	int level;
-	char data[];
+	_Alignas(8) char data[];    /* MEMBERS keeps its pointer array here */
 };
 
 /* =========================================================================

@@ -127,7 +127,7 @@ static int apply(struct im__worker *w, const struct im__job *j, enum im_group_op
 		char **all = im_calloc(n + 1, sizeof(char *));
 		if(all){
 			all[0] = (char *)j->user;
-			memcpy(all + 1, users, n * sizeof(char *));
+			if(n) memcpy(all + 1, users, n * sizeof(char *));
 			emit_members(w, "create", r->group, owner, all, n + 1);
 			free(all);
 		}
