@@ -88,7 +88,7 @@ static int apply(struct im__worker *w, const struct im__job *j, enum im_group_op
 	static const char *const events[] = {"create", "add", "remove", "leave"};
 	const struct im__group_req *r = &j->u.group;
 	Im__V1__GroupResponse gr = IM__V1__GROUP_RESPONSE__INIT;
-	char tl_name[IM_TL_MAX + 1];
+	char tl_name[IM_TL_MAX + 1], owner_copy[IM_NAME_MAX + 1];
 	size_t body_cap = 256 + n * (IM_NAME_MAX * 6 + 3), body_len;
 	char *body = im_malloc(body_cap);
 	char *const actor[1] = {(char *)j->user};
@@ -97,6 +97,10 @@ static int apply(struct im__worker *w, const struct im__job *j, enum im_group_op
 	uint64_t seq;
 	bool err;
 
+	/* owner may point into the cached group, which the change can drop
+	 * (an allocation failure reloads it later): keep a copy. */
+	snprintf(owner_copy, sizeof(owner_copy), "%s", owner);
+	owner = owner_copy;
 	snprintf(tl_name, sizeof(tl_name), "g/%s", r->group);
 	body_len = body ? sys_body(body, body_cap, events[op], j->user, users, n) : 0;
 	if(body_len == 0){

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds mosquitto-im and runs the whole test suite twice: a normal build,
-# then the same tests with AddressSanitizer + UndefinedBehaviorSanitizer
-# (the broker runs with the ASan runtime preloaded; any report naming the
-# plugin fails the test). Set IM_SANITIZE_RUN=0 to skip the second pass.
+# Builds mosquitto-im and runs the whole test suite: a normal build, then
+# the same tests with AddressSanitizer + UndefinedBehaviorSanitizer (the
+# broker runs with the ASan runtime preloaded; any report naming the plugin
+# fails the test), then the threaded tests under ThreadSanitizer, then the
+# fuzzers. IM_SANITIZE_RUN=0 / IM_TSAN_RUN=0 / IM_FUZZ_SECONDS=0 skip a pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -25,6 +26,15 @@ if [ "${IM_SANITIZE_RUN:-1}" != "0" ]; then
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DIM_SANITIZE=ON
   cmake --build build-asan -j"$jobs"
   ASAN_OPTIONS=detect_leaks=1 run_ctest build-asan
+fi
+
+# ThreadSanitizer over the tests that drive the store worker (the broker
+# runs with libtsan preloaded; a report through the plugin fails the test).
+# IM_TSAN_RUN=0 skips it.
+if [ "${IM_TSAN_RUN:-1}" != "0" ]; then
+  cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DIM_TSAN=ON
+  cmake --build build-tsan -j"$jobs"
+  run_ctest build-tsan
 fi
 
 # Third step: each libFuzzer target of tests/fuzz for IM_FUZZ_SECONDS (default
