@@ -684,6 +684,8 @@ struct im__client *im_plugin__client(struct im__plugin *p, const char *id);
 /* client subscribed to an IM topic: it is an online device of its user
  * from now on (may disconnect the user's oldest device). */
 void im_presence__seen(struct im__plugin *p, const struct mosquitto *client);
+/* 2.1's MOSQ_EVT_SUBSCRIBE: an accepted subscription. */
+int im_presence__subscribe_cb(int event, void *event_data, void *userdata);
 /* client disconnected. */
 void im_presence__gone(struct im__plugin *p, const struct mosquitto *client);
 /* May reader see user's presence (user is len bytes, not terminated)? */

@@ -81,7 +81,7 @@ static int check_subscribe(struct im__plugin *p, const struct mosquitto_evt_acl_
 {
 	struct im__route r;
 
-	im_presence__seen(p, ed->client);
+	if(!p->v21) im_presence__seen(p, ed->client);
 	/* A wildcard filter cannot name one inbox; READ decides per message. */
 	if(strpbrk(ed->topic, "+#")) return MOSQ_ERR_SUCCESS;
 	if(im_route__parse_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS) return deny(ed, "not an IM timeline topic");
@@ -105,7 +105,7 @@ static int check_presence(struct im__plugin *p, const struct mosquitto_evt_acl_c
 
 	if(ed->access == MOSQ_ACL_WRITE) return deny(ed, "presence is published by the plugin only");
 	if(ed->access == MOSQ_ACL_SUBSCRIBE){
-		im_presence__seen(p, ed->client);
+		if(!p->v21) im_presence__seen(p, ed->client);
 		if(strpbrk(target, "+#")) return MOSQ_ERR_SUCCESS;
 	}
 	if(p->cfg.presence == IM_PRESENCE_OFF || !im_route__name_valid(target, len)

@@ -119,7 +119,7 @@ static Im__V1__Status authorise(struct im__plugin *p, const char *tl, struct mos
 /* ---- sync ---- */
 
 static void sync_error(const struct im__plugin *p, struct mosquitto_evt_control *ed, const char *tl, Im__V1__Status st,
-		const char *why, uint32_t retry_ms)
+		const char *why, uint32_t retry_ms, const struct params *pa)
 {
 	Im__V1__SyncBatch sb = IM__V1__SYNC_BATCH__INIT;
 
@@ -127,6 +127,12 @@ static void sync_error(const struct im__plugin *p, struct mosquitto_evt_control 
 	sb.status = st;
 	sb.reason = (char *)why;
 	sb.timeline = echo_timeline(tl);
+	/* Echoed, so a client without Correlation Data knows which of its
+	 * requests this answers. */
+	if(pa && pa->has_seq && !pa->bad){
+		sb.has_after_seq = 1;
+		sb.after_seq = pa->seq;
+	}
 	if(retry_ms){
 		sb.has_retry_after_ms = 1;
 		sb.retry_after_ms = retry_ms;
@@ -176,16 +182,11 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 	(void)event;
 	p->disconnecting = NULL;
 	p->metrics.sync_requests++;
-	if((why = over_limit(p, c, &retry_ms)) != NULL){
-		p->metrics.sync_limited++;
-		sync_error(p, ed, NULL, IM__V1__STATUS__TOO_MANY, why, retry_ms);
-		return MOSQ_ERR_SUCCESS;
-	}
 	if(ed->payloadlen){
 		req = im_route__has_nul(ed->payload, ed->payloadlen) ? NULL
 			: im__v1__sync_request__unpack(&p->pb_alloc, ed->payloadlen, ed->payload);
 		if(req == NULL){
-			sync_error(p, ed, NULL, IM__V1__STATUS__BAD_REQUEST, "malformed SyncRequest", 0);
+			sync_error(p, ed, NULL, IM__V1__STATUS__BAD_REQUEST, "malformed SyncRequest", 0, NULL);
 			return MOSQ_ERR_SUCCESS;
 		}
 		tl = req->timeline;
@@ -196,7 +197,10 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 		params_from_props(ed->properties, "after", &pa);
 		tl = pa.timeline;
 	}
-	if(pa.bad){
+	if((why = over_limit(p, c, &retry_ms)) != NULL){
+		p->metrics.sync_limited++;
+		st = IM__V1__STATUS__TOO_MANY;
+	}else if(pa.bad){
 		st = IM__V1__STATUS__BAD_REQUEST;
 		why = "user properties after/limit must be non-negative integers";
 	}else if(pa.has_seq && pa.seq > (uint64_t)INT64_MAX){
@@ -212,7 +216,7 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 		why = "out of memory";
 	}
 	if(st != IM__V1__STATUS__OK){
-		sync_error(p, ed, tl, st, why, 0);
+		sync_error(p, ed, tl, st, why, retry_ms, &pa);
 	}else{
 		snprintf(j->user, sizeof(j->user), "%s", user);
 		snprintf(j->u.sync.timeline, sizeof(j->u.sync.timeline), "%s", tl);

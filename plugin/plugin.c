@@ -55,6 +55,21 @@ static const struct {
 	{MOSQ_EVT_CONTROL, im_control__group_cb, "$CONTROL/im/v1/group"},
 };
 
+/* Events of the 2.1 plugin API, registered only there (2.0 refuses
+ * unknown events). Numbers from 2.1's include/mosquitto/broker.h. */
+#define IM_EVT_SUBSCRIBE 12
+#define IM_EVT_CLIENT_OFFLINE 28
+static const struct {
+	int event;
+	MOSQ_FUNC_generic_callback cb;
+} callbacks_v21[] = {
+	/* A persistent session going offline fires this, not DISCONNECT. */
+	{IM_EVT_CLIENT_OFFLINE, im_acl__disconnect_cb},
+	/* An accepted subscription: a device comes online (on 2.0 the ACL
+	 * check stands in, also for subscriptions it then refuses). */
+	{IM_EVT_SUBSCRIBE, im_presence__subscribe_cb},
+};
+
 static int count_admins(const struct im__config *cfg)
 {
 	int n = 0;
@@ -117,6 +132,9 @@ IM_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 					callbacks[i].event, mosquitto_strerror(rc));
 		}
 	}
+	for(i = 0; rc == MOSQ_ERR_SUCCESS && p->v21 && i < sizeof(callbacks_v21) / sizeof(callbacks_v21[0]); i++){
+		rc = mosquitto_callback_register(identifier, callbacks_v21[i].event, callbacks_v21[i].cb, NULL, p);
+	}
 	/* Registering BASIC_AUTH changes how every login fares (all deferring
 	 * means denial), so only when token login is configured. */
 	if(rc == MOSQ_ERR_SUCCESS && p->cfg.jwt_secret){
@@ -128,8 +146,9 @@ IM_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 		return rc;
 	}
 	log_policy(&p->cfg);
-	mosquitto_log_printf(MOSQ_LOG_INFO, "im: broker plugin API %s: the original of each IM publish is %s; store id %016llx.",
+	mosquitto_log_printf(MOSQ_LOG_INFO, "im: broker plugin API %s: the original of each IM publish is %s; devices come online %s; store id %016llx.",
 			p->v21 ? "2.1" : "2.0", p->v21 ? "given the sink topic (2.1 frees the old one)" : "overwritten in place with the sink topic",
+			p->v21 ? "at MOSQ_EVT_SUBSCRIBE and go at DISCONNECT or CLIENT_OFFLINE" : "at the subscription's ACL check and go at DISCONNECT",
 			(unsigned long long)p->store_id);
 	g_plugin = p;
 	*userdata = p;
@@ -146,6 +165,9 @@ IM_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opt
 	if(p == NULL) return MOSQ_ERR_SUCCESS;
 	for(i = 0; i < sizeof(callbacks) / sizeof(callbacks[0]); i++){
 		mosquitto_callback_unregister(p->pid, callbacks[i].event, callbacks[i].cb, callbacks[i].data);
+	}
+	for(i = 0; p->v21 && i < sizeof(callbacks_v21) / sizeof(callbacks_v21[0]); i++){
+		mosquitto_callback_unregister(p->pid, callbacks_v21[i].event, callbacks_v21[i].cb, NULL);
 	}
 	if(p->auth_registered){
 		mosquitto_callback_unregister(p->pid, MOSQ_EVT_BASIC_AUTH, im_auth__basic_cb, NULL);

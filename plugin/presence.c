@@ -198,6 +198,26 @@ void im_presence__gone(struct im__plugin *p, const struct mosquitto *client)
 	device_free(d);
 }
 
+/* 2.1's MOSQ_EVT_SUBSCRIBE data (include/mosquitto/broker.h of 2.1): the
+ * plugin is built against 2.0's headers, which do not have it. */
+struct evt_subscribe_v21 {
+	void *future;
+	struct mosquitto *client;
+	char *clientid;
+	char *topic_filter;
+};
+
+int im_presence__subscribe_cb(int event, void *event_data, void *userdata)
+{
+	struct evt_subscribe_v21 *ed = event_data;
+	struct im__plugin *p = userdata;
+
+	(void)event;
+	p->disconnecting = NULL;
+	if(ed->topic_filter && im_route__in_namespace(&p->cfg, ed->topic_filter)) im_presence__seen(p, ed->client);
+	return MOSQ_ERR_SUCCESS;
+}
+
 bool im_presence__may_read(struct im__plugin *p, const char *reader, const char *user, size_t len)
 {
 	if(strlen(reader) == len && !memcmp(reader, user, len)) return true;
