@@ -1,5 +1,5 @@
 """The reference client (examples/client, imrecv): resume, dedup, gaps,
-on a network that drops."""
+on a network that drops, TOO_MANY."""
 import os
 import signal
 import subprocess
@@ -117,3 +117,72 @@ def test_state_of_timelines_not_followed_is_kept(make_broker, tmp_path):
     p.communicate(timeout=30)
     lines = state.read_text().splitlines()
     assert "u/bob 1" in lines and "g/elsewhere 42" in lines
+
+
+def finish(p, timeout):
+    """communicate(), but a process still running at the deadline is killed
+    (and the test fails) instead of outliving the test."""
+    try:
+        return p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        raise AssertionError("still running after %d s; printed %r; stderr %r" % (timeout, out[-500:], err[-2000:]))
+
+
+def sync_limited(b, timeout=10):
+    """The plugin's count of sync requests refused by a limit, once it is
+    above 0 ($SYS/broker/im/sync/limited, every metrics_interval)."""
+    c = Client(b, "ops").connect()
+    c.subscribe("$SYS/broker/im/sync/limited")
+    v = 0
+    deadline = time.time() + timeout
+    try:
+        while v == 0 and time.time() < deadline:
+            try:
+                v = int(c.get(timeout=max(0.01, deadline - time.time())).payload)
+            except Exception:
+                break
+    finally:
+        c.close()
+    return v
+
+
+def test_too_many_is_retried_after_retry_after_ms(make_broker, tmp_path):
+    """sync_rate 2/s and 5 frames a batch: catching up 40 messages takes
+    batches the plugin refuses with TOO_MANY and retry_after_ms; the client
+    asks again then and gets every message."""
+    b = make_broker({"sync_max_frames": "5", "sync_rate": "2", "metrics_interval": "1", "nonim_acl": "allow"})
+    send_reliably(b, [b"r%d" % i for i in range(40)])
+    p = recv(b, str(tmp_path / "bob.state"), "-n", "40")
+    out, err = finish(p, 60)
+    assert p.returncode == 0, err
+    assert [(int(l[1]), l[3]) for l in lines_of(out)] == [(i + 1, "r%d" % i) for i in range(40)], err
+    assert b"refused" not in err
+    assert sync_limited(b) > 0                           # the limit was hit
+
+
+def test_too_many_without_timeline_with_several_timelines(make_broker, tmp_path):
+    """sync_inflight 1: of the 4 sync requests the client sends at connect,
+    the plugin refuses the ones it gets while one is being answered, with a
+    TOO_MANY that names no timeline. Every timeline still catches up."""
+    b = make_broker({"sync_inflight": "1", "metrics_interval": "1", "nonim_acl": "allow"})
+    alice = Client(b, "alice").connect()
+    for g in ("g1", "g2", "g3"):
+        r = alice.request("group", pb.GroupRequest(op="create", group=g, members=["bob"]),
+                          response_type=pb.GroupResponse)
+        assert r.status == pb.OK
+        for i in range(3):
+            alice.publish("im/g/" + g, b"%s-%d" % (g.encode(), i))
+    alice.close()
+    send_reliably(b, [b"dm"])
+    p = subprocess.Popen([IMRECV, "-p", str(b.port), "-u", "bob", "-i", "bob-phone", "-s", str(tmp_path / "s"),
+                          "-g", "g1", "-g", "g2", "-g", "g3", "-n", "13"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    out, err = finish(p, 60)
+    assert p.returncode == 0, err
+    got = lines_of(out)
+    for g in ("g1", "g2", "g3"):
+        assert [(int(l[1]), l[3]) for l in got if l[0] == "g/" + g][1:] == [(i + 2, "%s-%d" % (g, i)) for i in range(3)]
+    assert [l[3] for l in got if l[0] == "u/bob"] == ["dm"]
+    assert sync_limited(b) > 0
