@@ -53,6 +53,9 @@ struct im_client {
 	bool connected, ever_connected, refused, stop;
 	char *other_state;      /* state lines of timelines not followed this run, kept as they are */
 	size_t other_len;
+	uint64_t store_id;      /* the store the seqs in `last` come from; 0: not known yet */
+	uint64_t retired;       /* the store id we left: late messages of it are dropped */
+	bool store_seen;        /* this connection answered with store_id: acks may go */
 	int anon_refused;       /* TOO_MANY replies that named no timeline, not yet matched */
 	uint32_t anon_retry_ms;
 	int rr;                 /* next timeline pump() looks at first */
@@ -66,7 +69,7 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* ---- state file: one "timeline last" line per timeline ---- */
+/* ---- state file: one "timeline last" line per timeline, and "store <id>" ---- */
 
 static void state_load(struct im_client *c)
 {
@@ -76,10 +79,19 @@ static void state_load(struct im_client *c)
 	int i;
 
 	int found;
-	char line[128], *grown;
+	char line[256], *grown, *end;
 
 	if(!c->opt.state_path || !(f = fopen(c->opt.state_path, "r"))) return;
-	while(fscanf(f, "%66s %llu", name, &last) == 2){
+	while(fgets(line, sizeof(line), f)){
+		if(!strncmp(line, "store ", 6)){
+			/* the store the seqs below belong to (no such line: a file
+			 * written before store ids, or by a client of an older broker) */
+			unsigned long long id = strtoull(line + 6, &end, 16);
+
+			if(end > line + 6 && (*end == '\n' || *end == '\0')) c->store_id = id;
+			continue;
+		}
+		if(sscanf(line, "%66s %llu", name, &last) != 2) continue;
 		for(i = 0, found = 0; i < c->n_tls; i++){
 			if(!strcmp(c->tls[i].name, name)){
 				c->tls[i].last = c->tls[i].acked = last;
@@ -111,6 +123,9 @@ static void state_save(struct im_client *c)
 	if(!(f = fopen(tmp, "w"))) return;
 	for(i = 0; i < c->n_tls; i++) fprintf(f, "%s %llu\n", c->tls[i].name, (unsigned long long)c->tls[i].last);
 	if(c->other_state) fputs(c->other_state, f);
+	/* Last: a reader from before store ids has read the timelines when it
+	 * meets this line. */
+	if(c->store_id) fprintf(f, "store %016llx\n", (unsigned long long)c->store_id);
 	if(fclose(f) == 0) rename(tmp, c->opt.state_path);
 }
 
@@ -175,6 +190,9 @@ static void send_acks(struct im_client *c)
 	uint8_t buf[128];
 	int i;
 
+	/* Not before this connection showed the store is still ours: a seq
+	 * of a replaced store would move the new store's cursor. */
+	if(!c->store_seen) return;
 	for(i = 0; i < c->n_tls; i++){
 		if(c->tls[i].last <= c->tls[i].acked) continue;
 		a.timeline = c->tls[i].name;
@@ -185,6 +203,72 @@ static void send_acks(struct im_client *c)
 	}
 	c->unacked = 0;
 	c->last_ack_ms = now_ms();
+}
+
+/* ---- the store id: seqs are comparable only within one ---- */
+
+static void free_held(struct timeline *t)
+{
+	size_t j;
+
+	for(j = 0; j < t->n_held; j++) free(t->held[j].frame);
+	t->n_held = 0;
+}
+
+/* The server's history was replaced (a new database, a rolled back or
+ * restored one): every `last` counts seqs of a store that is gone, and
+ * keeping it would drop the new store's messages as duplicates. Forget
+ * them all and catch up every timeline from 0. */
+static void reset_store(struct im_client *c, uint64_t id)
+{
+	uint64_t old = c->store_id;
+	int i;
+
+	if(c->opt.verbose){
+		fprintf(stderr, "imclient: store id %016llx, was %016llx: the server's history was replaced; starting over\n",
+				(unsigned long long)id, (unsigned long long)old);
+	}
+	c->retired = old;
+	c->store_id = id;
+	for(i = 0; i < c->n_tls; i++){
+		struct timeline *t = &c->tls[i];
+
+		t->last = t->acked = 0;
+		free_held(t);
+		t->retry_at = 0;
+		/* A request still out asked from the old `last`: its answer is
+		 * not used (on_batch), and this one follows it. */
+		start_sync(t);
+	}
+	/* The timelines other runs follow counted the old store too. */
+	free(c->other_state);
+	c->other_state = NULL;
+	c->other_len = 0;
+	c->unacked = 0;
+	state_save(c);
+	if(c->opt.on_reset) c->opt.on_reset(c->ud, old, id);
+}
+
+/* Every frame and reply carries the store id; false: drop the message. */
+static bool check_store(struct im_client *c, bool has, uint64_t id)
+{
+	if(!has || id == 0 || id == c->store_id){
+		c->store_seen = true; /* 0/absent: a broker without store ids, nothing to compare */
+		return true;
+	}
+	if(id == c->retired){
+		/* Sent before the switch and delivered late (a persistent
+		 * session's queue, a redelivery after a reconnect). */
+		return false;
+	}
+	if(c->store_id == 0){
+		c->store_id = id; /* the first we see: a new state file, or one from before store ids */
+		state_save(c);
+	}else{
+		reset_store(c, id);
+	}
+	c->store_seen = true;
+	return true;
 }
 
 /* ---- the algorithm ---- */
@@ -278,8 +362,8 @@ static void on_frame(struct im_client *c, const uint8_t *frame, size_t len)
 
 	if(im_frame__decode(frame, len, NULL, &h, &body, &blen) != MOSQ_ERR_SUCCESS) return;
 	t = find_tl(c, h->timeline);
-	if(t == NULL || h->seq <= t->last){
-		/* not ours, or a duplicate */
+	if(!check_store(c, h->has_store_id, h->store_id) || t == NULL || h->seq <= t->last){
+		/* of a store we left, not ours, or a duplicate */
 	}else if(h->body_omitted){
 		/* Notify mode: the frame only says there is more; the bodies come
 		 * by sync (which returns whole frames). */
@@ -340,7 +424,7 @@ static void apply_batch(struct im_client *c, struct timeline *t, const Im__V1__S
 		if(h->seq > t->last) deliver(c, t, h, body, blen);
 		im__v1__header__free_unpacked(h, NULL);
 	}
-	if(b->has_more){
+	if(b->has_more || t->want){
 		start_sync(t);
 	}else{
 		t->syncing = false;
@@ -356,6 +440,7 @@ static void on_batch(struct im_client *c, const uint8_t *buf, size_t len)
 	struct timeline *t;
 
 	if(b == NULL) return;
+	if(!check_store(c, b->has_store_id, b->store_id)) goto done;
 	t = find_tl(c, b->timeline);
 	if(t == NULL){
 		if(b->status == IM__V1__STATUS__TOO_MANY){
@@ -374,12 +459,25 @@ static void on_batch(struct im_client *c, const uint8_t *buf, size_t len)
 	}else if(b->status != IM__V1__STATUS__OK){
 		fprintf(stderr, "imclient: sync %s refused: %d %s\n", t->name, b->status, b->reason ? b->reason : "");
 		t->syncing = t->want;
+	}else if(t->req_after > t->last){
+		/* Asked from a `last` a store reset took back: its frames do not
+		 * follow `last`. The request from 0 goes next. */
+		start_sync(t);
 	}else{
 		apply_batch(c, t, b);
 	}
 	settle_refusals(c);
 done:
 	im__v1__sync_batch__free_unpacked(b, NULL);
+}
+
+static void on_ack_response(struct im_client *c, const uint8_t *buf, size_t len)
+{
+	Im__V1__AckResponse *r = im__v1__ack_response__unpack(NULL, len, buf);
+
+	if(r == NULL) return;
+	check_store(c, r->has_store_id, r->store_id);
+	im__v1__ack_response__free_unpacked(r, NULL);
 }
 
 /* ---- libmosquitto callbacks ---- */
@@ -395,6 +493,7 @@ static void on_connect(struct mosquitto *m, void *ud, int rc)
 		return;
 	}
 	c->connected = c->ever_connected = true;
+	c->store_seen = false;
 	c->anon_refused = 0;
 	c->anon_retry_ms = 0;
 	for(i = 0; i < c->n_tls; i++){
@@ -427,6 +526,8 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
 	(void)m;
 	if(!strcmp(msg->topic, "$CONTROL/im/v1/sync/response")){
 		on_batch(c, msg->payload, (size_t)msg->payloadlen);
+	}else if(!strcmp(msg->topic, "$CONTROL/im/v1/ack/response")){
+		on_ack_response(c, msg->payload, (size_t)msg->payloadlen);
 	}else if(strncmp(msg->topic, "$CONTROL/", 9)){
 		on_frame(c, msg->payload, (size_t)msg->payloadlen);
 	}
@@ -557,11 +658,10 @@ uint64_t im_client_last(const struct im_client *c, const char *timeline)
 void im_client_free(struct im_client *c)
 {
 	int i;
-	size_t j;
 
 	if(c == NULL) return;
 	for(i = 0; i < c->n_tls; i++){
-		for(j = 0; j < c->tls[i].n_held; j++) free(c->tls[i].held[j].frame);
+		free_held(&c->tls[i]);
 		free(c->tls[i].held);
 	}
 	mosquitto_destroy(c->mosq);

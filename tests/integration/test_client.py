@@ -1,12 +1,13 @@
 """The reference client (examples/client, imrecv): resume, dedup, gaps,
-on a network that drops, TOO_MANY."""
+on a network that drops, a store that was replaced, TOO_MANY."""
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
 
-from imtest import BUILD, Client, pb
+from imtest import BUILD, Client, Lines, pb, replace_store, store_id
 
 IMRECV = os.path.join(BUILD, "examples", "imrecv")
 
@@ -128,6 +129,86 @@ def finish(p, timeout):
         p.kill()
         out, err = p.communicate()
         raise AssertionError("still running after %d s; printed %r; stderr %r" % (timeout, out[-500:], err[-2000:]))
+
+
+def state_store(state):
+    """The store id in a state file, or None."""
+    m = re.search(r"^store ([0-9a-f]{16})$", state.read_text(), re.M)
+    return int(m.group(1), 16) if m else None
+
+
+def test_imrecv_starts_over_when_the_store_is_replaced(make_broker, tmp_path):
+    """The database is replaced while bob is away: the new store hands out
+    seqs 1, 2 again; bob's `last` of 5 must not drop them as duplicates."""
+    b = make_broker()
+    state = tmp_path / "bob.state"
+    send_reliably(b, [b"old%d" % i for i in range(5)])
+    p = recv(b, str(state), "-n", "5")
+    out, err = finish(p, 30)
+    assert [(int(l[1]), l[3]) for l in lines_of(out)] == [(i + 1, "old%d" % i) for i in range(5)], err
+    old_id = store_id(b)
+    assert old_id and state_store(state) == old_id
+    assert b"replaced" not in err
+
+    replace_store(b)
+    new_id = store_id(b)
+    assert new_id and new_id != old_id
+    send_reliably(b, [b"new0", b"new1"])
+    p = recv(b, str(state), "-n", "2")
+    out, err = finish(p, 30)
+    assert p.returncode == 0, err
+    assert [(int(l[1]), l[2], l[3]) for l in lines_of(out)] == [(1, "alice", "new0"), (2, "alice", "new1")], err
+    assert b"the server's message store was replaced" in err
+    assert state_store(state) == new_id
+    assert "u/bob 2" in state.read_text().splitlines()
+    # and it acked them on the new store
+    bob = Client(b, "bob", client_id="bob-phone2").connect()
+    r = bob.request("ack", pb.Ack(timeline="u/bob", seq=2), response_type=pb.AckResponse)
+    bob.close()
+    assert r.status == pb.OK and r.head_seq == 2 and r.store_id == new_id
+
+
+def test_running_imrecv_starts_over_when_the_store_is_replaced(make_broker, tmp_path):
+    """The same while bob's client runs: it reconnects to the broker on the
+    new store, notices the new store id and delivers the new messages."""
+    b = make_broker()
+    state = tmp_path / "bob.state"
+    p = recv(b, str(state))
+    out = Lines(p)
+    try:
+        send_reliably(b, [b"old%d" % i for i in range(3)])
+        assert out.wait(3) == ["u/bob %d alice old%d" % (i + 1, i) for i in range(3)]
+        old_id = store_id(b)
+        replace_store(b)
+        send_reliably(b, [b"new0", b"new1"])
+        got = out.wait(5)
+        assert got[3:] == ["u/bob 1 alice new0", "u/bob 2 alice new1"], got
+        new_id = store_id(b)
+        # state_save runs before the next delivery: wait for the file, not a time
+        deadline = time.time() + 10
+        while state_store(state) != new_id and time.time() < deadline:
+            time.sleep(0.05)
+        assert state_store(state) == new_id != old_id
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = finish(p, 20)
+    assert p.returncode == 0, err
+    assert err.count(b"the server's message store was replaced") == 1, err
+    assert "u/bob 2" in state.read_text().splitlines()
+
+
+def test_state_file_without_store_id_is_read(make_broker, tmp_path):
+    """A state file from before store ids: its `last` holds, the store id
+    the broker reports is taken in without starting over."""
+    b = make_broker()
+    state = tmp_path / "bob.state"
+    state.write_text("u/bob 2\n")
+    send_reliably(b, [b"m%d" % i for i in range(4)])
+    p = recv(b, str(state), "-n", "2")
+    out, err = finish(p, 30)
+    assert [(int(l[1]), l[3]) for l in lines_of(out)] == [(3, "m2"), (4, "m3")], err
+    assert b"replaced" not in err
+    assert state.read_text().splitlines() == ["u/bob 4", "store %016x" % store_id(b)]
 
 
 def sync_limited(b, timeout=10):

@@ -8,7 +8,7 @@ import subprocess
 import threading
 import time
 
-from imtest import BUILD, Client, pb, sync_all
+from imtest import BUILD, Client, pb, store_id, sync_all
 
 IMCHAT = os.path.join(BUILD, "examples", "imchat")
 LINE = re.compile(r"^\d\d:\d\d:\d\d (\S+) #(\d+) (\S+)(?: \(system\)| -> \S+)?: (.*)$")
@@ -72,8 +72,8 @@ def test_two_users_chat_with_send_and_listen(make_broker, tmp_path):
     assert p.returncode == 0, err.decode()
     got = parse(out)
     assert [(t, s, f, body) for t, s, f, body in got] == [("u/bob", i + 1, "alice", "m%d" % i) for i in range(10)]
-    # the state file holds `last`; a second listen shows nothing again
-    assert open(state).read().split() == ["u/bob", "10"]
+    # the state file holds `last` and the store it counts in; a second listen shows nothing again
+    assert open(state).read().splitlines() == ["u/bob 10", "store %016x" % store_id(b)]
     p = listen(b, "bob", state, "-t", "1")
     out, err = p.communicate(timeout=30)
     assert p.returncode == 0 and out == b"", err.decode()
