@@ -16,6 +16,7 @@ const REPLY_MS = 5000;
 const ACK_EVERY_MS = 2000;
 const GROUPS_EVERY_MS = 10000;   // `group list` again: someone may have added me
 const KEEP_MSGS = 1000;              // messages kept per timeline in localStorage
+const RETRY_MS = 1000;               // after a TOO_MANY without retry_after_ms
 export const RECEIPT_TOPIC = '$CONTROL/im/v1/receipt';
 
 // Loads proto/im.proto (served by serve.js from the project's proto/).
@@ -71,7 +72,8 @@ export class ImClient extends EventTarget {
     this.P = opts.proto;
     this.me = 'u/' + opts.user;
     this.key = `imweb/${opts.user}@${opts.url}/`;
-    this.tls = new Map();       // timeline -> {name, last, acked, syncing, held: Map, msgs, head}
+    this.reqNo = 0;             // correlation data of sync requests
+    this.tls = new Map();       // timeline -> {name, last, acked, syncing, held: Map, msgs, head, req, ...}
     this.pending = { group: [], ack: [] }; // FIFO of waiting requests per op
     this.outbox = this.load('outbox', []);  // sent, no Receipt yet: re-sent with the same cmid
     this.connected = false;
@@ -93,7 +95,7 @@ export class ImClient extends EventTarget {
     if (!t) {
       const s = this.load('tl/' + name, { last: 0, msgs: [] });
       t = { name, last: s.last, shownSeq: s.last, acked: s.last, syncing: false, held: new Map(), msgs: s.msgs,
-        head: s.last };
+        head: s.last, req: 0, retry: null };
       this.tls.set(name, t);
     }
     return t;
@@ -118,7 +120,7 @@ export class ImClient extends EventTarget {
       this.status(refused ? 'refused' : 'error', refused ? 'login refused: not authorised' : e.message);
       if (refused) this.c.end(true);
     });
-    this.c.on('message', (topic, payload) => this.onMessage(topic, payload));
+    this.c.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet));
     this.ackTimer = setInterval(() => this.sendAcks(), ACK_EVERY_MS);
     this.groupTimer = setInterval(() => {
       if (this.connected) this.refreshGroups().catch((e) => this.emit('error', e.message));
@@ -151,7 +153,12 @@ export class ImClient extends EventTarget {
   onClose() {
     if (this.connected) this.status('offline', 'connection lost, reconnecting');
     this.connected = false;
-    for (const t of this.tls.values()) t.syncing = false;
+    for (const t of this.tls.values()) {
+      t.syncing = false;
+      t.req = 0;                                 // not answered on the next connection
+      clearTimeout(t.retry);
+      t.retry = null;
+    }
     for (const op of Object.keys(this.pending)) {
       for (const p of this.pending[op].splice(0)) p.reject(new Error('connection lost'));
     }
@@ -202,6 +209,7 @@ export class ImClient extends EventTarget {
     for (const name of [...this.tls.keys()]) {
       if (name.startsWith('g/') && !names.includes(name.slice(2))) {
         this.c.unsubscribe(this.topic(name));
+        clearTimeout(this.tls.get(name).retry);
         this.tls.delete(name);
       }
     }
@@ -210,10 +218,16 @@ export class ImClient extends EventTarget {
     return r.groups;
   }
 
+  // Catch up t from `last`, holding live frames meanwhile. One request out
+  // per timeline; its correlation data tells its answer (also a TOO_MANY,
+  // which names no timeline) from a late one.
   startSync(t) {
     t.syncing = true;
+    if (t.req || t.retry) return;                // that answer, or the TOO_MANY wait, comes first
+    t.req = ++this.reqNo;
     const P = this.P.SyncRequest;
-    this.publishReq('sync', P.encode(P.create({ timeline: t.name, afterSeq: t.last, limit: 500 })).finish());
+    const req = P.encode(P.create({ timeline: t.name, afterSeq: t.last, limit: 500 })).finish();
+    this.c.publish('$CONTROL/im/v1/sync', req, { qos: 1, properties: { correlationData: 'sync/' + t.req } });
   }
 
   sendAcks() {
@@ -253,10 +267,14 @@ export class ImClient extends EventTarget {
   }
 
   // ---- incoming ----
-  onMessage(topic, payload) {
+  onMessage(topic, payload, packet) {
     const P = this.P;
     try {
-      if (topic === '$CONTROL/im/v1/sync/response') return this.onBatch(toObj(P.SyncBatch, payload));
+      if (topic === '$CONTROL/im/v1/sync/response') {
+        const corr = packet?.properties?.correlationData;
+        const req = corr ? Number(utf8.decode(corr).replace(/^sync\//, '')) : 0;
+        return this.onBatch(toObj(P.SyncBatch, payload), req);
+      }
       if (topic === RECEIPT_TOPIC) return this.onReceipt(toObj(P.Receipt, payload));
       if (topic === '$CONTROL/im/v1/group/response') {
         const p = this.pending.group.shift();
@@ -287,12 +305,22 @@ export class ImClient extends EventTarget {
     }
   }
 
-  onBatch(b) {
-    const t = this.tls.get(b.timeline);
+  onBatch(b, req) {
+    // The answer to the request out for its timeline, by correlation data;
+    // anything else is late (a request before a reconnect).
+    const t = [...this.tls.values()].find((x) => x.req && x.req === req);
     if (!t) return;
+    t.req = 0;
+    if (b.status === 429) {                      // TOO_MANY: ask again when the server says
+      t.retry = setTimeout(() => {
+        t.retry = null;
+        if (this.connected && this.tls.get(t.name) === t) this.startSync(t);
+      }, b.retryAfterMs || RETRY_MS);
+      return;
+    }
     if (b.status !== 0) {
       t.syncing = false;
-      this.emit('error', `sync ${b.timeline}: ${b.status} ${b.reason}`);
+      this.emit('error', `sync ${t.name}: ${b.status} ${b.reason}`);
       return;
     }
     t.head = Math.max(t.head, b.headSeq);
