@@ -8,6 +8,8 @@
 //   'groups'   {detail: [{name, headSeq}]}    the groups I am in
 //   'receipt'  {detail: {cmid, timeline, seq}} a sent message is stored
 //   'gap'      {detail: {timeline, from, to}}  seqs removed by retention
+//   'reset'    {detail: {from, to}}           the server's history was replaced (a new store id):
+//                                             every timeline starts over from seq 1
 //   'error'    {detail: text}
 import mqtt from '/vendor/mqtt.esm.js';
 
@@ -32,6 +34,24 @@ export async function loadProto(url = '/proto/im.proto') {
 
 const toObj = (T, bytes) => T.toObject(T.decode(bytes), { longs: Number, defaults: true });
 
+// The store id (a fixed64 field) of an encoded message, as 16 hex digits,
+// '' if absent or 0 (a broker without store ids). Read from the bytes:
+// protobufjs without long.js would round it to a double.
+export function storeIdOf(bytes, field) {
+  const r = protobuf.Reader.create(bytes);
+  let id = '';
+  while (r.pos < r.len) {
+    const tag = r.uint32();
+    if (tag >>> 3 === field && (tag & 7) === 1) {
+      id = [...bytes.subarray(r.pos, r.pos + 8)].reverse().map((v) => v.toString(16).padStart(2, '0')).join('');
+    }
+    r.skipType(tag & 7);
+  }
+  return /^0*$/.test(id) ? '' : id;
+}
+// its field number in each message that carries one
+const STORE_FIELD = { Header: 14, SyncBatch: 11, AckResponse: 6, Receipt: 9, GroupResponse: 10 };
+
 // The frame: 'I' 'M' 0x01, uint16 big-endian header length H, H bytes of
 // im.v1.Header, then the body exactly as the sender published it.
 export function decodeFrame(P, bytes) {
@@ -39,7 +59,8 @@ export function decodeFrame(P, bytes) {
   if (bytes[2] !== 1) throw new Error('unknown frame version ' + bytes[2]);
   const h = (bytes[3] << 8) | bytes[4];
   if (5 + h > bytes.length) throw new Error('truncated frame');
-  return { header: toObj(P.Header, bytes.subarray(5, 5 + h)), body: bytes.subarray(5 + h) };
+  const hb = bytes.subarray(5, 5 + h);
+  return { header: toObj(P.Header, hb), body: bytes.subarray(5 + h), storeId: storeIdOf(hb, STORE_FIELD.Header) };
 }
 
 export function uuid() {
@@ -72,6 +93,11 @@ export class ImClient extends EventTarget {
     this.P = opts.proto;
     this.me = 'u/' + opts.user;
     this.key = `imweb/${opts.user}@${opts.url}/`;
+    // Seqs count in one store: `last` of every timeline is kept with the
+    // store id it counts in ('' = not known yet).
+    this.storeId = this.load('store', '');
+    this.storeSeen = false;     // this connection answered with storeId: acks may go
+    this.gen = 0;               // store resets so far: what was delivered before one is not shown
     this.reqNo = 0;             // correlation data of sync requests
     this.tls = new Map();       // timeline -> {name, last, acked, syncing, held: Map, msgs, head, req, ...}
     this.pending = { group: [], ack: [] }; // FIFO of waiting requests per op
@@ -87,15 +113,16 @@ export class ImClient extends EventTarget {
     try { const v = this.o.storage.getItem(this.key + k); return v ? JSON.parse(v) : dflt; } catch { return dflt; }
   }
   save(k, v) { try { this.o.storage.setItem(this.key + k, JSON.stringify(v)); } catch { /* full: keep going */ } }
-  // `last` is saved with the messages shown, never ahead of them
-  saveTl(t) { this.save('tl/' + t.name, { last: t.shownSeq, msgs: t.msgs.slice(-KEEP_MSGS) }); }
+  // `last` is saved with the messages shown, never ahead of them, and with its store id
+  saveTl(t) { this.save('tl/' + t.name, { store: this.storeId, last: t.shownSeq, msgs: t.msgs.slice(-KEEP_MSGS) }); }
 
   timeline(name) {
     let t = this.tls.get(name);
     if (!t) {
-      const s = this.load('tl/' + name, { last: 0, msgs: [] });
+      let s = this.load('tl/' + name, null);
+      if (!s || (s.store || '') !== this.storeId) s = { last: 0, msgs: [] }; // none, or of a replaced store
       t = { name, last: s.last, shownSeq: s.last, acked: s.last, syncing: false, held: new Map(), msgs: s.msgs,
-        head: s.last, req: 0, retry: null };
+        head: s.last, req: 0, reqAfter: 0, again: false, retry: null };
       this.tls.set(name, t);
     }
     return t;
@@ -153,8 +180,9 @@ export class ImClient extends EventTarget {
   onClose() {
     if (this.connected) this.status('offline', 'connection lost, reconnecting');
     this.connected = false;
+    this.storeSeen = false;
     for (const t of this.tls.values()) {
-      t.syncing = false;
+      t.syncing = t.again = false;
       t.req = 0;                                 // not answered on the next connection
       clearTimeout(t.retry);
       t.retry = null;
@@ -223,15 +251,54 @@ export class ImClient extends EventTarget {
   // which names no timeline) from a late one.
   startSync(t) {
     t.syncing = true;
-    if (t.req || t.retry) return;                // that answer, or the TOO_MANY wait, comes first
+    if (t.req || t.retry) { t.again = true; return; } // after that answer, or the TOO_MANY wait
+    t.again = false;
     t.req = ++this.reqNo;
+    t.reqAfter = t.last;
     const P = this.P.SyncRequest;
     const req = P.encode(P.create({ timeline: t.name, afterSeq: t.last, limit: 500 })).finish();
     this.c.publish('$CONTROL/im/v1/sync', req, { qos: 1, properties: { correlationData: 'sync/' + t.req } });
   }
 
+  // ---- the store id: seqs are comparable only within one ----
+  // Every frame and reply carries it. (Clean sessions: all a connection
+  // gets comes from one broker process, one store, so nothing arrives late
+  // from a store we left.)
+  checkStore(id) {
+    if (id && id !== this.storeId) {
+      if (this.storeId) {
+        this.resetStore(id);
+      } else {                                   // the first one we see: adopt it
+        this.storeId = id;
+        this.save('store', id);
+        for (const t of this.tls.values()) this.saveTl(t);
+      }
+    }
+    this.storeSeen = true;
+  }
+
+  // The server's history was replaced (a new database, a rolled back or
+  // restored one): every `last` and message shown counts seqs of a store
+  // that is gone, and keeping them would drop the new store's messages as
+  // duplicates. Forget them and catch up every timeline from 0.
+  resetStore(id) {
+    const from = this.storeId;
+    this.storeId = id;
+    this.save('store', id);
+    this.gen++;
+    for (const t of this.tls.values()) {
+      t.last = t.shownSeq = t.acked = t.head = 0;
+      t.msgs = [];
+      t.held.clear();
+      this.saveTl(t);
+      if (this.connected) this.startSync(t);     // a request out asked from the old `last`: this one follows it
+    }
+    this.emit('reset', { from, to: id });
+  }
+
   sendAcks() {
-    if (!this.connected) return;
+    // not before this connection showed the store is still ours
+    if (!this.connected || !this.storeSeen) return;
     for (const t of this.tls.values()) {
       if (t.shownSeq <= t.acked) continue;
       // msg-fin: the highest seq shown; the reply needs no waiting for
@@ -273,15 +340,24 @@ export class ImClient extends EventTarget {
       if (topic === '$CONTROL/im/v1/sync/response') {
         const corr = packet?.properties?.correlationData;
         const req = corr ? Number(utf8.decode(corr).replace(/^sync\//, '')) : 0;
+        this.checkStore(storeIdOf(payload, STORE_FIELD.SyncBatch));
         return this.onBatch(toObj(P.SyncBatch, payload), req);
       }
-      if (topic === RECEIPT_TOPIC) return this.onReceipt(toObj(P.Receipt, payload));
+      if (topic === RECEIPT_TOPIC) {
+        this.checkStore(storeIdOf(payload, STORE_FIELD.Receipt));
+        return this.onReceipt(toObj(P.Receipt, payload));
+      }
       if (topic === '$CONTROL/im/v1/group/response') {
+        this.checkStore(storeIdOf(payload, STORE_FIELD.GroupResponse));
         const p = this.pending.group.shift();
         if (p) { clearTimeout(p.timer); p.resolve(toObj(P.GroupResponse, payload)); }
         return;
       }
-      if (topic.startsWith('$CONTROL/')) return; // ack replies: nothing to do
+      if (topic === '$CONTROL/im/v1/ack/response') {
+        this.checkStore(storeIdOf(payload, STORE_FIELD.AckResponse)); // nothing else to do
+        return;
+      }
+      if (topic.startsWith('$CONTROL/')) return;
       this.onFrame(payload);
     } catch (e) {
       this.emit('error', `${topic}: ${e.message}`);
@@ -290,7 +366,8 @@ export class ImClient extends EventTarget {
 
   // Step 2 of the algorithm, for a live frame.
   onFrame(bytes) {
-    const { header: h } = decodeFrame(this.P, bytes);
+    const { header: h, storeId } = decodeFrame(this.P, bytes);
+    this.checkStore(storeId);
     const t = this.tls.get(h.timeline);
     if (!t || h.seq <= t.last) return;           // not ours, or a duplicate
     t.head = Math.max(t.head, h.seq);
@@ -320,7 +397,12 @@ export class ImClient extends EventTarget {
     }
     if (b.status !== 0) {
       t.syncing = false;
+      if (t.again) this.startSync(t);
       this.emit('error', `sync ${t.name}: ${b.status} ${b.reason}`);
+      return;
+    }
+    if (t.reqAfter > t.last) {                   // asked from a `last` a store reset took back
+      this.startSync(t);
       return;
     }
     t.head = Math.max(t.head, b.headSeq);
@@ -332,7 +414,7 @@ export class ImClient extends EventTarget {
       const seq = decodeFrame(this.P, f).header.seq;
       if (seq > t.last) this.deliver(t, f);      // a batch skips only expired seqs
     }
-    if (b.hasMore) {
+    if (b.hasMore || t.again) {
       this.startSync(t);
     } else {
       t.syncing = false;
@@ -357,6 +439,7 @@ export class ImClient extends EventTarget {
   // are shown in seq order all the same.
   deliver(t, bytes) {
     const { header, body } = decodeFrame(this.P, bytes);
+    const gen = this.gen;
     t.last = header.seq;
     this.shown = this.shown.then(async () => {
       let text;
@@ -365,6 +448,7 @@ export class ImClient extends EventTarget {
       } catch (e) {
         text = `(${e.message})`;
       }
+      if (gen !== this.gen) return;              // of a store replaced meanwhile: not shown
       const m = {
         timeline: header.timeline, seq: header.seq, sender: header.sender, to: header.to, tsMs: header.tsMs,
         cmid: header.cmid, system: (header.flags & 1) === 1, omitted: header.bodyOmitted, text,
