@@ -244,26 +244,32 @@ def test_too_many_is_retried_after_retry_after_ms(make_broker, tmp_path):
 
 
 def test_too_many_without_timeline_with_several_timelines(make_broker, tmp_path):
-    """sync_inflight 1: of the 4 sync requests the client sends at connect,
-    the plugin refuses the ones it gets while one is being answered, with a
-    TOO_MANY that names no timeline. Every timeline still catches up."""
-    b = make_broker({"sync_inflight": "1", "metrics_interval": "1", "nonim_acl": "allow"})
+    """The plugin's per-client limits answer TOO_MANY naming no timeline.
+    One frame a batch and reply_bytes_rate 2000 (a bucket of 8000 bytes)
+    while 4 timelines hold about 15000 bytes: some of the client's requests
+    are refused, whatever the timing (sync_inflight 1 may refuse more).
+    Every timeline still catches up, in order."""
+    b = make_broker({"sync_max_frames": "1", "reply_bytes_rate": "2000", "sync_inflight": "1",
+                     "metrics_interval": "1", "nonim_acl": "allow"})
+    body = lambda g, i: b"%s-%d " % (g.encode(), i) + b"x" * 2500
     alice = Client(b, "alice").connect()
     for g in ("g1", "g2", "g3"):
         r = alice.request("group", pb.GroupRequest(op="create", group=g, members=["bob"]),
                           response_type=pb.GroupResponse)
         assert r.status == pb.OK
-        for i in range(3):
-            alice.publish("im/g/" + g, b"%s-%d" % (g.encode(), i))
+        for i in range(2):
+            alice.publish("im/g/" + g, body(g, i))
     alice.close()
     send_reliably(b, [b"dm"])
     p = subprocess.Popen([IMRECV, "-p", str(b.port), "-u", "bob", "-i", "bob-phone", "-s", str(tmp_path / "s"),
-                          "-g", "g1", "-g", "g2", "-g", "g3", "-n", "13"], stdout=subprocess.PIPE,
+                          "-g", "g1", "-g", "g2", "-g", "g3", "-n", "10"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     out, err = finish(p, 60)
     assert p.returncode == 0, err
     got = lines_of(out)
     for g in ("g1", "g2", "g3"):
-        assert [(int(l[1]), l[3]) for l in got if l[0] == "g/" + g][1:] == [(i + 2, "%s-%d" % (g, i)) for i in range(3)]
+        assert [(int(l[1]), l[3].encode()) for l in got if l[0] == "g/" + g][1:] == [(i + 2, body(g, i))
+                                                                                     for i in range(2)]
     assert [l[3] for l in got if l[0] == "u/bob"] == ["dm"]
-    assert sync_limited(b) > 0
+    assert b"refused" not in err
+    assert sync_limited(b) > 0                           # the limit was hit
