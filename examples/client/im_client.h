@@ -27,8 +27,9 @@
 struct im_client;
 
 /* Called once per message, in seq order per timeline, never twice for one
- * (timeline, seq) across restarts that share the state file. body is only
- * valid during the call. */
+ * (timeline, seq) of one store id across restarts that share the state
+ * file (after on_reset, seqs start again at 1). body is only valid during
+ * the call. */
 typedef void (*im_client_deliver_fn)(void *ud, const Im__V1__Header *hdr, const uint8_t *body, size_t len);
 
 /* Called (with the deliver function's ud) when the server's history was
