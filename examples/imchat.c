@@ -15,7 +15,8 @@
  * lost connection the message is re-sent with the same cmid until the
  * Receipt arrives, so it is stored exactly once. `listen` runs the
  * reference client (examples/client): sync before live, gaps filled,
- * duplicates dropped, acks, a state file.
+ * duplicates dropped, acks, a state file; when the server's store was
+ * replaced it prints a line saying so and starts over from seq 1.
  *
  * Errors go to stderr with a non-zero exit: 1 for a failure, 2 for usage.
  */
@@ -531,17 +532,26 @@ static char *default_state_path(void)
 	return path;
 }
 
-/* `last` of a timeline in the state file of `listen`, or -1 if unknown. */
-static long long state_last(const char *tl)
+/* `last` of a timeline in the state file of `listen`, or -1 if unknown or
+ * counted in another store than store_id (0: the server did not say). */
+static long long state_last(const char *tl, uint64_t store_id)
 {
 	FILE *f = fopen(default_state_path(), "r");
-	char name[IM_TL_MAX + 2];
-	unsigned long long last;
+	char name[IM_TL_MAX + 2], line[256], *end;
+	unsigned long long last, id;
 	long long r = -1;
 
 	if(f == NULL) return -1;
-	while(fscanf(f, "%66s %llu", name, &last) == 2){
-		if(!strcmp(name, tl)) r = (long long)last;
+	while(fgets(line, sizeof(line), f)){
+		if(!strncmp(line, "store ", 6)){
+			id = strtoull(line + 6, &end, 16);
+			if(store_id && end > line + 6 && id != store_id){
+				r = -1; /* the server's history was replaced since: listen starts over */
+				break;
+			}
+		}else if(sscanf(line, "%66s %llu", name, &last) == 2 && !strcmp(name, tl)){
+			r = (long long)last;
+		}
 	}
 	fclose(f);
 	return r;
@@ -603,7 +613,7 @@ static int cmd_group(int argc, char **argv)
 
 			snprintf(tl, sizeof(tl), "g/%s", r->groups[i]->name);
 			/* unread as this machine's `listen` sees it, if it ran */
-			last = state_last(tl);
+			last = state_last(tl, r->has_store_id ? r->store_id : 0);
 			if(last >= 0) unread = r->groups[i]->head_seq > (uint64_t)last ? r->groups[i]->head_seq - (uint64_t)last : 0;
 			printf("%s head %" PRIu64 " unread %" PRIu64 "\n", r->groups[i]->name, r->groups[i]->head_seq, unread);
 		}
@@ -630,6 +640,17 @@ static void on_signal(int sig)
 {
 	(void)sig;
 	if(g_client) im_client_stop(g_client);
+}
+
+/* The reference client forgot every seq and delivers again from seq 1 (-v
+ * prints the store ids). */
+static void on_reset(void *ud, uint64_t old_id, uint64_t new_id)
+{
+	(void)ud;
+	(void)old_id;
+	(void)new_id;
+	printf("-- the server's message store was replaced: starting over --\n");
+	fflush(stdout);
 }
 
 static int cmd_listen(void)
@@ -659,6 +680,7 @@ static int cmd_listen(void)
 	o.state_path = default_state_path();
 	o.groups = groups;
 	o.verbose = opt.verbose;
+	o.on_reset = on_reset;
 	if(opt.client_id){
 		o.client_id = opt.client_id;
 	}else{

@@ -34,6 +34,13 @@ static void print_msg(void *ud, const Im__V1__Header *h, const uint8_t *body, si
 	fflush(stdout);
 }
 
+static void on_reset(void *ud, uint64_t old_id, uint64_t new_id)
+{
+	(void)ud;
+	fprintf(stderr, "imrecv: the server's message store was replaced (store id %016llx, was %016llx): "
+			"starting over from seq 1\n", (unsigned long long)new_id, (unsigned long long)old_id);
+}
+
 static void usage(void)
 {
 	fprintf(stderr, "usage: imrecv -u user [-P password] [-h host] [-p port] [-i client_id] [-s state_file]\n"
@@ -67,6 +74,7 @@ int main(int argc, char **argv)
 	}
 	if(o.user == NULL) usage();
 	o.groups = groups;
+	o.on_reset = on_reset;
 	g_client = im_client_new(&o, print_msg, NULL);
 	if(g_client == NULL){
 		fprintf(stderr, "imrecv: cannot create client\n");

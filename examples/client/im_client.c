@@ -17,6 +17,8 @@
 #define MAX_TIMELINES 64
 #define ACK_EVERY 50          /* messages */
 #define ACK_AFTER_MS 1000
+#define SYNC_WINDOW 8         /* sync requests out at once (the plugin's sync_inflight default is 16) */
+#define RETRY_MS 1000         /* after a TOO_MANY without retry_after_ms */
 
 struct held {
 	uint64_t seq;
@@ -29,7 +31,11 @@ struct timeline {
 	char topic[IM_TL_MAX + 70];
 	uint64_t last;
 	uint64_t acked;
-	bool syncing;
+	bool syncing;             /* catching up: live frames are held */
+	bool want;                /* a sync request from `last` is to be sent */
+	bool inflight;            /* a sync request is out, not answered yet */
+	uint64_t req_after;       /* its after_seq */
+	int64_t retry_at;         /* after a TOO_MANY: not before this (now_ms) */
 	struct held *held;        /* sorted by seq */
 	size_t n_held, cap_held;
 };
@@ -47,6 +53,12 @@ struct im_client {
 	bool connected, ever_connected, refused, stop;
 	char *other_state;      /* state lines of timelines not followed this run, kept as they are */
 	size_t other_len;
+	uint64_t store_id;      /* the store the seqs in `last` come from; 0: not known yet */
+	uint64_t retired;       /* the store id we left: late messages of it are dropped */
+	bool store_seen;        /* this connection answered with store_id: acks may go */
+	int anon_refused;       /* TOO_MANY replies that named no timeline, not yet matched */
+	uint32_t anon_retry_ms;
+	int rr;                 /* next timeline pump() looks at first */
 };
 
 static int64_t now_ms(void)
@@ -57,7 +69,7 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* ---- state file: one "timeline last" line per timeline ---- */
+/* ---- state file: one "timeline last" line per timeline, and "store <id>" ---- */
 
 static void state_load(struct im_client *c)
 {
@@ -67,10 +79,19 @@ static void state_load(struct im_client *c)
 	int i;
 
 	int found;
-	char line[128], *grown;
+	char line[256], *grown, *end;
 
 	if(!c->opt.state_path || !(f = fopen(c->opt.state_path, "r"))) return;
-	while(fscanf(f, "%66s %llu", name, &last) == 2){
+	while(fgets(line, sizeof(line), f)){
+		if(!strncmp(line, "store ", 6)){
+			/* the store the seqs below belong to (no such line: a file
+			 * written before store ids, or by a client of an older broker) */
+			unsigned long long id = strtoull(line + 6, &end, 16);
+
+			if(end > line + 6 && (*end == '\n' || *end == '\0')) c->store_id = id;
+			continue;
+		}
+		if(sscanf(line, "%66s %llu", name, &last) != 2) continue;
 		for(i = 0, found = 0; i < c->n_tls; i++){
 			if(!strcmp(c->tls[i].name, name)){
 				c->tls[i].last = c->tls[i].acked = last;
@@ -102,6 +123,9 @@ static void state_save(struct im_client *c)
 	if(!(f = fopen(tmp, "w"))) return;
 	for(i = 0; i < c->n_tls; i++) fprintf(f, "%s %llu\n", c->tls[i].name, (unsigned long long)c->tls[i].last);
 	if(c->other_state) fputs(c->other_state, f);
+	/* Last: a reader from before store ids has read the timelines when it
+	 * meets this line. */
+	if(c->store_id) fprintf(f, "store %016llx\n", (unsigned long long)c->store_id);
 	if(fclose(f) == 0) rename(tmp, c->opt.state_path);
 }
 
@@ -115,7 +139,7 @@ static void request(struct im_client *c, const char *op, const void *buf, size_t
 	mosquitto_publish(c->mosq, NULL, topic, (int)len, buf, 1, false);
 }
 
-static void start_sync(struct im_client *c, struct timeline *t)
+static void send_sync(struct im_client *c, struct timeline *t)
 {
 	Im__V1__SyncRequest r = IM__V1__SYNC_REQUEST__INIT;
 	uint8_t buf[128];
@@ -125,8 +149,39 @@ static void start_sync(struct im_client *c, struct timeline *t)
 	r.after_seq = t->last;
 	r.has_limit = 1;
 	r.limit = c->opt.sync_limit;
-	t->syncing = true;
+	t->want = false;
+	t->inflight = true;
+	t->req_after = t->last;
 	request(c, "sync", buf, im__v1__sync_request__pack(&r, buf));
+}
+
+/* Catch up t from `last`: hold live frames until a batch without has_more.
+ * The request goes out from pump(). */
+static void start_sync(struct timeline *t)
+{
+	t->syncing = true;
+	t->want = true;
+}
+
+/* Sends the sync requests that are due: one per timeline at most, at most
+ * SYNC_WINDOW in all, none before a TOO_MANY's retry_after_ms. One out per
+ * timeline lets a batch be matched to its request by after_seq; the window
+ * keeps a client with many groups under the plugin's sync_inflight. */
+static void pump(struct im_client *c)
+{
+	int i, k, out = 0;
+	int64_t now = now_ms();
+
+	if(!c->connected) return;
+	for(i = 0; i < c->n_tls; i++) out += c->tls[i].inflight;
+	for(k = 0; k < c->n_tls && out < SYNC_WINDOW; k++){
+		struct timeline *t = &c->tls[(c->rr + k) % c->n_tls];
+
+		if(!t->want || t->inflight || now < t->retry_at) continue;
+		send_sync(c, t);
+		out++;
+		c->rr = (c->rr + k + 1) % c->n_tls; /* round robin: a long catch-up does not starve the others */
+	}
 }
 
 static void send_acks(struct im_client *c)
@@ -135,6 +190,9 @@ static void send_acks(struct im_client *c)
 	uint8_t buf[128];
 	int i;
 
+	/* Not before this connection showed the store is still ours: a seq
+	 * of a replaced store would move the new store's cursor. */
+	if(!c->store_seen) return;
 	for(i = 0; i < c->n_tls; i++){
 		if(c->tls[i].last <= c->tls[i].acked) continue;
 		a.timeline = c->tls[i].name;
@@ -145,6 +203,72 @@ static void send_acks(struct im_client *c)
 	}
 	c->unacked = 0;
 	c->last_ack_ms = now_ms();
+}
+
+/* ---- the store id: seqs are comparable only within one ---- */
+
+static void free_held(struct timeline *t)
+{
+	size_t j;
+
+	for(j = 0; j < t->n_held; j++) free(t->held[j].frame);
+	t->n_held = 0;
+}
+
+/* The server's history was replaced (a new database, a rolled back or
+ * restored one): every `last` counts seqs of a store that is gone, and
+ * keeping it would drop the new store's messages as duplicates. Forget
+ * them all and catch up every timeline from 0. */
+static void reset_store(struct im_client *c, uint64_t id)
+{
+	uint64_t old = c->store_id;
+	int i;
+
+	if(c->opt.verbose){
+		fprintf(stderr, "imclient: store id %016llx, was %016llx: the server's history was replaced; starting over\n",
+				(unsigned long long)id, (unsigned long long)old);
+	}
+	c->retired = old;
+	c->store_id = id;
+	for(i = 0; i < c->n_tls; i++){
+		struct timeline *t = &c->tls[i];
+
+		t->last = t->acked = 0;
+		free_held(t);
+		t->retry_at = 0;
+		/* A request still out asked from the old `last`: its answer is
+		 * not used (on_batch), and this one follows it. */
+		start_sync(t);
+	}
+	/* The timelines other runs follow counted the old store too. */
+	free(c->other_state);
+	c->other_state = NULL;
+	c->other_len = 0;
+	c->unacked = 0;
+	state_save(c);
+	if(c->opt.on_reset) c->opt.on_reset(c->ud, old, id);
+}
+
+/* Every frame and reply carries the store id; false: drop the message. */
+static bool check_store(struct im_client *c, bool has, uint64_t id)
+{
+	if(!has || id == 0 || id == c->store_id){
+		c->store_seen = true; /* 0/absent: a broker without store ids, nothing to compare */
+		return true;
+	}
+	if(id == c->retired){
+		/* Sent before the switch and delivered late (a persistent
+		 * session's queue, a redelivery after a reconnect). */
+		return false;
+	}
+	if(c->store_id == 0){
+		c->store_id = id; /* the first we see: a new state file, or one from before store ids */
+		state_save(c);
+	}else{
+		reset_store(c, id);
+	}
+	c->store_seen = true;
+	return true;
 }
 
 /* ---- the algorithm ---- */
@@ -238,12 +362,12 @@ static void on_frame(struct im_client *c, const uint8_t *frame, size_t len)
 
 	if(im_frame__decode(frame, len, NULL, &h, &body, &blen) != MOSQ_ERR_SUCCESS) return;
 	t = find_tl(c, h->timeline);
-	if(t == NULL || h->seq <= t->last){
-		/* not ours, or a duplicate */
+	if(!check_store(c, h->has_store_id, h->store_id) || t == NULL || h->seq <= t->last){
+		/* of a store we left, not ours, or a duplicate */
 	}else if(h->body_omitted){
 		/* Notify mode: the frame only says there is more; the bodies come
 		 * by sync (which returns whole frames). */
-		if(!t->syncing) start_sync(c, t);
+		if(!t->syncing) start_sync(t);
 	}else if(t->syncing){
 		hold(t, h->seq, frame, len);
 	}else if(h->seq == t->last + 1){
@@ -251,31 +375,43 @@ static void on_frame(struct im_client *c, const uint8_t *frame, size_t len)
 		drain(c, t, 0);
 	}else{
 		hold(t, h->seq, frame, len); /* a gap: fill it by sync */
-		start_sync(c, t);
+		start_sync(t);
 	}
 	im__v1__header__free_unpacked(h, NULL);
 }
 
-static void on_batch(struct im_client *c, const uint8_t *buf, size_t len)
+static void retry_later(struct timeline *t, uint32_t ms)
 {
-	Im__V1__SyncBatch *b = im__v1__sync_batch__unpack(NULL, len, buf);
-	struct timeline *t;
+	t->want = true; /* still syncing: live frames stay held */
+	t->retry_at = now_ms() + (ms ? ms : RETRY_MS);
+}
+
+/* A TOO_MANY that names no timeline (the plugin refuses before it reads
+ * the request) is for one of the requests out. Answers to the others still
+ * come; once every request out is accounted for by such a refusal, all of
+ * them were refused: ask again after the wait. */
+static void settle_refusals(struct im_client *c)
+{
+	int i, out = 0;
+
+	if(c->anon_refused == 0) return;
+	for(i = 0; i < c->n_tls; i++) out += c->tls[i].inflight;
+	if(c->anon_refused < out) return;
+	for(i = 0; i < c->n_tls; i++){
+		if(!c->tls[i].inflight) continue;
+		c->tls[i].inflight = false;
+		retry_later(&c->tls[i], c->anon_retry_ms);
+	}
+	c->anon_refused = 0;
+	c->anon_retry_ms = 0;
+}
+
+static void apply_batch(struct im_client *c, struct timeline *t, const Im__V1__SyncBatch *b)
+{
 	Im__V1__Header *h;
 	const uint8_t *body;
 	size_t i, blen;
 
-	if(b == NULL) return;
-	t = find_tl(c, b->timeline);
-	if(t == NULL){
-		im__v1__sync_batch__free_unpacked(b, NULL);
-		return;
-	}
-	if(b->status != IM__V1__STATUS__OK){
-		fprintf(stderr, "imclient: sync %s refused: %d %s\n", t->name, b->status, b->reason ? b->reason : "");
-		t->syncing = false;
-		im__v1__sync_batch__free_unpacked(b, NULL);
-		return;
-	}
 	if(b->first_seq > t->last + 1){
 		if(c->opt.verbose) fprintf(stderr, "imclient: %s: seqs %llu..%llu are gone (retention)\n", t->name,
 				(unsigned long long)t->last + 1, (unsigned long long)b->first_seq - 1);
@@ -288,15 +424,60 @@ static void on_batch(struct im_client *c, const uint8_t *buf, size_t len)
 		if(h->seq > t->last) deliver(c, t, h, body, blen);
 		im__v1__header__free_unpacked(h, NULL);
 	}
-	if(b->has_more){
-		start_sync(c, t);
+	if(b->has_more || t->want){
+		start_sync(t);
 	}else{
 		t->syncing = false;
 		drain(c, t, b->head_seq);
-		if(t->n_held > 0) start_sync(c, t); /* live frames lost in between */
+		if(t->n_held > 0) start_sync(t); /* live frames lost in between */
 		send_acks(c);
 	}
+}
+
+static void on_batch(struct im_client *c, const uint8_t *buf, size_t len)
+{
+	Im__V1__SyncBatch *b = im__v1__sync_batch__unpack(NULL, len, buf);
+	struct timeline *t;
+
+	if(b == NULL) return;
+	if(!check_store(c, b->has_store_id, b->store_id)) goto done;
+	t = find_tl(c, b->timeline);
+	if(t == NULL){
+		if(b->status == IM__V1__STATUS__TOO_MANY){
+			c->anon_refused++;
+			if(b->retry_after_ms > c->anon_retry_ms) c->anon_retry_ms = b->retry_after_ms;
+			settle_refusals(c);
+		}
+		goto done;
+	}
+	/* Only the answer to the request out for t counts; another is late:
+	 * asked on an earlier connection (a persistent session's queue). */
+	if(!t->inflight || (b->has_after_seq && b->after_seq != t->req_after)) goto done;
+	t->inflight = false;
+	if(b->status == IM__V1__STATUS__TOO_MANY){
+		retry_later(t, b->retry_after_ms);
+	}else if(b->status != IM__V1__STATUS__OK){
+		fprintf(stderr, "imclient: sync %s refused: %d %s\n", t->name, b->status, b->reason ? b->reason : "");
+		t->syncing = t->want;
+	}else if(t->req_after > t->last){
+		/* Asked from a `last` a store reset took back: its frames do not
+		 * follow `last`. The request from 0 goes next. */
+		start_sync(t);
+	}else{
+		apply_batch(c, t, b);
+	}
+	settle_refusals(c);
+done:
 	im__v1__sync_batch__free_unpacked(b, NULL);
+}
+
+static void on_ack_response(struct im_client *c, const uint8_t *buf, size_t len)
+{
+	Im__V1__AckResponse *r = im__v1__ack_response__unpack(NULL, len, buf);
+
+	if(r == NULL) return;
+	check_store(c, r->has_store_id, r->store_id);
+	im__v1__ack_response__free_unpacked(r, NULL);
 }
 
 /* ---- libmosquitto callbacks ---- */
@@ -312,12 +493,21 @@ static void on_connect(struct mosquitto *m, void *ud, int rc)
 		return;
 	}
 	c->connected = c->ever_connected = true;
+	c->store_seen = false;
+	c->anon_refused = 0;
+	c->anon_retry_ms = 0;
 	for(i = 0; i < c->n_tls; i++){
 		mosquitto_subscribe(m, NULL, c->tls[i].topic, 1);
 	}
 	/* Catch up before trusting live delivery: frames queued meanwhile are
-	 * held until the sync is complete. */
-	for(i = 0; i < c->n_tls; i++) start_sync(c, &c->tls[i]);
+	 * held until the sync is complete. Requests of the last connection
+	 * are not answered on this one. */
+	for(i = 0; i < c->n_tls; i++){
+		c->tls[i].inflight = false;
+		c->tls[i].retry_at = 0;
+		start_sync(&c->tls[i]);
+	}
+	pump(c);
 }
 
 static void on_disconnect(struct mosquitto *m, void *ud, int rc)
@@ -336,9 +526,12 @@ static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_mes
 	(void)m;
 	if(!strcmp(msg->topic, "$CONTROL/im/v1/sync/response")){
 		on_batch(c, msg->payload, (size_t)msg->payloadlen);
+	}else if(!strcmp(msg->topic, "$CONTROL/im/v1/ack/response")){
+		on_ack_response(c, msg->payload, (size_t)msg->payloadlen);
 	}else if(strncmp(msg->topic, "$CONTROL/", 9)){
 		on_frame(c, msg->payload, (size_t)msg->payloadlen);
 	}
+	pump(c);
 }
 
 /* ---- lifecycle ---- */
@@ -422,6 +615,7 @@ int im_client_run(struct im_client *c, long max_messages, int idle_ms)
 	while(!c->stop){
 		rc = mosquitto_loop(c->mosq, 100, 1);
 		if(c->refused && !c->ever_connected) return -1;
+		pump(c); /* retries after TOO_MANY */
 		if(max_messages && c->delivered >= max_messages) break;
 		if(c->connected && (c->unacked >= ACK_EVERY || (c->unacked && now_ms() - c->last_ack_ms > ACK_AFTER_MS))){
 			send_acks(c);
@@ -464,11 +658,10 @@ uint64_t im_client_last(const struct im_client *c, const char *timeline)
 void im_client_free(struct im_client *c)
 {
 	int i;
-	size_t j;
 
 	if(c == NULL) return;
 	for(i = 0; i < c->n_tls; i++){
-		for(j = 0; j < c->tls[i].n_held; j++) free(c->tls[i].held[j].frame);
+		free_held(&c->tls[i]);
 		free(c->tls[i].held);
 	}
 	mosquitto_destroy(c->mosq);

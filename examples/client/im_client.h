@@ -8,6 +8,12 @@
  * sync batches go through one function that delivers seq == last+1, drops
  * seq <= last and holds seq > last+1 until a sync fills the gap.
  *
+ * Seqs are only comparable within one store id (Header.store_id and the
+ * replies' store_id): the state file keeps the id with `last`, and when the
+ * server answers with another one (its database was replaced or rolled
+ * back) the client forgets every `last`, tells the application (on_reset)
+ * and syncs every timeline from 0.
+ *
  * Threading: everything runs in the thread that calls im_client_run.
  */
 #ifndef IM_CLIENT_H
@@ -21,9 +27,18 @@
 struct im_client;
 
 /* Called once per message, in seq order per timeline, never twice for one
- * (timeline, seq) across restarts that share the state file. body is only
- * valid during the call. */
+ * (timeline, seq) of one store id across restarts that share the state
+ * file (after on_reset, seqs start again at 1). body is only valid during
+ * the call. */
 typedef void (*im_client_deliver_fn)(void *ud, const Im__V1__Header *hdr, const uint8_t *body, size_t len);
+
+/* Called (with the deliver function's ud) when the server's history was
+ * replaced: its store id changed from old_id to new_id (a new or restored
+ * database). Every timeline starts over: messages will be delivered again
+ * from seq 1, including ones the application may have shown before, so it
+ * should tell the user and may clear what it shows. The new id is already
+ * saved in the state file. */
+typedef void (*im_client_reset_fn)(void *ud, uint64_t old_id, uint64_t new_id);
 
 struct im_client_options {
 	const char *host;          /* default 127.0.0.1 */
@@ -31,12 +46,13 @@ struct im_client_options {
 	const char *user;          /* required: the MQTT username */
 	const char *password;      /* optional */
 	const char *client_id;     /* default "<user>-imclient": a device is its client id */
-	const char *state_path;    /* optional: "timeline last" lines */
+	const char *state_path;    /* optional: "timeline last" lines and "store <16 hex digits>" */
 	const char *cafile;        /* optional: TLS */
 	const char *prefix;        /* default "im" */
 	const char *const *groups; /* optional, NULL-terminated: g/<name> timelines to follow */
 	uint32_t sync_limit;       /* frames per batch asked for, default 500 */
 	int verbose;
+	im_client_reset_fn on_reset; /* optional: the server's history was replaced (see above) */
 };
 
 /* Returns NULL on bad options or out of memory. */

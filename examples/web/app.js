@@ -181,9 +181,25 @@ async function start(login) {
   client.addEventListener('gap', (e) => {
     $('error').textContent = `${e.detail.timeline}: messages ${e.detail.from}..${e.detail.to} were removed by retention`;
   });
+  // The server's history was replaced: what is shown counted seqs of a store
+  // that is gone. Clear it (and the read marks); the messages the new store
+  // holds arrive again from seq 1.
+  client.addEventListener('reset', () => {
+    for (const c of convs.values()) {
+      c.msgs = [];
+      c.readSeq = 0;
+      c.lastAt = 0;
+    }
+    saveRead();
+    $('notice').textContent = 'The server\'s message store was replaced: messages are shown again from the start.';
+    $('notice').hidden = false;
+    renderConvs();
+    renderMessages();
+  });
   $('me').textContent = me;
   $('login-view').hidden = true;
   $('chat-view').hidden = false;
+  $('notice').hidden = true;
   renderConvs();
   client.start();
 }

@@ -8,6 +8,8 @@
 //   'groups'   {detail: [{name, headSeq}]}    the groups I am in
 //   'receipt'  {detail: {cmid, timeline, seq}} a sent message is stored
 //   'gap'      {detail: {timeline, from, to}}  seqs removed by retention
+//   'reset'    {detail: {from, to}}           the server's history was replaced (a new store id):
+//                                             every timeline starts over from seq 1
 //   'error'    {detail: text}
 import mqtt from '/vendor/mqtt.esm.js';
 
@@ -16,6 +18,7 @@ const REPLY_MS = 5000;
 const ACK_EVERY_MS = 2000;
 const GROUPS_EVERY_MS = 10000;   // `group list` again: someone may have added me
 const KEEP_MSGS = 1000;              // messages kept per timeline in localStorage
+const RETRY_MS = 1000;               // after a TOO_MANY without retry_after_ms
 export const RECEIPT_TOPIC = '$CONTROL/im/v1/receipt';
 
 // Loads proto/im.proto (served by serve.js from the project's proto/).
@@ -31,6 +34,24 @@ export async function loadProto(url = '/proto/im.proto') {
 
 const toObj = (T, bytes) => T.toObject(T.decode(bytes), { longs: Number, defaults: true });
 
+// The store id (a fixed64 field) of an encoded message, as 16 hex digits,
+// '' if absent or 0 (a broker without store ids). Read from the bytes:
+// protobufjs without long.js would round it to a double.
+export function storeIdOf(bytes, field) {
+  const r = protobuf.Reader.create(bytes);
+  let id = '';
+  while (r.pos < r.len) {
+    const tag = r.uint32();
+    if (tag >>> 3 === field && (tag & 7) === 1) {
+      id = [...bytes.subarray(r.pos, r.pos + 8)].reverse().map((v) => v.toString(16).padStart(2, '0')).join('');
+    }
+    r.skipType(tag & 7);
+  }
+  return /^0*$/.test(id) ? '' : id;
+}
+// its field number in each message that carries one
+const STORE_FIELD = { Header: 14, SyncBatch: 11, AckResponse: 6, Receipt: 9, GroupResponse: 10 };
+
 // The frame: 'I' 'M' 0x01, uint16 big-endian header length H, H bytes of
 // im.v1.Header, then the body exactly as the sender published it.
 export function decodeFrame(P, bytes) {
@@ -38,7 +59,8 @@ export function decodeFrame(P, bytes) {
   if (bytes[2] !== 1) throw new Error('unknown frame version ' + bytes[2]);
   const h = (bytes[3] << 8) | bytes[4];
   if (5 + h > bytes.length) throw new Error('truncated frame');
-  return { header: toObj(P.Header, bytes.subarray(5, 5 + h)), body: bytes.subarray(5 + h) };
+  const hb = bytes.subarray(5, 5 + h);
+  return { header: toObj(P.Header, hb), body: bytes.subarray(5 + h), storeId: storeIdOf(hb, STORE_FIELD.Header) };
 }
 
 export function uuid() {
@@ -71,7 +93,13 @@ export class ImClient extends EventTarget {
     this.P = opts.proto;
     this.me = 'u/' + opts.user;
     this.key = `imweb/${opts.user}@${opts.url}/`;
-    this.tls = new Map();       // timeline -> {name, last, acked, syncing, held: Map, msgs, head}
+    // Seqs count in one store: `last` of every timeline is kept with the
+    // store id it counts in ('' = not known yet).
+    this.storeId = this.load('store', '');
+    this.storeSeen = false;     // this connection answered with storeId: acks may go
+    this.gen = 0;               // store resets so far: what was delivered before one is not shown
+    this.reqNo = 0;             // correlation data of sync requests
+    this.tls = new Map();       // timeline -> {name, last, acked, syncing, held: Map, msgs, head, req, ...}
     this.pending = { group: [], ack: [] }; // FIFO of waiting requests per op
     this.outbox = this.load('outbox', []);  // sent, no Receipt yet: re-sent with the same cmid
     this.connected = false;
@@ -85,15 +113,16 @@ export class ImClient extends EventTarget {
     try { const v = this.o.storage.getItem(this.key + k); return v ? JSON.parse(v) : dflt; } catch { return dflt; }
   }
   save(k, v) { try { this.o.storage.setItem(this.key + k, JSON.stringify(v)); } catch { /* full: keep going */ } }
-  // `last` is saved with the messages shown, never ahead of them
-  saveTl(t) { this.save('tl/' + t.name, { last: t.shownSeq, msgs: t.msgs.slice(-KEEP_MSGS) }); }
+  // `last` is saved with the messages shown, never ahead of them, and with its store id
+  saveTl(t) { this.save('tl/' + t.name, { store: this.storeId, last: t.shownSeq, msgs: t.msgs.slice(-KEEP_MSGS) }); }
 
   timeline(name) {
     let t = this.tls.get(name);
     if (!t) {
-      const s = this.load('tl/' + name, { last: 0, msgs: [] });
+      let s = this.load('tl/' + name, null);
+      if (!s || (s.store || '') !== this.storeId) s = { last: 0, msgs: [] }; // none, or of a replaced store
       t = { name, last: s.last, shownSeq: s.last, acked: s.last, syncing: false, held: new Map(), msgs: s.msgs,
-        head: s.last };
+        head: s.last, req: 0, reqAfter: 0, again: false, retry: null };
       this.tls.set(name, t);
     }
     return t;
@@ -118,7 +147,7 @@ export class ImClient extends EventTarget {
       this.status(refused ? 'refused' : 'error', refused ? 'login refused: not authorised' : e.message);
       if (refused) this.c.end(true);
     });
-    this.c.on('message', (topic, payload) => this.onMessage(topic, payload));
+    this.c.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet));
     this.ackTimer = setInterval(() => this.sendAcks(), ACK_EVERY_MS);
     this.groupTimer = setInterval(() => {
       if (this.connected) this.refreshGroups().catch((e) => this.emit('error', e.message));
@@ -151,7 +180,13 @@ export class ImClient extends EventTarget {
   onClose() {
     if (this.connected) this.status('offline', 'connection lost, reconnecting');
     this.connected = false;
-    for (const t of this.tls.values()) t.syncing = false;
+    this.storeSeen = false;
+    for (const t of this.tls.values()) {
+      t.syncing = t.again = false;
+      t.req = 0;                                 // not answered on the next connection
+      clearTimeout(t.retry);
+      t.retry = null;
+    }
     for (const op of Object.keys(this.pending)) {
       for (const p of this.pending[op].splice(0)) p.reject(new Error('connection lost'));
     }
@@ -202,6 +237,7 @@ export class ImClient extends EventTarget {
     for (const name of [...this.tls.keys()]) {
       if (name.startsWith('g/') && !names.includes(name.slice(2))) {
         this.c.unsubscribe(this.topic(name));
+        clearTimeout(this.tls.get(name).retry);
         this.tls.delete(name);
       }
     }
@@ -210,14 +246,59 @@ export class ImClient extends EventTarget {
     return r.groups;
   }
 
+  // Catch up t from `last`, holding live frames meanwhile. One request out
+  // per timeline; its correlation data tells its answer (also a TOO_MANY,
+  // which names no timeline) from a late one.
   startSync(t) {
     t.syncing = true;
+    if (t.req || t.retry) { t.again = true; return; } // after that answer, or the TOO_MANY wait
+    t.again = false;
+    t.req = ++this.reqNo;
+    t.reqAfter = t.last;
     const P = this.P.SyncRequest;
-    this.publishReq('sync', P.encode(P.create({ timeline: t.name, afterSeq: t.last, limit: 500 })).finish());
+    const req = P.encode(P.create({ timeline: t.name, afterSeq: t.last, limit: 500 })).finish();
+    this.c.publish('$CONTROL/im/v1/sync', req, { qos: 1, properties: { correlationData: 'sync/' + t.req } });
+  }
+
+  // ---- the store id: seqs are comparable only within one ----
+  // Every frame and reply carries it. (Clean sessions: all a connection
+  // gets comes from one broker process, one store, so nothing arrives late
+  // from a store we left.)
+  checkStore(id) {
+    if (id && id !== this.storeId) {
+      if (this.storeId) {
+        this.resetStore(id);
+      } else {                                   // the first one we see: adopt it
+        this.storeId = id;
+        this.save('store', id);
+        for (const t of this.tls.values()) this.saveTl(t);
+      }
+    }
+    this.storeSeen = true;
+  }
+
+  // The server's history was replaced (a new database, a rolled back or
+  // restored one): every `last` and message shown counts seqs of a store
+  // that is gone, and keeping them would drop the new store's messages as
+  // duplicates. Forget them and catch up every timeline from 0.
+  resetStore(id) {
+    const from = this.storeId;
+    this.storeId = id;
+    this.save('store', id);
+    this.gen++;
+    for (const t of this.tls.values()) {
+      t.last = t.shownSeq = t.acked = t.head = 0;
+      t.msgs = [];
+      t.held.clear();
+      this.saveTl(t);
+      if (this.connected) this.startSync(t);     // a request out asked from the old `last`: this one follows it
+    }
+    this.emit('reset', { from, to: id });
   }
 
   sendAcks() {
-    if (!this.connected) return;
+    // not before this connection showed the store is still ours
+    if (!this.connected || !this.storeSeen) return;
     for (const t of this.tls.values()) {
       if (t.shownSeq <= t.acked) continue;
       // msg-fin: the highest seq shown; the reply needs no waiting for
@@ -253,17 +334,30 @@ export class ImClient extends EventTarget {
   }
 
   // ---- incoming ----
-  onMessage(topic, payload) {
+  onMessage(topic, payload, packet) {
     const P = this.P;
     try {
-      if (topic === '$CONTROL/im/v1/sync/response') return this.onBatch(toObj(P.SyncBatch, payload));
-      if (topic === RECEIPT_TOPIC) return this.onReceipt(toObj(P.Receipt, payload));
+      if (topic === '$CONTROL/im/v1/sync/response') {
+        const corr = packet?.properties?.correlationData;
+        const req = corr ? Number(utf8.decode(corr).replace(/^sync\//, '')) : 0;
+        this.checkStore(storeIdOf(payload, STORE_FIELD.SyncBatch));
+        return this.onBatch(toObj(P.SyncBatch, payload), req);
+      }
+      if (topic === RECEIPT_TOPIC) {
+        this.checkStore(storeIdOf(payload, STORE_FIELD.Receipt));
+        return this.onReceipt(toObj(P.Receipt, payload));
+      }
       if (topic === '$CONTROL/im/v1/group/response') {
+        this.checkStore(storeIdOf(payload, STORE_FIELD.GroupResponse));
         const p = this.pending.group.shift();
         if (p) { clearTimeout(p.timer); p.resolve(toObj(P.GroupResponse, payload)); }
         return;
       }
-      if (topic.startsWith('$CONTROL/')) return; // ack replies: nothing to do
+      if (topic === '$CONTROL/im/v1/ack/response') {
+        this.checkStore(storeIdOf(payload, STORE_FIELD.AckResponse)); // nothing else to do
+        return;
+      }
+      if (topic.startsWith('$CONTROL/')) return;
       this.onFrame(payload);
     } catch (e) {
       this.emit('error', `${topic}: ${e.message}`);
@@ -272,7 +366,8 @@ export class ImClient extends EventTarget {
 
   // Step 2 of the algorithm, for a live frame.
   onFrame(bytes) {
-    const { header: h } = decodeFrame(this.P, bytes);
+    const { header: h, storeId } = decodeFrame(this.P, bytes);
+    this.checkStore(storeId);
     const t = this.tls.get(h.timeline);
     if (!t || h.seq <= t.last) return;           // not ours, or a duplicate
     t.head = Math.max(t.head, h.seq);
@@ -287,12 +382,27 @@ export class ImClient extends EventTarget {
     }
   }
 
-  onBatch(b) {
-    const t = this.tls.get(b.timeline);
+  onBatch(b, req) {
+    // The answer to the request out for its timeline, by correlation data;
+    // anything else is late (a request before a reconnect).
+    const t = [...this.tls.values()].find((x) => x.req && x.req === req);
     if (!t) return;
+    t.req = 0;
+    if (b.status === 429) {                      // TOO_MANY: ask again when the server says
+      t.retry = setTimeout(() => {
+        t.retry = null;
+        if (this.connected && this.tls.get(t.name) === t) this.startSync(t);
+      }, b.retryAfterMs || RETRY_MS);
+      return;
+    }
     if (b.status !== 0) {
       t.syncing = false;
-      this.emit('error', `sync ${b.timeline}: ${b.status} ${b.reason}`);
+      if (t.again) this.startSync(t);
+      this.emit('error', `sync ${t.name}: ${b.status} ${b.reason}`);
+      return;
+    }
+    if (t.reqAfter > t.last) {                   // asked from a `last` a store reset took back
+      this.startSync(t);
       return;
     }
     t.head = Math.max(t.head, b.headSeq);
@@ -304,7 +414,7 @@ export class ImClient extends EventTarget {
       const seq = decodeFrame(this.P, f).header.seq;
       if (seq > t.last) this.deliver(t, f);      // a batch skips only expired seqs
     }
-    if (b.hasMore) {
+    if (b.hasMore || t.again) {
       this.startSync(t);
     } else {
       t.syncing = false;
@@ -329,6 +439,7 @@ export class ImClient extends EventTarget {
   // are shown in seq order all the same.
   deliver(t, bytes) {
     const { header, body } = decodeFrame(this.P, bytes);
+    const gen = this.gen;
     t.last = header.seq;
     this.shown = this.shown.then(async () => {
       let text;
@@ -337,6 +448,7 @@ export class ImClient extends EventTarget {
       } catch (e) {
         text = `(${e.message})`;
       }
+      if (gen !== this.gen) return;              // of a store replaced meanwhile: not shown
       const m = {
         timeline: header.timeline, seq: header.seq, sender: header.sender, to: header.to, tsMs: header.tsMs,
         cmid: header.cmid, system: (header.flags & 1) === 1, omitted: header.bodyOmitted, text,

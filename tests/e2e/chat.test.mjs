@@ -2,7 +2,8 @@
 // Chromium: a real mosquitto with the plugin (a websockets listener and a TCP
 // one, on free 127.0.0.1 ports), the page's own static server, two pages
 // (alice and bob) that chat, bob away and back (catch-up by sync), a reload,
-// and a broker killed and restarted while alice sends.
+// a broker killed and restarted while alice sends, and one restarted on a
+// fresh database (a new store id: the pages start over).
 //
 //   IM_PLUGIN=build/mosquitto_im.so node --test tests/e2e/chat.test.mjs
 //
@@ -263,4 +264,47 @@ test('a dropped connection: alice sends while the broker is down; both catch up,
   assert.deepEqual((await shown(alice)).slice(-2).map((m) => m[2]), ['while down', 'after']);
   await (await use(bob)).screenshot({ path: join(ART, 'chat.png') });
   await (await use(alice)).screenshot({ path: join(ART, 'chat-alice.png') });
+});
+
+test('the broker restarts on a fresh database: the pages clear what they showed, say so, and start over', async () => {
+  const [alice, bob] = ctx.pages();
+  const errors = [];
+  for (const p of [alice, bob]) p.on('pageerror', (e) => errors.push(e.message));
+  await click(alice, '#convs li[data-conv="u:bob"]');
+  await click(bob, '#convs li[data-conv="u:alice"]');
+  assert.equal((await shown(bob)).length, 12);
+  await kill9Broker();
+  // a new store: the database, its WAL and shared memory, and the journal
+  for (const f of ['im.db', 'im.db-wal', 'im.db-shm', 'im.db.journal']) {
+    rmSync(join(broker.dir, f), { recursive: true, force: true });
+  }
+  await startBroker();
+  for (const p of [alice, bob]) {
+    await p.waitForSelector('#notice:not([hidden])', { timeout: 15000 });
+    assert.match(await p.textContent('#notice'), /message store was replaced/);
+    await online(p);
+    assert.deepEqual(await shown(p), []);    // the old store's messages are gone from the page
+  }
+  await say(alice, 'fresh');
+  // seq 1 of the new store: bob's page shows it, not dropped as a duplicate of his old #1
+  const only = (page, text) => page.waitForFunction((t) => {
+    const els = [...document.querySelectorAll('#messages li.msg[data-seq]')];
+    return els.length === 1 && els[0].querySelector('.text').textContent === t;
+  }, text, { timeout: 15000 }).catch(async () => {
+    throw new Error(`wanted only '${text}', page shows ${JSON.stringify(await shown(page))}`);
+  });
+  await only(bob, 'fresh');
+  assert.deepEqual(await shown(bob), [[1, 'alice', 'fresh']]);
+  await only(alice, 'fresh');
+  assert.deepEqual(await shown(alice), [[1, 'alice', 'fresh']]);   // her own copy, u/alice #1
+  await alice.waitForFunction(() => !document.querySelector('#messages li.pending'));
+
+  // a reload keeps the new store's state: the same one message, once
+  await (await use(bob)).reload();
+  await online(bob);
+  await click(bob, '#convs li[data-conv="u:alice"]');
+  assert.deepEqual(await shown(bob), [[1, 'alice', 'fresh']]);
+  assert.equal(await bob.isHidden('#notice'), true);
+  await bob.screenshot({ path: join(ART, 'store-replaced.png') });
+  assert.deepEqual(errors, []);
 });

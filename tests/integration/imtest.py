@@ -363,3 +363,51 @@ def inbox(broker, user):
         return sync_all(c, "u/" + user)
     finally:
         c.close()
+
+
+def replace_store(broker):
+    """Stops the broker, deletes its database (the file, its WAL and shared
+    memory, and the journal folder) and starts it again on the same port:
+    a new, empty store with a new store id, handing out seqs 1, 2, ...
+    again."""
+    broker.stop()
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.remove(broker.db_path + suffix)
+        except FileNotFoundError:
+            pass
+    shutil.rmtree(broker.db_path + ".journal", ignore_errors=True)
+    broker.start()
+
+
+def store_id(broker, user="bob"):
+    """The broker's store id, as a sync of u/<user> reports it."""
+    _, batch = inbox(broker, user)
+    return batch.store_id
+
+
+class Lines:
+    """The stdout lines of a running process, read by a thread, so a test
+    can wait for them with a deadline."""
+
+    def __init__(self, proc):
+        self.q = queue.Queue()
+        self.got = []
+        threading.Thread(target=self._read, args=(proc.stdout,), daemon=True).start()
+
+    def _read(self, f):
+        for line in f:
+            self.q.put(line.decode().rstrip("\n"))
+
+    def wait(self, n, timeout=30):
+        """All lines so far once there are at least n (fewer at the deadline)."""
+        deadline = time.time() + timeout
+        while len(self.got) < n:
+            left = deadline - time.time()
+            if left <= 0:
+                break
+            try:
+                self.got.append(self.q.get(timeout=left))
+            except queue.Empty:
+                break
+        return list(self.got)

@@ -1,12 +1,13 @@
 """The reference client (examples/client, imrecv): resume, dedup, gaps,
-on a network that drops."""
+on a network that drops, a store that was replaced, TOO_MANY."""
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
 
-from imtest import BUILD, Client, pb
+from imtest import BUILD, Client, Lines, pb, replace_store, store_id
 
 IMRECV = os.path.join(BUILD, "examples", "imrecv")
 
@@ -117,3 +118,158 @@ def test_state_of_timelines_not_followed_is_kept(make_broker, tmp_path):
     p.communicate(timeout=30)
     lines = state.read_text().splitlines()
     assert "u/bob 1" in lines and "g/elsewhere 42" in lines
+
+
+def finish(p, timeout):
+    """communicate(), but a process still running at the deadline is killed
+    (and the test fails) instead of outliving the test."""
+    try:
+        return p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        raise AssertionError("still running after %d s; printed %r; stderr %r" % (timeout, out[-500:], err[-2000:]))
+
+
+def state_store(state):
+    """The store id in a state file, or None."""
+    m = re.search(r"^store ([0-9a-f]{16})$", state.read_text(), re.M)
+    return int(m.group(1), 16) if m else None
+
+
+def test_imrecv_starts_over_when_the_store_is_replaced(make_broker, tmp_path):
+    """The database is replaced while bob is away: the new store hands out
+    seqs 1, 2 again; bob's `last` of 5 must not drop them as duplicates."""
+    b = make_broker()
+    state = tmp_path / "bob.state"
+    send_reliably(b, [b"old%d" % i for i in range(5)])
+    p = recv(b, str(state), "-n", "5")
+    out, err = finish(p, 30)
+    assert [(int(l[1]), l[3]) for l in lines_of(out)] == [(i + 1, "old%d" % i) for i in range(5)], err
+    old_id = store_id(b)
+    assert old_id and state_store(state) == old_id
+    assert b"replaced" not in err
+
+    replace_store(b)
+    new_id = store_id(b)
+    assert new_id and new_id != old_id
+    send_reliably(b, [b"new0", b"new1"])
+    p = recv(b, str(state), "-n", "2")
+    out, err = finish(p, 30)
+    assert p.returncode == 0, err
+    assert [(int(l[1]), l[2], l[3]) for l in lines_of(out)] == [(1, "alice", "new0"), (2, "alice", "new1")], err
+    assert b"the server's message store was replaced" in err
+    assert state_store(state) == new_id
+    assert "u/bob 2" in state.read_text().splitlines()
+    # and it acked them on the new store
+    bob = Client(b, "bob", client_id="bob-phone2").connect()
+    r = bob.request("ack", pb.Ack(timeline="u/bob", seq=2), response_type=pb.AckResponse)
+    bob.close()
+    assert r.status == pb.OK and r.head_seq == 2 and r.store_id == new_id
+
+
+def test_running_imrecv_starts_over_when_the_store_is_replaced(make_broker, tmp_path):
+    """The same while bob's client runs: it reconnects to the broker on the
+    new store, notices the new store id and delivers the new messages."""
+    b = make_broker()
+    state = tmp_path / "bob.state"
+    p = recv(b, str(state))
+    out = Lines(p)
+    try:
+        send_reliably(b, [b"old%d" % i for i in range(3)])
+        assert out.wait(3) == ["u/bob %d alice old%d" % (i + 1, i) for i in range(3)]
+        old_id = store_id(b)
+        replace_store(b)
+        send_reliably(b, [b"new0", b"new1"])
+        got = out.wait(5)
+        assert got[3:] == ["u/bob 1 alice new0", "u/bob 2 alice new1"], got
+        new_id = store_id(b)
+        # state_save runs before the next delivery: wait for the file, not a time
+        deadline = time.time() + 10
+        while state_store(state) != new_id and time.time() < deadline:
+            time.sleep(0.05)
+        assert state_store(state) == new_id != old_id
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = finish(p, 20)
+    assert p.returncode == 0, err
+    assert err.count(b"the server's message store was replaced") == 1, err
+    assert "u/bob 2" in state.read_text().splitlines()
+
+
+def test_state_file_without_store_id_is_read(make_broker, tmp_path):
+    """A state file from before store ids: its `last` holds, the store id
+    the broker reports is taken in without starting over."""
+    b = make_broker()
+    state = tmp_path / "bob.state"
+    state.write_text("u/bob 2\n")
+    send_reliably(b, [b"m%d" % i for i in range(4)])
+    p = recv(b, str(state), "-n", "2")
+    out, err = finish(p, 30)
+    assert [(int(l[1]), l[3]) for l in lines_of(out)] == [(3, "m2"), (4, "m3")], err
+    assert b"replaced" not in err
+    assert state.read_text().splitlines() == ["u/bob 4", "store %016x" % store_id(b)]
+
+
+def sync_limited(b, timeout=10):
+    """The plugin's count of sync requests refused by a limit, once it is
+    above 0 ($SYS/broker/im/sync/limited, every metrics_interval)."""
+    c = Client(b, "ops").connect()
+    c.subscribe("$SYS/broker/im/sync/limited")
+    v = 0
+    deadline = time.time() + timeout
+    try:
+        while v == 0 and time.time() < deadline:
+            try:
+                v = int(c.get(timeout=max(0.01, deadline - time.time())).payload)
+            except Exception:
+                break
+    finally:
+        c.close()
+    return v
+
+
+def test_too_many_is_retried_after_retry_after_ms(make_broker, tmp_path):
+    """sync_rate 2/s and 5 frames a batch: catching up 40 messages takes
+    batches the plugin refuses with TOO_MANY and retry_after_ms; the client
+    asks again then and gets every message."""
+    b = make_broker({"sync_max_frames": "5", "sync_rate": "2", "metrics_interval": "1", "nonim_acl": "allow"})
+    send_reliably(b, [b"r%d" % i for i in range(40)])
+    p = recv(b, str(tmp_path / "bob.state"), "-n", "40")
+    out, err = finish(p, 60)
+    assert p.returncode == 0, err
+    assert [(int(l[1]), l[3]) for l in lines_of(out)] == [(i + 1, "r%d" % i) for i in range(40)], err
+    assert b"refused" not in err
+    assert sync_limited(b) > 0                           # the limit was hit
+
+
+def test_too_many_without_timeline_with_several_timelines(make_broker, tmp_path):
+    """The plugin's per-client limits answer TOO_MANY naming no timeline.
+    One frame a batch and reply_bytes_rate 2000 (a bucket of 8000 bytes)
+    while 4 timelines hold about 15000 bytes: some of the client's requests
+    are refused, whatever the timing (sync_inflight 1 may refuse more).
+    Every timeline still catches up, in order."""
+    b = make_broker({"sync_max_frames": "1", "reply_bytes_rate": "2000", "sync_inflight": "1",
+                     "metrics_interval": "1", "nonim_acl": "allow"})
+    body = lambda g, i: b"%s-%d " % (g.encode(), i) + b"x" * 2500
+    alice = Client(b, "alice").connect()
+    for g in ("g1", "g2", "g3"):
+        r = alice.request("group", pb.GroupRequest(op="create", group=g, members=["bob"]),
+                          response_type=pb.GroupResponse)
+        assert r.status == pb.OK
+        for i in range(2):
+            alice.publish("im/g/" + g, body(g, i))
+    alice.close()
+    send_reliably(b, [b"dm"])
+    p = subprocess.Popen([IMRECV, "-p", str(b.port), "-u", "bob", "-i", "bob-phone", "-s", str(tmp_path / "s"),
+                          "-g", "g1", "-g", "g2", "-g", "g3", "-n", "10"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    out, err = finish(p, 60)
+    assert p.returncode == 0, err
+    got = lines_of(out)
+    for g in ("g1", "g2", "g3"):
+        assert [(int(l[1]), l[3].encode()) for l in got if l[0] == "g/" + g][1:] == [(i + 2, body(g, i))
+                                                                                     for i in range(2)]
+    assert [l[3] for l in got if l[0] == "u/bob"] == ["dm"]
+    assert b"refused" not in err
+    assert sync_limited(b) > 0                           # the limit was hit

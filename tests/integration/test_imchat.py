@@ -1,6 +1,7 @@
 """imchat, the chat command line: send + listen against a real broker,
-resume after SIGKILL, a broker that restarts while messages flow, groups,
-history, and the clear errors (broker down, plugin missing, login refused)."""
+resume after SIGKILL, a broker that restarts while messages flow, a store
+that was replaced, groups, history, and the clear errors (broker down,
+plugin missing, login refused)."""
 import os
 import re
 import signal
@@ -8,10 +9,11 @@ import subprocess
 import threading
 import time
 
-from imtest import BUILD, Client, pb, sync_all
+from imtest import BUILD, Client, Lines, pb, replace_store, store_id, sync_all
 
 IMCHAT = os.path.join(BUILD, "examples", "imchat")
 LINE = re.compile(r"^\d\d:\d\d:\d\d (\S+) #(\d+) (\S+)(?: \(system\)| -> \S+)?: (.*)$")
+RESET = "-- the server's message store was replaced: starting over --"
 
 
 def imchat(broker_or_port, user, *args, timeout=40, password=None):
@@ -72,8 +74,8 @@ def test_two_users_chat_with_send_and_listen(make_broker, tmp_path):
     assert p.returncode == 0, err.decode()
     got = parse(out)
     assert [(t, s, f, body) for t, s, f, body in got] == [("u/bob", i + 1, "alice", "m%d" % i) for i in range(10)]
-    # the state file holds `last`; a second listen shows nothing again
-    assert open(state).read().split() == ["u/bob", "10"]
+    # the state file holds `last` and the store it counts in; a second listen shows nothing again
+    assert open(state).read().splitlines() == ["u/bob 10", "store %016x" % store_id(b)]
     p = listen(b, "bob", state, "-t", "1")
     out, err = p.communicate(timeout=30)
     assert p.returncode == 0 and out == b"", err.decode()
@@ -235,3 +237,60 @@ def test_compressed_bodies_are_shown_as_sent(make_broker, tmp_path):
     p = listen(b, "bob", str(tmp_path / "bob.state"), "-n", "2")
     out, err = p.communicate(timeout=30)
     assert [body for _, _, _, body in parse(out)] == [long_text, "short"], err
+
+
+def test_listen_starts_over_when_the_store_is_replaced(make_broker, tmp_path):
+    """bob listens while the broker's database is replaced: the new store
+    hands out seqs 1, 2 again; listen says so and prints them."""
+    b = make_broker()
+    state = str(tmp_path / "bob.state")
+    p = listen(b, "bob", state)
+    out = Lines(p)
+    try:
+        for i in range(3):
+            send(b, "alice", "bob", "old%d" % i)
+        assert [(s, body) for _, s, _, body in parse("\n".join(out.wait(3)).encode())] == [
+            (1, "old0"), (2, "old1"), (3, "old2")]
+        old_id = store_id(b)
+        replace_store(b)
+        assert send(b, "alice", "bob", "new0") == (1, False)
+        assert send(b, "alice", "bob", "new1") == (2, False)
+        got = out.wait(6)
+        assert got[3] == RESET, got
+        assert parse("\n".join(got[4:]).encode()) == [("u/bob", 1, "alice", "new0"), ("u/bob", 2, "alice", "new1")]
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err.decode()
+    new_id = store_id(b)
+    assert new_id != old_id
+    assert open(state).read().splitlines() == ["u/bob 2", "store %016x" % new_id]
+
+
+def test_group_list_and_listen_after_the_store_was_replaced(make_broker, tmp_path):
+    """`group list` counts unread from listen's state file only while that
+    file counts in the server's store; the next listen starts over."""
+    b = make_broker()
+    state = str(tmp_path / "bob.state")
+    assert imchat(b, "alice", "group", "create", "team", "bob").returncode == 0
+    for text in ("g1", "g2"):
+        assert imchat(b, "alice", "send", "-g", "team", text).returncode == 0
+    p = listen(b, "bob", state, "-t", "1")
+    out, err = p.communicate(timeout=30)
+    assert [(t, s) for t, s, _, _ in parse(out)] == [("g/team", 1), ("g/team", 2), ("g/team", 3)], err
+    group_list = [IMCHAT, "-p", str(b.port), "-u", "bob", "-s", state, "group", "list"]
+    assert subprocess.run(group_list, capture_output=True).stdout.decode().splitlines() == ["team head 3 unread 0"]
+
+    replace_store(b)
+    assert imchat(b, "alice", "group", "create", "team", "bob").returncode == 0
+    assert imchat(b, "alice", "send", "-g", "team", "fresh").returncode == 0
+    # state says g/team 3, but of the old store: the server's count holds
+    assert subprocess.run(group_list, capture_output=True).stdout.decode().splitlines() == ["team head 2 unread 2"]
+    p = listen(b, "bob", state, "-t", "1")
+    out, err = p.communicate(timeout=30)
+    lines = out.decode().splitlines()
+    assert lines[0] == RESET, (lines, err)
+    got = parse("\n".join(lines[1:]).encode())
+    assert [(t, s) for t, s, _, _ in got] == [("g/team", 1), ("g/team", 2)], err
+    assert got[1][3] == "fresh"
+    assert subprocess.run(group_list, capture_output=True).stdout.decode().splitlines() == ["team head 2 unread 0"]
