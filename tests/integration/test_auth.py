@@ -9,7 +9,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from imtest import Client, decode_frame, sync_all
+from imtest import Client, decode_frame, sync_all, wait_until
 
 SECRET = b"k7Hq2v9Lr4Tz8Wm1Pn6Xc3Bf5Gd0Sa2J-integration"
 
@@ -49,9 +49,7 @@ def connack(broker, user, password):
     c.on_connect = lambda cl, u, f, rc: result.append(rc)
     c.connect("127.0.0.1", broker.port)
     c.loop_start()
-    deadline = time.time() + 5
-    while not result and time.time() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: result, interval=0.02)
     c.loop_stop()
     c.disconnect()
     return result[0] if result else None
