@@ -88,6 +88,28 @@ def test_bad_tokens_refused(make_broker, tmp_path):
         assert why in log, why
 
 
+def test_time_claims_must_be_integers(make_broker, tmp_path):
+    """exp and nbf are JSON integers or the token is refused, whatever time
+    they name: a string nbf was read as 0 and let a token in before its
+    time (a string exp was refused only by luck, as "expired")."""
+    b = jwt_broker(make_broker)
+    now = int(time.time())
+    bad = {
+        "nbf a string, in the future": {"nbf": str(now + 600)},
+        "nbf a string, in the past": {"nbf": str(now - 600)},
+        "nbf a fraction": {"nbf": now - 600.5},
+        "nbf null": {"nbf": None},
+        "exp a string": {"exp": str(now + 3600)},
+        "exp a fraction": {"exp": now + 3600.5},
+        "exp true": {"exp": True},
+    }
+    for name, claims in bad.items():
+        assert connack(b, "alice", token("alice", claims=claims)) == 5, name
+    assert connack(b, "alice", token("alice", claims={"nbf": now - 600})) == 0    # integers: fine
+    log = b.read_log()
+    assert log.count("nbf is not an integer") == 4 and log.count("exp is not an integer") == 3, log[-3000:]
+
+
 def test_non_jwt_passwords_left_to_password_file(make_broker, tmp_path):
     pw = tmp_path / "passwd"
     pw.write_text("")
