@@ -238,8 +238,9 @@ int im_acl__check_cb(int event, void *event_data, void *userdata)
 	}
 }
 
-/* Registered last (on the first tick), so it only answers what every other
- * ACL check, acl_file and other plugins included, left undecided. */
+/* plugin_opt_nonim_acl allow: registered at init after im_acl__check_cb,
+ * and only when nothing else in the configuration decides ACLs (conffile.c),
+ * so it only answers what the plugin deferred. */
 int im_acl__fallback_cb(int event, void *event_data, void *userdata)
 {
 	(void)event;

@@ -7,17 +7,6 @@
 
 #include "im.h"
 
-/* The "allow non-IM topics" answer must come after acl_file and any other
- * plugin, which the broker registers after loading us: append it on the
- * first tick, when all of them are in place. */
-static void register_fallback(struct im__plugin *p)
-{
-	if(p->cfg.nonim != IM_NONIM_ALLOW || p->fallback_registered) return;
-	if(mosquitto_callback_register(p->pid, MOSQ_EVT_ACL_CHECK, im_acl__fallback_cb, NULL, p) == MOSQ_ERR_SUCCESS){
-		p->fallback_registered = true;
-	}
-}
-
 /* Retention: Mosquitto 2.0.11 ticks on every pass of its event loop, so
  * each step is small (trim_batch rows, short transactions) and steps are
  * spaced: 100 ms apart while a sweep is under way, 1 s between sweeps. */
@@ -50,7 +39,6 @@ int im_tick__cb(int event, void *event_data, void *userdata)
 	(void)event_data;
 	p->disconnecting = NULL;
 	p->read_ptr = NULL;
-	register_fallback(p);
 	retention_step(p);
 	if(p->cfg.metrics_interval){
 		int64_t now = im_store__now_ms();
