@@ -4,6 +4,7 @@ floods. Each case asserts a clear refusal, that nothing was stored or
 changed, and that the broker keeps serving everyone else (a normal DM
 round trip afterwards). Loads are on 127.0.0.1, bounded in count and time.
 """
+import os
 import socket
 import struct
 import threading
@@ -12,7 +13,7 @@ import uuid
 
 import pytest
 
-from imtest import WAIT, Client, decode_frame, pb, sync_all, wait_until
+from imtest import ROOT, WAIT, Client, decode_frame, log_offset, pb, sync_all, wait_log, wait_until
 
 
 # ------------------------------------------------------------------ helpers
@@ -115,6 +116,95 @@ def test_oversized_body_refused_nothing_stored(make_broker, v5):
     bob.close()
     c.close()
     dm_roundtrip(broker)
+
+
+# ------------------------------------------- publishes beyond max_packet_size
+
+EXAMPLES = ["mosquitto.conf", "web/mosquitto.conf", "tls/mosquitto-tls.conf"]
+
+
+def example_limits(name):
+    """(max_packet_size, plugin_opt_max_body) of examples/<name>; the
+    option's default where it is not set."""
+    conf = {}
+    with open(os.path.join(ROOT, "examples", name)) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 2 and not parts[0].startswith("#"):
+                conf[parts[0]] = parts[1]
+    return int(conf.get("max_packet_size", 0)), int(conf.get("plugin_opt_max_body", 262144))
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_examples_limit_packets_just_above_max_body(name):
+    """Every example refuses what the plugin would refuse anyway before the
+    broker reads it, and leaves room for the largest body it accepts."""
+    limit, max_body = example_limits(name)
+    assert max_body + 1024 <= limit <= max_body + 65536, (name, limit, max_body)
+
+
+def memory_kb(pid):
+    """(VmRSS, VmHWM) of a process in kB: now, and the most it ever had."""
+    got = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                got[key] = int(value.split()[0])
+    return got["VmRSS"], got["VmHWM"]
+
+
+def test_publish_beyond_max_packet_size_refused_unread(make_broker):
+    """Configured as examples/mosquitto.conf, the broker drops a 100 MB
+    publish on its length field: its memory (RSS, and its peak) does not
+    grow by the payload, as it did by twice that without the limit. A body
+    just above max_body still gets the plugin's own refusal; one of
+    exactly max_body is stored and delivered."""
+    limit, max_body = example_limits("mosquitto.conf")
+    b = make_broker({"nonim_acl": "allow", "max_body": max_body}, extra_conf="max_packet_size %d" % limit)
+    bob = Client(b, "bob").connect()
+    bob.subscribe("im/u/bob")
+    rss0, peak0 = memory_kb(b.proc.pid)
+    size = 100 << 20
+    since = log_offset(b)
+    s = socket.create_connection(("127.0.0.1", b.port), timeout=WAIT)
+    s.sendall(mqtt_connect("huge-pub", "alice"))
+    assert s.recv(4)[:1] == b"\x20"                                          # CONNACK
+    head = mqtt_str("im/u/bob") + b"\x00\x01"
+    n, rl = len(head) + size, b""
+    while True:
+        d, n = n % 128, n // 128
+        rl += bytes([d | (0x80 if n else 0)])
+        if not n:
+            break
+    sent, chunk = 0, b"x" * (1 << 20)
+    try:
+        s.sendall(b"\x32" + rl + head)
+        while sent < size:
+            s.sendall(chunk)
+            sent += len(chunk)
+        data = s.recv(16)
+    except OSError:                         # reset while we were still sending
+        data = b""
+    s.close()
+    assert data == b"" and sent < size, (data, sent)                        # closed, no PUBACK
+    wait_log(b, "Client huge-pub disconnected due to oversize packet.", since)
+    rss1, peak1 = memory_kb(b.proc.pid)
+    print("100 MB publish: %d MB sent before the close; RSS %d -> %d kB, peak %d -> %d kB"
+          % (sent >> 20, rss0, rss1, peak0, peak1))
+    assert peak1 - peak0 < (size >> 10) // 10, (peak0, peak1)               # under a tenth of it, in kB
+    assert rss1 - rss0 < (size >> 10) // 10, (rss0, rss1)
+    # Between max_body and the packet limit: the plugin refuses, the connection stays.
+    alice = Client(b, "alice", v5=True).connect()
+    info = alice.c.publish("im/u/bob", b"z" * (max_body + 1), qos=1)
+    assert alice.wait_published(info) and not alice.disconnected.is_set()
+    assert "body larger than plugin_opt_max_body" in b.read_log()[since:]
+    alice.publish("im/u/bob", b"y" * max_body, qos=1)
+    h, body = decode_frame(bob.get().payload)
+    assert (h.seq, len(body)) == (1, max_body)
+    alice.close()
+    bob.close()
+    dm_roundtrip(b)
 
 
 # --------------------------------------------------------- oversized requests
