@@ -61,39 +61,6 @@ def decode_frame(payload):
     return h, payload[5 + hlen:]
 
 
-# Every wait in the tests is a condition against this deadline, never a
-# fixed sleep or an idle gap: long enough for the ASan pass on a shared,
-# loaded 2-core machine; reached only when something is really wrong.
-WAIT = float(os.environ.get("IM_TEST_WAIT", "120"))
-
-# Replies to Client.mark(): "$CONTROL/im/v1/imtest-mark-<n>/response".
-MARK_TOPIC = "$CONTROL/im/v1/imtest-mark-"
-
-
-def wait_until(cond, timeout=None, interval=0.01):
-    """Polls cond() until it is true or timeout (default WAIT) has passed;
-    returns its last value."""
-    deadline = time.monotonic() + (timeout or WAIT)
-    while True:
-        v = cond()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(interval)
-
-
-def wait_log(broker, text, since=0, timeout=None):
-    """Waits until text is in the broker's log after offset `since` (from
-    log_offset()); returns the offset just past it. Fails at the deadline."""
-    where = wait_until(lambda: broker.read_log().find(text, since) + 1, timeout, 0.05)
-    assert where, "not in the broker log within %s s: %r" % (timeout or WAIT, text)
-    return where - 1 + len(text)
-
-
-def log_offset(broker):
-    """Where the broker's log ends now (for wait_log's `since`)."""
-    return len(broker.read_log())
-
-
 class Broker:
     """A mosquitto process with the plugin loaded. opts: plugin_opt_* dict."""
 
@@ -433,6 +400,39 @@ class Client:
         except Exception:
             pass
         self.c.loop_stop()
+
+
+# Every wait in the tests is a condition against this deadline, never a
+# fixed sleep or an idle gap: long enough for the ASan pass on a shared,
+# loaded 2-core machine; reached only when something is really wrong.
+WAIT = float(os.environ.get("IM_TEST_WAIT", "120"))
+
+# Replies to Client.mark(): "$CONTROL/im/v1/imtest-mark-<n>/response".
+MARK_TOPIC = "$CONTROL/im/v1/imtest-mark-"
+
+
+def wait_until(cond, timeout=None, interval=0.01):
+    """Polls cond() until it is true or timeout (default WAIT) has passed;
+    returns its last value."""
+    deadline = time.monotonic() + (timeout or WAIT)
+    while True:
+        v = cond()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)
+
+
+def wait_log(broker, text, since=0, timeout=None):
+    """Waits until text is in the broker's log after offset `since` (from
+    log_offset()); returns the offset just past it. Fails at the deadline."""
+    where = wait_until(lambda: broker.read_log().find(text, since) + 1, timeout, 0.05)
+    assert where, "not in the broker log within %s s: %r" % (timeout or WAIT, text)
+    return where - 1 + len(text)
+
+
+def log_offset(broker):
+    """Where the broker's log ends now (for wait_log's `since`)."""
+    return len(broker.read_log())
 
 
 def sync_all(client, timeline, after=0, limit=None):
