@@ -2,7 +2,9 @@
  * Token login: password = a JWT signed HS256 with the shared secret in
  * plugin_opt_auth_jwt_secret_file, the way an app backend issues chat
  * tokens. Verified: the signature, alg == HS256 (never "none"), exp
- * (required), nbf (if present), and sub == the MQTT username.
+ * (required), nbf (if present), and sub == the MQTT username. exp and
+ * nbf must be integers (seconds since the epoch): any other JSON value
+ * refuses the token, it is never read as "absent".
  *
  * A password that is not shaped like a JWT is not ours: we defer, so
  * password_file or dynamic security still decide. A JWT that fails any
@@ -10,6 +12,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -65,12 +68,32 @@ static bool looks_like_jwt(const char *s)
 	return dots == 2;
 }
 
+/* A time claim: 1 and *v if it is a JSON integer, 0 if absent, -1 if it
+ * is any other JSON value (a string, a fraction, null, ...). Read from
+ * the claim's JSON text: Debian's libjwt 1.10 reads a non-integer as 0
+ * with errno unset (later versions set EINVAL), and a string "nbf" read
+ * as 0 let a token in before its time. Integers print as digits only. */
+static int time_claim(jwt_t *jwt, const char *name, long *v)
+{
+	char *json = jwt_get_grants_json(jwt, name);
+	const char *d;
+	int rc;
+
+	if(json == NULL) return 0;
+	d = json + (json[0] == '-');
+	rc = (*d && strspn(d, "0123456789") == strlen(d)) ? 1 : -1;
+	free(json);
+	if(rc == 1) *v = jwt_get_grant_int(jwt, name);
+	return rc;
+}
+
 /* Returns NULL if the token is good for username, else why not. */
 const char *im_auth__check_jwt(const struct im__config *cfg, const char *token, const char *username, time_t now)
 {
 	jwt_t *jwt = NULL;
 	const char *why = NULL, *sub;
 	long exp, nbf;
+	int has_exp, has_nbf;
 
 	if(jwt_decode(&jwt, token, (const unsigned char *)cfg->jwt_secret, (int)cfg->jwt_secret_len) != 0 || jwt == NULL){
 		return "bad signature or malformed token";
@@ -79,14 +102,18 @@ const char *im_auth__check_jwt(const struct im__config *cfg, const char *token, 
 		why = "algorithm is not HS256";
 	}else if((sub = jwt_get_grant(jwt, "sub")) == NULL || username == NULL || strcmp(sub, username)){
 		why = "sub does not match the username";
-	}else{
-		errno = 0;
-		exp = jwt_get_grant_int(jwt, "exp");
-		if(errno == ENOENT) why = "no exp claim";
-		else if((long)now >= exp + cfg->jwt_leeway) why = "expired";
-		errno = 0;
-		nbf = jwt_get_grant_int(jwt, "nbf");
-		if(!why && errno != ENOENT && (long)now + cfg->jwt_leeway < nbf) why = "not valid yet (nbf)";
+	}else if((has_exp = time_claim(jwt, "exp", &exp)) == 0){
+		why = "no exp claim";
+	}else if(has_exp < 0){
+		why = "exp is not an integer";
+	}else if((has_nbf = time_claim(jwt, "nbf", &nbf)) < 0){
+		why = "nbf is not an integer";
+	/* now and the leeway are small: no sum with a claim, which may be
+	 * anything up to LONG_MAX, can overflow. */
+	}else if((long)now - cfg->jwt_leeway >= exp){
+		why = "expired";
+	}else if(has_nbf && (long)now + cfg->jwt_leeway < nbf){
+		why = "not valid yet (nbf)";
 	}
 	jwt_free(jwt);
 	return why;

@@ -421,7 +421,7 @@ struct im__reply_to {
 	char *topic;            /* NULL: the op's response topic */
 	void *corr;
 	uint16_t corr_len;
-	char op[16];
+	char op[32];
 };
 
 enum im_job_kind {
@@ -430,6 +430,7 @@ enum im_job_kind {
 	IM_JOB_ACK,
 	IM_JOB_GROUP,
 	IM_JOB_OPTIONS,         /* new run-time options and keys (reload) */
+	IM_JOB_STATUS,          /* answer a bare Response (an unknown op), in order with the rest */
 };
 
 struct im__group_req {
@@ -460,6 +461,10 @@ struct im__job {
 		} ack;
 		struct im__group_req group;
 		struct im__config *options;     /* IM_JOB_OPTIONS: owned */
+		struct {
+			int status;
+			char reason[64];
+		} status;
 	} u;
 	size_t len;
 	uint8_t *data;          /* IM_JOB_MSG: the record; points after the struct */

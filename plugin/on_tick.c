@@ -17,17 +17,6 @@
 
 #include "im.h"
 
-/* The "allow non-IM topics" answer must come after acl_file and any other
- * plugin, which the broker registers after loading us: append it on the
- * first tick, when all of them are in place. */
-static void register_fallback(struct im__plugin *p)
-{
-	if(p->cfg.nonim != IM_NONIM_ALLOW || p->fallback_registered) return;
-	if(mosquitto_callback_register(p->pid, MOSQ_EVT_ACL_CHECK, im_acl__fallback_cb, NULL, p) == MOSQ_ERR_SUCCESS){
-		p->fallback_registered = true;
-	}
-}
-
 void im_tick__settle(struct im__plugin *p)
 {
 	if(p->ticks || p->worker == NULL) return;
@@ -47,7 +36,6 @@ int im_tick__cb(int event, void *event_data, void *userdata)
 		p->ticks = true;
 		mosquitto_log_printf(MOSQ_LOG_INFO, "im: the broker ticks: stored messages are delivered from the tick, without waiting in callbacks.");
 	}
-	register_fallback(p);
 	im_deliver__drain(p);
 	now = im_now_ms();
 	im_deliver__tick(p, now);

@@ -12,6 +12,7 @@
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
 
+#include "conffile.h"
 #include "im.h"
 
 #define IM_EXPORT __attribute__((visibility("default")))
@@ -92,9 +93,8 @@ static void log_policy(const struct im__config *cfg)
 	if(cfg->jwt_secret){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: token login on: a password shaped like a JWT must be an HS256 token for its username; other passwords go to password_file/other plugins, and are refused if none is configured.");
 	}
-	if(cfg->nonim == IM_NONIM_ALLOW){
-		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: non-IM topics: acl_file or another plugin decides where configured; where none does, they are ALLOWED (plugin_opt_nonim_acl allow).");
-	}else{
+	/* nonim_acl allow: im_conffile__apply_nonim says whether it applies. */
+	if(cfg->nonim != IM_NONIM_ALLOW){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: non-IM topics: deferred to acl_file or another plugin; with neither configured Mosquitto DENIES them (plugin_opt_nonim_acl defer).");
 	}
 }
@@ -150,6 +150,7 @@ IM_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 			p->v21 ? "2.1" : "2.0", p->v21 ? "given the sink topic (2.1 frees the old one)" : "overwritten in place with the sink topic",
 			p->v21 ? "at MOSQ_EVT_SUBSCRIBE and go at DISCONNECT or CLIENT_OFFLINE" : "at the subscription's ACL check and go at DISCONNECT",
 			(unsigned long long)p->store_id);
+	im_conffile__apply_nonim(p);
 	g_plugin = p;
 	*userdata = p;
 	return MOSQ_ERR_SUCCESS;

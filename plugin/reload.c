@@ -4,25 +4,23 @@
  * plugin_opt_* lines from the broker's configuration file: the file named
  * by -c on the command line, the lines after a `plugin` line naming this
  * very .so. include_dir files are read too, in name order, as the broker
- * does.
+ * does (conffile.c).
  *
  * The new options are parsed into a fresh config first; if anything is
  * wrong, nothing changes and the log says why. Options that shape the
  * store or the topic space need a restart and are kept as they are.
  */
 #define _GNU_SOURCE
-#include <dirent.h>
-#include <dlfcn.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
 
+#include "conffile.h"
 #include "im.h"
 
 #define MAX_OPTS 128
@@ -30,8 +28,6 @@
 struct optlist {
 	struct mosquitto_opt opts[MAX_OPTS];
 	int n;
-	bool ours;              /* inside the block of our plugin line */
-	char self[PATH_MAX];
 };
 
 /* The configuration file the broker was started with, made absolute now
@@ -58,60 +54,16 @@ int im_reload__init(struct im__plugin *p)
 	return MOSQ_ERR_SUCCESS;
 }
 
-static char *trim(char *s)
+/* Our plugin_opt_* lines, as the broker would pass them at init. */
+static void collect(const char *key, const char *value, bool ours, void *ud)
 {
-	char *e;
+	struct optlist *l = ud;
 
-	while(*s == ' ' || *s == '\t') s++;
-	e = s + strlen(s);
-	while(e > s && (e[-1] == '\n' || e[-1] == '\r' || e[-1] == ' ' || e[-1] == '\t')) *--e = '\0';
-	return s;
-}
-
-static void read_file(struct optlist *l, const char *path, int depth);
-
-static void read_dir(struct optlist *l, const char *dir, int depth)
-{
-	struct dirent **names;
-	char path[PATH_MAX];
-	int n, i;
-
-	n = scandir(dir, &names, NULL, alphasort);
-	for(i = 0; i < n; i++){
-		size_t len = strlen(names[i]->d_name);
-		if(len > 5 && !strcmp(names[i]->d_name + len - 5, ".conf")){
-			snprintf(path, sizeof(path), "%s/%s", dir, names[i]->d_name);
-			read_file(l, path, depth + 1);
-		}
-		free(names[i]);
+	if(ours && !strncmp(key, "plugin_opt_", 11) && l->n < MAX_OPTS){
+		l->opts[l->n].key = mosquitto_strdup(key + 11);
+		l->opts[l->n].value = mosquitto_strdup(value);
+		l->n++;
 	}
-	if(n >= 0) free(names);
-}
-
-static void read_file(struct optlist *l, const char *path, int depth)
-{
-	FILE *f;
-	char line[4096], *s, *key, *val, real[PATH_MAX];
-
-	if(depth > 4 || (f = fopen(path, "r")) == NULL) return;
-	while(fgets(line, sizeof(line), f)){
-		s = trim(line);
-		if(*s == '#' || *s == '\0') continue;
-		key = s;
-		val = s + strcspn(s, " \t");
-		if(*val) *val++ = '\0';
-		val = trim(val);
-		if(!strcmp(key, "plugin") || !strcmp(key, "auth_plugin")){
-			l->ours = realpath(val, real) && !strcmp(real, l->self);
-		}else if(!strcmp(key, "include_dir")){
-			read_dir(l, val, depth);
-		}else if(l->ours && !strncmp(key, "plugin_opt_", 11) && l->n < MAX_OPTS){
-			l->opts[l->n].key = mosquitto_strdup(key + 11);
-			l->opts[l->n].value = mosquitto_strdup(val);
-			l->n++;
-		}
-	}
-	fclose(f);
 }
 
 static void free_list(struct optlist *l)
@@ -176,7 +128,6 @@ static void apply(struct im__plugin *p, struct im__config *n)
 	restart_needed(o->checkpoint_inline != n->checkpoint_inline, "checkpoint");
 	n->busy_timeout_ms = o->busy_timeout_ms;
 	send_to_worker(p, n);
-	/* nonim_acl: the fallback is (re)registered on the next tick if needed. */
 	im_config__copy_runtime(o, n);
 	admins = o->admins;
 	o->admins = n->admins;
@@ -212,40 +163,30 @@ int im_reload__cb(int event, void *event_data, void *userdata)
 	struct im__plugin *p = userdata;
 	struct im__config fresh;
 	struct optlist *l;
-	Dl_info info;
 
 	(void)event;
 	(void)event_data;
-	if(p->fallback_registered){
-		/* A reload re-registers acl_file's check after ours: move the
-		 * fallback back to the end on the next tick. */
-		mosquitto_callback_unregister(p->pid, MOSQ_EVT_ACL_CHECK, im_acl__fallback_cb, NULL);
-		p->fallback_registered = false;
-	}
-	if(p->config_file == NULL){
-		mosquitto_log_printf(MOSQ_LOG_WARNING, "im: reload: cannot tell which configuration file the broker uses; options unchanged.");
-		return MOSQ_ERR_PLUGIN_DEFER;
-	}
 	l = mosquitto_calloc(1, sizeof(*l));
 	if(l == NULL) return MOSQ_ERR_PLUGIN_DEFER;
-	if(dladdr((void *)im_reload__cb, &info) == 0 || info.dli_fname == NULL || !realpath(info.dli_fname, l->self)){
-		mosquitto_free(l);
-		return MOSQ_ERR_PLUGIN_DEFER;
-	}
-	read_file(l, p->config_file, 0);
-	if(im_config__parse(&fresh, l->opts, l->n) != MOSQ_ERR_SUCCESS){
-		mosquitto_log_printf(MOSQ_LOG_ERR, "im: reload: the options above are invalid; the running options are kept.");
+	if(im_conffile__walk(p->config_file, collect, l) != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "im: reload: cannot read the broker's configuration file; options unchanged.");
 	}else{
-		reload_keys(p, &fresh);
-		apply(p, &fresh);
-		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: reload: %d options read from %s; retention %llds/%lld messages, delivery %s, %s.",
-				l->n, p->config_file, (long long)p->cfg.retention_seconds, (long long)p->cfg.retention_messages,
-				p->cfg.delivery == IM_DELIVERY_NOTIFY ? "notify" : "full",
-				p->cfg.nonim == IM_NONIM_ALLOW ? "non-IM allow" : "non-IM defer");
+		if(im_config__parse(&fresh, l->opts, l->n) != MOSQ_ERR_SUCCESS){
+			mosquitto_log_printf(MOSQ_LOG_ERR, "im: reload: the options above are invalid; the running options are kept.");
+		}else{
+			reload_keys(p, &fresh);
+			apply(p, &fresh);
+			mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: reload: %d options read from %s; retention %llds/%lld messages, delivery %s, %s.",
+					l->n, p->config_file, (long long)p->cfg.retention_seconds, (long long)p->cfg.retention_messages,
+					p->cfg.delivery == IM_DELIVERY_NOTIFY ? "notify" : "full",
+					p->cfg.nonim == IM_NONIM_ALLOW ? "non-IM allow" : "non-IM defer");
+		}
+		im_config__free(&fresh);
 	}
-	im_config__free(&fresh);
 	free_list(l);
 	mosquitto_free(l);
+	/* nonim_acl may have changed, and acl_file may have come or gone. */
+	im_conffile__apply_nonim(p);
 	/* Other plugins' reload callbacks must run too. */
 	return MOSQ_ERR_PLUGIN_DEFER;
 }

@@ -38,7 +38,7 @@ void im_reply__send(const struct im__plugin *p, struct mosquitto *client, const 
 	char *resp_topic = response_topic(req_props);
 	uint16_t corr_len = 0;
 	void *corr = im_props__binary(req_props, MQTT_PROP_CORRELATION_DATA, &corr_len);
-	char topic[sizeof(IM_CONTROL_PREFIX) + 32];
+	char topic[sizeof(IM_CONTROL_PREFIX) + 64];
 
 	snprintf(topic, sizeof(topic), IM_CONTROL_PREFIX "%s/response", op);
 	if(corr) mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr, corr_len);

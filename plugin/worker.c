@@ -78,7 +78,7 @@ void im_work__emit(struct im__worker *w, struct im__done *d)
 
 void im_work__reply(struct im__worker *w, const struct im__job *j, const ProtobufCMessage *msg, bool sync_reply)
 {
-	char topic[sizeof(IM_CONTROL_PREFIX) + 32];
+	char topic[sizeof(IM_CONTROL_PREFIX) + 64];
 	const char *dest = j->to.topic;
 	size_t n = protobuf_c_message_get_packed_size(msg), used = 0;
 	struct im__done *d;
@@ -271,9 +271,21 @@ static void drop_batch_done(struct im__worker *w)
 	w->btail = &w->bhead;
 }
 
+static int status_reply(struct im__worker *w, struct im__job *j)
+{
+	Im__V1__Response r = IM__V1__RESPONSE__INIT;
+
+	r.has_status = 1;
+	r.status = j->u.status.status;
+	r.reason = j->u.status.reason;
+	im_work__reply(w, j, &r.base, false);
+	return MOSQ_ERR_SUCCESS;
+}
+
 static int run_job(struct im__worker *w, struct im__job *j)
 {
 	switch(j->kind){
+		case IM_JOB_STATUS: return status_reply(w, j);
 		case IM_JOB_MSG: return im_work__message(w, j);
 		case IM_JOB_SYNC: return im_work__sync(w, j);
 		case IM_JOB_ACK: return im_work__ack(w, j);

@@ -5,7 +5,9 @@ folder, and is stopped by the PID it was started with. Under
 IM_SANITIZE=ON the broker runs with the ASan runtime preloaded and every
 report that names the plugin fails the test that stopped the broker.
 """
+import collections
 import glob
+import itertools
 import os
 import pwd
 import queue
@@ -211,7 +213,14 @@ class Broker:
 
 
 class Client:
-    """A paho client that records what it receives."""
+    """A paho client that records what it receives.
+
+    Waits are conditions against WAIT, never idle gaps: get() and get_n()
+    wait for messages that must come; none() and drain() prove that
+    nothing (else) came with a marker (see mark()).
+    """
+
+    _marks = itertools.count(1)
 
     def __init__(self, broker, user=None, client_id="", v5=False, clean=True, password=None):
         self.broker = broker
@@ -225,11 +234,13 @@ class Client:
         if user is not None:
             self.c.username_pw_set(user, password)
         self.msgs = queue.Queue()
+        self.back = collections.deque()    # read from msgs by mark(), not yet consumed
         self.stash = []
         self.acks = {}
         self.suback = queue.Queue()
         self.connected = threading.Event()
         self.disconnected = threading.Event()
+        self.disconnects = 0
         self.rc = None
         self.c.on_message = lambda c, u, m: self.msgs.put(m)
         self.c.on_connect = self._on_connect
@@ -242,12 +253,13 @@ class Client:
         self.connected.set()
 
     def _on_disconnect(self, c, u, rc, props=None):
+        self.disconnects += 1
         self.disconnected.set()
 
     def _on_subscribe(self, c, u, mid, granted, props=None):
         self.suback.put([int(getattr(g, "value", g)) for g in granted])
 
-    def connect(self, timeout=10):
+    def connect(self, timeout=None):
         if self.v5:
             props = None
             if not self.clean:
@@ -258,12 +270,14 @@ class Client:
         else:
             self.c.connect("127.0.0.1", self.broker.port, keepalive=30)
         self.c.loop_start()
-        assert self.connected.wait(timeout), "no CONNACK"
+        # A connection that drops before its CONNACK fails at once.
+        wait_until(lambda: self.connected.is_set() or self.disconnected.is_set(), timeout or WAIT)
+        assert self.connected.is_set(), "no CONNACK"
         return self
 
-    def subscribe(self, topic, qos=1, timeout=10):
+    def subscribe(self, topic, qos=1, timeout=None):
         self.c.subscribe(topic, qos)
-        return self.suback.get(timeout=timeout)
+        return self.suback.get(timeout=timeout or WAIT)
 
     def publish(self, topic, payload, qos=1, cmid=None, props=None, retain=False, wait=True):
         if self.v5 and (cmid is not None or props):
@@ -276,36 +290,99 @@ class Client:
             p = None
         info = self.c.publish(topic, payload, qos=qos, retain=retain, properties=p)
         if wait and qos > 0:
-            info.wait_for_publish(timeout=10)
+            self.wait_published(info)
             assert info.is_published(), "publish not acknowledged"
         return info
 
-    def get(self, timeout=5):
-        return self.msgs.get(timeout=timeout)
+    def wait_published(self, info, timeout=None):
+        """Waits until info is acknowledged or this connection drops; True if acknowledged."""
+        d0 = self.disconnects
+        return wait_until(lambda: info.is_published() or self.disconnects > d0, timeout or WAIT) \
+            and info.is_published()
 
-    def get_n(self, n, timeout=10):
+    def _next(self, timeout):
+        while True:
+            if self.back:
+                return self.back.popleft()
+            m = self.msgs.get(timeout=timeout)
+            if not m.topic.startswith(MARK_TOPIC):     # the late reply to a mark() given up on
+                return m
+
+    def get(self, timeout=None):
+        """The next message; waits up to timeout (default WAIT) for it."""
+        return self._next(timeout or WAIT)
+
+    def get_n(self, n, timeout=None):
+        """The next n messages, or fewer if timeout (default WAIT) runs out first."""
         out = []
-        deadline = time.time() + timeout
+        deadline = time.monotonic() + (timeout or WAIT)
         while len(out) < n:
-            left = deadline - time.time()
+            left = deadline - time.monotonic()
             if left <= 0:
                 break
             try:
-                out.append(self.msgs.get(timeout=left))
+                out.append(self._next(left))
             except queue.Empty:
                 break
         return out
 
-    def none(self, wait=0.5):
-        """True if nothing arrives within wait seconds."""
-        try:
-            m = self.msgs.get(timeout=wait)
-        except queue.Empty:
-            return True
-        self.msgs.put(m)
-        return False
+    def mark(self, timeout=None):
+        """Everything this client receives before a marker: ([messages], True),
+        or ([messages], False) if the connection dropped before the marker's reply.
 
-    def request(self, op, msg=None, user_props=None, timeout=5, response_type=None):
+        The marker is a request of an unknown op; the plugin answers it
+        (NOT_FOUND) through the broker's one FIFO of plugin messages, the
+        same that carries every frame, reply and presence message, and the
+        broker delivers to a client in order. So the reply arrives after
+        anything published to this client by a packet the broker processed
+        before the marker (an acknowledged publish, a processed request, a
+        SUBACK). Published at QoS 0, so that paho never re-sends it, and on
+        this client's connection, after everything it sent before.
+        """
+        op = "imtest-mark-%d" % next(Client._marks)
+        want = "%s%s/response" % (MARK_TOPIC, op[len("imtest-mark-"):])
+        d0 = self.disconnects
+        before = []
+        if self.c.publish("$CONTROL/im/v1/" + op, b"", qos=0).rc != mqtt.MQTT_ERR_SUCCESS:
+            return before, False                      # not connected
+        deadline = time.monotonic() + (timeout or WAIT)
+        while True:
+            if self.back:
+                m = self.back.popleft()
+            else:
+                try:
+                    m = self.msgs.get(timeout=0.05)
+                except queue.Empty:
+                    if self.disconnects > d0:
+                        return before, False
+                    assert time.monotonic() < deadline, "no reply to the marker %s" % op
+                    continue
+            if m.topic == want:
+                return before, True
+            if not m.topic.startswith(MARK_TOPIC):
+                before.append(m)
+
+    def drain(self, timeout=None):
+        """Consumes and returns every message that came before a marker."""
+        before, _ = self.mark(timeout)
+        return before
+
+    def none(self, wait=None):
+        """True if nothing came for this client before a marker (mark()): no
+        message was waiting. What did come stays for get(). `wait` is
+        ignored (it was an idle time once)."""
+        before, _ = self.mark()
+        self.back.extendleft(reversed(before))
+        return not before
+
+    def barrier(self, timeout=None):
+        """Returns once the broker has processed everything this client sent
+        so far (True), or the connection dropped (False). Messages stay for get()."""
+        before, ok = self.mark(timeout)
+        self.back.extendleft(reversed(before))
+        return ok
+
+    def request(self, op, msg=None, user_props=None, timeout=None, response_type=None):
         """Sends a $CONTROL/im/v1/<op> request, returns the decoded reply."""
         payload = msg.SerializeToString() if msg is not None else b""
         p = None
@@ -314,9 +391,9 @@ class Client:
             p.UserProperty = list(user_props.items())
         self.c.publish("$CONTROL/im/v1/" + op, payload, qos=1, properties=p)
         want = "$CONTROL/im/v1/%s/response" % op
-        deadline = time.time() + timeout
+        deadline = time.monotonic() + (timeout or WAIT)
         while True:
-            m = self.get(max(0.01, deadline - time.time()))
+            m = self.get(max(0.01, deadline - time.monotonic()))
             if m.topic == want:
                 break
             self.stash.append(m)   # live frames that arrived meanwhile, in order
@@ -332,6 +409,39 @@ class Client:
         except Exception:
             pass
         self.c.loop_stop()
+
+
+# Every wait in the tests is a condition against this deadline, never a
+# fixed sleep or an idle gap: long enough for the ASan pass on a shared,
+# loaded 2-core machine; reached only when something is really wrong.
+WAIT = float(os.environ.get("IM_TEST_WAIT", "120"))
+
+# Replies to Client.mark(): "$CONTROL/im/v1/imtest-mark-<n>/response".
+MARK_TOPIC = "$CONTROL/im/v1/imtest-mark-"
+
+
+def wait_until(cond, timeout=None, interval=0.01):
+    """Polls cond() until it is true or timeout (default WAIT) has passed;
+    returns its last value."""
+    deadline = time.monotonic() + (timeout or WAIT)
+    while True:
+        v = cond()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)
+
+
+def wait_log(broker, text, since=0, timeout=None):
+    """Waits until text is in the broker's log after offset `since` (from
+    log_offset()); returns the offset just past it. Fails at the deadline."""
+    where = wait_until(lambda: broker.read_log().find(text, since) + 1, timeout, 0.05)
+    assert where, "not in the broker log within %s s: %r" % (timeout or WAIT, text)
+    return where - 1 + len(text)
+
+
+def log_offset(broker):
+    """Where the broker's log ends now (for wait_log's `since`)."""
+    return len(broker.read_log())
 
 
 def sync_all(client, timeline, after=0, limit=None):
@@ -351,8 +461,8 @@ def sync_all(client, timeline, after=0, limit=None):
             return out, b
 
 
-def run_tool(args, timeout=15, **kw):
-    return subprocess.run(args, capture_output=True, timeout=timeout, **kw)
+def run_tool(args, timeout=None, **kw):
+    return subprocess.run(args, capture_output=True, timeout=timeout or WAIT, **kw)
 
 
 def inbox(broker, user):

@@ -9,7 +9,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from imtest import Client, decode_frame, sync_all
+from imtest import Client, decode_frame, sync_all, wait_until
 
 SECRET = b"k7Hq2v9Lr4Tz8Wm1Pn6Xc3Bf5Gd0Sa2J-integration"
 
@@ -49,9 +49,7 @@ def connack(broker, user, password):
     c.on_connect = lambda cl, u, f, rc: result.append(rc)
     c.connect("127.0.0.1", broker.port)
     c.loop_start()
-    deadline = time.time() + 5
-    while not result and time.time() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: result, interval=0.02)
     c.loop_stop()
     c.disconnect()
     return result[0] if result else None
@@ -88,6 +86,28 @@ def test_bad_tokens_refused(make_broker, tmp_path):
     log = b.read_log()
     for why in ("expired", "not valid yet", "sub does not match", "no exp claim", "bad signature"):
         assert why in log, why
+
+
+def test_time_claims_must_be_integers(make_broker, tmp_path):
+    """exp and nbf are JSON integers or the token is refused, whatever time
+    they name: a string nbf was read as 0 and let a token in before its
+    time (a string exp was refused only by luck, as "expired")."""
+    b = jwt_broker(make_broker)
+    now = int(time.time())
+    bad = {
+        "nbf a string, in the future": {"nbf": str(now + 600)},
+        "nbf a string, in the past": {"nbf": str(now - 600)},
+        "nbf a fraction": {"nbf": now - 600.5},
+        "nbf null": {"nbf": None},
+        "exp a string": {"exp": str(now + 3600)},
+        "exp a fraction": {"exp": now + 3600.5},
+        "exp true": {"exp": True},
+    }
+    for name, claims in bad.items():
+        assert connack(b, "alice", token("alice", claims=claims)) == 5, name
+    assert connack(b, "alice", token("alice", claims={"nbf": now - 600})) == 0    # integers: fine
+    log = b.read_log()
+    assert log.count("nbf is not an integer") == 4 and log.count("exp is not an integer") == 3, log[-3000:]
 
 
 def test_non_jwt_passwords_left_to_password_file(make_broker, tmp_path):

@@ -5,7 +5,7 @@ import sqlite3
 import subprocess
 import zlib
 
-from imtest import Client, IMCAT, ROOT, decode_frame, sync_all
+from imtest import WAIT, Client, IMCAT, ROOT, decode_frame, sync_all
 
 COMPRESSED = 2
 
@@ -71,5 +71,5 @@ def test_imcat_and_reference_client_inflate(make_broker, tmp_path):
     assert out.decode().rstrip().endswith(body.decode().rstrip())
     imrecv = os.path.join(os.path.dirname(IMCAT), "imrecv")
     r = subprocess.run([imrecv, "-p", str(b.port), "-u", "bob", "-s", str(tmp_path / "s"), "-n", "1"],
-                       capture_output=True, timeout=20)
+                       capture_output=True, timeout=WAIT)
     assert r.stdout.rstrip(b"\n").split(b" ", 3)[3] == body

@@ -3,7 +3,7 @@ import subprocess
 import threading
 import time
 
-from imtest import Client, decode_frame, pb, IMCAT, sync_all
+from imtest import Client, decode_frame, pb, IMCAT, WAIT, log_offset, sync_all, wait_log
 
 
 def props_dict(m):
@@ -16,15 +16,17 @@ def test_frame_properties_and_senders_copy(broker):
     assert bob.subscribe("im/u/bob") == [1]
     assert alice_dev.subscribe("im/u/alice") == [1]
     alice = Client(broker, "alice", v5=True).connect()
+    t0 = int(time.time() * 1000)
     alice.publish("im/u/bob", b"hello \x00 binary", qos=1, cmid="m1",
                   props={"ContentType": "application/octet-stream"})
 
     m = bob.get()
+    t1 = int(time.time() * 1000)
     h, body = decode_frame(m.payload)
     assert body == b"hello \x00 binary"          # body untouched
     assert (h.timeline, h.seq, h.sender, h.to, h.cmid) == ("u/bob", 1, "alice", "u/bob", "m1")
     assert h.content_type == "application/octet-stream"
-    assert abs(h.ts_ms - time.time() * 1000) < 10000
+    assert t0 <= h.ts_ms <= t1, (t0, h.ts_ms, t1)   # the server's time, between publish and delivery
     p = props_dict(m)
     assert p["im-seq"] == "1" and p["im-timeline"] == "u/bob" and p["im-from"] == "alice"
     assert m.properties.ContentType == "application/octet-stream"
@@ -49,8 +51,7 @@ def test_concurrent_senders_gap_free_in_order(broker):
             c = Client(broker, "user%d" % i).connect()
             for n in range(per):
                 c.publish("im/u/bob", b"%d:%d" % (i, n), qos=(n % 3), wait=(n % 3 > 0))
-            time.sleep(0.2)
-            c.close()
+            c.close()                  # paho writes the QoS 0 ones first, then DISCONNECT
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -60,7 +61,7 @@ def test_concurrent_senders_gap_free_in_order(broker):
     for t in threads:
         t.join()
     assert not errors
-    got = bob.get_n(senders * per, timeout=30)
+    got = bob.get_n(senders * per)
     seqs = [decode_frame(m.payload)[0].seq for m in got]
     assert seqs == list(range(1, senders * per + 1))   # gap-free, in order, once
     bodies = sorted(decode_frame(m.payload)[1] for m in got)
@@ -112,7 +113,7 @@ def test_dedup_across_connections_and_receipts(broker):
     assert [r.duplicate for r in receipts] == [False, True, True]
     assert all(r.timeline == "u/bob" and r.cmid == "c-42" and r.status == pb.OK for r in receipts)
     assert receipts[0].own_seq == 1
-    got = bob.get_n(3, timeout=2)
+    got = bob.get_n(1) + bob.drain()
     assert len(got) == 1                                   # delivered once
     # And stored once: sync sees one message.
     bob_rq = Client(broker, "bob", v5=True).connect()
@@ -136,21 +137,22 @@ def test_duplicate_ack_is_clean_for_v311_and_v5(broker):
             info = v5.publish("im/u/bob", b"dup-q%d" % qos, qos=qos, cmid="d%d" % qos)
             assert info.rc == 0 and info.is_published()
     v5.close()
-    got = bob.get_n(4, timeout=2)
+    got = bob.get_n(2) + bob.drain()
     assert [decode_frame(m.payload)[1] for m in got] == [b"dup-q1", b"dup-q2"]
-    assert snoop.none(0.5), "the retargeted original leaked to a '#' subscriber"
+    assert snoop.none(), "the retargeted original leaked to a '#' subscriber"
     bob.close()
     snoop.close()
 
 
 def test_cli_tools_and_imcat(broker):
-    sub = subprocess.Popen(["mosquitto_sub", "-p", str(broker.port), "-u", "bob", "-t", "im/u/bob",
-                            "-C", "2", "-W", "10", "-F", "%x"], stdout=subprocess.PIPE)
-    time.sleep(0.5)
+    since = log_offset(broker)
+    sub = subprocess.Popen(["mosquitto_sub", "-p", str(broker.port), "-u", "bob", "-t", "im/u/bob", "-i", "cli-sub",
+                            "-C", "2", "-W", str(int(WAIT)), "-F", "%x"], stdout=subprocess.PIPE)
+    wait_log(broker, "Sending SUBACK to cli-sub", since)        # subscribed
     for args in (["-m", "hi"], ["-m", "again", "-V", "5", "-D", "publish", "user-property", "im-cmid", "m1"]):
         subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-u", "alice", "-t", "im/u/bob",
-                        "-q", "2"] + args, check=True, timeout=10)
-    out, _ = sub.communicate(timeout=15)
+                        "-q", "2"] + args, check=True, timeout=WAIT)
+    out, _ = sub.communicate(timeout=WAIT + 10)
     text = subprocess.run([IMCAT], input=out, capture_output=True, check=True).stdout.decode()
     lines = text.strip().splitlines()
     assert len(lines) == 2

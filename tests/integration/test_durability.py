@@ -6,11 +6,10 @@ import signal
 import socket
 import sqlite3
 import struct
-import time
 
 import pytest
 
-from imtest import Client, decode_frame, sync_all
+from imtest import WAIT, Client, decode_frame, log_offset, sync_all, wait_log, wait_until
 from imtest import inbox as inbox_frames
 
 
@@ -60,9 +59,8 @@ def test_kill9_mid_burst_keeps_every_acknowledged_message(make_broker):
     for n in range(total):
         info = pub.c.publish("im/u/bob", b"n:%d" % n, qos=1)
         sent[info.mid] = b"n:%d" % n
-    deadline = time.time() + 30
-    while len(pub.acks) < total // 4 and time.time() < deadline:
-        time.sleep(0.001)
+    wait_until(lambda: len(pub.acks) >= total // 4, interval=0.001)
+    os.kill(b.proc.pid, signal.SIGSTOP)   # frozen at once: it acknowledges nothing more
     b.kill9()
     pub.c.loop_stop()                  # no reconnect and re-send: only what was acknowledged counts
     acked = {sent[mid] for mid in list(pub.acks)}
@@ -79,15 +77,6 @@ def test_kill9_mid_burst_keeps_every_acknowledged_message(make_broker):
 
 # ---------------------------------------------------------------- store failures
 
-def _wait(cond, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
-
-
 @pytest.mark.parametrize("warm", [True, False], ids=["timelines-cached", "cold-start"])
 def test_locked_database_acknowledged_from_the_journal_stored_once(make_broker, warm):
     """The journal is the acknowledgement point: a locked database delays
@@ -99,22 +88,22 @@ def test_locked_database_acknowledged_from_the_journal_stored_once(make_broker, 
         w = Client(b, "alice").connect()
         w.publish("im/u/bob", b"warm-up")
         w.close()
-        assert decode_frame(bob.get(timeout=60).payload)[1] == b"warm-up"   # stored and delivered
-    lock = sqlite3.connect(b.db_path, isolation_level=None, timeout=5)
+        assert decode_frame(bob.get(timeout=WAIT).payload)[1] == b"warm-up"   # stored and delivered
+    lock = sqlite3.connect(b.db_path, isolation_level=None, timeout=WAIT)
     lock.execute("BEGIN EXCLUSIVE")
     pub = Client(b, "alice", client_id="alice-lock", clean=False).connect()
     try:
         info = pub.publish("im/u/bob", b"while locked", qos=1)   # waits for the PUBACK
         assert info.is_published()
-        assert _wait(lambda: "database is locked" in b.read_log(), 60), "the worker never met the lock"
+        assert wait_until(lambda: "database is locked" in b.read_log(), WAIT), "the worker never met the lock"
         assert not pub.disconnected.is_set()
     finally:
         lock.execute("ROLLBACK")
         lock.close()
-    m = bob.get(timeout=60)                     # stored once the lock is gone, then delivered
+    m = bob.get(timeout=WAIT)                     # stored once the lock is gone, then delivered
     h, body = decode_frame(m.payload)
     assert body == b"while locked" and h.seq == (2 if warm else 1)
-    assert _wait(lambda: "committed after" in b.read_log(), 60)
+    assert wait_until(lambda: "committed after" in b.read_log(), WAIT)
     pub.close()
     bob.close()
     stored, _ = inbox(b, "bob")
@@ -144,8 +133,8 @@ def test_store_too_far_behind_refuses_without_acknowledging(make_broker):
             acked.append(body)
         assert failed, "4 MB taken while the store was locked"
         assert 200 <= len(acked) <= 520, len(acked)     # about backlog_max worth
-        assert _wait(pub.disconnected.is_set, 30)
-        assert _wait(lambda: "plugin_opt_backlog_max" in b.read_log(), 30)
+        assert wait_until(pub.disconnected.is_set, 30)
+        assert wait_until(lambda: "plugin_opt_backlog_max" in b.read_log(), 30)
     finally:
         lock.execute("ROLLBACK")
         lock.close()
@@ -183,8 +172,7 @@ def test_disk_full_not_acknowledged_then_resent_once(make_broker):
         for n in range(1000):
             body = b"%04d:" % n + b"x" * 1019
             info = pub.c.publish("im/u/bob", body, qos=1)
-            info.wait_for_publish(timeout=3)
-            if not info.is_published():
+            if not pub.wait_published(info):               # the connection closed instead
                 failed = (info, body)
                 break
             acked.append(body)
@@ -196,8 +184,7 @@ def test_disk_full_not_acknowledged_then_resent_once(make_broker):
         hard = resource.prlimit(b.proc.pid, resource.RLIMIT_FSIZE)[1]
         resource.prlimit(b.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
     info, body = failed
-    info.wait_for_publish(timeout=10)
-    assert info.is_published(), "not stored after the limit was lifted"
+    assert wait_until(info.is_published), "not stored after the limit was lifted"
     pub.publish("im/u/bob", b"after")            # the store is usable again
     pub.close()
     stored, _ = inbox(b, "bob")
@@ -246,7 +233,7 @@ class RawMQTT:
 
     def __init__(self, port, client_id, user, v5=False):
         self.v5 = v5
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         vh = _s("MQTT") + bytes([5 if v5 else 4, 0x80]) + struct.pack("!H", 30)   # username, clean=0
         if v5:
             props = b"\x11" + struct.pack("!I", 3600)                       # session expiry
@@ -309,9 +296,10 @@ def test_qos2_resend_after_lost_pubrec(make_broker, v5, cmid):
     body = b"qos2 body"
     r1 = RawMQTT(b.port, "alice-q2", "alice", v5=v5)
     r1.publish_qos2("im/u/bob", 7, body, cmid=cmid)
-    time.sleep(0.3)                        # the broker has read it and sent PUBREC ...
-    r1.s.close()                           # ... which we never read
-    time.sleep(0.3)
+    r1.expect(5, 7)                        # the broker has read it and sent PUBREC ...
+    since = log_offset(b)
+    r1.s.close()                           # ... which we answer with nothing: as if lost
+    wait_log(b, "Client alice-q2 closed its connection.", since)
     r2 = RawMQTT(b.port, "alice-q2", "alice", v5=v5)
     assert r2.session_present
     r2.publish_qos2("im/u/bob", 7, body, dup=True, cmid=cmid)
@@ -327,7 +315,7 @@ def test_qos2_resend_after_lost_pubrec(make_broker, v5, cmid):
     assert "Reused message ID" not in b.read_log()
 
     times = 1 if cmid else 2
-    live = bob.get_n(times + 1, timeout=1.5)
+    live = bob.get_n(times) + bob.drain()
     assert [(decode_frame(m.payload)[0].seq, decode_frame(m.payload)[1]) for m in live] == \
         [(n, body) for n in range(1, times + 1)]
     stored, batch = inbox(b, "bob")
@@ -347,13 +335,14 @@ def test_qos2_lost_pubcomp_resend_pubrel_stores_once(make_broker):
     r1.publish_qos2("im/u/bob", 9, b"once")
     r1.expect(5, 9)
     r1.s.sendall(_packet(0x62, struct.pack("!H", 9)))
+    since = log_offset(b)
     r1.s.close()                           # PUBCOMP never read
-    time.sleep(0.3)
+    wait_log(b, "Client alice-q2c closed its connection.", since)
     r2 = RawMQTT(b.port, "alice-q2c", "alice")
     r2.s.sendall(_packet(0x62, struct.pack("!H", 9)))
     assert [t for t, _ in r2.expect(7, 9)] == [7]
     r2.disconnect()
-    assert [decode_frame(m.payload)[1] for m in bob.get_n(2, timeout=1.5)] == [b"once"]
+    assert [decode_frame(m.payload)[1] for m in bob.get_n(1) + bob.drain()] == [b"once"]
     stored, _ = inbox(b, "bob")
     assert stored == [(1, b"once")]
     bob.close()

@@ -8,7 +8,7 @@ import struct
 import threading
 import time
 
-from imtest import Client, decode_frame, pb, sync_all
+from imtest import WAIT, Client, decode_frame, pb, sync_all
 
 SYSTEM = 1
 
@@ -67,7 +67,7 @@ def test_members_chatting_concurrently_see_one_order(make_broker):
         t.join()
     seen = {}
     for n, c in readers.items():
-        got = c.get_n(per * 3, timeout=30)
+        got = c.get_n(per * 3)
         seen[n] = [(decode_frame(m.payload)[0].seq, decode_frame(m.payload)[1]) for m in got]
         assert [s for s, _ in seen[n]] == list(range(2, per * 3 + 2))   # seq 1: the create notice
     assert seen["alice"] == seen["bob"] == seen["carol"]
@@ -88,11 +88,12 @@ def test_non_member_refused_everywhere(make_broker):
     for f in ("im/g/+", "im/#", "#"):
         eve.subscribe(f)
     eve.publish("im/g/club", b"let me in", qos=1, wait=False)
+    assert eve.barrier()                                      # her publish has been decided
     alice.publish("im/g/club", b"members only", qos=1)
     m = bob.get()
     assert decode_frame(m.payload)[1] == b"members only"      # eve's publish never got a seq
     assert decode_frame(m.payload)[0].seq == 2
-    assert eve.none(0.7)
+    assert eve.none()
     r = eve.request("sync", pb.SyncRequest(timeline="g/club", after_seq=0), response_type=pb.SyncBatch)
     assert r.status == pb.FORBIDDEN and not r.frames
     r = eve.request("ack", pb.Ack(timeline="g/club", seq=1), response_type=pb.AckResponse)
@@ -112,7 +113,7 @@ def test_removal_takes_effect_on_live_subscription(make_broker):
     assert decode_frame(bob.get().payload)[1] == b"before"
     assert group(alice, "remove", "g1", ["bob"]).status == pb.OK
     alice.publish("im/g/g1", b"after", qos=1)
-    got = bob.get_n(5, timeout=1.5)
+    got = bob.drain()                                  # the removal notice may come, "after" not
     assert b"after" not in [decode_frame(m.payload)[1] for m in got]
     bob.close()
     alice.close()
@@ -272,12 +273,12 @@ def test_fanout_to_a_thousand_subscribed_members(make_broker):
                         tlen = struct.unpack("!H", body[:2])[0]
                         key.data["got"].append(body[2 + tlen:])
 
-    pump(ready, 60)
+    pump(ready, WAIT)
     assert ready(), "not every member could subscribe"
     for i in range(msgs):
         owner.publish("im/g/big", b"hello all %d" % i, qos=1)
     done = lambda: all(len(k.data["got"]) == msgs for k in sel.get_map().values())
-    pump(done, 60)
+    pump(done, WAIT)
     counts = [len(k.data["got"]) for k in sel.get_map().values()]
     assert counts.count(msgs) == n, "members short of messages: %d" % (n - counts.count(msgs))
     for k in sel.get_map().values():

@@ -4,6 +4,7 @@ floods. Each case asserts a clear refusal, that nothing was stored or
 changed, and that the broker keeps serving everyone else (a normal DM
 round trip afterwards). Loads are on 127.0.0.1, bounded in count and time.
 """
+import os
 import socket
 import struct
 import threading
@@ -12,7 +13,7 @@ import uuid
 
 import pytest
 
-from imtest import Client, decode_frame, pb, sync_all
+from imtest import ROOT, WAIT, Client, decode_frame, log_offset, pb, sync_all, wait_log, wait_until
 
 
 # ------------------------------------------------------------------ helpers
@@ -25,9 +26,9 @@ def dm_roundtrip(broker, sender="alice", to="bob"):
         tx = Client(broker, sender).connect()
         body = b"alive " + uuid.uuid4().hex.encode()
         tx.publish("im/u/" + to, body, qos=1)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            h, got = decode_frame(rx.get(timeout=max(0.01, deadline - time.time())).payload)
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            h, got = decode_frame(rx.get(timeout=max(0.01, deadline - time.monotonic())).payload)
             if got == body:
                 assert h.sender == sender
                 break
@@ -54,7 +55,7 @@ def raw_request(client, op, payload, rtype):
     client.c.publish("$CONTROL/im/v1/" + op, payload, qos=1)
     want = "$CONTROL/im/v1/%s/response" % op
     while True:
-        m = client.get(10)
+        m = client.get()
         if m.topic == want:
             r = rtype()
             r.ParseFromString(m.payload)
@@ -101,22 +102,109 @@ def test_oversized_body_refused_nothing_stored(make_broker, v5):
         c.c.reconnect_delay_set(0.05, 0.05)
         c.connect()
         info = c.c.publish("im/u/bob", b"x" * size, qos=1)
-        deadline = time.time() + 5
-        while not info.is_published() and not c.disconnected.is_set() and time.time() < deadline:
-            time.sleep(0.01)
+        c.wait_published(info)                     # decided: acknowledged (refused) or closed
         c.close()
         if v5:
             assert not info.is_published() or c.disconnected.is_set()
-    assert bob.none(0.5)
+    assert bob.none()
     assert head(broker, "bob") == 0 and head(broker, "alice") == 0
     assert "body larger than plugin_opt_max_body" in broker.read_log()
     c = Client(broker, "alice").connect()
     c.publish("im/u/bob", b"y" * 1024, qos=1)               # exactly max_body: fine
-    h, body = decode_frame(bob.get(5).payload)
+    h, body = decode_frame(bob.get().payload)
     assert h.seq == 1 and len(body) == 1024
     bob.close()
     c.close()
     dm_roundtrip(broker)
+
+
+# ------------------------------------------- publishes beyond max_packet_size
+
+EXAMPLES = ["mosquitto.conf", "web/mosquitto.conf", "tls/mosquitto-tls.conf"]
+
+
+def example_limits(name):
+    """(max_packet_size, plugin_opt_max_body) of examples/<name>; the
+    option's default where it is not set."""
+    conf = {}
+    with open(os.path.join(ROOT, "examples", name)) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 2 and not parts[0].startswith("#"):
+                conf[parts[0]] = parts[1]
+    return int(conf.get("max_packet_size", 0)), int(conf.get("plugin_opt_max_body", 262144))
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_examples_limit_packets_just_above_max_body(name):
+    """Every example refuses what the plugin would refuse anyway before the
+    broker reads it, and leaves room for the largest body it accepts."""
+    limit, max_body = example_limits(name)
+    assert max_body + 1024 <= limit <= max_body + 65536, (name, limit, max_body)
+
+
+def memory_kb(pid):
+    """(VmRSS, VmHWM) of a process in kB: now, and the most it ever had."""
+    got = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                got[key] = int(value.split()[0])
+    return got["VmRSS"], got["VmHWM"]
+
+
+def test_publish_beyond_max_packet_size_refused_unread(make_broker):
+    """Configured as examples/mosquitto.conf, the broker drops a 100 MB
+    publish on its length field: its memory (RSS, and its peak) does not
+    grow by the payload, as it did by twice that without the limit. A body
+    just above max_body still gets the plugin's own refusal; one of
+    exactly max_body is stored and delivered."""
+    limit, max_body = example_limits("mosquitto.conf")
+    b = make_broker({"nonim_acl": "allow", "max_body": max_body}, extra_conf="max_packet_size %d" % limit)
+    bob = Client(b, "bob").connect()
+    bob.subscribe("im/u/bob")
+    rss0, peak0 = memory_kb(b.proc.pid)
+    size = 100 << 20
+    since = log_offset(b)
+    s = socket.create_connection(("127.0.0.1", b.port), timeout=WAIT)
+    s.sendall(mqtt_connect("huge-pub", "alice"))
+    assert s.recv(4)[:1] == b"\x20"                                          # CONNACK
+    head = mqtt_str("im/u/bob") + b"\x00\x01"
+    n, rl = len(head) + size, b""
+    while True:
+        d, n = n % 128, n // 128
+        rl += bytes([d | (0x80 if n else 0)])
+        if not n:
+            break
+    sent, chunk = 0, b"x" * (1 << 20)
+    try:
+        s.sendall(b"\x32" + rl + head)
+        while sent < size:
+            s.sendall(chunk)
+            sent += len(chunk)
+        data = s.recv(16)
+    except OSError:                         # reset while we were still sending
+        data = b""
+    s.close()
+    assert data == b"" and sent < size, (data, sent)                        # closed, no PUBACK
+    wait_log(b, "Client huge-pub disconnected due to oversize packet.", since)
+    rss1, peak1 = memory_kb(b.proc.pid)
+    print("100 MB publish: %d MB sent before the close; RSS %d -> %d kB, peak %d -> %d kB"
+          % (sent >> 20, rss0, rss1, peak0, peak1))
+    assert peak1 - peak0 < (size >> 10) // 10, (peak0, peak1)               # under a tenth of it, in kB
+    assert rss1 - rss0 < (size >> 10) // 10, (rss0, rss1)
+    # Between max_body and the packet limit: the plugin refuses, the connection stays.
+    alice = Client(b, "alice", v5=True).connect()
+    info = alice.c.publish("im/u/bob", b"z" * (max_body + 1), qos=1)
+    assert alice.wait_published(info) and not alice.disconnected.is_set()
+    assert "body larger than plugin_opt_max_body" in b.read_log()[since:]
+    alice.publish("im/u/bob", b"y" * max_body, qos=1)
+    h, body = decode_frame(bob.get().payload)
+    assert (h.seq, len(body)) == (1, max_body)
+    alice.close()
+    bob.close()
+    dm_roundtrip(b)
 
 
 # --------------------------------------------------------- oversized requests
@@ -250,16 +338,15 @@ def test_embedded_nul_in_request_names_refused(broker):
 def test_invalid_utf8_topic_closes_connection_stores_nothing(broker):
     """Raw PUBLISH packets with topics paho would never send."""
     for topic in (b"im/u/\xc3\x28", b"im/u/\xed\xa0\x80", b"im/g/\xff", b"im/u/a\x00b"):
-        s = socket.create_connection(("127.0.0.1", broker.port), timeout=5)
+        s = socket.create_connection(("127.0.0.1", broker.port), timeout=WAIT)
         s.sendall(mqtt_connect("raw-" + uuid.uuid4().hex[:8], "alice"))
         assert s.recv(4)[:1] == b"\x20"                                      # CONNACK
         s.sendall(mqtt_packet(0x32, mqtt_str(topic) + b"\x00\x01" + b"evil"))  # QoS 1
-        s.settimeout(5)
         try:
-            data = s.recv(16)
-        except (ConnectionResetError, socket.timeout):
+            data = s.recv(16)                                              # waits for the close
+        except ConnectionResetError:
             data = b""
-        assert data == b"" or data[:1] != b"\x40", (topic, data)           # no PUBACK: closed
+        assert data == b"", (topic, data)                                  # no PUBACK: closed
         s.close()
     for user in ("bob", "alice"):
         assert head(broker, user) == 0
@@ -284,9 +371,9 @@ def test_error_replies_carry_only_valid_utf8(broker):
     replies = []
     for op in ("sync", "ack"):
         eve.c.publish("$CONTROL/im/v1/" + op, b"\x0a" + bytes([len(bad)]) + bad, qos=1)
-        replies.append(eve.get(5).payload)
+        replies.append(eve.get().payload)
     eve.c.publish("$CONTROL/im/v1/group", b"\x0a\x02\xc3\x28", qos=1)          # op: invalid UTF-8
-    replies.append(eve.get(5).payload)
+    replies.append(eve.get().payload)
     eve.close()
     for p in replies:
         assert b"\xc3\x28" not in p, p
@@ -295,55 +382,56 @@ def test_error_replies_carry_only_valid_utf8(broker):
 # ------------------------------------------------------ connection churn
 
 def test_connection_churn_while_chatting(broker):
-    """Up to 10,000 raw connect/CONNECT/close loops from 20 threads, at
-    most 60 s, while alice keeps writing to bob: bob sees every message, in
-    order, and the broker still answers."""
+    """10,000 raw connect/CONNECT/close loops from 20 threads while alice
+    keeps writing to bob: bob sees every message, in order, and the broker
+    still answers. A quarter of the loops announce a CONNECT and never send
+    it: 64 KB, and in one loop of 500 the most MQTT allows (256 MB, which
+    the broker allocates at once: with ASan that costs a fifth of a second,
+    two on a loaded machine, so not in every loop)."""
     bob = Client(broker, "bob").connect()
     bob.subscribe("im/u/bob")
     alice = Client(broker, "alice").connect()
-    stop = threading.Event()
     done = [0]
     lock = threading.Lock()
-    total, deadline = 10000, time.time() + 60
+    total = 10000
 
     def churn(k):
-        i = 0
-        while not stop.is_set() and time.time() < deadline:
+        while True:
             with lock:
                 if done[0] >= total:
                     return
                 done[0] += 1
-            i += 1
+                i = done[0]
             try:
-                s = socket.create_connection(("127.0.0.1", broker.port), timeout=5)
+                s = socket.create_connection(("127.0.0.1", broker.port), timeout=WAIT)
                 mode = i % 4
                 if mode == 0:
                     s.sendall(mqtt_connect("churn-%d-%d" % (k, i), "mallory"))
                     s.recv(4)
                 elif mode == 1:
                     s.sendall(mqtt_connect("churn-%d" % k, "mallory"))            # takeover of the same id
-                elif mode == 2:
-                    s.sendall(b"\x10\xff\xff\xff\x7f")                            # a CONNECT that never comes
+                elif mode == 2:                                                   # a CONNECT that never comes
+                    s.sendall(b"\x10\xff\xff\xff\x7f" if i % 500 == 2 else b"\x10\xff\xff\x03")
                 s.close()
             except OSError:
                 pass
 
     threads = [threading.Thread(target=churn, args=(k,), daemon=True) for k in range(20)]
+    t0 = time.monotonic()
     for t in threads:
         t.start()
     sent = 0
     while any(t.is_alive() for t in threads) and sent < 2000:
         alice.publish("im/u/bob", b"m%d" % sent, qos=1)
         sent += 1
-        time.sleep(0.01)
-    stop.set()
+        time.sleep(0.01)                        # a person typing fast, not a flood
     for t in threads:
-        t.join(10)
-    got = bob.get_n(sent, timeout=30)
+        t.join(WAIT)
+    assert not any(t.is_alive() for t in threads), "the churn did not finish: %d of %d" % (done[0], total)
+    got = bob.get_n(sent)
     seqs = [decode_frame(m.payload)[0].seq for m in got]
     assert seqs == list(range(1, sent + 1)), (sent, len(seqs))
-    print("churn: %d connections, %d DMs delivered in order" % (done[0], sent))
-    assert done[0] >= 1000
+    print("churn: %d connections in %.1f s, %d DMs delivered in order" % (done[0], time.monotonic() - t0, sent))
     bob.close()
     alice.close()
     dm_roundtrip(broker)
@@ -353,9 +441,14 @@ def test_connection_churn_while_chatting(broker):
 
 def test_sync_flood_does_not_starve_others(broker):
     """eve sends 5,000 sync requests as fast as she can, each answered with
-    a batch of 100 frames; meanwhile bob's DMs still arrive, in order, each
-    within a bounded delay."""
+    a batch of 100 frames; meanwhile bob's DMs still arrive, in order, and
+    are served while the broker is still working through eve's flood, not
+    after it. Every one of eve's requests is answered.
+
+    The broker acknowledges each request (QoS 1) right after the plugin
+    handled it: eve's PUBACK count is how far the broker has got."""
     eve = Client(broker, "eve").connect()
+    eve.c.max_inflight_messages_set(0)          # paho itself holds back none of her requests
     filler = Client(broker, "mallory").connect()
     for i in range(100):
         filler.publish("im/u/eve", b"f" * 200, qos=1 if i == 99 else 0, wait=(i == 99))
@@ -365,38 +458,40 @@ def test_sync_flood_does_not_starve_others(broker):
     alice = Client(broker, "alice").connect()
 
     req = pb.SyncRequest(timeline="u/eve", after_seq=0, limit=100).SerializeToString()
-    flood_done = threading.Event()
+    total = 5000
 
     def flood():
-        for _ in range(5000):
-            eve.c.publish("$CONTROL/im/v1/sync", req, qos=0)
-        flood_done.set()
+        for _ in range(total):
+            eve.c.publish("$CONTROL/im/v1/sync", req, qos=1)
 
+    t0 = time.monotonic()
     t = threading.Thread(target=flood, daemon=True)
     t.start()
-    # DMs for as long as eve's replies are still coming in (the broker is
-    # busy with her flood), at least 20
-    delays, n = [], 0
-    t_end = time.time() + 60
-    while (eve.msgs.qsize() < 5000 or n < 20) and n < 500 and time.time() < t_end:
-        t0 = time.time()
+    # DMs for as long as the broker is busy with eve's flood (at least 20,
+    # at most 500), each one started and answered in between two of her
+    # requests counted as "during" the flood.
+    delays, n, during = [], 0, 0
+    while (len(eve.acks) < total or n < 20) and n < 500:
+        before, t1 = len(eve.acks), time.monotonic()
         alice.publish("im/u/bob", b"during flood %d" % n, qos=1)
-        h, body = decode_frame(bob.get(15).payload)
-        delays.append(time.time() - t0)
+        h, body = decode_frame(bob.get().payload)
+        delays.append(time.monotonic() - t1)
         assert h.seq == n + 1 and body == b"during flood %d" % n
+        if 0 < before and len(eve.acks) < total:
+            during += 1
         n += 1
-    t.join(30)
+    assert wait_until(lambda: len(eve.acks) == total), "not every request was acknowledged"
+    processed = time.monotonic() - t0
     replies = 0
-    while True:
-        try:
-            m = eve.get(5 if replies == 0 else 2)
-        except Exception:
-            break
-        if m.topic == "$CONTROL/im/v1/sync/response":
+    while replies < total:                      # every request answered, however long that takes
+        if eve.get().topic == "$CONTROL/im/v1/sync/response":
             replies += 1
-    print("sync flood: %d DMs during it, max delay %.3f s, %d replies read by eve" % (n, max(delays), replies))
-    assert max(delays) < 5.0, delays
-    assert replies == 5000
+    t.join(WAIT)
+    print("sync flood: processed in %.1f s; %d DMs, %d of them while it was processed, max delay %.3f s; "
+          "%d replies read in %.1f s" % (processed, n, during, max(delays), replies, time.monotonic() - t0))
+    # Starved, bob's DMs would wait for the whole flood: at most the first
+    # could come through while it was processed.
+    assert during >= 5, (during, n, processed)
     bob.close()
     alice.close()
     eve.close()
@@ -413,21 +508,23 @@ def test_sync_rate_limit_answers_too_many(make_broker):
         raise
     eve = Client(broker, "eve").connect()
     req = pb.SyncRequest(timeline="u/eve", after_seq=0).SerializeToString()
-    t0 = time.time()
+    t0 = time.monotonic()
     for _ in range(200):
         eve.c.publish("$CONTROL/im/v1/sync", req, qos=0)
-    sent_in = time.time() - t0
     statuses = []
     while len(statuses) < 200:
-        m = eve.get(10)
+        m = eve.get()
         if m.topic == "$CONTROL/im/v1/sync/response":
             b = pb.SyncBatch()
             b.ParseFromString(m.payload)
             statuses.append(b.status)
-    assert sent_in < 1.0, sent_in
+    took = time.monotonic() - t0                  # the broker saw all 200 within this
     assert set(statuses) <= {pb.OK, pb.TOO_MANY}, set(statuses)
     assert statuses.count(pb.TOO_MANY) >= 1
     assert statuses.count(pb.OK) >= 1
+    # One second's worth (20) at once, then 20 a second: never more in the
+    # time it took, however slow the machine.
+    assert statuses.count(pb.OK) <= 20 + 20 * took + 1, (statuses.count(pb.OK), took)
     eve.close()
     # others are not limited by eve's bucket
     other = Client(broker, "bob", v5=True).connect()

@@ -3,15 +3,21 @@ visibility, and the per-user device limit."""
 import json
 import socket
 import struct
-import time
 
-from imtest import Client, decode_frame, pb, sync_all
+from imtest import Client, decode_frame, log_offset, pb, sync_all, wait_log, wait_until
 
 SYSTEM = 1
 
 
-def states(client, n, timeout=5):
-    return [json.loads(m.payload)["state"] for m in client.get_n(n, timeout=timeout)]
+def states(client, n):
+    return [json.loads(m.payload)["state"] for m in client.get_n(n)]
+
+
+def close_and_wait(broker, client, client_id):
+    """Closes client and waits until the broker has processed its DISCONNECT."""
+    since = log_offset(broker)
+    client.close()
+    wait_log(broker, "Client %s disconnected." % client_id, since)
 
 
 def raw_connect(port, user, cid, keepalive):
@@ -39,15 +45,17 @@ def test_online_offline_and_keepalive(make_broker):
     assert states(carol, 1) == ["online"]
     bob2 = Client(b, "bob", client_id="bob-2").connect()
     bob2.subscribe("im/u/bob")
-    assert carol.none(0.5)                           # still online: no news
-    bob1.close()
-    assert carol.none(0.5)
+    assert carol.none()                              # still online: no news
+    close_and_wait(b, bob1, "bob-1")
+    assert carol.none()
     bob2.close()
     assert states(carol, 1) == ["offline"]
     # A dropped TCP connection goes offline after its keepalive.
+    since = log_offset(b)
     s = raw_connect(b.port, "bob", "bob-raw", keepalive=1)
     assert states(carol, 1) == ["online"]
-    assert states(carol, 1, timeout=6) == ["offline"]  # no PINGREQ, no close: keepalive expires
+    assert states(carol, 1) == ["offline"]            # no PINGREQ, no close: keepalive expires
+    assert "Client bob-raw has exceeded timeout" in b.read_log()[since:]
     s.close()
     # A late subscriber gets the retained state.
     dave = Client(b, "dave").connect()
@@ -57,7 +65,8 @@ def test_online_offline_and_keepalive(make_broker):
     # Nobody may publish presence.
     eve = Client(b, "eve").connect()
     eve.publish("im/p/bob", b'{"state":"online"}', qos=0, wait=False)
-    assert carol.none(0.5)
+    assert eve.barrier()                             # her publish has been decided
+    assert carol.none()
     for c in (carol, dave, eve):
         c.close()
 
@@ -83,12 +92,11 @@ def test_presence_visible_to_contacts_only(make_broker):
     assert alice.subscribe("im/p/bob") == [1]
     eve.subscribe("im/p/+")                             # wildcards do not help
     bob.subscribe("im/u/bob")
-    assert states(alice, 1, timeout=30) == ["online"]
+    assert states(alice, 1) == ["online"]
     # eve gets her own presence through the wildcard (she subscribed: online)
-    # and never bob's; bob's presence reached alice, so it is out by now.
-    got = [m.topic for m in eve.get_n(1, timeout=30)]
+    # and never bob's, which reached alice: everything for eve came by now.
+    got = [m.topic for m in eve.drain()]
     assert got == ["im/p/eve"]
-    assert all(m.topic != "im/p/bob" for m in list(eve.msgs.queue))
     # A restart keeps who may see whom (the store has it).
     for c in (alice, bob, carol, eve):
         c.close()
@@ -105,13 +113,13 @@ def test_device_limit_kicks_the_oldest_with_a_notice(make_broker):
     b = make_broker({"max_devices_per_user": 2})
     d1 = Client(b, "bob", client_id="bob-phone").connect()
     d1.subscribe("im/u/bob")
-    time.sleep(0.05)
-    d2 = Client(b, "bob", client_id="bob-laptop").connect()
+    d2 = Client(b, "bob", client_id="bob-laptop").connect()    # devices are ordered as they come
     d2.subscribe("im/u/bob")
-    assert not d1.disconnected.is_set()
+    assert d1.barrier() and not d1.disconnected.is_set()      # two devices: nobody kicked
     d3 = Client(b, "bob", client_id="bob-tablet").connect()
     d3.subscribe("im/u/bob")
-    assert d1.disconnected.wait(5), "the oldest device was not disconnected"
+    assert wait_until(d1.disconnected.is_set), "the oldest device was not disconnected"
+    assert d2.barrier() and d3.barrier(), "a device other than the oldest was disconnected"
     assert not d2.disconnected.is_set() and not d3.disconnected.is_set()
     h, body = decode_frame(d2.get().payload)
     assert h.flags & SYSTEM
@@ -136,5 +144,5 @@ def test_senders_and_requests_are_not_devices(make_broker):
     r = sender.request("sync", pb.SyncRequest(timeline="u/bob", after_seq=0), response_type=pb.SyncBatch)
     assert r.status == pb.OK
     sender.close()
-    assert not phone.disconnected.wait(1.0)
+    assert phone.barrier() and not phone.disconnected.is_set()    # would have been kicked by now
     phone.close()
