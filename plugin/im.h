@@ -446,6 +446,7 @@ struct im__job {
 	struct im__job *next;
 	enum im_job_kind kind;
 	uint64_t lsn;           /* IM_JOB_MSG */
+	int64_t queued_us;      /* when it was submitted (metrics: store/queue_us) */
 	char user[IM_NAME_MAX + 1];
 	struct im__reply_to to;
 	union {
@@ -507,6 +508,7 @@ struct im__done {
 	size_t n_users;
 	/* WROTE: sender -> peer; LOG: level, text in payload */
 	int level;
+	int64_t ready_us;           /* when the worker handed it over (metrics: deliver/handoff_us) */
 	_Alignas(8) char data[];    /* MEMBERS keeps its pointer array here */
 };
 
@@ -528,6 +530,8 @@ void im_worker__submit(struct im__plugin *p, struct im__job *j);
 /* Hands the queued completions to fn in order (fn owns each). Returns how
  * many. Cheap when there are none (one atomic load). */
 size_t im_worker__drain(struct im__plugin *p, void (*fn)(struct im__plugin *, struct im__done *));
+/* The broker thread ticked (it is awake and will drain soon). */
+void im_worker__ticked(struct im__plugin *p);
 /* Bytes of journaled records not yet stored. */
 uint64_t im_worker__backlog(const struct im__plugin *p);
 /* Waits until every job submitted so far is done (the inline mode, for a
@@ -619,6 +623,9 @@ struct im__metrics {
 	uint64_t sequenced, duplicates, sync_frames, acks, group_changes;
 	uint64_t store_errors, trimmed, batches, worker_refused;
 	uint64_t commit_hist[IM_HIST_BUCKETS];  /* per batch, this interval */
+	uint64_t queue_hist[IM_HIST_BUCKETS];   /* job waiting for the worker */
+	/* [B] */
+	uint64_t handoff_hist[IM_HIST_BUCKETS]; /* completion waiting for the broker thread */
 	uint64_t timelines_cached, groups_cached;
 };
 

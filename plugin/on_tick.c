@@ -36,6 +36,7 @@ int im_tick__cb(int event, void *event_data, void *userdata)
 		p->ticks = true;
 		mosquitto_log_printf(MOSQ_LOG_INFO, "im: the broker ticks: stored messages are delivered from the tick, without waiting in callbacks.");
 	}
+	im_worker__ticked(p);
 	im_deliver__drain(p);
 	now = im_now_ms();
 	im_deliver__tick(p, now);

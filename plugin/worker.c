@@ -34,7 +34,8 @@
 #include "worker.h"
 
 #define CUT_INTERVAL_MS 1000
-#define REPOKE_US 2000          /* re-wake the broker thread if it has not drained by then */
+#define REPOKE_US 1000          /* re-wake the broker thread if it has not drained by then */
+#define QUIET_US 1000           /* no tick for this long: the broker thread is probably asleep */
 #define BATCH_US 2000           /* stop adding jobs to a batch after this much work */
 
 static struct im__worker *g_worker; /* for post_log */
@@ -137,6 +138,7 @@ void im_worker__submit(struct im__plugin *p, struct im__job *j)
 	struct im__worker *w = p->worker;
 
 	j->next = NULL;
+	j->queued_us = im_mono_us();
 	pthread_mutex_lock(&w->mu);
 	*w->tail = j;
 	w->tail = &j->next;
@@ -159,6 +161,7 @@ size_t im_worker__drain(struct im__plugin *p, void (*fn)(struct im__plugin *, st
 	w->dtail = &w->dhead;
 	__atomic_store_n(&w->has_done, 0, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&w->mu);
+	if(d) im_metrics__hist(p->metrics.handoff_hist, im_mono_us() - d->ready_us);
 	for(; d; d = next, n++){
 		next = d->next;
 		fn(p, d);
@@ -347,24 +350,39 @@ static struct im__job *fail_requests(struct im__worker *w, struct im__job *jobs,
 	return keep;
 }
 
+/* Hands the batch's completions over. The broker thread drains them at
+ * its next tick; it is woken with a signal only when it is probably asleep
+ * (no tick for QUIET_US) or has left them waiting for REPOKE_US. Under load
+ * it ticks every pass of its loop and no signal is sent: a signal costs the
+ * broker thread an interrupted system call and a trip through the kernel's
+ * signal code, which measured ~10% of its time when sent per batch. */
 static void publish_batch(struct im__worker *w, size_t n_jobs)
 {
-	bool any;
+	int64_t now = im_mono_us();
+	bool poke = false;
 
 	pthread_mutex_lock(&w->mu);
-	any = w->bhead != NULL;
-	if(any){
+	if(w->bhead){
+		w->bhead->ready_us = now;
+		if(w->dhead == NULL) w->pending_us = now;
 		*w->dtail = w->bhead;
 		w->dtail = w->btail;
 		__atomic_store_n(&w->has_done, 1, __ATOMIC_RELEASE);
-		w->poked_us = im_mono_us();
+		poke = now - __atomic_load_n(&w->tick_us, __ATOMIC_RELAXED) >= QUIET_US
+			|| (now - w->pending_us >= REPOKE_US && now - w->poked_us >= REPOKE_US);
+		if(poke) w->poked_us = now;
 	}
 	w->finished += n_jobs;
 	pthread_cond_broadcast(&w->idle_cv);
 	pthread_mutex_unlock(&w->mu);
 	w->bhead = NULL;
 	w->btail = &w->bhead;
-	if(any) im_wake__poke();
+	if(poke) im_wake__poke();
+}
+
+void im_worker__ticked(struct im__plugin *p)
+{
+	if(p->worker) __atomic_store_n(&p->worker->tick_us, im_mono_us(), __ATOMIC_RELAXED);
 }
 
 /* Applies jobs (a list) in one transaction; retries until it commits or
@@ -383,6 +401,7 @@ static int run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 		last_lsn = 0;
 		bytes = 0;
 		t0 = im_mono_us();
+		if(attempt == 0 && jobs->queued_us) im_metrics__hist(w->p->metrics.queue_hist, t0 - jobs->queued_us);
 		rc = w->st.ops->begin(&w->st);
 		for(j = jobs; j && rc == MOSQ_ERR_SUCCESS; j = j->next){
 			rc = run_job(w, j);
@@ -488,7 +507,7 @@ static void *run(void *arg)
 			now = im_mono_us();
 			/* Completions not drained yet: the wake-up may have come just
 			 * before the broker's epoll_wait; wake it again shortly. */
-			if(w->dhead && now - w->poked_us >= REPOKE_US){
+			if(w->dhead && now - w->pending_us >= REPOKE_US && now - w->poked_us >= REPOKE_US){
 				w->poked_us = now;
 				pthread_mutex_unlock(&w->mu);
 				im_wake__poke();
@@ -496,7 +515,7 @@ static void *run(void *arg)
 				continue;
 			}
 			clock_gettime(CLOCK_REALTIME, &until);
-			until.tv_nsec += w->dhead ? REPOKE_US * 1000L : 5000000L;
+			until.tv_nsec += w->dhead ? REPOKE_US * 1000L / 2 : 5000000L;
 			until.tv_sec += until.tv_nsec / 1000000000L;
 			until.tv_nsec %= 1000000000L;
 			pthread_cond_timedwait(&w->cv, &w->mu, &until);

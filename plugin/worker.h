@@ -23,6 +23,8 @@ struct im__worker {
 	bool stop;                      /* [mu] */
 	bool started;
 	int64_t poked_us;               /* [mu] when the broker thread was last woken */
+	int64_t pending_us;             /* [mu] since when completions wait undrained */
+	int64_t tick_us;                /* the broker thread's last tick (atomic) */
 
 	/* Worker-owned. */
 	struct im__store st;
