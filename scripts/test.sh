@@ -8,7 +8,8 @@
 # scripts/brokers.sh finds their source archives (tests test_x@2.0.20,
 # test_x@2.1). The sanitizer pass runs Debian's broker only, which keeps
 # the whole run near 12 minutes on 2 cores; IM_SANITIZE_BROKERS=all runs
-# the upstream brokers there too (about 3 minutes more).
+# the upstream brokers there too (about 3 minutes more). Then, as root,
+# the Debian package test (tests/package/run.sh), then the fuzzers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -43,6 +44,10 @@ if [ "${IM_SANITIZE_RUN:-1}" != "0" ]; then
   ASAN_OPTIONS=detect_leaks=1 run_ctest build-asan
   lap sanitizers
 fi
+
+# The Debian package: build, lintian, install, chat, purge (root only).
+tests/package/run.sh
+lap package
 
 # Third step: each libFuzzer target of tests/fuzz for IM_FUZZ_SECONDS (default
 # 20; 0 skips), from the committed seed corpus. Fails on any crash.
