@@ -24,8 +24,11 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "package test: skipped (it installs the package: run as root)"
   exit 0
 fi
-if dpkg-query -W -f='${Status}' mosquitto-im 2>/dev/null | grep -q "installed"; then
-  echo "package test: skipped (mosquitto-im is installed here; not touching it)"
+# Installed, or removed with its conffile left: either way an admin's, and
+# the purge at the end would delete their store and configuration.
+status=$(dpkg-query -W -f='${db:Status-Status}' mosquitto-im 2>/dev/null || true)
+if [ -n "$status" ] && [ "$status" != not-installed ]; then
+  echo "package test: skipped (mosquitto-im is $status here; not touching it)"
   exit 0
 fi
 sys_pid=$(cat /run/mosquitto/mosquitto.pid 2>/dev/null || true)
