@@ -8,6 +8,7 @@ pkgs=(build-essential cmake pkg-config
       libsqlite3-dev sqlite3 libssl-dev libjwt-dev zlib1g-dev
       clang libclang-rt-14-dev openssl
       python3-paho-mqtt python3-protobuf python3-pytest
+      lintian
       prometheus-mqtt-exporter
       chromium)
 missing=()

@@ -28,6 +28,9 @@ PLUGIN = os.environ.get("IM_PLUGIN", os.path.join(BUILD, "mosquitto_im.so"))
 IMCAT = os.environ.get("IM_IMCAT", os.path.join(BUILD, "examples", "imcat"))
 SANITIZE = os.environ.get("IM_SANITIZE", "OFF").upper() in ("ON", "1", "TRUE", "YES")
 TSAN = os.environ.get("IM_TSAN", "OFF").upper() in ("ON", "1", "TRUE", "YES")
+# The broker binary: Debian's mosquitto on PATH unless a test run names
+# another (tests/CMakeLists.txt runs the suite once per broker it finds).
+MOSQUITTO = os.environ.get("IM_MOSQUITTO") or "mosquitto"
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
@@ -146,7 +149,7 @@ class Broker:
     def start(self, expect_fail=False, preexec_fn=None):
         self.write_conf()
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(["mosquitto", "-c", self.conf], stdout=self.log,
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", self.conf], stdout=self.log,
                                      stderr=subprocess.STDOUT, env=self.env(),
                                      preexec_fn=preexec_fn)
         deadline = time.time() + 20
