@@ -22,3 +22,18 @@ struct im__client *im_plugin__client(struct im__plugin *p, const char *id)
 	}
 	return c;
 }
+
+struct im__user *im_plugin__user(struct im__plugin *p, const char *user)
+{
+	struct im__user *u;
+
+	if(user == NULL) return NULL;
+	u = im_map__get(&p->users, user, strlen(user));
+	if(u) return u;
+	u = im_calloc(1, sizeof(*u));
+	if(u && im_map__put(&p->users, user, strlen(user), u) != MOSQ_ERR_SUCCESS){
+		im_free(u);
+		u = NULL;
+	}
+	return u;
+}

@@ -125,8 +125,10 @@ static void set_defaults(struct im__config *cfg)
 	cfg->sync_inflight = 16;
 	cfg->reply_bytes_rate = 2 * 1024 * 1024;
 	cfg->new_timelines_per_min = 120;
+	cfg->typing_rate = 2;
 	cfg->batch_max = 256;
 	cfg->backlog_max = 64ULL * 1024 * 1024;
+	cfg->journal_rotate_seconds = 60;
 	cfg->client_id_guard = true;
 }
 
@@ -159,8 +161,10 @@ static const struct int_opt {
 	INT_OPT("reply_bytes_rate", reply_bytes_rate, 0, 1024 * 1024 * 1024),
 	INT_OPT("user_msg_rate", user_msg_rate, 0, 1000000),
 	INT_OPT("new_timelines_per_min", new_timelines_per_min, 0, 100000000),
+	INT_OPT("typing_rate", typing_rate, 0, 1000),
 	INT_OPT("batch_max", batch_max, 1, 100000),
 	INT_OPT("backlog_max", backlog_max, 1024 * 1024, INT64_MAX),
+	INT_OPT("journal_rotate_seconds", journal_rotate_seconds, 1, 86400),
 };
 
 static int parse_int_opt(struct im__config *cfg, const struct int_opt *o, const char *value)

@@ -111,24 +111,26 @@ static void remember_raw(struct im__plugin *p, const char *topic, const void *pa
 	gen_add(&p->raw_fps->cur, fingerprint(p, topic, payload, len));
 }
 
-bool im_deliver__is_ours(struct im__plugin *p, const char *topic, const struct im__route *r,
+bool im_deliver__is_ours(struct im__plugin *p, const char *topic, const struct im__route *r, bool event,
 		const void *payload, uint32_t len)
 {
 	const char *tl;
 	size_t tl_len;
 	uint64_t seq, fp;
 
-	if(p->cfg.payload_mode == IM_PAYLOAD_RAW){
+	if(p->cfg.payload_mode == IM_PAYLOAD_RAW && !event){
 		if(p->raw_fps == NULL) return false;
 		fp = fingerprint(p, topic, payload, len);
 		return gen_has(&p->raw_fps->cur, fp) || gen_has(&p->raw_fps->prev, fp);
 	}
 	/* Tagged by us, and for this topic's timeline: a genuine frame of
-	 * another timeline replayed here is not ours either. */
+	 * another timeline replayed here is not ours either. A message has a
+	 * seq, an event (on <prefix>/e/...) none: neither passes for the other. */
 	return im_frame__verify(payload, len, p->frame_key)
 		&& im_frame__peek(payload, len, &tl, &tl_len, &seq)
 		&& tl_len == r->name_len + 2 && tl[0] == r->kind && tl[1] == '/'
-		&& !memcmp(tl + 2, r->name, r->name_len);
+		&& !memcmp(tl + 2, r->name, r->name_len)
+		&& (event ? seq == 0 : seq > 0);
 }
 
 void im_deliver__presence(struct im__plugin *p, const char *user, const char *json, size_t len)
@@ -197,9 +199,15 @@ static mosquitto_property *frame_props(const struct im__done *d)
  * and sync returns it; so it is logged only. */
 static void publish_frame(struct im__plugin *p, const struct im__done *d)
 {
-	mosquitto_property *props = frame_props(d);
+	mosquitto_property *props;
 	int rc;
 
+	/* Events (read marks): for who is online, at QoS 0 like typing. */
+	if(d->event){
+		mosquitto_broker_publish_copy(NULL, d->topic, (int)d->len, (void *)d->payload, 0, false, NULL);
+		return;
+	}
+	props = frame_props(d);
 	if(p->cfg.payload_mode == IM_PAYLOAD_RAW) remember_raw(p, d->topic, d->payload, d->len);
 	rc = mosquitto_broker_publish_copy(NULL, d->topic, (int)d->len, (void *)d->payload, p->cfg.delivery_qos, false, props);
 	if(rc != MOSQ_ERR_SUCCESS){

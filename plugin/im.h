@@ -52,6 +52,7 @@ struct mosquitto_opt;
 #define IM_FRAME_FIXED 5        /* 'I' 'M' version len_hi len_lo */
 #define IM_FRAME_VERSION 1
 #define IM_EXPIRY_MAX (10LL * 365 * 86400) /* im-expiry, seconds: ten years */
+#define IM_PREVIEW_MAX 64       /* bytes of a message's text in the conversation list */
 /* Where a publish that must reach no one is retargeted (duplicates, and
  * every original publish once the plugin delivered its frame itself).
  * Short enough to be written over the shortest possible IM topic
@@ -107,8 +108,10 @@ struct im__config {
 	uint32_t trim_batch;        /* rows deleted per retention step at most */
 	uint32_t user_msg_rate;     /* messages per second per user, 0 = no limit */
 	uint32_t new_timelines_per_min; /* new timelines a user may open per minute, 0 = no limit */
+	uint32_t typing_rate;       /* typing signals per second per user, 0 = no limit */
 	uint32_t batch_max;         /* jobs per store transaction at most */
 	uint64_t backlog_max;       /* journal bytes not yet stored before publishes are refused */
+	uint32_t journal_rotate_seconds; /* a non-empty segment older than this is closed (so it can be cut) */
 	bool client_id_guard;       /* token login: a client id stays with its first user */
 };
 
@@ -180,6 +183,13 @@ int im_route__parse_topic(const struct im__config *cfg, const char *topic, struc
 
 /* Parses a timeline string "u/<name>" or "g/<name>" (as in requests). */
 int im_route__parse_timeline(const char *tl, struct im__route *r);
+
+/* True if buf (len bytes) is valid UTF-8 (no overlong forms or surrogates). */
+bool im_route__utf8_valid(const void *buf, size_t len);
+
+/* Parses "<prefix>/e/u/<name>" or "<prefix>/e/g/<name>" (a timeline's event
+ * topic) into r. MOSQ_ERR_SUCCESS or MOSQ_ERR_INVAL. */
+int im_route__parse_event_topic(const struct im__config *cfg, const char *topic, struct im__route *r);
 
 /* True if a length-delimited field of a flat request payload contains a
  * NUL byte (a string protobuf-c would cut short). */
@@ -343,6 +353,7 @@ int im_crypt__open(struct im__crypt *c, uint16_t key_id, const char *tl, uint64_
  * ========================================================================= */
 
 enum im_rec_kind { IM_REC_MESSAGE = 0, IM_REC_SYSTEM = 1 };
+enum im_rec_op { IM_REC_PLAIN = 0, IM_REC_EDIT = 1, IM_REC_RECALL = 2 };
 
 /* A message as it enters the store. Strings point into the record buffer
  * (decode) or the caller's memory (encode); "" for none. */
@@ -351,6 +362,8 @@ struct im__rec {
 	int64_t ts_ms;          /* server time at the acknowledgement */
 	int64_t expires_ms;     /* 0 = never */
 	uint16_t key_id;        /* 0: body as sent; else sealed (AAD: "" and the LSN) */
+	uint8_t op;             /* enum im_rec_op */
+	uint64_t ref_seq;       /* IM_REC_EDIT / IM_REC_RECALL: the seq in `to` it changes */
 	const char *sender;
 	const char *to;         /* "u/<user>" or "g/<group>" */
 	const char *own;        /* the sender's inbox for its copy, "" for none */
@@ -383,6 +396,8 @@ struct im__journal {
 	uint64_t seg_bytes;     /* [B] size of the active segment */
 	uint64_t seg_first;     /* [B] first LSN of the active segment */
 	uint64_t rotate_bytes;
+	int64_t seg_opened_ms;  /* [B] */
+	int64_t rotate_age_ms;  /* 0 = only by size */
 	bool fsync;             /* synchronous full: fdatasync before the ack */
 	struct im__buf buf;     /* [B] header + payload of one write */
 };
@@ -405,6 +420,10 @@ int im_journal__open(struct im__journal *j, const char *dir, bool fsync, uint64_
  * cut back to where it was: nothing half-written stays. MOSQ_ERR_SUCCESS or
  * MOSQ_ERR_UNKNOWN (errno kept for the caller's log line). */
 int im_journal__append(struct im__journal *j, const void *payload, size_t len, uint64_t *lsn);
+/* [B] Starts a new segment if the active one holds records and is a minute
+ * old (rotate_age_ms), so that the worker's cut removes stored records (and the plaintext
+ * of a recalled message) within about a minute even on a quiet broker. */
+void im_journal__rotate_idle(struct im__journal *j, int64_t now_ms);
 /* [W] Deletes every segment whose records are all <= applied_lsn, except
  * the active one. */
 void im_journal__cut(const char *dir, uint64_t applied_lsn);
@@ -431,6 +450,8 @@ enum im_job_kind {
 	IM_JOB_GROUP,
 	IM_JOB_OPTIONS,         /* new run-time options and keys (reload) */
 	IM_JOB_STATUS,          /* answer a bare Response (an unknown op), in order with the rest */
+	IM_JOB_READS,           /* read marks of a conversation */
+	IM_JOB_CONVS,           /* the conversation list */
 };
 
 struct im__group_req {
@@ -466,6 +487,15 @@ struct im__job {
 			int status;
 			char reason[64];
 		} status;
+		struct {
+			char timeline[IM_TL_MAX + 1];
+		} reads;
+		struct {
+			uint32_t limit;
+			int64_t before_ts;
+			bool has_before;
+			char before_tl[IM_TL_MAX + 1];
+		} convs;
 	} u;
 	size_t len;
 	uint8_t *data;          /* IM_JOB_MSG: the record; points after the struct */
@@ -494,6 +524,7 @@ struct im__done {
 	const char *timeline, *sender, *cmid, *ctype;
 	uint64_t seq;
 	uint32_t expiry_s;          /* v5 Message Expiry Interval, 0 = none */
+	bool event;                 /* an event frame (<prefix>/e/...): no seq, QoS 0, no properties */
 	/* REPLY */
 	const char *client_id;
 	const void *corr;
@@ -583,7 +614,7 @@ void im_deliver__drain(struct im__plugin *p);
 /* Is this payload on an IM topic something the plugin sent? Frames carry
  * the plugin's tag; raw bodies and presence are matched against
  * fingerprints of what was published. */
-bool im_deliver__is_ours(struct im__plugin *p, const char *topic, const struct im__route *r,
+bool im_deliver__is_ours(struct im__plugin *p, const char *topic, const struct im__route *r, bool event,
 		const void *payload, uint32_t len);
 /* Publishes presence retained on <prefix>/p/<user>, remembering it. */
 void im_deliver__presence(struct im__plugin *p, const char *user, const char *json, size_t len);
@@ -663,7 +694,7 @@ struct im__plugin {
 	bool fallback_registered;       /* the non-IM "allow" ACL callback */
 	bool auth_registered;           /* MOSQ_EVT_BASIC_AUTH (token login) */
 	struct im__map clients;         /* client id -> struct im__client (rate, budgets, owner) */
-	struct im__map users;           /* user -> struct im__user (message rate) */
+	struct im__map users;           /* user -> struct im__user (rates) */
 	struct im__map groups;          /* [B] group -> struct im__bgroup (membership view) */
 	struct im__map wrote;           /* [B] "writer\nreader" -> (presence contacts) */
 	struct im__fpset *raw_fps;      /* fingerprints of raw deliveries */
@@ -686,6 +717,13 @@ struct im__client {
 /* The client's entry, created on first use; NULL if id is NULL or on
  * allocation failure. */
 struct im__client *im_plugin__client(struct im__plugin *p, const char *id);
+
+/* Per user (all its connections). */
+struct im__user {
+	struct im__bucket msg;          /* user_msg_rate */
+	struct im__bucket typing;       /* typing_rate */
+};
+struct im__user *im_plugin__user(struct im__plugin *p, const char *user);
 
 /* The frame key and store id are known once the worker opened the store. */
 
@@ -726,6 +764,9 @@ int im_message__cb(int event, void *event_data, void *userdata);
 int im_control__sync_cb(int event, void *event_data, void *userdata);
 int im_control__ack_cb(int event, void *event_data, void *userdata);
 int im_control__group_cb(int event, void *event_data, void *userdata);
+int im_control__typing_cb(int event, void *event_data, void *userdata);
+int im_control__reads_cb(int event, void *event_data, void *userdata);
+int im_control__conversations_cb(int event, void *event_data, void *userdata);
 int im_tick__cb(int event, void *event_data, void *userdata);
 int im_reload__cb(int event, void *event_data, void *userdata);
 /* Remembers the broker's configuration file for reloads. */

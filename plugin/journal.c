@@ -99,6 +99,7 @@ static int open_segment(struct im__journal *j, uint64_t first)
 	j->fd = fd;
 	j->seg_first = first;
 	j->seg_bytes = (uint64_t)sb.st_size;
+	j->seg_opened_ms = im_now_ms();
 	return 0;
 }
 
@@ -274,6 +275,14 @@ int im_journal__append(struct im__journal *j, const void *payload, size_t len, u
 		j->rotate_bytes += ROTATE_BYTES;
 	}
 	return MOSQ_ERR_SUCCESS;
+}
+
+void im_journal__rotate_idle(struct im__journal *j, int64_t now_ms)
+{
+	if(j->fd < 0 || j->rotate_age_ms <= 0 || j->seg_bytes == 0 || now_ms - j->seg_opened_ms < j->rotate_age_ms) return;
+	if(open_segment(j, j->next_lsn) != 0){
+		j->seg_opened_ms = now_ms; /* tried again one age later */
+	}
 }
 
 void im_journal__cut(const char *dir, uint64_t applied_lsn)

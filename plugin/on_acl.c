@@ -134,6 +134,31 @@ static int check_presence(struct im__plugin *p, const struct mosquitto_evt_acl_c
 	return MOSQ_ERR_SUCCESS;
 }
 
+/* "<prefix>/e/<timeline>": events of a timeline (read marks, typing), sent
+ * by the plugin only, readable by whoever may read the timeline. */
+static int check_events(struct im__plugin *p, const struct mosquitto_evt_acl_check *ed, const char *user)
+{
+	struct im__route r;
+
+	if(ed->access == MOSQ_ACL_WRITE) return deny(ed, "events are published by the plugin only");
+	if(ed->access == MOSQ_ACL_SUBSCRIBE){
+		if(!p->v21) im_presence__seen(p, ed->client);
+		if(strpbrk(ed->topic, "+#")) return MOSQ_ERR_SUCCESS;
+	}
+	if(im_route__parse_event_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS){
+		return ed->access == MOSQ_ACL_SUBSCRIBE ? deny(ed, "not an event topic (<prefix>/e/u/<user> or <prefix>/e/g/<group>)")
+			: MOSQ_ERR_ACL_DENIED;
+	}
+	if(!im_policy__may_read(p, &r, user)){
+		return ed->access == MOSQ_ACL_SUBSCRIBE ? deny(ed, r.kind == 'u' ? "not your timeline" : "not a member of the group")
+			: MOSQ_ERR_ACL_DENIED;
+	}
+	if(ed->access == MOSQ_ACL_READ && !im_deliver__is_ours(p, ed->topic, &r, true, ed->payload, ed->payloadlen)){
+		return deny(ed, "not sent by the plugin (a will or retained message sent past it?)");
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
 static int check_write(struct im__plugin *p, const struct mosquitto_evt_acl_check *ed, const char *user, bool will)
 {
 	struct im__route r;
@@ -179,6 +204,7 @@ int im_acl__check_cb(int event, void *event_data, void *userdata)
 	if(ed->access == MOSQ_ACL_UNSUBSCRIBE) return MOSQ_ERR_SUCCESS;
 	if((user = im_policy__user(ed->client, &why)) == NULL) return deny(ed, why);
 	if((target = presence_user(&p->cfg, ed->topic)) != NULL) return check_presence(p, ed, user, target);
+	if(!strncmp(ed->topic + p->cfg.prefix_len, "/e/", 3)) return check_events(p, ed, user);
 	switch(ed->access){
 		case MOSQ_ACL_SUBSCRIBE:
 			note_owner(p, ed->client, user);
@@ -188,7 +214,7 @@ int im_acl__check_cb(int event, void *event_data, void *userdata)
 			 * subscriber is denied others' messages as a matter of course. */
 			if(im_route__parse_topic(&p->cfg, ed->topic, &r) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_ACL_DENIED;
 			if(!im_policy__may_read(p, &r, user)) return MOSQ_ERR_ACL_DENIED;
-			if(!im_deliver__is_ours(p, ed->topic, &r, ed->payload, ed->payloadlen)){
+			if(!im_deliver__is_ours(p, ed->topic, &r, false, ed->payload, ed->payloadlen)){
 				return deny(ed, "not sent by the plugin (a will or retained message sent past it?)");
 			}
 			return MOSQ_ERR_SUCCESS;

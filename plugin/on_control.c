@@ -27,7 +27,7 @@
 
 #include "im.h"
 
-static const char *const known_ops[] = {"sync", "ack", "group", NULL};
+static const char *const known_ops[] = {"sync", "ack", "group", "typing", "reads", "conversations", NULL};
 
 bool im_control__op_known(const char *op)
 {

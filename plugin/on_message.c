@@ -44,6 +44,8 @@ struct pub_props {
 	char *content_type;
 	bool receipt;               /* a Response Topic was given */
 	int64_t expiry_s;
+	uint8_t op;                 /* enum im_rec_op: im-edit / im-recall */
+	uint64_t ref_seq;
 };
 
 static void props_free(struct pub_props *pp)
@@ -67,12 +69,28 @@ static bool parse_expiry(const char *s, int64_t *out)
 	return true;
 }
 
+/* A seq named by im-edit / im-recall: a plain decimal, 1..2^63-1. */
+static bool parse_seq(const char *s, uint64_t *out)
+{
+	uint64_t v = 0;
+
+	if(*s == '\0' || *s == '0') return false;
+	for(; *s; s++){
+		if(*s < '0' || *s > '9' || v > (uint64_t)INT64_MAX / 10) return false;
+		v = v * 10 + (uint64_t)(*s - '0');
+	}
+	if(v > (uint64_t)INT64_MAX) return false;
+	*out = v;
+	return true;
+}
+
 /* Returns NULL, or a reason the properties are refused. */
 static const char *props_read(const mosquitto_property *props, struct pub_props *pp)
 {
 	const mosquitto_property *it = props;
 	char *k = NULL, *v = NULL;
-	bool skip = false, bad_expiry = false;
+	bool skip = false, bad_expiry = false, bad_ref = false;
+	int ops = 0;
 
 	memset(pp, 0, sizeof(*pp));
 	if(props == NULL) return NULL;
@@ -83,6 +101,10 @@ static const char *props_read(const mosquitto_property *props, struct pub_props 
 			v = NULL;
 		}else if(!strcmp(k, "im-expiry")){
 			bad_expiry |= !parse_expiry(v, &pp->expiry_s);
+		}else if(!strcmp(k, "im-edit") || !strcmp(k, "im-recall")){
+			pp->op = k[3] == 'e' ? IM_REC_EDIT : IM_REC_RECALL;
+			bad_ref |= !parse_seq(v, &pp->ref_seq);
+			ops++;
 		}
 		im_props__free(k);
 		im_props__free(v);
@@ -92,6 +114,8 @@ static const char *props_read(const mosquitto_property *props, struct pub_props 
 	if(pp->cmid && (pp->cmid[0] == '\0' || strlen(pp->cmid) > IM_CMID_MAX)) return "im-cmid must be 1..128 bytes";
 	if(pp->content_type && strlen(pp->content_type) > IM_CTYPE_MAX) return "content type longer than 256 bytes";
 	if(bad_expiry) return "im-expiry must be a whole number of seconds from 0 to 315360000";
+	if(bad_ref) return "im-edit and im-recall name a seq: a whole number from 1";
+	if(ops > 1) return "one im-edit or im-recall per message";
 	return NULL;
 }
 
@@ -114,18 +138,10 @@ static void retarget(struct im__plugin *p, struct mosquitto_evt_message *ed)
 /* messages per second per user (user_msg_rate). */
 static bool user_rate_ok(struct im__plugin *p, const char *user)
 {
-	struct im__bucket *b;
+	struct im__user *u;
 
-	if(p->cfg.user_msg_rate == 0) return true;
-	b = im_map__get(&p->users, user, strlen(user));
-	if(b == NULL){
-		b = im_calloc(1, sizeof(*b));
-		if(b == NULL || im_map__put(&p->users, user, strlen(user), b) != MOSQ_ERR_SUCCESS){
-			free(b);
-			return true;
-		}
-	}
-	return im_bucket__take(b, p->cfg.user_msg_rate, p->cfg.user_msg_rate, 1.0, im_now_ms());
+	if(p->cfg.user_msg_rate == 0 || (u = im_plugin__user(p, user)) == NULL) return true;
+	return im_bucket__take(&u->msg, p->cfg.user_msg_rate, p->cfg.user_msg_rate, 1.0, im_now_ms());
 }
 
 /* One warning a second at most: a failing disk must not flood the log. */
@@ -225,8 +241,10 @@ int im_message__cb(int event, void *event_data, void *userdata)
 	rec.own = own_tl;
 	rec.cmid = pp.cmid ? pp.cmid : "";
 	rec.ctype = pp.content_type ? pp.content_type : "";
+	rec.op = pp.op;
+	rec.ref_seq = pp.ref_seq;
 	rec.body = ed->payload;
-	rec.body_len = ed->payloadlen;
+	rec.body_len = pp.op == IM_REC_RECALL ? 0 : ed->payloadlen;
 	rc = submit(p, &rec, ed->client, pp.receipt ? ed->properties : NULL);
 	props_free(&pp);
 	if(rc != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;

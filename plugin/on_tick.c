@@ -40,6 +40,7 @@ int im_tick__cb(int event, void *event_data, void *userdata)
 	im_deliver__drain(p);
 	now = im_now_ms();
 	im_deliver__tick(p, now);
+	im_journal__rotate_idle(&p->journal, now);
 	if(p->cfg.metrics_interval && now >= p->next_metrics_ms){
 		im_metrics__publish(p);
 		p->next_metrics_ms = now + (int64_t)p->cfg.metrics_interval * 1000;

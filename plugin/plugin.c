@@ -54,6 +54,9 @@ static const struct {
 	{MOSQ_EVT_CONTROL, im_control__sync_cb, "$CONTROL/im/v1/sync"},
 	{MOSQ_EVT_CONTROL, im_control__ack_cb, "$CONTROL/im/v1/ack"},
 	{MOSQ_EVT_CONTROL, im_control__group_cb, "$CONTROL/im/v1/group"},
+	{MOSQ_EVT_CONTROL, im_control__typing_cb, "$CONTROL/im/v1/typing"},
+	{MOSQ_EVT_CONTROL, im_control__reads_cb, "$CONTROL/im/v1/reads"},
+	{MOSQ_EVT_CONTROL, im_control__conversations_cb, "$CONTROL/im/v1/conversations"},
 };
 
 /* Events of the 2.1 plugin API, registered only there (2.0 refuses

@@ -2,7 +2,8 @@
  * A message record as journaled: what the broker thread acknowledged,
  * before it has a seq. Little-endian, length-prefixed:
  *
- *   u8 version (1) | u8 kind | i64 ts_ms | i64 expires_ms | u16 key_id
+ *   u8 version (2) | u8 kind | i64 ts_ms | i64 expires_ms | u16 key_id
+ *   u8 op | u64 ref_seq                      (version 2 on)
  *   u8 len sender | u8 len to | u8 len own | u8 len cmid | u16 len ctype
  *   the five strings in that order, each followed by a NUL byte
  *   u32 body length | body
@@ -18,8 +19,9 @@
 
 #include "im.h"
 
-#define REC_VERSION 1
-#define REC_FIXED (1 + 1 + 8 + 8 + 2 + 4 + 2 + 5 + 4)
+#define REC_VERSION 2
+#define REC_FIXED_V1 (1 + 1 + 8 + 8 + 2 + 4 + 2 + 5 + 4)
+#define REC_FIXED (REC_FIXED_V1 + 1 + 8)
 
 size_t im_rec__size(const struct im__rec *r)
 {
@@ -57,6 +59,8 @@ void im_rec__encode(uint8_t *out, const struct im__rec *r)
 	p = put64(p, (uint64_t)r->expires_ms);
 	*p++ = (uint8_t)(r->key_id & 0xff);
 	*p++ = (uint8_t)(r->key_id >> 8);
+	*p++ = r->op;
+	p = put64(p, r->ref_seq);
 	for(i = 0; i < 4; i++) *p++ = (uint8_t)l[i];
 	*p++ = (uint8_t)(l[4] & 0xff);
 	*p++ = (uint8_t)(l[4] >> 8);
@@ -76,14 +80,24 @@ bool im_rec__decode(const uint8_t *buf, size_t len, struct im__rec *r)
 	uint32_t body = 0;
 
 	memset(r, 0, sizeof(*r));
-	if(len < REC_FIXED || buf[0] != REC_VERSION || buf[1] > IM_REC_SYSTEM) return false;
+	/* Version 1 records (before edits and recalls) are still read: a
+	 * journal written by the previous release is replayed after an upgrade. */
+	if(len < REC_FIXED_V1 || (buf[0] != 1 && buf[0] != REC_VERSION) || buf[1] > IM_REC_SYSTEM) return false;
+	if(buf[0] == REC_VERSION && len < REC_FIXED) return false;
 	r->kind = buf[1];
 	r->ts_ms = (int64_t)get64(buf + 2);
 	r->expires_ms = (int64_t)get64(buf + 10);
 	r->key_id = (uint16_t)(buf[18] | (buf[19] << 8));
-	for(i = 0; i < 4; i++) l[i] = buf[20 + i];
-	l[4] = (size_t)buf[24] | ((size_t)buf[25] << 8);
-	at = 26;
+	at = 20;
+	if(buf[0] == REC_VERSION){
+		r->op = buf[20];
+		r->ref_seq = get64(buf + 21);
+		if(r->op > IM_REC_RECALL || (r->op != IM_REC_PLAIN && r->ref_seq == 0)) return false;
+		at = 29;
+	}
+	for(i = 0; i < 4; i++) l[i] = buf[at + i];
+	l[4] = (size_t)buf[at + 4] | ((size_t)buf[at + 5] << 8);
+	at += 6;
 	for(i = 0; i < 5; i++){
 		if(l[i] + 1 > len - at || buf[at + l[i]] != '\0' || memchr(buf + at, 0, l[i])) return false;
 		*s[i] = (const char *)buf + at;

@@ -53,6 +53,28 @@ bool im_route__name_valid(const char *name, size_t len)
 	return true;
 }
 
+bool im_route__utf8_valid(const void *buf, size_t len)
+{
+	const unsigned char *s = buf;
+	size_t i = 0, n;
+
+	while(i < len){
+		if(s[i] == 0) return false;
+		n = utf8_len(s + i, len - i);
+		if(n == 0) return false;
+		i += n;
+	}
+	return true;
+}
+
+int im_route__parse_event_topic(const struct im__config *cfg, const char *topic, struct im__route *r)
+{
+	const char *t = topic + cfg->prefix_len;
+
+	if(!im_route__in_namespace(cfg, topic) || t[0] != '/' || t[1] != 'e' || t[2] != '/') return MOSQ_ERR_INVAL;
+	return im_route__parse_timeline(t + 3, r);
+}
+
 int im_route__in_namespace(const struct im__config *cfg, const char *topic)
 {
 	return strncmp(topic, cfg->prefix, cfg->prefix_len) == 0

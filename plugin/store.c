@@ -257,11 +257,15 @@ int im_store__open_sqlite(struct im__store *st, const struct im__store_options *
 			|| (o->checkpoint_thread && exec(s, "PRAGMA wal_autocheckpoint = 0") != MOSQ_ERR_SUCCESS)
 			|| exec(s, "PRAGMA journal_size_limit = 67108864") != MOSQ_ERR_SUCCESS
 			|| exec(s, "PRAGMA foreign_keys = OFF") != MOSQ_ERR_SUCCESS
+			/* A recalled body, or a message retention removed, is
+			 * overwritten with zeros in the file, not just unlinked. */
+			|| exec(s, "PRAGMA secure_delete = ON") != MOSQ_ERR_SUCCESS
 			|| migrate(s, &before) != MOSQ_ERR_SUCCESS
 			|| prepare_base(s) != MOSQ_ERR_SUCCESS
 			|| im_sqlite__prepare_msg(s) != MOSQ_ERR_SUCCESS
 			|| im_sqlite__prepare_group(s) != MOSQ_ERR_SUCCESS
 			|| im_sqlite__prepare_trim(s) != MOSQ_ERR_SUCCESS
+			|| im_sqlite__prepare_conv(s) != MOSQ_ERR_SUCCESS
 			|| meta_load(st, s) != MOSQ_ERR_SUCCESS){
 		explain(s, o->path);
 		sqlite_close(st);
@@ -395,4 +399,13 @@ static const struct im__store_ops sqlite_ops = {
 	.each_wrote = im_sqlite__each_wrote,
 	.trim_step = im_sqlite__trim_step,
 	.cached = sqlite_cached,
+	.scrub = im_sqlite__scrub,
+	.dedup = im_sqlite__dedup,
+	.lookup = im_sqlite__lookup,
+	.amend = im_sqlite__amend,
+	.note_last = im_sqlite__note_last,
+	.read_mark = im_sqlite__read_mark,
+	.reads_of = im_sqlite__reads_of,
+	.has_conv = im_sqlite__has_conv,
+	.conversations = im_sqlite__conversations,
 };

@@ -38,6 +38,9 @@ struct im__msg {
 	uint32_t flags;
 	int64_t expires_ms;       /* 0 = never */
 	uint32_t raw_len;         /* FLAG_COMPRESSED: inflated length */
+	uint64_t ref_seq;         /* FLAG_EDIT / FLAG_RECALL: the seq it changes (in `to`) */
+	uint64_t own_ref_seq;     /* append: the same message's seq in the sender's inbox */
+	uint64_t peer_seq;        /* read back: a direct message's seq in the other inbox */
 	const void *body;
 	size_t body_len;
 };
@@ -58,6 +61,29 @@ struct im__group {
 };
 
 enum im_group_op { IM_GROUP_CREATE, IM_GROUP_ADD, IM_GROUP_REMOVE, IM_GROUP_LEAVE };
+
+/* What the store knows of one stored message (edit and recall checks). */
+struct im__msg_ref {
+	char sender[IM_NAME_MAX + 1];
+	uint32_t flags;
+	uint64_t peer_seq;      /* a direct message's seq in the other inbox, 0 if none */
+	int copy;               /* 1: the sender's copy */
+};
+
+/* One entry of the conversation list. */
+struct im__conv {
+	char kind;              /* 'u' (a direct conversation) or 'g' */
+	const char *name;       /* the peer or the group */
+	uint64_t last_seq;      /* in u/<owner> or g/<group> */
+	int64_t last_ts;
+	const char *last_sender;
+	uint32_t last_flags;
+	const char *preview;    /* NULL if none */
+	uint64_t unread;
+	uint64_t peer_read;     /* 'u': the peer's read mark of u/<peer> */
+};
+typedef enum im_row (*im_store__conv_fn)(void *ctx, const struct im__conv *c);
+typedef enum im_row (*im_store__mark_fn)(void *ctx, const char *user, uint64_t seq);
 
 typedef enum im_row (*im_store__row_fn)(void *ctx, const struct im__msg *m);
 typedef enum im_row (*im_store__name_fn)(void *ctx, const char *name);
@@ -122,6 +148,38 @@ struct im__store_ops {
 			int64_t *cursor_id, bool *done);
 	/* Entries cached, for metrics. */
 	size_t (*cached)(struct im__store *st, size_t *groups);
+
+	/* ---- conversations (issue #15) ---- */
+	/* After a commit that erased bodies: make the old bytes go from the
+	 * files too (the WAL's page images). Best effort. */
+	void (*scrub)(struct im__store *st);
+	/* (sender, cmid) looked up as append does: out->duplicate if stored. */
+	int (*dedup)(struct im__store *st, const char *sender, const char *cmid, struct im__appended *out);
+	/* The stored message at (tl, seq): MOSQ_ERR_SUCCESS and *found. */
+	int (*lookup)(struct im__store *st, struct im__tl *tl, uint64_t seq, bool *found, struct im__msg_ref *out);
+	/* Replaces the body of (tl, seq) (sealed again for it), or erases it
+	 * when body is NULL (with the bodies of its edits), and ORs flags into
+	 * its flags. */
+	int (*amend)(struct im__store *st, struct im__tl *tl, uint64_t seq, const void *body, size_t len,
+			uint32_t raw_len, uint32_t flags);
+	/* A conversation's last message: owner's direct conversation with peer,
+	 * or (owner NULL) group peer. unread_add is added to owner's unread. */
+	int (*note_last)(struct im__store *st, const char *owner, const char *peer, uint64_t seq, int64_t ts,
+			const char *sender, uint32_t flags, const char *preview, int unread_add);
+	/* Moves user's read mark of tl to max(mark, seq): *before and *after.
+	 * In the user's own inbox, the unread counts of its direct
+	 * conversations drop by the peers' messages now read, and fn is called
+	 * for each such peer (whose devices may be told). */
+	int (*read_mark)(struct im__store *st, struct im__tl *tl, const char *user, uint64_t seq,
+			uint64_t *before, uint64_t *after, im_store__name_fn fn, void *ctx);
+	/* fn(user, mark) for every read mark of tl, or only user's if user. */
+	int (*reads_of)(struct im__store *st, struct im__tl *tl, const char *user, im_store__mark_fn fn, void *ctx);
+	/* Whether owner has a direct conversation with peer (wrote or was written to). */
+	int (*has_conv)(struct im__store *st, const char *owner, const char *peer, bool *yes);
+	/* owner's conversations, latest first, strictly before (before_ts,
+	 * before_tl) when before_tl is not NULL, at most limit. */
+	int (*conversations)(struct im__store *st, const char *owner, uint32_t limit, int64_t before_ts,
+			const char *before_tl, im_store__conv_fn fn, void *ctx);
 };
 
 struct im__store {

@@ -178,7 +178,7 @@ int im_sqlite__group_change(struct im__store *st, enum im_group_op op, const cha
 	s->groups_dirty = true;
 	*seq = tl->head + 1;
 	if(change_rows(s, op, group, actor, users, n, now) != MOSQ_ERR_SUCCESS
-			|| im_sqlite__insert_msg(st, tl, *seq, sys, 0) != MOSQ_ERR_SUCCESS){
+			|| im_sqlite__insert_msg(st, tl, *seq, sys, 0, 0, 0) != MOSQ_ERR_SUCCESS){
 		return MOSQ_ERR_UNKNOWN;
 	}
 	change_cache(s, op, group, actor, users, n);

@@ -78,13 +78,13 @@ int im_sqlite__prepare_msg(struct im__sqlite *s)
 			" first_seq FROM timelines WHERE name = ?1"},
 		{&s->tl_insert, "INSERT INTO timelines(name, created_ms) VALUES(?1, ?2)"},
 		{&s->tl_set_first, "UPDATE timelines SET first_seq = ?2, head_seq = max(head_seq, ?3) WHERE id = ?1"},
-		{&s->msg_insert, "INSERT INTO messages(tl, seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, copy, body, key_id, raw_len)"
-			" VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"},
+		{&s->msg_insert, "INSERT INTO messages(tl, seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, copy, body, key_id, raw_len, ref_seq, peer_seq)"
+			" VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"},
 		/* The original (copy 0) names the timeline that holds it: a repeat
 		 * is answered with that timeline, whatever the repeat addressed. */
 		{&s->msg_dedup, "SELECT m.copy, m.seq, m.ts_ms, t.name FROM messages m JOIN timelines t ON t.id = m.tl"
 			" WHERE m.sender = ?1 AND m.cmid = ?2 AND m.cmid IS NOT NULL"},
-		{&s->msg_range, "SELECT seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, body, key_id, raw_len FROM messages"
+		{&s->msg_range, "SELECT seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, body, key_id, raw_len, ref_seq, peer_seq FROM messages"
 			" WHERE tl = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"},
 		{&s->cursor_get, "SELECT seq FROM cursors WHERE tl = ?1 AND user = ?2 AND client_id = ?3"},
 		{&s->cursor_set, "INSERT INTO cursors(tl, user, client_id, seq, updated_ms) VALUES(?1, ?2, ?3, ?4, ?5)"
@@ -187,7 +187,8 @@ struct im__tl *im_sqlite__timeline(struct im__store *st, const char *name, size_
 
 /* ---- append ---- */
 
-int im_sqlite__insert_msg(struct im__store *st, struct im__tl *t, uint64_t seq, const struct im__msg *m, int copy)
+int im_sqlite__insert_msg(struct im__store *st, struct im__tl *t, uint64_t seq, const struct im__msg *m, int copy,
+		uint64_t ref_seq, uint64_t peer_seq)
 {
 	struct im__sqlite *s = im_sqlite(st);
 	sqlite3_stmt *q = s->msg_insert;
@@ -216,6 +217,8 @@ int im_sqlite__insert_msg(struct im__store *st, struct im__tl *t, uint64_t seq, 
 	sqlite3_bind_blob(q, 11, body, (int)body_len, SQLITE_STATIC);
 	sqlite3_bind_int(q, 12, key_id);
 	sqlite3_bind_int64(q, 13, m->raw_len);
+	sqlite3_bind_int64(q, 14, (sqlite3_int64)ref_seq);
+	sqlite3_bind_int64(q, 15, (sqlite3_int64)peer_seq);
 	rc = im_sqlite__step(s, q, "inserting a message");
 	sqlite3_clear_bindings(q);
 	if(rc == MOSQ_ERR_SUCCESS){
@@ -253,6 +256,15 @@ static int dedup_find(struct im__sqlite *s, const struct im__msg *m, struct im__
 	return out->duplicate ? 1 : 0;
 }
 
+int im_sqlite__dedup(struct im__store *st, const char *sender, const char *cmid, struct im__appended *out)
+{
+	struct im__msg m = {0};
+
+	m.sender = sender;
+	m.cmid = cmid;
+	return dedup_find(im_sqlite(st), &m, out) < 0 ? MOSQ_ERR_UNKNOWN : MOSQ_ERR_SUCCESS;
+}
+
 int im_sqlite__append(struct im__store *st, struct im__tl *to, struct im__tl *own, const struct im__msg *m,
 		struct im__appended *out)
 {
@@ -269,10 +281,12 @@ int im_sqlite__append(struct im__store *st, struct im__tl *to, struct im__tl *ow
 	out->ts_ms = m->ts_ms;
 	snprintf(out->timeline, sizeof(out->timeline), "%s", to->name);
 	out->seq = to->head + 1;
-	rc = im_sqlite__insert_msg(st, to, out->seq, m, 0);
-	if(rc == MOSQ_ERR_SUCCESS && own && own != to){
-		out->own_seq = own->head + 1;
-		rc = im_sqlite__insert_msg(st, own, out->own_seq, m, 1);
+	if(own && own != to) out->own_seq = own->head + 1;
+	/* An edit or recall names the changed message in each timeline by its
+	 * seq there: m->ref_seq in `to`, m->own_ref_seq in own. */
+	rc = im_sqlite__insert_msg(st, to, out->seq, m, 0, m->ref_seq, out->own_seq);
+	if(rc == MOSQ_ERR_SUCCESS && out->own_seq){
+		rc = im_sqlite__insert_msg(st, own, out->own_seq, m, 1, m->own_ref_seq, out->seq);
 	}
 	return rc;
 }
@@ -310,10 +324,12 @@ int im_sqlite__range(struct im__store *st, struct im__tl *tl, uint64_t after, ui
 		m.flags = (uint32_t)sqlite3_column_int64(q, 6);
 		m.expires_ms = sqlite3_column_int64(q, 7);
 		m.raw_len = (uint32_t)sqlite3_column_int64(q, 10);
+		m.ref_seq = (uint64_t)sqlite3_column_int64(q, 11);
+		m.peer_seq = (uint64_t)sqlite3_column_int64(q, 12);
 		m.body = sqlite3_column_blob(q, 8);
 		m.body_len = (size_t)sqlite3_column_bytes(q, 8);
 		if(m.expires_ms && m.expires_ms <= now_ms) continue;
-		if(sqlite3_column_int(q, 9) != 0 && (st->crypt == NULL
+		if(sqlite3_column_int(q, 9) != 0 && m.body_len && (st->crypt == NULL
 					|| im_crypt__open(st->crypt, (uint16_t)sqlite3_column_int(q, 9), tl->name, m.seq,
 						m.body, m.body_len, &m.body, &m.body_len) != MOSQ_ERR_SUCCESS)){
 			im_log(MOSQ_LOG_ERR, "im: store: cannot decrypt %s seq %llu (key %d missing from plugin_opt_store_key_file, or the row was altered).",

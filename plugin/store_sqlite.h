@@ -47,6 +47,10 @@ struct im__sqlite {
 	struct im__map groups;      /* name -> struct im__group *, loaded lazily */
 	sqlite3_stmt *grp_get, *grp_members, *grp_insert, *mem_insert, *mem_delete, *grp_of_user, *grp_all, *mem_all;
 	sqlite3_stmt *wrote_insert, *wrote_all;
+	/* store_conv.c */
+	bool scrub;                 /* bodies were erased: truncate the WAL after the commit */
+	sqlite3_stmt *msg_lookup, *msg_amend, *msg_erase_edits, *conv_note, *group_note, *read_get, *read_set, *read_senders, *conv_unread;
+	sqlite3_stmt *reads_all, *reads_one, *conv_has, *conv_list, *conv_groups, *conv_peer_read;
 	struct im__map wrote_seen;  /* "writer\nreader" pairs known written */
 };
 
@@ -59,13 +63,15 @@ int im_sqlite__step(struct im__sqlite *s, sqlite3_stmt *stmt, const char *what);
 int im_sqlite__prepare(struct im__sqlite *s, sqlite3_stmt **stmt, const char *sql);
 const char *im_sqlite__text(sqlite3_stmt *s, int col);
 /* Inserts one message row at seq (sealed with the store's key if any). */
-int im_sqlite__insert_msg(struct im__store *st, struct im__tl *t, uint64_t seq, const struct im__msg *m, int copy);
+int im_sqlite__insert_msg(struct im__store *st, struct im__tl *t, uint64_t seq, const struct im__msg *m, int copy,
+		uint64_t ref_seq, uint64_t peer_seq);
 /* Remembers t as touched by the open transaction. */
 void im_sqlite__touch(struct im__sqlite *s, struct im__tl *t);
 struct im__tl *im_sqlite__cache_find(struct im__tl_cache *c, const char *name, size_t len);
 
 /* store_msg.c */
 struct im__tl *im_sqlite__timeline(struct im__store *st, const char *name, size_t len, bool create, bool *err);
+int im_sqlite__dedup(struct im__store *st, const char *sender, const char *cmid, struct im__appended *out);
 int im_sqlite__append(struct im__store *st, struct im__tl *to, struct im__tl *own, const struct im__msg *m,
 		struct im__appended *out);
 int im_sqlite__range(struct im__store *st, struct im__tl *tl, uint64_t after, uint32_t limit, int64_t now_ms,
@@ -90,6 +96,21 @@ int im_sqlite__groups_of(struct im__store *st, const char *user, im_store__name_
 int im_sqlite__each_group(struct im__store *st, im_store__group_fn fn, void *ctx);
 int im_sqlite__wrote(struct im__store *st, const char *writer, const char *reader, bool *first);
 int im_sqlite__each_wrote(struct im__store *st, im_store__pair_fn fn, void *ctx);
+
+/* store_conv.c */
+int im_sqlite__prepare_conv(struct im__sqlite *s);
+int im_sqlite__lookup(struct im__store *st, struct im__tl *tl, uint64_t seq, bool *found, struct im__msg_ref *out);
+int im_sqlite__amend(struct im__store *st, struct im__tl *tl, uint64_t seq, const void *body, size_t len,
+		uint32_t raw_len, uint32_t flags);
+void im_sqlite__scrub(struct im__store *st);
+int im_sqlite__note_last(struct im__store *st, const char *owner, const char *peer, uint64_t seq, int64_t ts,
+		const char *sender, uint32_t flags, const char *preview, int unread_add);
+int im_sqlite__read_mark(struct im__store *st, struct im__tl *tl, const char *user, uint64_t seq,
+		uint64_t *before, uint64_t *after, im_store__name_fn fn, void *ctx);
+int im_sqlite__reads_of(struct im__store *st, struct im__tl *tl, const char *user, im_store__mark_fn fn, void *ctx);
+int im_sqlite__has_conv(struct im__store *st, const char *owner, const char *peer, bool *yes);
+int im_sqlite__conversations(struct im__store *st, const char *owner, uint32_t limit, int64_t before_ts,
+		const char *before_tl, im_store__conv_fn fn, void *ctx);
 
 /* store_trim.c */
 int im_sqlite__prepare_trim(struct im__sqlite *s);

@@ -125,6 +125,10 @@ static int apply(struct im__worker *w, const struct im__job *j, enum im_group_op
 		return IM_WORK_RETRY;
 	}
 	m.seq = seq;
+	if(w->st.ops->note_last(&w->st, NULL, r->group, seq, m.ts_ms, j->user, m.flags, NULL, 0) != MOSQ_ERR_SUCCESS){
+		free(body);
+		return IM_WORK_RETRY;
+	}
 	IM_STAT_ADD(w->p->metrics.group_changes, 1);
 	if(op == IM_GROUP_CREATE){
 		/* The view gets the owner as a member too. */

@@ -7,6 +7,7 @@
  * limit) and by bytes (sync_max_bytes; one frame always fits). Its frames
  * are built in one reused arena, then packed once.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -144,6 +145,49 @@ int im_work__sync(struct im__worker *w, struct im__job *j)
 
 /* ---- ack (msg-fin) ---- */
 
+/* Read receipts come from the cursors the ack moves: a user's read mark
+ * is the highest of its devices' cursors. When it moves, who wrote the
+ * messages now read learns it (in a group: every member, on the group's
+ * event topic). Nothing else is kept: the cursors are the truth. */
+struct readers {
+	struct im__worker *w;
+	const char *user, *tl;
+	uint64_t seq;
+	int64_t now;
+};
+
+static enum im_row tell_reader(void *ctx, const char *peer)
+{
+	struct readers *r = ctx;
+	Im__V1__Event ev = IM__V1__EVENT__INIT;
+	char tl[IM_TL_MAX + 1];
+
+	ev.has_kind = 1;
+	ev.kind = IM__V1__EVENT__KIND__READ;
+	ev.user = (char *)r->user;
+	ev.timeline = (char *)r->tl;
+	ev.has_seq = 1;
+	ev.seq = r->seq;
+	ev.has_ts_ms = 1;
+	ev.ts_ms = r->now;
+	snprintf(tl, sizeof(tl), "u/%s", peer);
+	im_work__emit(r->w, im_work__event(r->w, peer ? tl : r->tl, &ev));
+	return IM_ROW_NEXT;
+}
+
+static int read_moved(struct im__worker *w, struct im__tl *tl, const char *user, uint64_t cursor)
+{
+	/* The store calls tell_reader only when the mark moved, to cursor. */
+	struct readers r = {w, user, tl->name, cursor, im_now_ms()};
+	uint64_t before, after;
+
+	if(w->st.ops->read_mark(&w->st, tl, user, cursor, &before, &after, tell_reader, &r) != MOSQ_ERR_SUCCESS){
+		return MOSQ_ERR_UNKNOWN;
+	}
+	if(tl->name[0] == 'g' && after > before) tell_reader(&r, NULL);
+	return MOSQ_ERR_SUCCESS;
+}
+
 static void ack_reply(struct im__worker *w, const struct im__job *j, Im__V1__Status st, const char *why,
 		bool have_state, uint64_t cursor, uint64_t head)
 {
@@ -186,6 +230,7 @@ int im_work__ack(struct im__worker *w, struct im__job *j)
 		return MOSQ_ERR_SUCCESS;
 	}
 	if(tl && w->st.ops->cursor_set(&w->st, tl, j->user, cid, seq, &now) != MOSQ_ERR_SUCCESS) return IM_WORK_RETRY;
+	if(tl && read_moved(w, tl, j->user, now) != MOSQ_ERR_SUCCESS) return IM_WORK_RETRY;
 	IM_STAT_ADD(w->p->metrics.acks, 1);
 	ack_reply(w, j, IM__V1__STATUS__OK, NULL, true, now, head);
 	return MOSQ_ERR_SUCCESS;

@@ -289,6 +289,8 @@ static int run_job(struct im__worker *w, struct im__job *j)
 {
 	switch(j->kind){
 		case IM_JOB_STATUS: return status_reply(w, j);
+		case IM_JOB_READS: return im_work__reads(w, j);
+		case IM_JOB_CONVS: return im_work__conversations(w, j);
 		case IM_JOB_MSG: return im_work__message(w, j);
 		case IM_JOB_SYNC: return im_work__sync(w, j);
 		case IM_JOB_ACK: return im_work__ack(w, j);
@@ -452,6 +454,7 @@ static int run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 		if(pause_ms < 2000) pause_ms *= 2;
 	}
 	if(last_lsn) marker_write(w, last_lsn);
+	w->st.ops->scrub(&w->st);
 	if(attempt > 0) im_log(MOSQ_LOG_NOTICE, "im: store: the batch committed after %d attempt(s).", attempt + 1);
 	IM_STAT_ADD(w->p->metrics.batches, 1);
 	/* Replayed records were never submitted, so never counted. */
@@ -670,6 +673,7 @@ static int open_store(struct im__plugin *p, struct im__worker *w)
 	rc = im_journal__open(&p->journal, p->cfg.journal_dir, p->cfg.synchronous == 2, w->st.applied_lsn,
 			replay_one, &r, &gap);
 	gap = gap || existed;
+	p->journal.rotate_age_ms = (int64_t)p->cfg.journal_rotate_seconds * 1000;
 	if(rc == MOSQ_ERR_SUCCESS) rc = replay_flush(&r);
 	else while(r.jobs){ struct im__job *nx = r.jobs->next; im_job__free(r.jobs); r.jobs = nx; }
 	w->replaying = false;

@@ -73,6 +73,13 @@ int im_work__ack(struct im__worker *w, struct im__job *j);
  * a store failure. */
 bool im_work__is_member(struct im__worker *w, const char *group, size_t glen, const char *user, bool *err);
 
+/* An event frame (no seq) on <prefix>/e/<tl>, for everyone who may read tl. */
+struct im__done *im_work__event(struct im__worker *w, const char *tl, const Im__V1__Event *ev);
+
+/* work_conv.c */
+int im_work__reads(struct im__worker *w, struct im__job *j);
+int im_work__conversations(struct im__worker *w, struct im__job *j);
+
 /* work_group.c */
 int im_work__group(struct im__worker *w, struct im__job *j);
 

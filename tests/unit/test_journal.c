@@ -182,6 +182,8 @@ static void records(void)
 	r.ts_ms = 1700000000123;
 	r.expires_ms = 1700000060123;
 	r.key_id = 7;
+	r.op = IM_REC_EDIT;
+	r.ref_seq = 42;
 	r.sender = "alice";
 	r.to = "u/bob";
 	r.own = "u/alice";
@@ -196,6 +198,8 @@ static void records(void)
 	CHECK_EQ(d.ts_ms, r.ts_ms);
 	CHECK_EQ(d.expires_ms, r.expires_ms);
 	CHECK_EQ(d.key_id, 7);
+	CHECK_EQ(d.op, IM_REC_EDIT);
+	CHECK_EQ(d.ref_seq, 42);
 	CHECK_STR(d.sender, "alice");
 	CHECK_STR(d.to, "u/bob");
 	CHECK_STR(d.own, "u/alice");
@@ -207,9 +211,27 @@ static void records(void)
 	for(i = 0; i < n; i++) CHECK(!im_rec__decode(buf, i, &d));
 	CHECK(!im_rec__decode(buf, n + 1, &d));
 	/* A string length pointing past its NUL is refused. */
-	buf[20]++;
+	buf[29]++;
 	CHECK(!im_rec__decode(buf, n, &d));
-	buf[20]--;
+	buf[29]--;
+	/* An edit without the seq it changes is refused. */
+	memset(buf + 21, 0, 8);
+	CHECK(!im_rec__decode(buf, n, &d));
+	r.op = IM_REC_PLAIN;
+	r.ref_seq = 0;
+	im_rec__encode(buf, &r);
+	CHECK(im_rec__decode(buf, n, &d));
+	/* A version 1 record (the release before) still reads: no op, no ref. */
+	{
+		uint8_t v1[512];
+		memcpy(v1, buf, 20);
+		v1[0] = 1;
+		memcpy(v1 + 20, buf + 29, n - 29);
+		CHECK(im_rec__decode(v1, n - 9, &d));
+		CHECK_STR(d.cmid, "c-1");
+		CHECK_EQ(d.op, IM_REC_PLAIN);
+		CHECK(d.body_len == 11 && !memcmp(d.body, "hello\0world", 11));
+	}
 	buf[0] = 9; /* unknown version */
 	CHECK(!im_rec__decode(buf, n, &d));
 }
