@@ -180,6 +180,11 @@ static int meta_load(struct im__store *st, struct im__sqlite *s)
 
 int im_store__renew_id(struct im__store *st)
 {
+	return st->ops->renew_id(st);
+}
+
+static int sqlite_renew_id(struct im__store *st)
+{
 	uint8_t idb[8];
 	int i;
 
@@ -395,4 +400,5 @@ static const struct im__store_ops sqlite_ops = {
 	.each_wrote = im_sqlite__each_wrote,
 	.trim_step = im_sqlite__trim_step,
 	.cached = sqlite_cached,
+	.renew_id = sqlite_renew_id,
 };
