@@ -355,39 +355,47 @@ int im_pg__session_open(struct im__pg *s)
  * orders (alice and bob's first messages to each other) would deadlock on
  * each other's uncommitted rows. A timeline left empty by a batch that
  * rolled back is harmless (head 0, as if absent). */
-int im_pg__create_timeline(struct im__pg *s, const char *name, size_t len)
+static int aux_open(struct im__pg *s)
 {
 	static const char *const sql = "INSERT INTO timelines(name, created_ms) VALUES($1, $2) ON CONFLICT (name) DO NOTHING";
 	const Oid types[2] = {OID_TEXT, OID_INT8};
-	struct im__pgq q = {0};
 	PGresult *r;
-	int rc = MOSQ_ERR_SUCCESS;
+	bool ok;
 
-	if(s->aux && PQstatus(s->aux) != CONNECTION_OK){
+	if((s->aux = connect_one(s)) == NULL) return MOSQ_ERR_UNKNOWN;
+	r = PQprepare(s->aux, "im_create", sql, 2, types);
+	ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+	if(!ok){
+		log_conn_error(s->aux, "preparing a statement");
 		PQfinish(s->aux);
 		s->aux = NULL;
 	}
-	if(s->aux == NULL){
-		if((s->aux = connect_one(s)) == NULL) return MOSQ_ERR_UNKNOWN;
-		r = PQprepare(s->aux, "im_create", sql, 2, types);
-		if(PQresultStatus(r) != PGRES_COMMAND_OK){
-			log_conn_error(s->aux, "preparing a statement");
-			rc = MOSQ_ERR_UNKNOWN;
-		}
-		PQclear(r);
-		if(rc != MOSQ_ERR_SUCCESS){
-			PQfinish(s->aux);
-			s->aux = NULL;
-			return rc;
-		}
-	}
+	PQclear(r);
+	return ok ? MOSQ_ERR_SUCCESS : MOSQ_ERR_UNKNOWN;
+}
+
+int im_pg__create_timeline(struct im__pg *s, const char *name, size_t len)
+{
+	struct im__pgq q = {0};
+	PGresult *r;
+	bool fresh, ok;
+
 	im_pgq__text(&q, name, (int)len);
 	im_pgq__i64(&q, im_now_ms());
-	r = PQexecPrepared(s->aux, "im_create", q.n, q.v, q.len, q.fmt, 1);
-	if(PQresultStatus(r) != PGRES_COMMAND_OK){
-		log_conn_error(s->aux, "creating a timeline");
-		rc = MOSQ_ERR_UNKNOWN;
+	for(;;){
+		fresh = s->aux == NULL;
+		if(fresh && aux_open(s) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+		r = PQexecPrepared(s->aux, "im_create", q.n, q.v, q.len, q.fmt, 1);
+		ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+		PQclear(r);
+		if(ok) return MOSQ_ERR_SUCCESS;
+		/* Whatever went wrong (the connection died while idle, the server
+		 * became a standby), start again with a new connection: once at
+		 * once (the insert is idempotent), else at the next call. */
+		if(fresh) log_conn_error(s->aux, "creating a timeline");
+		else im_log(MOSQ_LOG_NOTICE, "im: store: PostgreSQL: the connection that makes timelines was lost; connecting again.");
+		PQfinish(s->aux);
+		s->aux = NULL;
+		if(fresh) return MOSQ_ERR_UNKNOWN;
 	}
-	PQclear(r);
-	return rc;
 }

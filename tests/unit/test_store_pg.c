@@ -882,6 +882,15 @@ static void killed_connection(void)
 	CHECK_EQ(a.ops->append(&a, t, NULL, &m1, &d), MOSQ_ERR_SUCCESS);
 	CHECK_EQ(a.ops->commit(&a, 0), MOSQ_ERR_SUCCESS);
 	CHECK_EQ(d.seq, 3);
+	/* The connection that makes timelines, killed while idle: the next
+	 * timeline is made on a new one, in the same call. */
+	pid = (int)sql_int("SELECT pid FROM pg_stat_activity WHERE application_name = 'mosquitto-im a' AND pid <> %d",
+			backend_pid(&a));
+	CHECK(pid > 0);
+	kill_backend(pid);
+	CHECK_EQ(a.ops->begin(&a), MOSQ_ERR_SUCCESS);
+	CHECK(timeline(&a, "u/kill2", true) != NULL);
+	CHECK_EQ(a.ops->commit(&a, 0), MOSQ_ERR_SUCCESS);
 	/* Reads outside a batch fail once; retention connects again itself. */
 	kill_backend(backend_pid(&a));
 	CHECK(timeline(&a, "u/nothing", false) == NULL);
