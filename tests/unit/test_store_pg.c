@@ -718,7 +718,7 @@ static void concurrent_writers(const char *tag, int batches, bool backwards)
 	pthread_join(t1, NULL);
 	pthread_join(t2, NULL);
 	CHECK(!r1.failed && !r2.failed);
-	printf("# two nodes, %s order: %d batches of %d each in %lld ms, %d + %d retries (%d deadlocks or lock timeouts)\n",
+	printf("# two nodes, %s order: %d batches of %d each in %lld ms, %d + %d retries (%d deadlocks or lock timeouts seen)\n",
 			backwards ? "opposite" : "the same", batches, RACE_BATCH, pgh_now_ms() - t0, r1.retries, r2.retries,
 			r1.lock_fails + r2.lock_fails);
 	/* Gap-free, each message once. */
@@ -1046,6 +1046,25 @@ static bool standby_caught_up(void *ctx)
 	return sql_int("SELECT count(*) FROM pg_stat_replication WHERE replay_lsn = pg_current_wal_lsn()") == 1;
 }
 
+struct fo_batch { struct im__store *st; struct im__msg *m; struct im__appended *d; int attempts, rc; };
+
+/* One attempt of the batch the failover test retries. */
+static bool failover_batch(void *ctx)
+{
+	struct fo_batch *fb = ctx;
+	struct im__tl *t;
+	int rc;
+
+	fb->attempts++;
+	rc = fb->st->ops->begin(fb->st);
+	t = rc == MOSQ_ERR_SUCCESS ? timeline(fb->st, "u/fail", true) : NULL;
+	rc = t ? fb->st->ops->append(fb->st, t, NULL, fb->m, fb->d) : MOSQ_ERR_UNKNOWN;
+	if(rc == MOSQ_ERR_SUCCESS) rc = fb->st->ops->commit(fb->st, 5);
+	else fb->st->ops->rollback(fb->st);
+	fb->rc = rc;
+	return rc == MOSQ_ERR_SUCCESS;
+}
+
 /* A standby promoted when the primary stops: the store, given both hosts
  * with target_session_attrs=read-write, carries on with the new primary. */
 static void failover(void)
@@ -1055,6 +1074,7 @@ static void failover(void)
 	struct im__tl *t;
 	struct im__msg m;
 	struct im__appended d;
+	struct fo_batch fb = {0};
 	char saved[256];
 	int rc = MOSQ_ERR_UNKNOWN, attempts = 0;
 
@@ -1076,19 +1096,16 @@ static void failover(void)
 	admin = NULL;
 	pgh_stop(&primary, "fast");
 	CHECK(pgh_promote(&standby));
-	/* The batch is retried (growing pause, as the worker does) until the
-	 * reconnect finds the new primary. */
+	/* The batch is retried, as the worker does, until the reconnect finds
+	 * the new primary (within a deadline). */
 	m = msg("fay", "u/fail", "f2", "after");
-	while(attempts++ < 20){
-		rc = st.ops->begin(&st);
-		t = rc == MOSQ_ERR_SUCCESS ? timeline(&st, "u/fail", true) : NULL;
-		if(t) rc = st.ops->append(&st, t, NULL, &m, &d);
-		else rc = MOSQ_ERR_UNKNOWN;
-		if(rc == MOSQ_ERR_SUCCESS) rc = st.ops->commit(&st, 5);
-		else st.ops->rollback(&st);
-		if(rc == MOSQ_ERR_SUCCESS) break;
-		usleep(50000u * (unsigned)attempts);
-	}
+	fb.st = &st;
+	fb.m = &m;
+	fb.d = &d;
+	CHECK(pgh_wait(failover_batch, &fb, 30000));
+	attempts = fb.attempts;
+	rc = fb.rc;
+	printf("# failover: the batch committed at attempt %d\n", attempts);
 	CHECK_EQ(rc, MOSQ_ERR_SUCCESS);
 	CHECK(!d.duplicate);
 	CHECK_EQ(d.seq, 2);
