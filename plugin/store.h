@@ -168,16 +168,18 @@ struct im__store {
 int im_store__open_sqlite(struct im__store *st, const struct im__store_options *o);
 /* Connects to PostgreSQL (o->conninfo), applies schema/pg/ migrations under
  * an advisory lock (several nodes may start at once), prepares statements,
- * reads or makes the shared store id and frame key, and this node's applied
- * LSN. A node_id already connected elsewhere is refused. MOSQ_ERR_SUCCESS,
- * or MOSQ_ERR_UNKNOWN with a log line saying why. On failure st is closed.
+ * reads or makes the shared store id and frame key, and claims node_id,
+ * reading its applied LSN: a broker still using the same node_id can no
+ * longer commit. MOSQ_ERR_SUCCESS, or MOSQ_ERR_UNKNOWN with a log line
+ * saying why. On failure st is closed.
  *
- * Failures: every operation on a lost connection fails with a logged error;
- * the next begin (or trim_step) connects again. A COMMIT whose answer was
- * lost is looked up (the node's commit_no) once reconnected: committed
- * means success. PostgreSQL errors that cannot be retried (a deadlock
- * victim, a serialization failure) fail the operation like any other: the
- * worker's retry of the batch is the remedy. */
+ * Differences from SQLite: timeline(create) commits a new timeline's row at
+ * once, apart from the batch (a rollback leaves it, empty). Every operation
+ * on a lost connection fails with a logged error; the next begin (or
+ * trim_step) connects again. A COMMIT whose answer was lost is looked up
+ * (the node's commit_no) once reconnected: if it took, commit succeeds. A
+ * deadlock between two brokers' batches fails one of them like any other
+ * error: the worker's retry of the batch is the remedy. */
 int im_store__open_pg(struct im__store *st, const struct im__store_pg_options *o);
 /* Drops one group from the PostgreSQL backend's per-node cache (another
  * node changed it): the next use reloads it. No-op for other backends. */
