@@ -180,6 +180,11 @@ static int meta_load(struct im__store *st, struct im__sqlite *s)
 
 int im_store__renew_id(struct im__store *st)
 {
+	return st->ops->renew_id(st);
+}
+
+static int sqlite_renew_id(struct im__store *st)
+{
 	uint8_t idb[8];
 	int i;
 
@@ -408,4 +413,5 @@ static const struct im__store_ops sqlite_ops = {
 	.reads_of = im_sqlite__reads_of,
 	.has_conv = im_sqlite__has_conv,
 	.conversations = im_sqlite__conversations,
+	.renew_id = sqlite_renew_id,
 };

@@ -15,7 +15,17 @@
 /* A timeline as cached by the backend. One per timeline touched since
  * start; the pointer stays valid until close. head moves inside an open
  * transaction; after a rollback the entry is marked stale and reloaded on
- * its next use. */
+ * its next use.
+ *
+ * With several writers (PostgreSQL, cluster mode) other brokers move head
+ * and first too, so a cached value is only a hint. The PostgreSQL backend
+ * re-reads both from the database on every timeline() call, except for a
+ * timeline this broker's open transaction appended to: that transaction
+ * holds the row's lock until it ends, so nobody else can move them and the
+ * cached values are exact. Hence: head and first are current as of the
+ * timeline() call that returned the entry (and as of range(), which
+ * refreshes them from the snapshot it read the rows in); append returns,
+ * and sets, the seqs PostgreSQL gave. */
 struct im__tl {
 	int64_t id;
 	uint64_t head;          /* last seq handed out */
@@ -101,6 +111,20 @@ struct im__store_options {
 	bool checkpoint_thread;
 };
 
+/* The PostgreSQL backend (cluster mode): several brokers (nodes) share one
+ * database; each has its own journal, worker and node_id. */
+struct im__store_pg_options {
+	/* A libpq connection string or URI. Several hosts with
+	 * target_session_attrs=read-write find the primary, also when a
+	 * reconnect follows a failover. Defaults that the string may override:
+	 * connect_timeout=5, TCP keepalives (5 s idle, 2 s x 3), application_name. */
+	const char *conninfo;
+	const char *node_id;        /* 1..64 bytes, unique per broker, stable across restarts */
+	/* synchronous_commit for the store's sessions: "on", "remote_apply",
+	 * "remote_write", "local" or "off"; NULL keeps the server's setting. */
+	const char *synchronous_commit;
+};
+
 struct im__store_ops {
 	const char *name;
 	void (*close)(struct im__store *st);
@@ -148,6 +172,8 @@ struct im__store_ops {
 			int64_t *cursor_id, bool *done);
 	/* Entries cached, for metrics. */
 	size_t (*cached)(struct im__store *st, size_t *groups);
+	/* A new store id, written at the next commit (im_store__renew_id). */
+	int (*renew_id)(struct im__store *st);
 
 	/* ---- conversations (issue #15) ---- */
 	/* After a commit that erased bodies: make the old bytes go from the
@@ -198,6 +224,24 @@ struct im__store {
  * and frame key. MOSQ_ERR_SUCCESS, or MOSQ_ERR_UNKNOWN with a log line
  * naming the path and why. On failure st is closed. */
 int im_store__open_sqlite(struct im__store *st, const struct im__store_options *o);
+/* Connects to PostgreSQL (o->conninfo), applies schema/pg/ migrations under
+ * an advisory lock (several nodes may start at once), prepares statements,
+ * reads or makes the shared store id and frame key, and claims node_id,
+ * reading its applied LSN: a broker still using the same node_id can no
+ * longer commit. MOSQ_ERR_SUCCESS, or MOSQ_ERR_UNKNOWN with a log line
+ * saying why. On failure st is closed.
+ *
+ * Differences from SQLite: timeline(create) commits a new timeline's row at
+ * once, apart from the batch (a rollback leaves it, empty). Every operation
+ * on a lost connection fails with a logged error; the next begin (or
+ * trim_step) connects again. A COMMIT whose answer was lost is looked up
+ * (the node's commit_no) once reconnected: if it took, commit succeeds. A
+ * deadlock between two brokers' batches fails one of them like any other
+ * error: the worker's retry of the batch is the remedy. */
+int im_store__open_pg(struct im__store *st, const struct im__store_pg_options *o);
+/* Drops one group from the PostgreSQL backend's per-node cache (another
+ * node changed it): the next use reloads it. No-op for other backends. */
+void im_store__pg_forget_group(struct im__store *st, const char *name, size_t len);
 /* A new store id (the store was rolled back: clients must start over).
  * Written at the next commit. */
 int im_store__renew_id(struct im__store *st);

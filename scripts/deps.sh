@@ -6,6 +6,7 @@ pkgs=(build-essential cmake pkg-config
       mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
       libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
       libsqlite3-dev sqlite3 libssl-dev libjwt-dev zlib1g-dev
+      libpq-dev postgresql
       clang libclang-rt-14-dev openssl
       python3-paho-mqtt python3-protobuf python3-pytest
       lintian
