@@ -139,6 +139,7 @@ void im_worker__submit(struct im__plugin *p, struct im__job *j)
 
 	j->next = NULL;
 	j->queued_us = im_mono_us();
+	__atomic_store_n(&w->submit_us, j->queued_us, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&w->mu);
 	*w->tail = j;
 	w->tail = &j->next;
@@ -354,13 +355,23 @@ static struct im__job *fail_requests(struct im__worker *w, struct im__job *jobs,
 
 /* Hands the batch's completions over. The broker thread drains them at
  * its next tick; it is woken with a signal only when it is probably asleep
- * (no tick for QUIET_US) or has left them waiting for REPOKE_US. Under load
- * it ticks every pass of its loop and no signal is sent: a signal costs the
- * broker thread an interrupted system call and a trip through the kernel's
- * signal code, which measured ~10% of its time when sent per batch. */
+ * or has left them waiting for REPOKE_US. A signal costs the broker thread
+ * an interrupted system call and a trip through the kernel's signal code,
+ * which measured ~10% of its time when sent per batch; so at most one per
+ * tick. "Probably asleep": no tick for QUIET_US (a long sleep, or a long
+ * pass), or no job queued since its last tick. The tick is the last step
+ * of a pass of the broker's loop: a job queued after the last tick means
+ * the pass that queued it is still running and will drain at its tick;
+ * otherwise that pass has ticked already and the loop went back to
+ * epoll_wait, where with nothing to read it sleeps (up to 100 ms on 2.0)
+ * until the repoke. Without that second test a message that arrived
+ * alone waited one or two REPOKE_US for its delivery (lone DMs paced at
+ * 200 and 1,000/s: hand-off p50 0.3-2 ms before, at most 0.13 ms after;
+ * the cost, more signals at saturation, and how it was measured: "Waking
+ * the broker thread" in docs/PERFORMANCE.md). */
 static void publish_batch(struct im__worker *w, size_t n_jobs)
 {
-	int64_t now = im_mono_us();
+	int64_t now = im_mono_us(), tick;
 	bool poke = false;
 
 	pthread_mutex_lock(&w->mu);
@@ -370,7 +381,9 @@ static void publish_batch(struct im__worker *w, size_t n_jobs)
 		*w->dtail = w->bhead;
 		w->dtail = w->btail;
 		__atomic_store_n(&w->has_done, 1, __ATOMIC_RELEASE);
-		poke = now - __atomic_load_n(&w->tick_us, __ATOMIC_RELAXED) >= QUIET_US
+		tick = __atomic_load_n(&w->tick_us, __ATOMIC_RELAXED);
+		poke = now - tick >= QUIET_US
+			|| (__atomic_load_n(&w->submit_us, __ATOMIC_RELAXED) < tick && w->poked_us < tick)
 			|| (now - w->pending_us >= REPOKE_US && now - w->poked_us >= REPOKE_US);
 		if(poke) w->poked_us = now;
 	}

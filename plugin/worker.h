@@ -25,6 +25,7 @@ struct im__worker {
 	int64_t poked_us;               /* [mu] when the broker thread was last woken */
 	int64_t pending_us;             /* [mu] since when completions wait undrained */
 	int64_t tick_us;                /* the broker thread's last tick (atomic) */
+	int64_t submit_us;              /* when the broker thread last queued a job (atomic) */
 
 	/* Worker-owned. */
 	struct im__store st;
