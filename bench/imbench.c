@@ -19,6 +19,17 @@
  *                  false, QoS 2 subscription) goes offline, K messages are
  *                  published at QoS 2, then it reconnects and drains.
  *                  Reports msgs/s of the drain (connect included).
+ *                  With --phase publish|sync catchup-sync does one half
+ *                  only (the same -T names the same user), so a broker can
+ *                  be restarted, or a pinger started, in between.
+ *   ping           An idle client of each broker (-p, and --port2 if
+ *                  given) sends PINGREQ and times the PINGRESP, one broker
+ *                  after the other, a round every --interval-us, until -t
+ *                  seconds or until --until FILE exists. A broker whose
+ *                  thread stalls answers late: the round trip is the stall
+ *                  seen from outside. Reports percentiles per broker;
+ *                  --samples FILE writes "t_us broker rtt_us" lines
+ *                  (CLOCK_MONOTONIC) for phase-by-phase analysis.
  *
  * Output: human-readable lines on stderr, one machine-readable line on
  * stdout:  RESULT mode=... msgs=... secs=... rate=... p50_us=... ...
@@ -27,6 +38,10 @@
  * phase and reports the broker's CPU microseconds per message.
  */
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -65,11 +80,16 @@ static struct {
 	const char *tag;    /* makes user names / client ids unique per run */
 	int nodelay;        /* TCP_NODELAY on the clients' sockets */
 	int verbose;
+	const char *phase;  /* catchup-sync: NULL (both), "publish" or "sync" */
+	int port2;          /* ping: a second broker, 0 = none */
+	long interval_us;   /* ping: pause between rounds */
+	const char *until;  /* ping: stop when this file exists */
+	const char *samples;/* ping: write every sample here */
 } opt = {
 	.mode = NULL, .host = "127.0.0.1", .port = 1883, .pairs = 1, .msgs = 10000,
 	.qos = 1, .window = 20, .frame = 0, .body_len = BODY_LEN_DEFAULT,
 	.timeout_s = 120, .rate = 0, .sync_limit = 500, .broker_pid = 0, .tag = "0",
-	.verbose = 0,
+	.verbose = 0, .phase = NULL, .port2 = 0, .interval_us = 1000, .until = NULL, .samples = NULL,
 };
 
 /* ---- time, cpu ---- */
@@ -698,8 +718,16 @@ static int mode_catchup_sync(void)
 	snprintf(user, sizeof(user), "cs%s", opt.tag);
 	snprintf(topic, sizeof(topic), "im/u/%s", user);
 	snprintf(id, sizeof(id), "pcs%s", opt.tag);
-	pub_s = publish_phase(id, topic);
-	logf_("catchup-sync: published %ld to %s in %.3f s (%.0f msgs/s)", opt.msgs, topic, pub_s, (double)opt.msgs / pub_s);
+	if(opt.phase == NULL || !strcmp(opt.phase, "publish")){
+		pub_s = publish_phase(id, topic);
+		logf_("catchup-sync: published %ld to %s in %.3f s (%.0f msgs/s)", opt.msgs, topic, pub_s, (double)opt.msgs / pub_s);
+		if(opt.phase){
+			printf("RESULT mode=catchup-publish ok=1 msgs=%ld secs=%.4f rate=%.1f\n", opt.msgs, pub_s, (double)opt.msgs / pub_s);
+			return 0;
+		}
+	}else{
+		pub_s = 0;
+	}
 
 	snprintf(id, sizeof(id), "imb-%s", user);
 	c0 = proc_cpu_us(opt.broker_pid);
@@ -716,10 +744,11 @@ static int mode_catchup_sync(void)
 	ok = run_until(set, 1, sync_done, NULL);
 	t1 = now_ns();
 	c1 = proc_cpu_us(opt.broker_pid);
-	snprintf(extra, sizeof(extra), "; publish phase %.0f msgs/s", (double)opt.msgs / pub_s);
+	extra[0] = '\0';
+	if(pub_s > 0) snprintf(extra, sizeof(extra), "; publish phase %.0f msgs/s", (double)opt.msgs / pub_s);
 	ok = ok && c->received == opt.msgs;
 	report("catchup-sync", c->received, t0, t1, c0, c1, ok, extra);
-	printf("RESULT mode=catchup-publish ok=1 msgs=%ld secs=%.4f rate=%.1f\n", opt.msgs, pub_s, (double)opt.msgs / pub_s);
+	if(pub_s > 0) printf("RESULT mode=catchup-publish ok=1 msgs=%ld secs=%.4f rate=%.1f\n", opt.msgs, pub_s, (double)opt.msgs / pub_s);
 	client_disconnect(c);
 	return ok ? 0 : 1;
 }
@@ -874,10 +903,118 @@ static int mode_catchup_queue(void)
 	return ok && total_received == opt.msgs ? 0 : 1;
 }
 
+/* ---- ping: the broker thread's stalls, seen from outside ---- */
+
+static int ping_connect(int port, int n)
+{
+	struct sockaddr_in a;
+	uint8_t pkt[64], ack[4];
+	char id[40];
+	int fd, one = 1;
+	size_t idlen, len;
+	ssize_t got = 0, r;
+
+	snprintf(id, sizeof(id), "imb-ping%s-%d", opt.tag, n);
+	idlen = strlen(id);
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	a.sin_port = htons((uint16_t)port);
+	if(inet_pton(AF_INET, opt.host, &a.sin_addr) != 1) die("ping: -h must be an IPv4 address");
+	if((fd = socket(AF_INET, SOCK_STREAM, 0)) < 0) die("socket: %s", strerror(errno));
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if(connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) die("ping: connect to port %d: %s", port, strerror(errno));
+	/* CONNECT, MQTT 3.1.1, clean session, keepalive 60 s, no username. */
+	len = 0;
+	pkt[len++] = 0x10;
+	pkt[len++] = (uint8_t)(10 + 2 + idlen);
+	memcpy(pkt + len, "\x00\x04MQTT\x04\x02\x00\x3c", 10);
+	len += 10;
+	pkt[len++] = 0;
+	pkt[len++] = (uint8_t)idlen;
+	memcpy(pkt + len, id, idlen);
+	len += idlen;
+	if(write(fd, pkt, len) != (ssize_t)len) die("ping: write CONNECT: %s", strerror(errno));
+	while(got < 4){
+		r = read(fd, ack + got, (size_t)(4 - got));
+		if(r <= 0) die("ping: no CONNACK from port %d", port);
+		got += r;
+	}
+	if(ack[0] != 0x20 || ack[3] != 0) die("ping: CONNACK refused by port %d", port);
+	return fd;
+}
+
+/* One PINGREQ, the microseconds until its PINGRESP; -1 on failure. */
+static int64_t ping_once(int fd)
+{
+	static const uint8_t req[2] = {0xc0, 0x00};
+	uint8_t resp[2];
+	struct pollfd pfd = {.fd = fd, .events = POLLIN};
+	int64_t t0 = now_ns();
+	ssize_t got = 0, r;
+
+	if(write(fd, req, 2) != 2) return -1;
+	while(got < 2){
+		if(poll(&pfd, 1, 10000) != 1) return -1;
+		r = read(fd, resp + got, (size_t)(2 - got));
+		if(r <= 0) return -1;
+		got += r;
+	}
+	if(resp[0] != 0xd0) return -1;
+	return (now_ns() - t0) / 1000;
+}
+
+static int mode_ping(void)
+{
+	int fds[2], ports[2] = {opt.port, opt.port2}, nb = opt.port2 ? 2 : 1, b;
+	long cap = (long)(opt.timeout_s * 1e6 / (double)(opt.interval_us > 0 ? opt.interval_us : 1)) + 16, n = 0;
+	int64_t *rtt[2], v;
+	long over1[2] = {0, 0}, over2[2] = {0, 0};
+	FILE *out = NULL;
+	struct timespec pause = {.tv_sec = opt.interval_us / 1000000, .tv_nsec = (opt.interval_us % 1000000) * 1000};
+	bool ok = true;
+
+	if(cap > 20000000) cap = 20000000;
+	for(b = 0; b < nb; b++){
+		fds[b] = ping_connect(ports[b], b);
+		if((rtt[b] = calloc((size_t)cap, sizeof(int64_t))) == NULL) die("out of memory");
+	}
+	if(opt.samples && (out = fopen(opt.samples, "w")) == NULL) die("ping: %s: %s", opt.samples, strerror(errno));
+	while(n < cap && !timed_out()){
+		if(opt.until && (n % 64) == 0 && access(opt.until, F_OK) == 0) break;
+		for(b = 0; b < nb; b++){
+			v = ping_once(fds[b]);
+			if(v < 0){
+				logf_("ping: broker on port %d did not answer", ports[b]);
+				ok = false;
+				goto done;
+			}
+			rtt[b][n] = v;
+			if(v > 1000) over1[b]++;
+			if(v > 2000) over2[b]++;
+			if(out) fprintf(out, "%" PRId64 " %d %" PRId64 "\n", now_ns() / 1000, b, v);
+		}
+		n++;
+		if(opt.interval_us > 0) nanosleep(&pause, NULL);
+	}
+done:
+	if(out) fclose(out);
+	for(b = 0; b < nb; b++){
+		close(fds[b]);
+		if(n == 0) continue;
+		qsort(rtt[b], (size_t)n, sizeof(int64_t), cmp_i64);
+		printf("RESULT mode=ping ok=%d broker=%d port=%d samples=%ld p50_us=%" PRId64 " p99_us=%" PRId64
+				" p999_us=%" PRId64 " max_us=%" PRId64 " over_1ms=%ld over_2ms=%ld\n",
+				ok ? 1 : 0, b, ports[b], n, rtt[b][n / 2], rtt[b][(n * 99) / 100], rtt[b][(n * 999) / 1000],
+				rtt[b][n - 1], over1[b], over2[b]);
+		free(rtt[b]);
+	}
+	return ok && n > 0 ? 0 : 1;
+}
+
 static void usage(void)
 {
 	fputs("usage: imbench MODE [options]\n"
-			"  MODE: dm | catchup-sync | catchup-queue\n"
+			"  MODE: dm | catchup-sync | catchup-queue | fanout | ping\n"
 			"  -h HOST        broker host (default 127.0.0.1)\n"
 			"  -p PORT        broker port (default 1883)\n"
 			"  -n COUNT       messages in total (default 10000)\n"
@@ -892,6 +1029,11 @@ static void usage(void)
 			"  -P PID         broker pid: report broker CPU per message\n"
 			"  --frame        payloads are mosquitto-im frames (plugin loaded)\n"
 			"  --nodelay      TCP_NODELAY on the client sockets\n"
+			"  --phase P      catchup-sync: publish | sync (one half only)\n"
+			"  --port2 PORT   ping: a second broker, pinged in turn with the first\n"
+			"  --interval-us N  ping: pause between rounds (default 1000)\n"
+			"  --until FILE   ping: stop when FILE exists\n"
+			"  --samples FILE ping: write \"t_us broker rtt_us\" per sample\n"
 			"  -v             verbose\n", stderr);
 	exit(2);
 }
@@ -923,6 +1065,11 @@ int main(int argc, char **argv)
 		else if(!strcmp(a, "-t")) opt.timeout_s = atof(v);
 		else if(!strcmp(a, "-T")) opt.tag = v;
 		else if(!strcmp(a, "-P")) opt.broker_pid = atoi(v);
+		else if(!strcmp(a, "--phase")) opt.phase = v;
+		else if(!strcmp(a, "--port2")) opt.port2 = atoi(v);
+		else if(!strcmp(a, "--interval-us")) opt.interval_us = atol(v);
+		else if(!strcmp(a, "--until")) opt.until = v;
+		else if(!strcmp(a, "--samples")) opt.samples = v;
 		else usage();
 	}
 	if(opt.msgs < 1 || opt.msgs > 10000000) die("-n must be 1..10000000");
@@ -933,6 +1080,8 @@ int main(int argc, char **argv)
 	if(opt.body_len < (int)sizeof(struct body_hdr) || opt.body_len > 65536) die("-s must be 24..65536");
 	if(opt.timeout_s <= 0 || opt.timeout_s > 3600) die("-t must be 0..3600 seconds");
 	if(strlen(opt.tag) > 20) die("-T: at most 20 characters");
+	if(opt.phase && strcmp(opt.phase, "publish") && strcmp(opt.phase, "sync")) die("--phase must be publish or sync");
+	if(opt.interval_us < 0 || opt.interval_us > 1000000) die("--interval-us must be 0..1000000");
 
 	body_buf = calloc(1, (size_t)opt.body_len);
 	lat_cap = !strcmp(opt.mode, "fanout") ? opt.msgs * opt.pairs : opt.msgs;
@@ -946,6 +1095,7 @@ int main(int argc, char **argv)
 	else if(!strcmp(opt.mode, "catchup-sync")) rc = mode_catchup_sync();
 	else if(!strcmp(opt.mode, "catchup-queue")) rc = mode_catchup_queue();
 	else if(!strcmp(opt.mode, "fanout")) rc = mode_fanout();
+	else if(!strcmp(opt.mode, "ping")) rc = mode_ping();
 	else usage();
 	for(i = 0; i < nclients; i++) mosquitto_destroy(clients[i]->m);
 	mosquitto_lib_cleanup();
