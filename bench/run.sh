@@ -2,7 +2,7 @@
 # bench/run.sh: plain mosquitto vs mosquitto + mosquitto-im, same workload,
 # alternating rounds. See docs/PERFORMANCE.md.
 #
-#   bench/run.sh --quick            # < 1 minute
+#   bench/run.sh --quick            # ~1 minute
 #   bench/run.sh                    # full run (several minutes)
 #   bench/run.sh --rounds 5 --sync full --build build-bench
 #   IM_BENCH_OPTS="checkpoint inline" bench/run.sh --only dm   # plugin options
@@ -15,21 +15,22 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 build="$root/build-bench"
-rounds=3
+rounds=""
 quick=0
 sync=normal
 keep=0
 out=""
 only=""
-timeout_s=180
+timeout_s=""
 nodelay=1
 
 usage() {
-	sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
 	cat <<EOF
 options:
-  --quick          small counts, 2 rounds (< 1 minute)
-  --rounds N       rounds per workload (default 3), brokers alternate order
+  --quick          small counts, 2 rounds, 60 s per run at most (~1 minute)
+  --rounds N       rounds per workload (default 3; --quick 2), brokers alternate order
+  --timeout S      deadline of one imbench run in seconds (default 180; --quick 60)
   --sync MODE      plugin_opt_synchronous normal|full (default normal)
   --build DIR      build dir with mosquitto_im.so and bench/imbench (default build-bench)
   --out DIR        where results go (default bench/out/<time>)
@@ -42,8 +43,9 @@ EOF
 
 while [ $# -gt 0 ]; do
 	case "$1" in
-	--quick) quick=1; rounds=2 ;;
+	--quick) quick=1 ;;
 	--rounds) rounds=$2; shift ;;
+	--timeout) timeout_s=$2; shift ;;
 	--sync) sync=$2; shift ;;
 	--build) build=$(cd "$2" && pwd); shift ;;
 	--out) out=$2; shift ;;
@@ -55,9 +57,13 @@ while [ $# -gt 0 ]; do
 	esac
 	shift
 done
+[ -n "$rounds" ] || rounds=$((quick ? 2 : 3))
+[ -n "$timeout_s" ] || timeout_s=$((quick ? 60 : 180))
 case "$sync" in normal|full) ;; *) echo "run.sh: --sync normal|full" >&2; exit 2 ;; esac
 case "$rounds" in ''|*[!0-9]*) echo "run.sh: --rounds N" >&2; exit 2 ;; esac
-[ "$rounds" -ge 1 ] && [ "$rounds" -le 20 ] || { echo "run.sh: --rounds 1..20" >&2; exit 2; }
+if [ "$rounds" -lt 1 ] || [ "$rounds" -gt 20 ]; then echo "run.sh: --rounds 1..20" >&2; exit 2; fi
+case "$timeout_s" in ''|*[!0-9]*) echo "run.sh: --timeout S" >&2; exit 2 ;; esac
+if [ "$timeout_s" -lt 1 ] || [ "$timeout_s" -gt 3600 ]; then echo "run.sh: --timeout 1..3600" >&2; exit 2; fi
 
 mosq=$(command -v mosquitto || true)
 [ -n "$mosq" ] || mosq=/usr/sbin/mosquitto
@@ -65,122 +71,25 @@ mosq=$(command -v mosquitto || true)
 plugin="$build/mosquitto_im.so"
 [ -f "$plugin" ] || { echo "run.sh: $plugin missing: build the project first (docs/PERFORMANCE.md)" >&2; exit 1; }
 
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 work=$(mktemp -d /tmp/imbench.XXXXXX)
 chmod 755 "$work"
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM
 [ -n "$out" ] || out="$root/bench/out/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 results="$out/results.txt"
 : > "$results"
 
-imbench="$build/bench/imbench"
-if [ ! -x "$imbench" ]; then
-	# The project adds bench/ to its build; until then, compile it here.
-	[ -f "$build/gen/im.pb-c.c" ] || { echo "run.sh: $build/gen/im.pb-c.c missing" >&2; exit 1; }
-	imbench="$work/imbench"
-	cc -O2 -g -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Wall -Wextra -Werror \
-		-I"$build/gen" -o "$imbench" "$here/imbench.c" "$build/gen/im.pb-c.c" \
-		$(pkg-config --cflags --libs libmosquitto libprotobuf-c)
-fi
-
-pids=()
-cleanup() {
-	local p
-	for p in "${pids[@]}"; do
-		kill "$p" 2>/dev/null || true
-	done
-	for p in "${pids[@]}"; do
-		wait "$p" 2>/dev/null || true
-	done
-	pids=()
-	if [ "$keep" = 1 ]; then
-		echo "run.sh: kept $work" >&2
-	else
-		rm -rf "$work"
-	fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_free() {
-	! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-free_port() {
-	local p i
-	for i in $(seq 1 50); do
-		p=$((20000 + RANDOM % 40000))
-		if port_free "$p"; then echo "$p"; return 0; fi
-	done
-	echo "run.sh: no free port" >&2
-	return 1
-}
-
-# start_broker NAME WITH_PLUGIN -> sets BROKER_PID, BROKER_PORT
-start_broker() {
-	local name=$1 with_plugin=$2 dir="$work/$1.$RANDOM" port i
-	mkdir -p "$dir"
-	port=$(free_port)
-	{
-		echo "listener $port 127.0.0.1"
-		echo "allow_anonymous true"
-		echo "persistence false"
-		echo "log_dest stderr"
-		echo "log_type error"
-		echo "log_type warning"
-		echo "log_type notice"
-		# Unlimited queue for offline persistent sessions (catch-up by
-		# queue), 20 in flight per client (the default). See the trap in
-		# docs/PERFORMANCE.md: publishers keep at most 20 QoS 2 in flight.
-		echo "max_queued_messages 0"
-		echo "max_inflight_messages 20"
-		[ "$nodelay" = 1 ] && echo "set_tcp_nodelay true"
-		if [ "$with_plugin" = 1 ]; then
-			echo "plugin $plugin"
-			echo "plugin_opt_db_path $dir/im.db"
-			echo "plugin_opt_nonim_acl allow"
-			echo "plugin_opt_synchronous $sync"
-			# Extra plugin options, one "key value" per line (A/B runs).
-			if [ -n "${IM_BENCH_OPTS:-}" ]; then printf '%s\n' "$IM_BENCH_OPTS" | sed 's/^/plugin_opt_/'; fi
-		fi
-		if [ "$(id -u)" = 0 ]; then
-			# mosquitto drops to this user; the directory is its own.
-			if id mosquitto >/dev/null 2>&1; then
-				echo "user mosquitto"
-				chown mosquitto: "$dir"
-			else
-				echo "user root"
-			fi
-		fi
-	} > "$dir/mosquitto.conf"
-	"$mosq" -c "$dir/mosquitto.conf" 2> "$dir/broker.log" &
-	BROKER_PID=$!
-	pids+=("$BROKER_PID")
-	BROKER_PORT=$port
-	BROKER_DIR=$dir
-	for i in $(seq 1 100); do
-		if ! port_free "$port"; then return 0; fi
-		if ! kill -0 "$BROKER_PID" 2>/dev/null; then break; fi
-		sleep 0.05
-	done
-	echo "run.sh: broker $name did not start; log:" >&2
-	cat "$dir/broker.log" >&2
-	return 1
-}
-
-stop_brokers() {
-	local p
-	for p in "${pids[@]}"; do
-		kill "$p" 2>/dev/null || true
-		wait "$p" 2>/dev/null || true
-	done
-	pids=()
-}
+imbench=$(find_imbench "$build" "$here")
 
 # Workloads: name | plain mode+args | plugin mode+args
 if [ "$quick" = 1 ]; then
 	workloads=(
 		"dm-q1-1pair-10k|dm -q 1 -c 1 -n 10000|dm -q 1 -c 1 -n 10000 --frame"
 		"dm-q2-10pair-10k|dm -q 2 -c 10 -n 10000|dm -q 2 -c 10 -n 10000 --frame"
+		"dm-q1-1pair-paced2k|dm -q 1 -c 1 -n 4000 -r 2000|dm -q 1 -c 1 -n 4000 -r 2000 --frame"
 		"catchup-5k|catchup-queue -n 5000|catchup-sync -n 5000"
 		"fanout-200x50|fanout -q 1 -c 200 -n 50|fanout -q 1 -c 200 -n 50 --frame"
 	)
@@ -190,6 +99,8 @@ else
 		"dm-q2-10pair-100k|dm -q 2 -c 10 -n 100000|dm -q 2 -c 10 -n 100000 --frame"
 		"dm-q1-1pair-100k|dm -q 1 -c 1 -n 100000|dm -q 1 -c 1 -n 100000 --frame"
 		"dm-q1-10pair-100k|dm -q 1 -c 10 -n 100000|dm -q 1 -c 10 -n 100000 --frame"
+		"dm-q1-1pair-paced2k|dm -q 1 -c 1 -n 20000 -r 2000|dm -q 1 -c 1 -n 20000 -r 2000 --frame"
+		"dm-q2-10pair-paced2k|dm -q 2 -c 10 -n 20000 -r 2000|dm -q 2 -c 10 -n 20000 -r 2000 --frame"
 		"catchup-10k|catchup-queue -n 10000|catchup-sync -n 10000"
 		"catchup-50k|catchup-queue -n 50000|catchup-sync -n 50000"
 		"catchup-100k|catchup-queue -n 100000|catchup-sync -n 100000"
@@ -222,7 +133,7 @@ for w in "${workloads[@]}"; do
 			fi
 			case "$line" in *" ok=0 "*|*" ok=0") failed=1 ;; esac
 			echo "$name $b $r $line" >> "$results"
-			echo "  $name round $r $b: $(echo "$line" | sed 's/^RESULT //')" >&2
+			echo "  $name round $r $b: ${line#RESULT }" >&2
 		done
 	done
 	if [ -f "$plugin_dir/im.db" ]; then
@@ -231,7 +142,9 @@ for w in "${workloads[@]}"; do
 	stop_brokers
 done
 
-# Table: median over rounds per workload and broker.
+# Table: median over rounds per workload and broker; the ratios are the
+# medians of each round's plugin/plain ratio (a round runs both brokers back
+# to back), with the lowest and highest round in brackets.
 awk '
 function kv(line, key,   re, m) {
 	re = " " key "=[^ ]*"
@@ -244,7 +157,7 @@ function median(arr, n,   i, j, t) {
 	return (n % 2) ? arr[(n + 1) / 2] : (arr[n / 2] + arr[n / 2 + 1]) / 2
 }
 {
-	w = $1; b = $2; line = " " $0
+	w = $1; b = $2; r = $3; line = " " $0
 	if (!(w in seen)) { seen[w] = 1; order[++nw] = w }
 	k = w SUBSEP b
 	n[k]++
@@ -253,20 +166,37 @@ function median(arr, n,   i, j, t) {
 	p99[k, n[k]] = kv(line, "p99_us") + 0
 	mx[k, n[k]] = kv(line, "max_us") + 0
 	cpu[k, n[k]] = kv(line, "cpu_us_per_msg") + 0
+	rr[k, r] = kv(line, "rate") + 0
+	r99[k, r] = kv(line, "p99_us") + 0
+	if (r > nr[w]) nr[w] = r
 }
 function med(tab, k,   a, i) { delete a; for (i = 1; i <= n[k]; i++) a[i] = tab[k, i]; return median(a, n[k]) }
+# Per-round ratio plugin/plain of tab: "median [min-max]".
+function ratio(tab, w,   a, i, m, lo, hi, x) {
+	delete a; m = 0
+	for (i = 1; i <= nr[w]; i++) {
+		if (!((w SUBSEP "plain", i) in tab) || !((w SUBSEP "plugin", i) in tab) || tab[w SUBSEP "plain", i] <= 0) continue
+		x = tab[w SUBSEP "plugin", i] / tab[w SUBSEP "plain", i]
+		a[++m] = x
+		if (m == 1 || x < lo) lo = x
+		if (m == 1 || x > hi) hi = x
+	}
+	if (m == 0) return "–"
+	return sprintf("%.2f [%.2f–%.2f]", median(a, m), lo, hi)
+}
 END {
-	printf "| workload | plain msgs/s | plugin msgs/s | plugin/plain | plain p50/p99/max µs | plugin p50/p99/max µs | broker CPU µs/msg plain | plugin |\n"
-	printf "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+	printf "| workload | plain msgs/s | plugin msgs/s | plugin/plain rate | plain p50/p99/max µs | plugin p50/p99/max µs | plugin/plain p99 | broker CPU µs/msg plain | plugin |\n"
+	printf "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
 	for (i = 1; i <= nw; i++) {
 		w = order[i]; a = w SUBSEP "plain"; p = w SUBSEP "plugin"
 		ra = med(rate, a); rp = med(rate, p)
-		lat_a = (w ~ /^catchup/) ? "–" : sprintf("%.0f / %.0f / %.0f", med(p50, a), med(p99, a), med(mx, a))
-		lat_p = (w ~ /^catchup/) ? "–" : sprintf("%.0f / %.0f / %.0f", med(p50, p), med(p99, p), med(mx, p))
-		printf "| %s | %.0f | %.0f | %.2f | %s | %s | %.1f | %.1f |\n", w, ra, rp, (ra > 0 ? rp / ra : 0), lat_a, lat_p, med(cpu, a), med(cpu, p)
+		lat = (w !~ /^catchup/)
+		lat_a = lat ? sprintf("%.0f / %.0f / %.0f", med(p50, a), med(p99, a), med(mx, a)) : "–"
+		lat_p = lat ? sprintf("%.0f / %.0f / %.0f", med(p50, p), med(p99, p), med(mx, p)) : "–"
+		printf "| %s | %.0f | %.0f | %s | %s | %s | %s | %.1f | %.1f |\n", w, ra, rp, ratio(rr, w), lat_a, lat_p, lat ? ratio(r99, w) : "–", med(cpu, a), med(cpu, p)
 	}
 }' "$results" | tee "$out/table.md"
-echo "(medians of $rounds rounds; catchup rows: plain = persistent-session queue drain, plugin = sync batches)"
+echo "(medians of $rounds rounds, [lowest–highest round]; catchup rows: plain = persistent-session queue drain, plugin = sync batches; paced rows: both at the same offered rate, below saturation)"
 if [ "$failed" = 1 ]; then
 	echo "run.sh: some runs failed or timed out; see $out/imbench.log and $results" >&2
 	exit 1
