@@ -203,6 +203,7 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 	}
 	if(!strcasecmp(key, "db_path")) return set_string(&cfg->db_path, value);
 	if(!strcasecmp(key, "journal_dir")) return set_string(&cfg->journal_dir, value);
+	if(!strcasecmp(key, "nats_servers")) return set_string(&cfg->nats_servers, value);
 	if(!strcasecmp(key, "client_id_guard")){
 		rc = parse_enum(key, value, onoff, &e);
 		cfg->client_id_guard = (e == 1);
@@ -290,8 +291,10 @@ void im_config__free(struct im__config *cfg)
 	cfg->store_key_file = NULL;
 	im_free(cfg->db_path);
 	im_free(cfg->journal_dir);
+	im_free(cfg->nats_servers);
 	im_free(cfg->prefix);
 	cfg->db_path = NULL;
 	cfg->journal_dir = NULL;
+	cfg->nats_servers = NULL;
 	cfg->prefix = NULL;
 }

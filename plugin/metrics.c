@@ -101,8 +101,15 @@ void im_metrics__publish(struct im__plugin *p)
 		{"journal/append_us_p99", "journal_us_p99", j99},
 		{"timelines/cached", "timelines_cached", IM_STAT_GET(m->timelines_cached)},
 		{"groups/cached", "groups_cached", IM_STAT_GET(m->groups_cached)},
+		{"cluster/sent", "cluster_sent", IM_STAT_GET(m->cluster_sent)},
+		{"cluster/received", "cluster_received", IM_STAT_GET(m->cluster_received)},
+		{"cluster/rejected", "cluster_rejected", IM_STAT_GET(m->cluster_rejected)},
+		{"cluster/dropped", "cluster_dropped", IM_STAT_GET(m->cluster_dropped)},
+		{"cluster/duplicates", "cluster_duplicates", IM_STAT_GET(m->cluster_duplicates)},
+		{"cluster/gaps", "cluster_gaps", IM_STAT_GET(m->cluster_gaps)},
+		{"cluster/repairs", "cluster_repairs", IM_STAT_GET(m->cluster_repairs)},
 	};
-	char buf[1536];
+	char buf[2048];
 	size_t i, n = 1;
 
 	buf[0] = '{';

@@ -127,7 +127,9 @@ IM_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 	if(rc == MOSQ_ERR_SUCCESS && p->cfg.store_key_file){
 		rc = im_crypt__load(&p->crypt, p->cfg.store_key_file);
 	}
+	if(rc == MOSQ_ERR_SUCCESS) rc = im_cluster__init(p);
 	if(rc == MOSQ_ERR_SUCCESS) rc = im_worker__start(p);
+	if(rc == MOSQ_ERR_SUCCESS) rc = im_cluster__start(p);
 	for(i = 0; rc == MOSQ_ERR_SUCCESS && i < sizeof(callbacks) / sizeof(callbacks[0]); i++){
 		rc = mosquitto_callback_register(identifier, callbacks[i].event, callbacks[i].cb, callbacks[i].data, p);
 		if(rc != MOSQ_ERR_SUCCESS){
@@ -180,6 +182,7 @@ IM_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opt
 		mosquitto_callback_unregister(p->pid, MOSQ_EVT_ACL_CHECK, im_acl__fallback_cb, NULL);
 	}
 	im_worker__stop(p);
+	im_cluster__stop(p); /* after the worker: it ships to the cluster until it stops */
 	im_wake__cleanup();
 	im_crypt__free(&p->crypt);
 	im_map__free(&p->clients, im_free);

@@ -241,6 +241,7 @@ int im_store__open_sqlite(struct im__store *st, const struct im__store_options *
 int im_store__open_pg(struct im__store *st, const struct im__store_pg_options *o);
 /* Drops one group from the PostgreSQL backend's per-node cache (another
  * node changed it): the next use reloads it. No-op for other backends. */
+/* name NULL: every group. */
 void im_store__pg_forget_group(struct im__store *st, const char *name, size_t len);
 /* A new store id (the store was rolled back: clients must start over).
  * Written at the next commit. */

@@ -326,7 +326,8 @@ static void pg_close(struct im__store *st)
 void im_store__pg_forget_group(struct im__store *st, const char *name, size_t len)
 {
 	if(st->ops != &pg_ops) return;
-	im_pg__group_forget(im_pg(st), name, len);
+	if(name == NULL) im_pg__group_forget_all(im_pg(st));
+	else im_pg__group_forget(im_pg(st), name, len);
 }
 
 static int pg_renew_id(struct im__store *st)

@@ -66,7 +66,10 @@ const char *im_work__str(struct im__done *d, size_t *used, const char *s)
 void im_work__emit(struct im__worker *w, struct im__done *d)
 {
 	if(d == NULL) return;
-	if(w->replaying){
+	/* Replaying at start nobody here is connected yet; but other brokers
+	 * of a cluster may have devices waiting for what was journaled here
+	 * before a crash: kept to be shipped after the commit (run_batch). */
+	if(w->replaying && !(w->p->cluster && (d->kind == IM_DONE_FRAME || d->kind == IM_DONE_MEMBERS))){
 		free(d);
 		return;
 	}
@@ -295,6 +298,8 @@ static int run_job(struct im__worker *w, struct im__job *j)
 		case IM_JOB_SYNC: return im_work__sync(w, j);
 		case IM_JOB_ACK: return im_work__ack(w, j);
 		case IM_JOB_GROUP: return im_work__group(w, j);
+		case IM_JOB_REPAIR: return im_work__repair(w, j);
+		case IM_JOB_FORGET: return im_work__forget(w, j);
 		default: return MOSQ_ERR_SUCCESS;
 	}
 }
@@ -343,7 +348,8 @@ static struct im__job *fail_requests(struct im__worker *w, struct im__job *jobs,
 			kt = &j->next;
 			continue;
 		}
-		im_work__reply(w, j, &r.base, j->kind == IM_JOB_SYNC);
+		if(j->kind == IM_JOB_REPAIR) im_work__repair_failed(w, j);
+		else im_work__reply(w, j, &r.base, j->kind == IM_JOB_SYNC);
 		im_job__free(j);
 		(*n)--;
 		(*removed)++;
@@ -363,6 +369,9 @@ static void publish_batch(struct im__worker *w, size_t n_jobs)
 	int64_t now = im_mono_us();
 	bool poke = false;
 
+	/* Committed: other brokers of a cluster may hear of it now. */
+	im_cluster__ship(w->p, w->st.store_id, w->st.frame_key, w->bhead);
+
 	pthread_mutex_lock(&w->mu);
 	if(w->bhead){
 		w->bhead->ready_us = now;
@@ -374,7 +383,9 @@ static void publish_batch(struct im__worker *w, size_t n_jobs)
 			|| (now - w->pending_us >= REPOKE_US && now - w->poked_us >= REPOKE_US);
 		if(poke) w->poked_us = now;
 	}
-	w->finished += n_jobs;
+	/* Replayed jobs were never submitted: counting them would make
+	 * im_worker__wait_idle return while submitted ones are still queued. */
+	if(!w->replaying) w->finished += n_jobs;
 	pthread_cond_broadcast(&w->idle_cv);
 	pthread_mutex_unlock(&w->mu);
 	w->bhead = NULL;
@@ -462,6 +473,11 @@ static int run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 	for(; jobs; jobs = next){
 		next = jobs->next;
 		im_job__free(jobs);
+	}
+	if(w->replaying){
+		im_cluster__ship(w->p, w->st.store_id, w->st.frame_key, w->bhead);
+		drop_batch_done(w);
+		return MOSQ_ERR_SUCCESS;
 	}
 	publish_batch(w, n);
 	return MOSQ_ERR_SUCCESS;
