@@ -51,6 +51,7 @@
 #define OUT_MAX (64u << 20)     /* bytes queued for NATS before the oldest are dropped */
 #define REPAIR_RETRY_MS 500
 #define POKE_QUIET_US 1000
+#define SUB_SETTLE_MS 250       /* a new subscription reaches the other NATS servers */
 
 enum op_kind { OP_PUB, OP_SUB, OP_UNSUB };
 
@@ -76,6 +77,7 @@ struct tls {
 	int64_t rx_ms;          /* last frame */
 	int64_t idle_ms;        /* checked since */
 	bool repairing;
+	bool anchoring;         /* waiting to learn the head: where live delivery starts */
 	bool in_gaps;
 	int list;               /* 0 none, 1 pending check, 2 idle */
 	struct tls *prev, *next;        /* in its list */
@@ -178,9 +180,12 @@ static struct op *op_new(enum op_kind kind, const char *subject, const char *tim
 	return o;
 }
 
+static void push_in(struct im__cluster *c, struct im__done *d);
+
 static void run_op(struct im__cluster *c, struct op *o)
 {
 	natsSubscription *sub;
+	struct im__done *d;
 	natsStatus s;
 
 	switch(o->kind){
@@ -200,6 +205,15 @@ static void run_op(struct im__cluster *c, struct op *o)
 			if(im_map__put(&c->subs, o->timeline, strlen(o->timeline), sub) != MOSQ_ERR_SUCCESS){
 				natsSubscription_Unsubscribe(sub);
 				natsSubscription_Destroy(sub);
+				break;
+			}
+			/* What was committed before NATS forwards to us is checked
+			 * against the store once the subscription has spread. */
+			if((d = im_calloc(1, sizeof(*d) + strlen(o->timeline) + 1)) != NULL){
+				d->kind = IM_DONE_SUBSCRIBED;
+				memcpy(d->data, o->timeline, strlen(o->timeline) + 1);
+				d->timeline = d->data;
+				push_in(c, d);
 			}
 			break;
 		case OP_UNSUB:
@@ -316,12 +330,35 @@ static void *run(void *arg)
 
 /* ---- N: what arrives ---- */
 
+/* [N, C] Hands d to the broker thread. */
+static void push_in(struct im__cluster *c, struct im__done *d)
+{
+	int64_t now;
+	bool was_empty;
+
+	d->next = NULL;
+	pthread_mutex_lock(&c->in_mu);
+	was_empty = c->ihead == NULL;
+	*c->itail = d;
+	c->itail = &d->next;
+	__atomic_store_n(&c->in_flag, 1, __ATOMIC_RELEASE);
+	/* Wake the broker thread only if it is probably asleep, as the
+	 * worker does (worker.c): a signal per message costs it dearly. */
+	now = im_mono_us();
+	if(was_empty && (now - __atomic_load_n(&c->drained_us, __ATOMIC_RELAXED) >= POKE_QUIET_US
+				|| now - c->poked_us >= POKE_QUIET_US)){
+		c->poked_us = now;
+		pthread_mutex_unlock(&c->in_mu);
+		im_wake__poke();
+		return;
+	}
+	pthread_mutex_unlock(&c->in_mu);
+}
+
 static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void *closure)
 {
 	struct im__cluster *c = closure;
 	struct im__done *d;
-	int64_t now;
-	bool was_empty;
 
 	(void)nc;
 	(void)sub;
@@ -332,21 +369,7 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
 		IM_STAT_ADD(c->p->metrics.cluster_rejected, 1);
 		return;
 	}
-	d->next = NULL;
-	pthread_mutex_lock(&c->in_mu);
-	was_empty = c->ihead == NULL;
-	*c->itail = d;
-	c->itail = &d->next;
-	__atomic_store_n(&c->in_flag, 1, __ATOMIC_RELEASE);
-	pthread_mutex_unlock(&c->in_mu);
-	/* Wake the broker thread only if it is probably asleep, as the
-	 * worker does (worker.c): a signal per message costs it dearly. */
-	now = im_mono_us();
-	if(was_empty && (now - __atomic_load_n(&c->drained_us, __ATOMIC_RELAXED) >= POKE_QUIET_US
-				|| now - c->poked_us >= POKE_QUIET_US)){
-		c->poked_us = now;
-		im_wake__poke();
-	}
+	push_in(c, d);
 }
 
 /* ---- W: shipping what was stored ---- */
@@ -403,6 +426,8 @@ void im_cluster__event(struct im__plugin *p, const char *tl, const void *frame, 
 
 /* ---- B: interest ---- */
 
+static void anchor(struct im__cluster *c, const char *tl);
+
 static void interest(struct im__cluster *c, const char *tl, int delta)
 {
 	intptr_t n = (intptr_t)im_map__get(&c->interest, tl, strlen(tl)) + delta;
@@ -415,6 +440,7 @@ static void interest(struct im__cluster *c, const char *tl, int delta)
 	/* 0 -> 1 subscribes, 1 -> 0 unsubscribes. */
 	if(!((delta > 0 && n == delta) || (delta < 0 && n == 0))) return;
 	if(im_cwire__subject(subject, sizeof(subject), c->root, tl) == 0) return;
+	if(delta > 0) anchor(c, tl);
 	if((o = op_new(delta > 0 ? OP_SUB : OP_UNSUB, subject, tl, NULL, 0)) != NULL) enqueue(c, o);
 }
 
@@ -607,7 +633,9 @@ bool im_cluster__deliver(struct im__plugin *p, struct im__done *d)
 		append_list(c, e, 1);
 	}
 	if(d->seq > e->want) e->want = d->seq;
-	if(d->seq <= e->last){
+	if(e->anchoring){
+		hold(c, e, d);
+	}else if(d->seq <= e->last){
 		IM_STAT_ADD(p->metrics.cluster_duplicates, 1);
 		free(d);
 	}else if(d->seq == e->last + 1){
@@ -634,13 +662,59 @@ static void submit_repair(struct im__cluster *c, struct tls *e, uint64_t upto)
 	im_worker__submit(c->p, j);
 }
 
-void im_cluster__repaired(struct im__plugin *p, const char *tl, uint64_t reached, bool ok)
+static void submit_anchor(struct im__cluster *c, struct tls *e)
+{
+	struct im__job *j = im_job__new(IM_JOB_REPAIR, 0, NULL, "repair", NULL, NULL, 0);
+
+	if(j == NULL) return;
+	snprintf(j->u.repair.timeline, sizeof(j->u.repair.timeline), "%s", e->name);
+	j->u.repair.anchor = true;
+	e->repairing = true;
+	im_worker__submit(c->p, j);
+}
+
+/* This broker starts to hear tl (a user came online here). Live delivery
+ * starts after the head as the worker sees it now: the worker reads it
+ * before any sync the new device sends (they queue behind), so what the
+ * device's first sync does not return is delivered live. Frames that
+ * arrive meanwhile wait. A state this broker kept from its own messages
+ * is stale (it heard nobody else's): it starts over. */
+static void anchor(struct im__cluster *c, const char *tl)
+{
+	struct tls *e = im_map__get(&c->tls, tl, strlen(tl));
+
+	if(e && (e->repairing || e->in_gaps)) return;
+	if(e){
+		unlink_list(c, e);
+		im_map__del(&c->tls, tl, strlen(tl));
+		free_held(e);
+		free(e);
+	}
+	if((e = entry(c, tl, 1)) == NULL) return;
+	e->anchoring = true;
+	submit_anchor(c, e);
+}
+
+void im_cluster__repaired(struct im__plugin *p, const char *tl, uint64_t reached, bool ok, bool anchor_done)
 {
 	struct im__cluster *c = p->cluster;
 	struct tls *e;
 
 	if(c == NULL || (e = im_map__get(&c->tls, tl, strlen(tl))) == NULL) return;
 	e->repairing = false;
+	if(anchor_done && e->anchoring){
+		if(!ok){
+			e->retry_ms = im_now_ms() + REPAIR_RETRY_MS;
+			mark_gap(c, e, im_now_ms());
+			return;
+		}
+		e->anchoring = false;
+		if(reached > e->last) e->last = reached;
+		if(e->last > e->want) e->want = e->last;
+		release(p, e);
+		if(e->last < e->want) mark_gap(c, e, im_now_ms());
+		return;
+	}
 	if(!ok){
 		e->retry_ms = im_now_ms() + REPAIR_RETRY_MS;
 		if(e->last < e->want) mark_gap(c, e, e->gap_ms ? e->gap_ms : im_now_ms());
@@ -669,6 +743,17 @@ static void members(struct im__plugin *p, struct im__done *d)
 		im_worker__submit(p, j);
 	}
 	free(d);
+}
+
+static void subscribed(struct im__cluster *c, const char *tl, int64_t now)
+{
+	struct tls *e = im_map__get(&c->tls, tl, strlen(tl));
+
+	if(e == NULL) return;
+	/* A tail check SUB_SETTLE_MS from now: whatever was committed before
+	 * NATS forwarded tl to this broker is read from the store. */
+	e->rx_ms = now - TAIL_CHECK_MS + SUB_SETTLE_MS;
+	append_list(c, e, 1);
 }
 
 static void resync(struct im__cluster *c)
@@ -706,6 +791,11 @@ void im_cluster__tick(struct im__plugin *p, int64_t now)
 		pthread_mutex_unlock(&c->in_mu);
 		for(; d; d = next){
 			next = d->next;
+			if(d->kind == IM_DONE_SUBSCRIBED){
+				subscribed(c, d->timeline, now);
+				free(d);
+				continue;
+			}
 			IM_STAT_ADD(p->metrics.cluster_received, 1);
 			if(d->kind == IM_DONE_MEMBERS) members(p, d);
 			else if(!im_cluster__deliver(p, d)) free(d);
@@ -713,6 +803,11 @@ void im_cluster__tick(struct im__plugin *p, int64_t now)
 	}
 	/* Gaps that did not close by themselves within the grace. */
 	for(pp = &c->gaps; (e = *pp) != NULL;){
+		if(e->anchoring){
+			if(!e->repairing && now >= e->retry_ms) submit_anchor(c, e);
+			pp = &e->gnext;
+			continue;
+		}
 		if(e->gap_ms == 0 || e->last >= e->want){
 			e->gap_ms = 0;
 			e->in_gaps = false;
@@ -727,10 +822,16 @@ void im_cluster__tick(struct im__plugin *p, int64_t now)
 	}
 	/* Timelines that went quiet: was their last message lost on the way? */
 	while((e = c->pending.head) != NULL && now - e->rx_ms >= TAIL_CHECK_MS && checks < CHECKS_PER_TICK){
-		if(!e->repairing){
-			submit_repair(c, e, 0);
-			checks++;
+		if(e->anchoring || e->repairing){
+			/* Not before live delivery has a start, nor while a repair is
+			 * out (it may leave a later tail unread): again shortly. */
+			e->rx_ms = now - TAIL_CHECK_MS + 100;
+			append_list(c, e, 1);
+			if(c->pending.head == e) break;
+			continue;
 		}
+		submit_repair(c, e, 0);
+		checks++;
 		e->idle_ms = now;
 		append_list(c, e, 2);
 	}

@@ -257,8 +257,10 @@ void im_deliver__done(struct im__plugin *p, struct im__done *d)
 		case IM_DONE_LOG:
 			mosquitto_log_printf(d->level, "%s", (const char *)d->payload);
 			break;
+		case IM_DONE_SUBSCRIBED: /* cluster.c's own, never queued here */
+			break;
 		case IM_DONE_REPAIRED:
-			im_cluster__repaired(p, d->timeline, d->seq, d->level == 0);
+			im_cluster__repaired(p, d->timeline, d->seq, d->level == 0, d->anchor);
 			break;
 	}
 	free(d);

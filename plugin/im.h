@@ -503,6 +503,7 @@ struct im__job {
 			char timeline[IM_TL_MAX + 1];
 			uint64_t after;
 			uint64_t upto;          /* 0 = the head */
+			bool anchor;            /* only report the head: where live delivery starts */
 		} repair;
 		struct {
 			char group[IM_NAME_MAX + 1];
@@ -525,6 +526,7 @@ enum im_done_kind {
 	IM_DONE_WROTE,          /* sender wrote its first direct message to peer */
 	IM_DONE_LOG,            /* a log line from the worker */
 	IM_DONE_REPAIRED,       /* cluster: a repair of timeline reached seq (level 0 = ok) */
+	IM_DONE_SUBSCRIBED,     /* cluster: this broker now hears timeline over NATS */
 };
 
 /* One completion, in one malloc() block. */
@@ -539,6 +541,7 @@ struct im__done {
 	bool event;                 /* an event frame (<prefix>/e/...): no seq, QoS 0, no properties */
 	bool repair;                /* read back for a cluster repair: not news, not shipped */
 	bool remote;                /* came from another broker over NATS */
+	bool anchor;                /* REPAIRED: the answer to an anchor (seq = the head) */
 	/* REPLY */
 	const char *client_id;
 	const void *corr;
@@ -801,7 +804,7 @@ void im_cluster__member(struct im__plugin *p, const char *group, const char *use
 /* A FRAME completion, local or remote: delivered in seq order per
  * timeline, gaps repaired. Takes d; false (d untouched) without a cluster. */
 bool im_cluster__deliver(struct im__plugin *p, struct im__done *d);
-void im_cluster__repaired(struct im__plugin *p, const char *tl, uint64_t reached, bool ok);
+void im_cluster__repaired(struct im__plugin *p, const char *tl, uint64_t reached, bool ok, bool anchor);
 void im_cluster__tick(struct im__plugin *p, int64_t now_ms);
 /* Gaps open or checks due: the tick should come soon. */
 bool im_cluster__busy(const struct im__plugin *p);

@@ -51,7 +51,7 @@ static enum im_row repair_add(void *ctx, const struct im__msg *m)
 	return IM_ROW_NEXT;
 }
 
-static void repaired(struct im__worker *w, const char *tl, uint64_t reached, bool ok)
+static void repaired(struct im__worker *w, const char *tl, uint64_t reached, bool ok, bool anchor)
 {
 	size_t used = 0;
 	struct im__done *d = im_work__done(IM_DONE_REPAIRED, strlen(tl) + 1);
@@ -60,12 +60,13 @@ static void repaired(struct im__worker *w, const char *tl, uint64_t reached, boo
 	d->timeline = im_work__str(d, &used, tl);
 	d->seq = reached;
 	d->level = ok ? 0 : 1;
+	d->anchor = anchor;
 	im_work__emit(w, d);
 }
 
 void im_work__repair_failed(struct im__worker *w, const struct im__job *j)
 {
-	repaired(w, j->u.repair.timeline, 0, false);
+	repaired(w, j->u.repair.timeline, 0, false, j->u.repair.anchor);
 }
 
 int im_work__repair(struct im__worker *w, struct im__job *j)
@@ -78,25 +79,29 @@ int im_work__repair(struct im__worker *w, struct im__job *j)
 
 	tl = w->st.ops->timeline(&w->st, name, strlen(name), false, &err);
 	if(err) return IM_WORK_RETRY;
+	if(j->u.repair.anchor){
+		repaired(w, name, tl ? tl->head : 0, true, true);
+		return MOSQ_ERR_SUCCESS;
+	}
 	if(tl == NULL){
-		repaired(w, name, r.upto ? r.upto : j->u.repair.after, true);
+		repaired(w, name, r.upto ? r.upto : j->u.repair.after, true, false);
 		return MOSQ_ERR_SUCCESS;
 	}
 	if(r.upto == 0 || r.upto > tl->head) r.upto = tl->head;
 	if(r.upto <= j->u.repair.after){
-		repaired(w, name, j->u.repair.after, true);
+		repaired(w, name, j->u.repair.after, true, false);
 		return MOSQ_ERR_SUCCESS;
 	}
 	rc = w->st.ops->range(&w->st, tl, j->u.repair.after, w->cfg.sync_max_frames, im_now_ms(), repair_add, &r, &more);
 	if(rc == MOSQ_ERR_UNKNOWN) return IM_WORK_RETRY;
 	if(rc != MOSQ_ERR_SUCCESS || r.failed){
-		repaired(w, name, r.reached, r.reached > j->u.repair.after);
+		repaired(w, name, r.reached, r.reached > j->u.repair.after, false);
 		return MOSQ_ERR_SUCCESS;
 	}
 	/* Not returned up to upto and nothing more: expired or removed by
 	 * retention, nothing to wait for. With more, the next repair goes on
 	 * from reached. */
-	repaired(w, name, (more && r.reached < r.upto) ? r.reached : r.upto, true);
+	repaired(w, name, (more && r.reached < r.upto) ? r.reached : r.upto, true, false);
 	return MOSQ_ERR_SUCCESS;
 }
 
