@@ -387,6 +387,58 @@ void im_worker__ticked(struct im__plugin *p)
 	if(p->worker) __atomic_store_n(&p->worker->tick_us, im_mono_us(), __ATOMIC_RELAXED);
 }
 
+/* ---- several writers: the batch's timelines locked in one order ---- */
+
+struct lock_name { const char *name; bool create; };
+
+static int cmp_lock_name(const void *x, const void *y)
+{
+	return strcmp(((const struct lock_name *)x)->name, ((const struct lock_name *)y)->name);
+}
+
+/* With a store that several brokers write (ops->prelock), the timelines
+ * the batch will write are locked at its start, sorted: the messages'
+ * timelines and the senders' inboxes (made if missing: every message
+ * makes its sender's), and the inboxes whose owners acknowledge (a read
+ * mark there changes the owner's unread counts, under the inbox's lock).
+ * A message's target is not made here: the new-conversation budget
+ * decides that. Without memory the batch runs unlocked, as before. */
+static int prelock_batch(struct im__worker *w, struct im__job *jobs, size_t n)
+{
+	struct lock_name *l = im_malloc(2 * n * sizeof(*l));
+	const char **names = im_malloc(2 * n * sizeof(*names));
+	bool *create = im_malloc(2 * n * sizeof(*create));
+	struct im__job *j;
+	struct im__rec r;
+	size_t k = 0, u = 0, i;
+	int rc = MOSQ_ERR_SUCCESS;
+
+	if(l && names && create){
+		for(j = jobs; j; j = j->next){
+			if(j->kind == IM_JOB_MSG && im_rec__decode(j->data, j->len, &r)){
+				l[k++] = (struct lock_name){r.to, false};
+				if(r.own[0]) l[k++] = (struct lock_name){r.own, true};
+			}else if(j->kind == IM_JOB_ACK && j->u.ack.timeline[0] == 'u' && !strcmp(j->u.ack.timeline + 2, j->user)){
+				l[k++] = (struct lock_name){j->u.ack.timeline, false};
+			}
+		}
+		qsort(l, k, sizeof(*l), cmp_lock_name);
+		for(i = 0; i < k; i++){
+			if(u && !strcmp(names[u - 1], l[i].name)){
+				create[u - 1] |= l[i].create;
+				continue;
+			}
+			names[u] = l[i].name;
+			create[u++] = l[i].create;
+		}
+		rc = w->st.ops->prelock(&w->st, names, create, u);
+	}
+	im_free(l);
+	im_free(names);
+	im_free(create);
+	return rc;
+}
+
 /* Applies jobs (a list) in one transaction; retries until it commits or
  * the worker stops (or, replaying at start, gives up after a few tries:
  * then the broker does not start). Frees the jobs. */
@@ -405,6 +457,7 @@ static int run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 		t0 = im_mono_us();
 		if(attempt == 0 && jobs->queued_us) im_metrics__hist(w->p->metrics.queue_hist, t0 - jobs->queued_us);
 		rc = w->st.ops->begin(&w->st);
+		if(rc == MOSQ_ERR_SUCCESS && w->st.ops->prelock) rc = prelock_batch(w, jobs, n);
 		for(j = jobs; j && rc == MOSQ_ERR_SUCCESS; j = j->next){
 			rc = run_job(w, j);
 			if(j->kind == IM_JOB_MSG){
