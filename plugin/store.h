@@ -250,6 +250,9 @@ int im_store__open_sqlite(struct im__store *st, const struct im__store_options *
  * deadlock between two brokers' batches fails one of them like any other
  * error: the worker's retry of the batch is the remedy. */
 int im_store__open_pg(struct im__store *st, const struct im__store_pg_options *o);
+/* conninfo as it may be logged: host(s), port(s), database and user, never
+ * a password ("unparsable" if libpq cannot read it). */
+void im_store__pg_describe(const char *conninfo, char *out, size_t cap);
 /* Drops one group from the PostgreSQL backend's per-node cache (another
  * node changed it): the next use reloads it. No-op for other backends. */
 void im_store__pg_forget_group(struct im__store *st, const char *name, size_t len);

@@ -310,6 +310,28 @@ int im_pg__txn(struct im__pg *s, const char *sql)
 
 /* ---- connecting ---- */
 
+void im_store__pg_describe(const char *conninfo, char *out, size_t cap)
+{
+	static const char *const shown[] = {"host", "hostaddr", "port", "dbname", "user", "target_session_attrs", NULL};
+	PQconninfoOption *opts = PQconninfoParse(conninfo ? conninfo : "", NULL), *o;
+	size_t n = 0, i;
+
+	if(cap == 0) return;
+	out[0] = '\0';
+	if(opts == NULL){
+		snprintf(out, cap, "unparsable");
+		return;
+	}
+	for(o = opts; o->keyword; o++){
+		if(o->val == NULL || o->val[0] == '\0') continue;
+		for(i = 0; shown[i] && strcmp(shown[i], o->keyword); i++);
+		if(shown[i] == NULL || n >= cap) continue;
+		n += (size_t)snprintf(out + n, cap - n, "%s%s=%s", n ? " " : "", o->keyword, o->val);
+	}
+	PQconninfoFree(opts);
+	if(n == 0) snprintf(out, cap, "libpq defaults");
+}
+
 /* FNV-1a: advisory lock keys from names. */
 int64_t im_pg__key64(const char *a, const char *b)
 {

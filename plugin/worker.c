@@ -507,6 +507,10 @@ static int run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 		if(pause_ms < 2000) pause_ms *= 2;
 	}
 	if(last_lsn) marker_write(w, last_lsn);
+	t0 = im_mono_us();
+	for(j = jobs; j; j = j->next){
+		if(j->kind == IM_JOB_MSG && j->queued_us) im_metrics__hist(w->p->metrics.ship_hist, t0 - j->queued_us);
+	}
 	w->st.ops->scrub(&w->st);
 	if(attempt > 0) im_log(MOSQ_LOG_NOTICE, "im: store: the batch committed after %d attempt(s).", attempt + 1);
 	IM_STAT_ADD(w->p->metrics.batches, 1);
@@ -685,6 +689,20 @@ static int clone_config(struct im__config *dst, const struct im__config *src)
 	return MOSQ_ERR_SUCCESS;
 }
 
+/* The backend plugin_opt_store names. */
+static int open_backend(struct im__plugin *p, struct im__worker *w, const struct im__store_options *o)
+{
+	struct im__store_pg_options po = {.conninfo = p->cfg.pg_conninfo, .node_id = p->cfg.node_id};
+	char where[512];
+
+	if(p->cfg.store != IM_STORE_PG) return im_store__open_sqlite(&w->st, o);
+	if(im_store__open_pg(&w->st, &po) == MOSQ_ERR_SUCCESS) return MOSQ_ERR_SUCCESS;
+	im_store__pg_describe(p->cfg.pg_conninfo, where, sizeof(where));
+	im_log(MOSQ_LOG_ERR, "im: store: cannot open the PostgreSQL store at plugin_opt_pg_conninfo (%s) as node \"%s\" (plugin_opt_node_id); the plugin does not start.",
+			where, p->cfg.node_id);
+	return MOSQ_ERR_UNKNOWN;
+}
+
 static int open_store(struct im__plugin *p, struct im__worker *w)
 {
 	struct im__store_options o = {
@@ -700,8 +718,10 @@ static int open_store(struct im__plugin *p, struct im__worker *w)
 
 	uint64_t marker;
 	char path[4096];
+	/* What the store is called in log lines. */
+	const char *name = p->cfg.store == IM_STORE_PG ? "the PostgreSQL store" : p->cfg.db_path;
 
-	if(im_store__open_sqlite(&w->st, &o) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+	if(open_backend(p, w, &o) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
 	w->st.crypt = w->crypt;
 	if(mkdir(p->cfg.journal_dir, 0700) != 0 && errno != EEXIST){
 		im_log(MOSQ_LOG_ERR, "im: journal: cannot create \"%s\": %s (it must be writable by the broker's user).",
@@ -715,7 +735,7 @@ static int open_store(struct im__plugin *p, struct im__worker *w)
 		gap = true; /* a database existed here: warned about below */
 	}else if(marker > w->st.applied_lsn){
 		im_log(MOSQ_LOG_WARNING, "im: store: \"%s\" lost stored messages (it holds up to journal record %" PRIu64 ", it had stored %" PRIu64 "): a deleted or damaged write-ahead log, or a restored backup. What the journal still holds is applied again; a new store id tells clients to start over.",
-				p->cfg.db_path, w->st.applied_lsn, marker);
+				name, w->st.applied_lsn, marker);
 		gap = true;
 	}
 	r.w = w;
@@ -737,10 +757,10 @@ static int open_store(struct im__plugin *p, struct im__worker *w)
 	}
 	if(gap && !rollback && !w->st.created){
 		im_log(MOSQ_LOG_WARNING, "im: store: \"%s\" is behind its journal (stored up to record %" PRIu64 ", the journal starts later): it was rolled back or restored and what came after is lost.",
-				p->cfg.db_path, w->st.applied_lsn);
+				name, w->st.applied_lsn);
 	}else if(gap && w->st.created){
 		im_log(MOSQ_LOG_WARNING, "im: store: a new database was made at \"%s\" although the journal in \"%s\" shows an earlier one existed.",
-				p->cfg.db_path, p->cfg.journal_dir);
+				name, p->cfg.journal_dir);
 	}
 	if(gap){
 		/* Seqs would be handed out again to other messages: a new store id
