@@ -65,6 +65,7 @@ enum im_payload_mode { IM_PAYLOAD_FRAME = 0, IM_PAYLOAD_RAW = 1 };
 enum im_delivery { IM_DELIVERY_FULL = 0, IM_DELIVERY_NOTIFY = 1 };
 enum im_nonim { IM_NONIM_DEFER = 0, IM_NONIM_ALLOW = 1 };
 enum im_presence { IM_PRESENCE_OFF = 0, IM_PRESENCE_CONTACTS = 1, IM_PRESENCE_ALL = 2 };
+enum im_store_kind { IM_STORE_SQLITE = 0, IM_STORE_PG = 1 };
 
 /* Row callbacks (store ranges, group lists) answer one of these: never a
  * value that could be mistaken for an error code, or an error for "stop". */
@@ -114,6 +115,9 @@ struct im__config {
 	uint32_t journal_rotate_seconds; /* a non-empty segment older than this is closed (so it can be cut) */
 	char *nats_servers;         /* owned; cluster mode when set */
 	bool client_id_guard;       /* token login: a client id stays with its first user */
+	int store;                  /* enum im_store_kind */
+	char *pg_conninfo;          /* owned; libpq conninfo or URI (store postgresql); may hold a password: never logged */
+	char *node_id;              /* owned; this broker's name in a shared store; default: the host name */
 };
 
 /* Fills cfg from the broker's options. Defaults first; an unknown option or
@@ -674,6 +678,7 @@ struct im__metrics {
 	uint64_t store_errors, trimmed, batches, worker_refused;
 	uint64_t commit_hist[IM_HIST_BUCKETS];  /* per batch, this interval */
 	uint64_t queue_hist[IM_HIST_BUCKETS];   /* job waiting for the worker */
+	uint64_t ship_hist[IM_HIST_BUCKETS];    /* per message: journal append to store commit */
 	/* [B] */
 	uint64_t handoff_hist[IM_HIST_BUCKETS]; /* completion waiting for the broker thread */
 	uint64_t timelines_cached, groups_cached;

@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +15,7 @@
 
 #include "conffile.h"
 #include "im.h"
+#include "store.h"
 
 #define IM_EXPORT __attribute__((visibility("default")))
 
@@ -84,8 +86,18 @@ static int count_admins(const struct im__config *cfg)
 
 static void log_policy(const struct im__config *cfg)
 {
+	char store[600];
+
+	if(cfg->store == IM_STORE_PG){
+		/* Hosts and database only: the conninfo may hold a password. */
+		memcpy(store, "postgresql (", 12);
+		im_store__pg_describe(cfg->pg_conninfo, store + 12, sizeof(store) - 120);
+		snprintf(store + strlen(store), sizeof(store) - strlen(store), ", node %s)", cfg->node_id);
+	}else{
+		snprintf(store, sizeof(store), "%s", cfg->db_path);
+	}
 	mosquitto_log_printf(MOSQ_LOG_INFO, "im: store %s, journal %s (synchronous %s), topics %s/u/<user> and %s/g/<group>, payload %s, delivery %s, %d admin(s).",
-			cfg->db_path, cfg->journal_dir, cfg->synchronous == 2 ? "full" : "normal", cfg->prefix, cfg->prefix,
+			store, cfg->journal_dir, cfg->synchronous == 2 ? "full" : "normal", cfg->prefix, cfg->prefix,
 			cfg->payload_mode == IM_PAYLOAD_RAW ? "raw" : "frame",
 			cfg->delivery == IM_DELIVERY_NOTIFY ? "notify" : "full", count_admins(cfg));
 	if(cfg->store_key_file){
