@@ -30,7 +30,7 @@ def pg():
 
 
 def pg_broker(make_broker, srv, opts):
-    b = make_broker(dict({"nonim_acl": "allow"}, **opts), start=False)
+    b = make_broker(dict({"nonim_acl": "allow", "store": "postgresql"}, **opts), start=False)
     b.use_pg(srv)
     b.start()
     return b
@@ -114,7 +114,7 @@ def test_backlog_of_small_messages_ships_in_order(make_broker, pg):
 
 
 def test_down_at_start_fails_with_one_line_naming_the_option(make_broker, pg):
-    b = make_broker({"nonim_acl": "allow"}, start=False)
+    b = make_broker({"nonim_acl": "allow", "store": "postgresql"}, start=False)
     b.use_pg(pg)
     b.opts["pg_conninfo"] = "postgresql://postgres:s3cret-pw@127.0.0.1:%d/%s?connect_timeout=2" % (pg.port, b.pg_db)
     pg.stop()
