@@ -21,6 +21,7 @@
 #include <mosquitto.h>
 
 #include "im.h"
+#include "im_print.h"
 
 static int json;
 
@@ -53,19 +54,6 @@ static void json_field(const char *key, const char *s)
 {
 	putchar(',');
 	json_str(key, s ? s : "", s ? strlen(s) : 0);
-}
-
-/* The conversation flags of a message (edit, recall, and what became of
- * it), after its sender: " (edit of #3)", " (recalled)"; ref_seq 0: not
- * known (the conversation list), " (edit)". */
-static void print_change(uint32_t flags, uint64_t ref_seq)
-{
-	const char *what = flags & IM__V1__HEADER_FLAG__FLAG_EDIT ? "edit" : flags & IM__V1__HEADER_FLAG__FLAG_RECALL ? "recall" : NULL;
-
-	if(what && ref_seq) printf(" (%s of #%" PRIu64 ")", what, ref_seq);
-	else if(what) printf(" (%s)", what);
-	if(flags & IM__V1__HEADER_FLAG__FLAG_EDITED) printf(" (edited)");
-	if(flags & IM__V1__HEADER_FLAG__FLAG_RECALLED) printf(" (recalled)");
 }
 
 static void json_change(uint32_t flags)
@@ -165,7 +153,7 @@ static int print_frame(const uint8_t *buf, size_t len, const char *indent)
 		if(h->to && h->timeline && strcmp(h->to, h->timeline)) printf(" -> %s", h->to);
 		if(h->cmid) printf(" [%s]", h->cmid);
 		if(h->flags & IM__V1__HEADER_FLAG__FLAG_SYSTEM) printf(" (system)");
-		print_change(h->flags, h->ref_seq);
+		im_print_change(h->flags, h->ref_seq);
 		printf(": ");
 		if(h->body_omitted){
 			printf("<%u bytes, sync to read>", h->body_len);
@@ -267,7 +255,7 @@ static void print_conv(const Im__V1__Conversation *c)
 	print_time(c->last_ts_ms);
 	printf(" %s", c->last_sender ? c->last_sender : "?");
 	if(c->last_flags & IM__V1__HEADER_FLAG__FLAG_SYSTEM) printf(" (system)");
-	print_change(c->last_flags, 0);
+	im_print_change(c->last_flags, 0);
 	printf(", unread %" PRIu64, c->unread);
 	if(c->has_peer_read_seq) printf(", peer read #%" PRIu64, c->peer_read_seq);
 	printf(": %s\n", c->last_preview ? c->last_preview : "<no preview>");
