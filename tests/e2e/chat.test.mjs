@@ -239,9 +239,8 @@ test('alice and bob chat in the page; bob catches up by sync after being away an
   // a reload: what was shown comes from localStorage, nothing twice
   await (await use(bob)).reload();
   await online(bob);
-  await click(bob, '#convs li[data-conv="u:alice"]');
-  await sleep(300);
-  assert.deepEqual(await shown(bob), want);
+  await click(bob, '#convs li[data-conv="u:alice"]');   // online: caught up and shown, nothing more to come
+  assert.deepEqual(await waitShown(bob, 10, 'bob after a reload'), want);
   assert.equal(await badge(bob, 'u:alice'), '');
   assert.deepEqual(errors, []);
 });
