@@ -554,8 +554,12 @@ class Lines:
 
     def wait(self, n, timeout=30):
         """All lines so far once there are at least n (fewer at the deadline)."""
+        return self.wait_for(lambda got: len(got) >= n, timeout)
+
+    def wait_for(self, cond, timeout=30):
+        """All lines so far once cond(lines) is true (or at the deadline)."""
         deadline = time.time() + timeout
-        while len(self.got) < n:
+        while not cond(self.got):
             left = deadline - time.time()
             if left <= 0:
                 break
