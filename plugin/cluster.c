@@ -658,6 +658,8 @@ static void submit_repair(struct im__cluster *c, struct tls *e, uint64_t upto)
 	j->u.repair.after = e->last;
 	j->u.repair.upto = upto;
 	e->repairing = true;
+	mosquitto_log_printf(MOSQ_LOG_DEBUG, "im: cluster: %s: reading seqs %" PRIu64 "..%s%.0" PRIu64 " from the store.",
+			e->name, e->last + 1, upto ? "" : "head", upto);
 	IM_STAT_ADD(c->p->metrics.cluster_repairs, 1);
 	im_worker__submit(c->p, j);
 }
@@ -670,6 +672,7 @@ static void submit_anchor(struct im__cluster *c, struct tls *e)
 	snprintf(j->u.repair.timeline, sizeof(j->u.repair.timeline), "%s", e->name);
 	j->u.repair.anchor = true;
 	e->repairing = true;
+	mosquitto_log_printf(MOSQ_LOG_DEBUG, "im: cluster: %s: now heard here; asking the store for its head.", e->name);
 	im_worker__submit(c->p, j);
 }
 
@@ -677,7 +680,7 @@ static void submit_anchor(struct im__cluster *c, struct tls *e)
  * starts after the head as the worker sees it now: the worker reads it
  * before any sync the new device sends (they queue behind), so what the
  * device's first sync does not return is delivered live. Frames that
- * arrive meanwhile wait. A state this broker kept from its own messages
+ * arrive meanwhile wait, and are delivered too (im_cluster__repaired). A state this broker kept from its own messages
  * is stale (it heard nobody else's): it starts over. */
 static void anchor(struct im__cluster *c, const char *tl)
 {
@@ -702,6 +705,8 @@ void im_cluster__repaired(struct im__plugin *p, const char *tl, uint64_t reached
 
 	if(c == NULL || (e = im_map__get(&c->tls, tl, strlen(tl))) == NULL) return;
 	e->repairing = false;
+	mosquitto_log_printf(MOSQ_LOG_DEBUG, "im: cluster: %s: %s %s at seq %" PRIu64 " (delivered up to %" PRIu64 ", %zu held).",
+			tl, anchor_done ? "head" : "repair", ok ? "answered" : "failed", reached, e->last, e->n_held);
 	if(anchor_done && e->anchoring){
 		if(!ok){
 			e->retry_ms = im_now_ms() + REPAIR_RETRY_MS;
@@ -709,6 +714,11 @@ void im_cluster__repaired(struct im__plugin *p, const char *tl, uint64_t reached
 			return;
 		}
 		e->anchoring = false;
+		/* Frames held meanwhile were heard after this broker subscribed:
+		 * live for the device that brought the interest, even those
+		 * committed before the worker got round to reading the head
+		 * (under load, many). Delivery starts at the first of them. */
+		if(e->held && e->held->seq - 1 < reached) reached = e->held->seq - 1;
 		if(reached > e->last) e->last = reached;
 		if(e->last > e->want) e->want = e->last;
 		release(p, e);

@@ -252,6 +252,12 @@ static int check_store(struct im__config *cfg)
 {
 	char host[256];
 
+	/* Brokers of a cluster share their timelines; a SQLite file is one
+	 * broker's alone. */
+	if(cfg->nats_servers && cfg->store != IM_STORE_PG){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: plugin_opt_nats_servers (cluster mode) needs plugin_opt_store postgresql: brokers of a cluster share one store.");
+		return MOSQ_ERR_INVAL;
+	}
 	if(cfg->store != IM_STORE_PG) return MOSQ_ERR_SUCCESS;
 	if(cfg->pg_conninfo == NULL){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "im: plugin_opt_store postgresql needs plugin_opt_pg_conninfo (a libpq connection string or URI, e.g. postgresql://im@db1,db2/im?target_session_attrs=read-write).");

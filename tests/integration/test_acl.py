@@ -380,7 +380,8 @@ def test_sink_topic_cannot_be_subscribed(broker):
 # ---------------------------------------------------------------- options
 
 @pytest.mark.parametrize("opt,value", [("bogus", "1"), ("synchronous", "sometimes"), ("max_body", "-1"),
-                                       ("max_body", "12abc"), ("nonim_acl", "maybe"), ("prefix", "$im")])
+                                       ("max_body", "12abc"), ("nonim_acl", "maybe"), ("prefix", "$im"),
+                                       ("nats_servers", "nats://127.0.0.1:4222")])  # cluster mode needs PostgreSQL
 def test_bad_option_stops_broker(make_broker, opt, value):
     b = make_broker({opt: value}, start=False)
     rc = b.start(expect_fail=True)

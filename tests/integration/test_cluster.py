@@ -5,6 +5,7 @@ Receivers in these tests are plain subscribers that never sync: what they
 get live is exactly what the brokers delivered, so "in order, once" is
 checked on live delivery itself, repairs included."""
 import os
+import queue
 import signal
 import threading
 import uuid
@@ -48,7 +49,12 @@ def frames(client, topic, n):
     """The next n frames on topic (others stay), decoded."""
     out, others = [], []
     while len(out) < n:
-        m = client.get()
+        try:
+            m = client.get()
+        except queue.Empty:
+            seqs = [decode_frame(m.payload)[0].seq for m in out]
+            raise AssertionError("%s: %d of %d frames on %s; seqs %s" % (client.c._client_id.decode(), len(out), n, topic,
+                                                                   seqs[:5] + ["..."] + seqs[-5:]))
         (out if m.topic == topic else others).append(m)
     client.back.extend(others)
     return [decode_frame(m.payload) for m in out]
