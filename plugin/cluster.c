@@ -52,6 +52,7 @@
 #define REPAIR_RETRY_MS 500
 #define POKE_QUIET_US 1000
 #define SUB_SETTLE_MS 250       /* a new subscription reaches the other NATS servers */
+#define LOST_RESYNC_MS 5000     /* after NATS dropped messages: a whole check, at most this often */
 
 enum op_kind { OP_PUB, OP_SUB, OP_UNSUB };
 
@@ -115,6 +116,7 @@ struct im__cluster {
 	struct im__done *ihead, **itail;
 	int in_flag;                    /* atomic: ihead may be non-empty */
 	int reconnected;                /* atomic: the connection came back */
+	int lost;                       /* atomic: NATS dropped messages for us */
 	int64_t drained_us;             /* atomic: when B last drained */
 	int64_t poked_us;               /* [N] */
 	/* [B] */
@@ -123,6 +125,7 @@ struct im__cluster {
 	struct im__map tls;             /* timeline -> struct tls */
 	struct tlist pending, idle;
 	struct tls *gaps;
+	int64_t resync_ms;              /* the last whole check */
 	struct im__buf wbuf;            /* [W] encoding */
 	struct im__buf bbuf;            /* [B] encoding */
 	char **servers;
@@ -247,9 +250,12 @@ static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, 
 
 	(void)nc;
 	(void)sub;
-	/* A slow consumer: NATS dropped messages for us. The gap checks and
-	 * tail checks repair them. */
+	/* A slow consumer: NATS dropped messages for us, of any timeline or
+	 * a membership change. Gap and tail checks see only timelines that
+	 * go on: everything is checked as after a reconnect (B, at most
+	 * every LOST_RESYNC_MS). */
 	IM_STAT_ADD(c->p->metrics.cluster_dropped, 1);
+	if(err == NATS_SLOW_CONSUMER) __atomic_store_n(&c->lost, 1, __ATOMIC_RELEASE);
 	im_log(MOSQ_LOG_WARNING, "im: cluster: NATS: %s.", natsStatus_GetText(err));
 }
 
@@ -299,12 +305,12 @@ static void *run(void *arg)
 	 * broker's. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
-	if(connect_nats(c) != MOSQ_ERR_SUCCESS){
-		/* Logged; the broker keeps serving from the store alone. */
-		pthread_mutex_lock(&c->mu);
-		while(!c->stop) pthread_cond_wait(&c->cv, &c->mu);
-		pthread_mutex_unlock(&c->mu);
-		return NULL;
+	/* On failure (logged) the broker keeps serving from the store alone;
+	 * what is queued for NATS is thrown away as it comes, so the queue
+	 * stays bounded. */
+	if(connect_nats(c) != MOSQ_ERR_SUCCESS && c->nc){
+		natsConnection_Destroy(c->nc);
+		c->nc = NULL;
 	}
 	for(;;){
 		pthread_mutex_lock(&c->mu);
@@ -320,11 +326,11 @@ static void *run(void *arg)
 		pthread_mutex_unlock(&c->mu);
 		for(; list; list = next){
 			next = list->next;
-			run_op(c, list);
+			if(c->nc) run_op(c, list);
 			free(list);
 		}
 	}
-	natsConnection_FlushTimeout(c->nc, 1000);
+	if(c->nc) natsConnection_FlushTimeout(c->nc, 1000);
 	return NULL;
 }
 
@@ -701,6 +707,7 @@ static void anchor(struct im__cluster *c, const char *tl)
 void im_cluster__repaired(struct im__plugin *p, const char *tl, uint64_t reached, bool ok, bool anchor_done)
 {
 	struct im__cluster *c = p->cluster;
+	struct im__done *d;
 	struct tls *e;
 
 	if(c == NULL || (e = im_map__get(&c->tls, tl, strlen(tl))) == NULL) return;
@@ -717,7 +724,15 @@ void im_cluster__repaired(struct im__plugin *p, const char *tl, uint64_t reached
 		/* Frames held meanwhile were heard after this broker subscribed:
 		 * live for the device that brought the interest, even those
 		 * committed before the worker got round to reading the head
-		 * (under load, many). Delivery starts at the first of them. */
+		 * (under load, many). Delivery starts at the first of them,
+		 * unless it lies further back than a hold's worth: that one is
+		 * no live frame but an old one replayed on NATS. */
+		while(e->held && e->held->seq + HOLD_MAX <= reached){
+			d = e->held;
+			e->held = d->next;
+			e->n_held--;
+			free(d);
+		}
 		if(e->held && e->held->seq - 1 < reached) reached = e->held->seq - 1;
 		if(reached > e->last) e->last = reached;
 		if(e->last > e->want) e->want = e->last;
@@ -742,12 +757,16 @@ void im_cluster__repaired(struct im__plugin *p, const char *tl, uint64_t reached
 
 /* ---- B: the tick ---- */
 
+/* Another broker changed a group. Its message is taken as a sign, not
+ * as the change: the worker drops its cached copy and reads the members
+ * from the store, and this broker's view follows that ("set"). A message
+ * replayed on NATS (the MAC proves its origin, not its age) then cannot
+ * put a removed member back. */
 static void members(struct im__plugin *p, struct im__done *d)
 {
 	struct im__job *j;
 
-	im_policy__members(p, d->group, d->op, d->owner, d->users, d->n_users);
-	/* The worker's cached copy of the group is stale now. */
+	mosquitto_log_printf(MOSQ_LOG_DEBUG, "im: cluster: group %s changed on another broker; reading its members from the store.", d->group);
 	if((j = im_job__new(IM_JOB_FORGET, 0, NULL, "forget", NULL, NULL, 0)) != NULL){
 		snprintf(j->u.forget.group, sizeof(j->u.forget.group), "%s", d->group);
 		im_worker__submit(p, j);
@@ -791,7 +810,14 @@ void im_cluster__tick(struct im__plugin *p, int64_t now)
 
 	if(c == NULL) return;
 	__atomic_store_n(&c->drained_us, im_mono_us(), __ATOMIC_RELAXED);
-	if(__atomic_exchange_n(&c->reconnected, 0, __ATOMIC_ACQ_REL)) resync(c);
+	if(__atomic_exchange_n(&c->reconnected, 0, __ATOMIC_ACQ_REL)){
+		resync(c);
+		c->resync_ms = now;
+	}else if(__atomic_load_n(&c->lost, __ATOMIC_ACQUIRE) && now - c->resync_ms >= LOST_RESYNC_MS){
+		__atomic_store_n(&c->lost, 0, __ATOMIC_RELAXED);
+		resync(c);
+		c->resync_ms = now;
+	}
 	if(__atomic_load_n(&c->in_flag, __ATOMIC_ACQUIRE)){
 		pthread_mutex_lock(&c->in_mu);
 		d = c->ihead;
@@ -863,12 +889,66 @@ bool im_cluster__busy(const struct im__plugin *p)
 
 /* ---- start and stop ---- */
 
+/* nats://[user[:password]@]host[:port] (or tls://): checked here, at
+ * start, because libnats only parses it on its own thread later, where a
+ * mistake would leave a broker running without the cluster. */
+static bool server_url_ok(const char *u)
+{
+	const char *host, *at, *colon, *q;
+
+	if(!strncmp(u, "nats://", 7)) host = u + 7;
+	else if(!strncmp(u, "tls://", 6)) host = u + 6;
+	else return false;
+	if((at = strrchr(host, '@')) != NULL) host = at + 1;
+	if(*host == '\0' || *host == ':' || strpbrk(host, "/?#")) return false;
+	if(*host == '['){
+		if((q = strchr(host, ']')) == NULL) return false;
+		colon = q[1] == ':' ? q + 1 : (q[1] ? NULL : q + 1);
+		if(colon == NULL) return false;
+	}else{
+		colon = strchr(host, ':');
+		if(colon && strchr(colon + 1, ':')) return false;
+	}
+	if(colon && *colon == ':'){
+		if(colon[1] == '\0' || strlen(colon + 1) > 5) return false;
+		for(q = colon + 1; *q; q++) if(*q < '0' || *q > '9') return false;
+		if(atoi(colon + 1) < 1 || atoi(colon + 1) > 65535) return false;
+	}
+	return true;
+}
+
+/* The list as logged: user and password of each URL replaced by "***". */
+static void servers_shown(const struct im__cluster *c, char *out, size_t cap)
+{
+	size_t used = 0;
+	int i, n;
+	const char *at, *scheme_end;
+
+	out[0] = '\0';
+	for(i = 0; i < c->n_servers && used < cap; i++){
+		scheme_end = strstr(c->servers[i], "://");
+		at = strrchr(c->servers[i], '@');
+		if(scheme_end && at){
+			n = snprintf(out + used, cap - used, "%s%.*s***@%s", i ? "," : "",
+					(int)(scheme_end + 3 - c->servers[i]), c->servers[i], at + 1);
+		}else{
+			n = snprintf(out + used, cap - used, "%s%s", i ? "," : "", c->servers[i]);
+		}
+		if(n < 0) break;
+		used += (size_t)n;
+	}
+}
+
 static int split_servers(struct im__cluster *c, const char *list)
 {
 	char *copy = im_strdup(list), *tok, *save = NULL;
 
 	if(copy == NULL) return MOSQ_ERR_NOMEM;
 	for(tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)){
+		if(!server_url_ok(tok)){
+			free(copy);
+			return MOSQ_ERR_INVAL;
+		}
 		char **n = realloc(c->servers, (size_t)(c->n_servers + 1) * sizeof(char *));
 		if(n == NULL || (n[c->n_servers] = im_strdup(tok)) == NULL){
 			if(n) c->servers = n;
@@ -895,7 +975,7 @@ int im_cluster__init(struct im__plugin *p)
 	pthread_cond_init(&c->cv, NULL);
 	pthread_mutex_init(&c->in_mu, NULL);
 	if(split_servers(c, p->cfg.nats_servers) != MOSQ_ERR_SUCCESS){
-		mosquitto_log_printf(MOSQ_LOG_ERR, "im: plugin_opt_nats_servers: expected a comma-separated list of NATS URLs (nats://host:port).");
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: plugin_opt_nats_servers: expected a comma-separated list of NATS URLs (nats://[user:password@]host[:port], or tls://).");
 		p->cluster = c;
 		im_cluster__stop(p);
 		return MOSQ_ERR_INVAL;
@@ -907,6 +987,7 @@ int im_cluster__init(struct im__plugin *p)
 int im_cluster__start(struct im__plugin *p)
 {
 	struct im__cluster *c = p->cluster;
+	char shown[1024];
 
 	if(c == NULL) return MOSQ_ERR_SUCCESS;
 	name_root(c, p->store_id);
@@ -915,7 +996,8 @@ int im_cluster__start(struct im__plugin *p)
 		return MOSQ_ERR_UNKNOWN;
 	}
 	c->started = true;
-	mosquitto_log_printf(MOSQ_LOG_INFO, "im: cluster: sharing timelines over NATS (%s) as %s.", p->cfg.nats_servers, c->root);
+	servers_shown(c, shown, sizeof(shown));
+	mosquitto_log_printf(MOSQ_LOG_INFO, "im: cluster: sharing timelines over NATS (%s) as %s.", shown, c->root);
 	return MOSQ_ERR_SUCCESS;
 }
 

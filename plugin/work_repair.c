@@ -126,13 +126,38 @@ static enum im_row reload_group(void *ctx, const char *group, const char *owner,
 	return IM_ROW_NEXT;
 }
 
+/* The broker thread's view of one group made the store's again: its
+ * members as a "set" (none if the group is gone). */
+static int reload_one(struct im__worker *w, const char *name)
+{
+	struct im__group *g;
+	const char **users;
+	size_t n = 0, k;
+	bool err = false;
+	enum im_row r;
+
+	g = w->st.ops->group(&w->st, name, strlen(name), &err);
+	if(err) return IM_WORK_RETRY;
+	if(g == NULL) return reload_group(w, name, "", NULL, 0) == IM_ROW_NEXT ? MOSQ_ERR_SUCCESS : IM_WORK_RETRY;
+	if((users = im_calloc(g->members.count + 1, sizeof(*users))) == NULL) return IM_WORK_RETRY;
+	for(k = 0; k < g->members.cap; k++){
+		if(g->members.slots[k].key && g->members.slots[k].val) users[n++] = g->members.slots[k].key;
+	}
+	r = reload_group(w, name, g->owner ? g->owner : "", users, n);
+	free(users);
+	return r == IM_ROW_NEXT ? MOSQ_ERR_SUCCESS : IM_WORK_RETRY;
+}
+
 int im_work__forget(struct im__worker *w, struct im__job *j)
 {
 	const char *g = j->u.forget.group;
 
 	if(strcmp(w->st.ops->name, "postgresql")) return MOSQ_ERR_SUCCESS;
 	im_store__pg_forget_group(&w->st, g[0] ? g : NULL, strlen(g));
-	if(g[0]) return MOSQ_ERR_SUCCESS;
+	/* Another broker changed g: what it said over NATS only names the
+	 * group; the members come from the store, so a message replayed on
+	 * NATS changes nothing. */
+	if(g[0]) return reload_one(w, g);
 	/* After a NATS outage: a change may have been missed. The broker
 	 * thread's view is made whole again from the store. */
 	return w->st.ops->each_group(&w->st, reload_group, w) == MOSQ_ERR_SUCCESS ? MOSQ_ERR_SUCCESS : IM_WORK_RETRY;

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import urllib.request
 
 from imtest import WAIT, Broker, free_port, wait_until
@@ -219,3 +220,62 @@ def cluster_broker(pg, nats, node_id, opts=None):
     b = Broker(opts=o)
     return b
 
+
+
+class NatsTap:
+    """A bare NATS client speaking the text protocol: records what is
+    published under a subject (wildcards allowed) and publishes raw bytes,
+    as an attacker on the NATS network would."""
+
+    def __init__(self, port, subject="im.>"):
+        import socket
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        self.got = []
+        self.lock = threading.Lock()
+        self.buf = b""
+        self._line()                                   # INFO
+        self.sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nSUB %s 1\r\nPING\r\n' % subject.encode())
+        while self._line() != b"PONG":
+            pass
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _fill(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError
+        self.buf += data
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _read(self):
+        self.sock.settimeout(None)
+        try:
+            while True:
+                line = self._line()
+                if line.startswith(b"MSG "):
+                    parts = line.split()
+                    n = int(parts[-1])
+                    while len(self.buf) < n + 2:
+                        self._fill()
+                    payload, self.buf = self.buf[:n], self.buf[n + 2:]
+                    with self.lock:
+                        self.got.append((parts[1].decode(), payload))
+                elif line == b"PING":
+                    self.sock.sendall(b"PONG\r\n")
+        except (OSError, EOFError):
+            pass
+
+    def messages(self, suffix=""):
+        with self.lock:
+            return [(s, p) for s, p in self.got if s.endswith(suffix)]
+
+    def publish(self, subject, payload):
+        self.sock.sendall(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload))
+
+    def close(self):
+        self.sock.close()

@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 
-from cluster_env import NatsCluster, PgPair, missing
-from imtest import WAIT, Client, decode_frame, pb, sync_all, wait_until
+from cluster_env import NatsCluster, NatsTap, PgPair, missing
+from imtest import WAIT, Client, decode_frame, pb, sync_all, wait_log, wait_until
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
 
@@ -259,3 +259,50 @@ def test_kill9_postgres_primary_and_promote_loses_nothing(make_broker):
         nats.stop()
         pg.stop()
 
+
+
+def test_a_replayed_membership_message_does_not_readmit_a_removed_member(make_broker, env):
+    """NATS messages carry a MAC, which proves who wrote them, not when: a
+    membership change heard on NATS is only a sign to read the group from
+    the store, so replaying an old "add" changes nothing."""
+    a, _, c = three(make_broker, env, "replay")
+    carol, dave, erin = names("carol", "dave", "erin")
+    grp = names("club")[0]
+    tap = NatsTap(env[1].nodes[0]["port"])
+    owner = Client(a, carol, client_id=carol, v5=True).connect()
+    member = Client(c, erin, client_id=erin, v5=True).connect()
+
+    def change(op, users):
+        r = owner.request("group", pb.GroupRequest(op=op, group=grp, members=users), response_type=pb.GroupResponse)
+        assert r.status == pb.OK, r.reason
+
+    change("create", [dave])
+    change("add", [erin])
+    assert wait_until(lambda: any(erin.encode() in p for _, p in tap.messages(".ctl"))), "no membership change on NATS"
+    subject, added = [(s, p) for s, p in tap.messages(".ctl") if erin.encode() in p][0]
+    subscribe_member(member, "im/g/" + grp)
+    change("remove", [erin])
+    assert wait_until(lambda: member.subscribe("im/g/" + grp)[0] >= 128), "the removal never reached broker C"
+    heard = c.read_log().count("changed on another broker")
+    tap.publish(subject, added)
+    assert wait_until(lambda: c.read_log().count("changed on another broker") > heard), "the replay was not heard"
+    sync_all(member, "u/" + erin)             # answered after the worker's reload of the group
+    assert member.subscribe("im/g/" + grp)[0] >= 128, "a replayed NATS message readmitted a removed member"
+    tap.close()
+    for cl in (owner, member):
+        cl.close()
+
+
+@pytest.mark.parametrize("servers", ["127.0.0.1:4222", "http://127.0.0.1:4222", "nats://", "nats://h:99999",
+                                     "nats://h:4222/x", "nats://a:1,bogus"])
+def test_bad_nats_servers_stop_the_broker(make_broker, env, servers):
+    b = make_broker(opts(env, "badurl", nats_servers=servers), start=False)
+    assert b.start(expect_fail=True) != 0
+    assert "plugin_opt_nats_servers" in b.read_log()
+
+
+def test_nats_credentials_are_not_logged(make_broker, env):
+    url = env[1].servers.replace("nats://", "nats://im:s3cret-pw@")
+    b = make_broker(opts(env, "creds", nats_servers=url))
+    wait_log(b, "sharing timelines over NATS")
+    assert "nats://***@127.0.0.1" in b.read_log() and "s3cret-pw" not in b.read_log()
