@@ -6,8 +6,10 @@
  *   imcat --bin < payload.bin
  *
  * Each input line is one payload in hex (what mosquitto_sub -F '%x'
- * prints). A payload that starts with the frame magic is a frame; anything
- * else is tried as SyncBatch, AckResponse, Receipt and Response in turn.
+ * prints). A payload that starts with the frame magic is a frame (a
+ * message, or an event from <prefix>/e/...: a read mark, typing); anything
+ * else is tried as SyncBatch, Receipt, AckResponse, ReadsResponse,
+ * ConversationsResponse and Response in turn.
  */
 #include <ctype.h>
 #include <inttypes.h>
@@ -19,6 +21,7 @@
 #include <mosquitto.h>
 
 #include "im.h"
+#include "im_print.h"
 
 static int json;
 
@@ -47,6 +50,52 @@ static void json_str(const char *key, const char *s, size_t len)
 	putchar('"');
 }
 
+static void json_field(const char *key, const char *s)
+{
+	putchar(',');
+	json_str(key, s ? s : "", s ? strlen(s) : 0);
+}
+
+static void json_change(uint32_t flags)
+{
+	static const struct { uint32_t bit; const char *name; } f[] = {
+		{IM__V1__HEADER_FLAG__FLAG_EDIT, "edit"}, {IM__V1__HEADER_FLAG__FLAG_RECALL, "recall"},
+		{IM__V1__HEADER_FLAG__FLAG_EDITED, "edited"}, {IM__V1__HEADER_FLAG__FLAG_RECALLED, "recalled"}};
+	size_t i;
+
+	for(i = 0; i < sizeof(f) / sizeof(f[0]); i++){
+		if(flags & f[i].bit) printf(",\"%s\":true", f[i].name);
+	}
+}
+
+/* An event frame (seq 0, on <prefix>/e/<timeline>): who read how far, who
+ * is typing. */
+static void print_event(const Im__V1__Header *h, const char *indent)
+{
+	const Im__V1__Event *e = h->event;
+	bool read = e->kind == IM__V1__EVENT__KIND__READ, typing = e->kind == IM__V1__EVENT__KIND__TYPING;
+
+	if(json){
+		printf("{");
+		json_str("timeline", h->timeline ? h->timeline : "", h->timeline ? strlen(h->timeline) : 0);
+		printf(",\"seq\":0");
+		json_field("from", h->sender);
+		printf(",\"ts_ms\":%" PRId64 ",\"event\":{\"kind\":\"%s\"", h->ts_ms, read ? "read" : typing ? "typing" : "unknown");
+		json_field("user", e->user);
+		json_field("timeline", e->timeline);
+		if(e->has_seq) printf(",\"seq\":%" PRIu64, e->seq);
+		if(e->has_typing || typing) printf(",\"typing\":%s", !e->has_typing || e->typing ? "true" : "false");
+		printf(",\"ts_ms\":%" PRId64 "}}\n", e->ts_ms);
+		return;
+	}
+	printf("%s%s event ", indent, h->timeline ? h->timeline : "?");
+	print_time(e->has_ts_ms ? e->ts_ms : h->ts_ms);
+	printf(" %s: ", e->user ? e->user : "?");
+	if(read) printf("read %s up to #%" PRIu64 "\n", e->timeline ? e->timeline : "?", e->seq);
+	else if(typing) printf("%s in %s\n", !e->has_typing || e->typing ? "typing" : "stopped typing", e->timeline ? e->timeline : "?");
+	else printf("event of kind %d\n", (int)e->kind);
+}
+
 static void print_body(const uint8_t *b, size_t n)
 {
 	size_t i;
@@ -72,7 +121,9 @@ static int print_frame(const uint8_t *buf, size_t len, const char *indent)
 	size_t blen;
 
 	if(im_frame__decode(buf, len, NULL, &h, &body, &blen) != MOSQ_ERR_SUCCESS) return -1;
-	if(json){
+	if(h->event){
+		print_event(h, indent);
+	}else if(json){
 		printf("{");
 		json_str("timeline", h->timeline ? h->timeline : "", h->timeline ? strlen(h->timeline) : 0);
 		printf(",\"seq\":%" PRIu64 ",", h->seq);
@@ -83,6 +134,9 @@ static int print_frame(const uint8_t *buf, size_t len, const char *indent)
 		if(h->content_type){ putchar(','); json_str("content_type", h->content_type, strlen(h->content_type)); }
 		if(h->body_omitted) printf(",\"body_omitted\":true,\"body_len\":%u", h->body_len);
 		if(h->flags) printf(",\"flags\":%u", h->flags);
+		json_change(h->flags);
+		if(h->has_ref_seq) printf(",\"ref_seq\":%" PRIu64, h->ref_seq);
+		if(h->has_peer_seq) printf(",\"peer_seq\":%" PRIu64, h->peer_seq);
 		putchar(',');
 		if(h->flags & IM__V1__HEADER_FLAG__FLAG_COMPRESSED){
 			uint8_t *raw = im_frame__inflate(body, blen, h->raw_len);
@@ -99,6 +153,7 @@ static int print_frame(const uint8_t *buf, size_t len, const char *indent)
 		if(h->to && h->timeline && strcmp(h->to, h->timeline)) printf(" -> %s", h->to);
 		if(h->cmid) printf(" [%s]", h->cmid);
 		if(h->flags & IM__V1__HEADER_FLAG__FLAG_SYSTEM) printf(" (system)");
+		im_print_change(h->flags, h->ref_seq);
 		printf(": ");
 		if(h->body_omitted){
 			printf("<%u bytes, sync to read>", h->body_len);
@@ -131,6 +186,12 @@ static int print_batch(const uint8_t *buf, size_t len)
 		if(b) im__v1__sync_batch__free_unpacked(b, NULL);
 		return -1;
 	}
+	for(i = 0; i < b->n_frames; i++){
+		if(b->frames[i].len < 2 || b->frames[i].data[0] != 'I' || b->frames[i].data[1] != 'M'){
+			im__v1__sync_batch__free_unpacked(b, NULL);
+			return -1; /* not frames: another reply of the same shape */
+		}
+	}
 	if(!json){
 		printf("sync %s: %s%s%s, %zu frames, head %" PRIu64 ", first %" PRIu64 ", cursor %" PRIu64
 				", unread %" PRIu64 "%s\n",
@@ -140,6 +201,84 @@ static int print_batch(const uint8_t *buf, size_t len)
 	}
 	for(i = 0; i < b->n_frames; i++) print_frame(b->frames[i].data, b->frames[i].len, "  ");
 	im__v1__sync_batch__free_unpacked(b, NULL);
+	return 0;
+}
+
+/* ReadsResponse: the read marks of a conversation. Its shape is an
+ * AckResponse's with marks for the cursor: tried after it, and only taken
+ * with a head_seq (an AckResponse with one always has a cursor). */
+static int print_reads(const uint8_t *buf, size_t len)
+{
+	Im__V1__ReadsResponse *r = im__v1__reads_response__unpack(NULL, len, buf);
+	size_t i;
+
+	if(r == NULL || (!r->has_head_seq && r->n_marks == 0)){
+		if(r) im__v1__reads_response__free_unpacked(r, NULL);
+		return -1;
+	}
+	if(json){
+		printf("{");
+		json_str("reads", r->timeline ? r->timeline : "", r->timeline ? strlen(r->timeline) : 0);
+		printf(",\"status\":%d,\"head_seq\":%" PRIu64 ",\"marks\":[", r->status, r->head_seq);
+		for(i = 0; i < r->n_marks; i++){
+			printf("%s{", i ? "," : "");
+			json_str("user", r->marks[i]->user ? r->marks[i]->user : "", r->marks[i]->user ? strlen(r->marks[i]->user) : 0);
+			printf(",\"seq\":%" PRIu64 "}", r->marks[i]->seq);
+		}
+		printf("]}\n");
+	}else{
+		printf("reads %s: %s, head %" PRIu64 "%s", r->timeline ? r->timeline : "?", status_name(r->status), r->head_seq,
+				r->n_marks ? ":" : ", no read marks");
+		for(i = 0; i < r->n_marks; i++){
+			printf("%s %s #%" PRIu64, i ? "," : "", r->marks[i]->user ? r->marks[i]->user : "?", r->marks[i]->seq);
+		}
+		putchar('\n');
+	}
+	im__v1__reads_response__free_unpacked(r, NULL);
+	return 0;
+}
+
+static void print_conv(const Im__V1__Conversation *c)
+{
+	if(json){
+		printf("{");
+		json_str("timeline", c->timeline ? c->timeline : "", c->timeline ? strlen(c->timeline) : 0);
+		printf(",\"last_seq\":%" PRIu64 ",\"last_ts_ms\":%" PRId64, c->last_seq, c->last_ts_ms);
+		json_field("last_sender", c->last_sender);
+		printf(",\"last_flags\":%u,\"unread\":%" PRIu64, c->last_flags, c->unread);
+		if(c->has_peer_read_seq) printf(",\"peer_read_seq\":%" PRIu64, c->peer_read_seq);
+		if(c->last_preview) json_field("last_preview", c->last_preview);
+		printf("}");
+		return;
+	}
+	printf("  %s #%" PRIu64 " ", c->timeline ? c->timeline : "?", c->last_seq);
+	print_time(c->last_ts_ms);
+	printf(" %s", c->last_sender ? c->last_sender : "?");
+	if(c->last_flags & IM__V1__HEADER_FLAG__FLAG_SYSTEM) printf(" (system)");
+	im_print_change(c->last_flags, 0);
+	printf(", unread %" PRIu64, c->unread);
+	if(c->has_peer_read_seq) printf(", peer read #%" PRIu64, c->peer_read_seq);
+	printf(": %s\n", c->last_preview ? c->last_preview : "<no preview>");
+}
+
+/* ConversationsResponse: one page of the conversation list. */
+static int print_convs(const uint8_t *buf, size_t len)
+{
+	Im__V1__ConversationsResponse *r = im__v1__conversations_response__unpack(NULL, len, buf);
+	size_t i;
+
+	if(r == NULL || !r->has_has_more){
+		if(r) im__v1__conversations_response__free_unpacked(r, NULL);
+		return -1;
+	}
+	if(json) printf("{\"status\":%d,\"has_more\":%s,\"conversations\":[", r->status, r->has_more ? "true" : "false");
+	else printf("conversations: %s, %zu%s\n", status_name(r->status), r->n_conversations, r->has_more ? ", more" : "");
+	for(i = 0; i < r->n_conversations; i++){
+		if(json && i) putchar(',');
+		print_conv(r->conversations[i]);
+	}
+	if(json) printf("]}\n");
+	im__v1__conversations_response__free_unpacked(r, NULL);
 	return 0;
 }
 
@@ -164,6 +303,7 @@ static void print_other(const uint8_t *buf, size_t len)
 		}
 		if(a) im__v1__ack_response__free_unpacked(a, NULL);
 	}
+	if(print_reads(buf, len) == 0 || print_convs(buf, len) == 0) return;
 	{
 		Im__V1__Response *s = im__v1__response__unpack(NULL, len, buf);
 		if(s && s->has_status){

@@ -9,6 +9,10 @@
  *   imchat -u alice group add|remove team dave
  *   imchat -u bob group leave team
  *   imchat -u bob group list | info team
+ *   imchat -u alice edit bob 3 "hi!"           replace the text of my message u/bob #3
+ *   imchat -u alice recall -g team 7           withdraw my message g/team #7
+ *   imchat -u alice typing bob [on|off]        tell bob I am typing (or stopped)
+ *   imchat -u alice conversations --limit 20   my latest conversations, unread counts
  *
  * Sending follows docs/PROTOCOL.md section 7, step 4: MQTT v5, QoS 1, a
  * random UUID as im-cmid, a Response Topic for the im.v1.Receipt; after a
@@ -16,7 +20,9 @@
  * Receipt arrives, so it is stored exactly once. `listen` runs the
  * reference client (examples/client): sync before live, gaps filled,
  * duplicates dropped, acks, a state file; when the server's store was
- * replaced it prints a line saying so and starts over from seq 1.
+ * replaced it prints a line saying so and starts over from seq 1. It also
+ * prints the others' read marks and typing, and edits and recalls as the
+ * messages they are (with the seq they change).
  *
  * Errors go to stderr with a non-zero exit: 1 for a failure, 2 for usage.
  */
@@ -38,6 +44,7 @@
 
 #include "client/im_client.h"
 #include "im.h"
+#include "im_print.h"
 
 #define RECEIPT_TOPIC "$CONTROL/im/v1/receipt"
 
@@ -51,9 +58,10 @@ static struct {
 	long max_msgs;     /* listen -n */
 	int idle_s;        /* listen -t */
 	long last_n;       /* history --last */
+	long limit;        /* conversations --limit */
 	long long after;   /* history --after */
 	int verbose;
-} opt = {.host = "127.0.0.1", .port = 1883, .reply_ms = 3000, .last_n = -1, .after = -1};
+} opt = {.host = "127.0.0.1", .port = 1883, .reply_ms = 3000, .last_n = -1, .after = -1, .limit = -1};
 
 static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void die(const char *fmt, ...)
@@ -85,23 +93,33 @@ static void sleep_ms(int ms)
 
 /* ---- printing messages: "HH:MM:SS timeline #seq sender: body" ---- */
 
+/* Local time of ms since the epoch (0: now): HH:MM:SS, with the date before it. */
+static void print_time(int64_t ms, bool date)
+{
+	time_t s = ms ? (time_t)(ms / 1000) : time(NULL);
+	struct tm tm;
+	char ts[32];
+
+	localtime_r(&s, &tm);
+	strftime(ts, sizeof(ts), date ? "%Y-%m-%d %H:%M:%S" : "%H:%M:%S", &tm);
+	fputs(ts, stdout);
+}
+
 static void print_msg(void *ud, const Im__V1__Header *h, const uint8_t *body, size_t len)
 {
-	time_t s = (time_t)(h->ts_ms / 1000);
-	struct tm tm;
-	char ts[16];
 	size_t i;
 	const char *me_tl = ud;
 
-	localtime_r(&s, &tm);
-	strftime(ts, sizeof(ts), "%H:%M:%S", &tm);
-	printf("%s %s #%" PRIu64 " %s", ts, h->timeline ? h->timeline : "?", h->seq, h->sender ? h->sender : "?");
+	print_time(h->ts_ms, false);
+	printf(" %s #%" PRIu64 " %s", h->timeline ? h->timeline : "?", h->seq, h->sender ? h->sender : "?");
 	if(h->flags & IM__V1__HEADER_FLAG__FLAG_SYSTEM){
 		printf(" (system)");
 	}else if(me_tl && h->to && h->timeline && !strcmp(h->timeline, me_tl) && strcmp(h->to, me_tl)){
 		/* my own copy of a message I sent: name the peer */
 		printf(" -> %s", !strncmp(h->to, "u/", 2) ? h->to + 2 : h->to);
 	}
+	/* an edit or a recall names the message it changes (in this timeline) */
+	im_print_change(h->flags, h->ref_seq);
 	fputs(": ", stdout);
 	if(h->body_omitted){
 		fputs("(body omitted: notify mode)", stdout);
@@ -352,17 +370,32 @@ static bool valid_name(const char *n)
 	return len >= 1 && len <= IM_NAME_MAX && !strpbrk(n, "/+#$");
 }
 
-static int cmd_send(const char *to, const char *text)
+/* Where a command sends: "-g GROUP" (opt.group), a timeline "u/USER" or
+ * "g/GROUP", or a bare user name. Dies on an invalid name. */
+static void target(const char *arg, char tl[IM_TL_MAX + 1])
+{
+	const char *name = opt.group ? opt.group : arg;
+	char kind = opt.group ? 'g' : 'u';
+
+	if(!opt.group && (!strncmp(arg, "u/", 2) || !strncmp(arg, "g/", 2))){
+		kind = arg[0];
+		name = arg + 2;
+	}
+	if(!valid_name(name)) die("invalid %s name '%s'", kind == 'g' ? "group" : "user", name);
+	snprintf(tl, IM_TL_MAX + 1, "%c/%s", kind, name);
+}
+
+/* A message to tl: a new one (change NULL), or "im-edit" / "im-recall" of
+ * message ref (its seq in tl). */
+static int cmd_send(const char *tl, const char *text, const char *change, uint64_t ref)
 {
 	struct sess s;
-	char topic[IM_TL_MAX + 64], tl[IM_TL_MAX + 1], cmid[48], why[256] = "";
+	char topic[IM_TL_MAX + 64], cmid[48], refs[24], why[256] = "";
 	mosquitto_property *props = NULL;
 	int64_t deadline, retry_until;
 	bool sent = false;
 	Im__V1__Receipt *r;
 
-	if(!valid_name(to)) die("invalid %s name '%s'", opt.group ? "group" : "user", to);
-	snprintf(tl, sizeof(tl), "%s/%s", opt.group ? "g" : "u", to);
 	snprintf(topic, sizeof(topic), "im/%s", tl);
 	if(opt.cmid) snprintf(cmid, sizeof(cmid), "%s", opt.cmid);
 	else random_id(cmid, sizeof(cmid));
@@ -371,6 +404,10 @@ static int cmd_send(const char *to, const char *text)
 	snprintf(s.want_topic, sizeof(s.want_topic), "%s", RECEIPT_TOPIC);
 	snprintf(s.corr, sizeof(s.corr), "%s", cmid);
 	mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, "im-cmid", cmid);
+	if(change){
+		snprintf(refs, sizeof(refs), "%" PRIu64, ref);
+		mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, change, refs);
+	}
 	mosquitto_property_add_string(&props, MQTT_PROP_RESPONSE_TOPIC, RECEIPT_TOPIC);
 	mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, cmid, (uint16_t)strlen(cmid));
 
@@ -428,6 +465,7 @@ static int cmd_send(const char *to, const char *text)
 	printf("%s seq %" PRIu64, r->timeline ? r->timeline : tl, r->seq);
 	if(r->has_own_seq) printf(" (own copy u/%s seq %" PRIu64 ")", opt.user, r->own_seq);
 	if(r->duplicate) printf(" duplicate");
+	if(change) printf(" (%s of #%" PRIu64 ")", change + 3, ref);
 	putchar('\n');
 	im__v1__receipt__free_unpacked(r, NULL);
 	free(s.reply);
@@ -632,6 +670,139 @@ static int cmd_group(int argc, char **argv)
 	return 0;
 }
 
+/* ---- edit, recall, typing, conversations ---- */
+
+/* A message is changed by its seq in the timeline it was sent to. In my
+ * own inbox, a seq names my copy of a message I sent to someone (what
+ * listen shows): it is changed through the original, in the peer's inbox
+ * (the copy's `to`, at the copy's peer_seq). */
+static void through_copy(char tl[IM_TL_MAX + 1], uint64_t *ref)
+{
+	struct sess s;
+	char me[IM_TL_MAX + 1];
+	Im__V1__SyncBatch *b;
+	Im__V1__Header *h;
+	const uint8_t *body;
+	size_t blen;
+
+	snprintf(me, sizeof(me), "u/%s", opt.user);
+	if(strcmp(tl, me)) return;
+	sess_open(&s);
+	b = sync_once(&s, me, *ref - 1, 1);
+	if(b->n_frames == 0 || im_frame__decode(b->frames[0].data, b->frames[0].len, NULL, &h, &body, &blen) != MOSQ_ERR_SUCCESS){
+		die("no message #%" PRIu64 " in %s", *ref, me);
+	}
+	if(h->seq == *ref && h->sender && !strcmp(h->sender, opt.user) && h->to && strcmp(h->to, me) && h->has_peer_seq){
+		snprintf(tl, IM_TL_MAX + 1, "%s", h->to);
+		*ref = h->peer_seq;
+	}
+	im__v1__header__free_unpacked(h, NULL);
+	im__v1__sync_batch__free_unpacked(b, NULL);
+	sess_close(&s);
+}
+
+static int cmd_change(const char *arg, const char *seq, const char *text)
+{
+	char tl[IM_TL_MAX + 1], *end;
+	uint64_t ref;
+
+	target(arg, tl);
+	errno = 0;
+	ref = strtoull(seq, &end, 10);
+	if(*seq < '1' || *seq > '9' || *end || errno) die("invalid seq '%s': a message's seq, from 1", seq);
+	through_copy(tl, &ref);
+	return cmd_send(tl, text ? text : "", text ? "im-edit" : "im-recall", ref);
+}
+
+static int cmd_typing(const char *arg, const char *state)
+{
+	Im__V1__TypingRequest q = IM__V1__TYPING_REQUEST__INIT;
+	Im__V1__Response *r;
+	struct sess s;
+	char tl[IM_TL_MAX + 1];
+	uint8_t buf[IM_TL_MAX + 16], *reply;
+	int len;
+
+	target(arg, tl);
+	if(state && strcmp(state, "on") && strcmp(state, "off")) die("typing: on or off, not '%s'", state);
+	q.timeline = tl;
+	q.has_typing = 1;
+	q.typing = state == NULL || !strcmp(state, "on");
+	sess_open(&s);
+	reply = sess_request(&s, "typing", buf, im__v1__typing_request__pack(&q, buf), &len);
+	r = im__v1__response__unpack(NULL, (size_t)len, reply);
+	free(reply);
+	if(r == NULL) die("unreadable typing reply");
+	if(r->status != IM__V1__STATUS__OK){
+		die("typing %s: %d %s: %s", tl, r->status, status_name(r->status), r->reason ? r->reason : "");
+	}
+	printf("%s: %s\n", tl, q.typing ? "typing" : "stopped typing");
+	im__v1__response__free_unpacked(r, NULL);
+	sess_close(&s);
+	return 0;
+}
+
+/* "u/bob unread 2 read #3 last #5 2026-11-30 13:13:13 alice: text": read is
+ * how far the peer read its inbox u/bob (the seqs `send` prints; absent
+ * while it read nothing); last is the latest message, its seq in the
+ * timeline I read (u/<me>, g/<group>). */
+static void print_conv(const Im__V1__Conversation *c)
+{
+	printf("%s unread %" PRIu64, c->timeline ? c->timeline : "?", c->unread);
+	if(c->peer_read_seq) printf(" read #%" PRIu64, c->peer_read_seq);
+	printf(" last #%" PRIu64 " ", c->last_seq);
+	print_time(c->last_ts_ms, true);
+	printf(" %s", c->last_sender ? c->last_sender : "?");
+	if(c->last_flags & IM__V1__HEADER_FLAG__FLAG_SYSTEM) printf(" (system)");
+	im_print_change(c->last_flags, 0);
+	printf(": %s\n", c->last_preview ? c->last_preview : "(no preview)");
+}
+
+/* The latest first, all of them or --limit; pages of up to 200 (the
+ * plugin's maximum), each asked after the one before it. */
+static int cmd_conversations(void)
+{
+	Im__V1__ConversationsRequest q;
+	Im__V1__ConversationsResponse *r;
+	struct sess s;
+	char before_tl[IM_TL_MAX + 1] = "";
+	int64_t before_ts = 0;
+	uint8_t buf[IM_TL_MAX + 64], *reply;
+	long shown = 0;
+	bool more = true;
+	size_t i;
+	int len;
+
+	sess_open(&s);
+	while(more && (opt.limit < 0 || shown < opt.limit)){
+		im__v1__conversations_request__init(&q);
+		q.has_limit = 1;
+		q.limit = opt.limit < 0 || opt.limit - shown > 200 ? 200 : (uint32_t)(opt.limit - shown);
+		if(before_tl[0]){
+			q.has_before_ts_ms = 1;
+			q.before_ts_ms = before_ts;
+			q.before_timeline = before_tl;
+		}
+		reply = sess_request(&s, "conversations", buf, im__v1__conversations_request__pack(&q, buf), &len);
+		r = im__v1__conversations_response__unpack(NULL, (size_t)len, reply);
+		free(reply);
+		if(r == NULL) die("unreadable conversations reply");
+		if(r->status != IM__V1__STATUS__OK){
+			die("conversations: %d %s: %s", r->status, status_name(r->status), r->reason ? r->reason : "");
+		}
+		for(i = 0; i < r->n_conversations; i++) print_conv(r->conversations[i]);
+		shown += (long)r->n_conversations;
+		more = r->has_more && r->n_conversations > 0;
+		if(more){
+			before_ts = r->conversations[r->n_conversations - 1]->last_ts_ms;
+			snprintf(before_tl, sizeof(before_tl), "%s", r->conversations[r->n_conversations - 1]->timeline);
+		}
+		im__v1__conversations_response__free_unpacked(r, NULL);
+	}
+	sess_close(&s);
+	return 0;
+}
+
 /* ---- listen ---- */
 
 static struct im_client *g_client;
@@ -644,6 +815,20 @@ static void on_signal(int sig)
 
 /* The reference client forgot every seq and delivers again from seq 1 (-v
  * prints the store ids). */
+/* Others' read marks and typing ("HH:MM:SS u/bob bob read up to #3",
+ * "HH:MM:SS u/alice alice is typing"); mine (from another device) are not
+ * news. A mark learned on connect has no time: now. */
+static void print_event(void *ud, const Im__V1__Event *ev)
+{
+	(void)ud;
+	if(ev->user == NULL || !strcmp(ev->user, opt.user)) return;
+	print_time(ev->ts_ms, false);
+	printf(" %s %s ", ev->timeline ? ev->timeline : "?", ev->user);
+	if(ev->kind == IM__V1__EVENT__KIND__READ) printf("read up to #%" PRIu64 "\n", ev->seq);
+	else puts(!ev->has_typing || ev->typing ? "is typing" : "stopped typing");
+	fflush(stdout);
+}
+
 static void on_reset(void *ud, uint64_t old_id, uint64_t new_id)
 {
 	(void)ud;
@@ -681,6 +866,7 @@ static int cmd_listen(void)
 	o.groups = groups;
 	o.verbose = opt.verbose;
 	o.on_reset = on_reset;
+	o.on_event = print_event;
 	if(opt.client_id){
 		o.client_id = opt.client_id;
 	}else{
@@ -719,9 +905,15 @@ static void usage(int code)
 			"       [--retry SECONDS]    keep trying to connect this long (default: fail at once)\n"
 			"  listen [-n N] [-t IDLE]   follow your inbox and groups: \"HH:MM:SS timeline #seq sender: body\"\n"
 			"         [-s STATE] [-i CLIENT_ID]   (state default ~/.imchat/USER@HOST:PORT.state)\n"
+			"                            and the others' \"... USER read up to #SEQ\", \"... USER is typing\"\n"
 			"  history TIMELINE [--last N | --after SEQ]   u/USER, g/GROUP or a group name\n"
 			"  group create GROUP [USER...] | add GROUP USER... | remove GROUP USER...\n"
 			"  group leave GROUP | info GROUP | list\n"
+			"  edit USER SEQ TEXT        replace the text of your message SEQ (the seq send printed)\n"
+			"  edit -g GROUP SEQ TEXT    (USER may be u/USER or g/GROUP; in u/YOU, SEQ is your copy's)\n"
+			"  recall USER SEQ | recall -g GROUP SEQ   withdraw your message (a group's owner: anyone's)\n"
+			"  typing USER [on|off] | typing -g GROUP [on|off]   say you are typing, or stopped\n"
+			"  conversations [--limit N] your conversations, latest first: unread, read marks, last message\n"
 			"options: --timeout MS  wait for a reply of the plugin (default 3000); -v verbose\n");
 	exit(code);
 }
@@ -732,8 +924,9 @@ int main(int argc, char **argv)
 		{"cafile", required_argument, NULL, 'C'}, {"last", required_argument, NULL, 'L'},
 		{"after", required_argument, NULL, 'A'}, {"cmid", required_argument, NULL, 'M'},
 		{"retry", required_argument, NULL, 'R'}, {"timeout", required_argument, NULL, 'T'},
+		{"limit", required_argument, NULL, 'N'},
 		{"help", no_argument, NULL, 'H'}, {NULL, 0, NULL, 0}};
-	char *pos[128];
+	char *pos[128] = {0};
 	int npos = 0, ch;
 
 	/* Options may come before or after the command (GNU permutation);
@@ -762,6 +955,7 @@ int main(int argc, char **argv)
 			case 'M': opt.cmid = optarg; break;
 			case 'R': opt.retry_s = atoi(optarg); break;
 			case 'T': opt.reply_ms = atoi(optarg); break;
+			case 'N': opt.limit = atol(optarg); if(opt.limit < 1) die("--limit must be 1 or more"); break;
 			case 'H': usage(0); break;
 			default: usage(2);
 		}
@@ -774,10 +968,31 @@ int main(int argc, char **argv)
 	if(opt.port <= 0 || opt.port > 65535) die("invalid port");
 	if(opt.reply_ms <= 0) opt.reply_ms = 3000;
 	if(opt.cmid && (!*opt.cmid || strlen(opt.cmid) > 36)) die("--cmid must be 1..36 bytes");
+	/* With -g GROUP, the group takes the place of the USER argument. */
 	if(!strcmp(pos[0], "send")){
-		if(opt.group && npos == 2) return cmd_send(opt.group, pos[1]);
-		if(!opt.group && npos == 3) return cmd_send(pos[1], pos[2]);
-		die("usage: send USER TEXT, or send -g GROUP TEXT (quote the text)");
+		char tl[IM_TL_MAX + 1];
+
+		if(npos != (opt.group ? 2 : 3)) die("usage: send USER TEXT, or send -g GROUP TEXT (quote the text)");
+		target(pos[1], tl);
+		return cmd_send(tl, pos[npos - 1], NULL, 0);
+	}
+	if(!strcmp(pos[0], "edit")){
+		if(npos != (opt.group ? 3 : 4)) die("usage: edit USER SEQ TEXT, or edit -g GROUP SEQ TEXT (quote the text)");
+		return cmd_change(pos[1], pos[npos - 2], pos[npos - 1]);
+	}
+	if(!strcmp(pos[0], "recall")){
+		if(npos != (opt.group ? 2 : 3)) die("usage: recall USER SEQ, or recall -g GROUP SEQ");
+		return cmd_change(pos[1], pos[npos - 1], NULL);
+	}
+	if(!strcmp(pos[0], "typing")){
+		int first = opt.group ? 1 : 2;
+
+		if(npos < first || npos > first + 1) die("usage: typing USER [on|off], or typing -g GROUP [on|off]");
+		return cmd_typing(pos[1], npos > first ? pos[first] : NULL);
+	}
+	if(!strcmp(pos[0], "conversations")){
+		if(npos != 1) die("usage: conversations [--limit N]");
+		return cmd_conversations();
 	}
 	if(!strcmp(pos[0], "listen")){
 		if(npos != 1) usage(2);

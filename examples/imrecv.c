@@ -8,6 +8,10 @@
  *   imrecv -u bob -s bob.state            # forever
  *   imrecv -u bob -s bob.state -n 100     # stop after 100 messages
  *   imrecv -u bob -s bob.state -t 5       # stop 5 s after catching up
+ *   imrecv -u bob -s bob.state -e         # events too:
+ *
+ *   event read <timeline> <user> <seq>    <user> read <timeline> up to <seq>
+ *   event typing <timeline> <user> on|off
  */
 #include <getopt.h>
 #include <signal.h>
@@ -34,6 +38,17 @@ static void print_msg(void *ud, const Im__V1__Header *h, const uint8_t *body, si
 	fflush(stdout);
 }
 
+static void print_event(void *ud, const Im__V1__Event *ev)
+{
+	(void)ud;
+	if(ev->kind == IM__V1__EVENT__KIND__READ){
+		printf("event read %s %s %llu\n", ev->timeline, ev->user, (unsigned long long)ev->seq);
+	}else{
+		printf("event typing %s %s %s\n", ev->timeline, ev->user, !ev->has_typing || ev->typing ? "on" : "off");
+	}
+	fflush(stdout);
+}
+
 static void on_reset(void *ud, uint64_t old_id, uint64_t new_id)
 {
 	(void)ud;
@@ -44,7 +59,8 @@ static void on_reset(void *ud, uint64_t old_id, uint64_t new_id)
 static void usage(void)
 {
 	fprintf(stderr, "usage: imrecv -u user [-P password] [-h host] [-p port] [-i client_id] [-s state_file]\n"
-			"              [-g group]... [-n max_messages] [-t idle_seconds] [--cafile file] [-v]\n");
+			"              [-g group]... [-n max_messages] [-t idle_seconds] [-e] [--cafile file] [-v]\n"
+			"  -e  print read marks and typing too: \"event read TIMELINE USER SEQ\", \"event typing TIMELINE USER on|off\"\n");
 	exit(2);
 }
 
@@ -56,7 +72,7 @@ int main(int argc, char **argv)
 	long max = 0;
 	static const struct option longs[] = {{"cafile", required_argument, NULL, 'C'}, {NULL, 0, NULL, 0}};
 
-	while((ch = getopt_long(argc, argv, "u:P:h:p:i:s:g:n:t:v", longs, NULL)) != -1){
+	while((ch = getopt_long(argc, argv, "u:P:h:p:i:s:g:n:t:ve", longs, NULL)) != -1){
 		switch(ch){
 			case 'u': o.user = optarg; break;
 			case 'P': o.password = optarg; break;
@@ -69,6 +85,7 @@ int main(int argc, char **argv)
 			case 't': idle = atoi(optarg) * 1000; break;
 			case 'C': o.cafile = optarg; break;
 			case 'v': o.verbose = 1; break;
+			case 'e': o.on_event = print_event; break;
 			default: usage();
 		}
 	}

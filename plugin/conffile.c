@@ -170,6 +170,9 @@ void im_conffile__apply_nonim(struct im__plugin *p)
 	}
 	if(s.per_listener){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: per_listener_settings true: Mosquitto 2.0.11 sends plugins no tick then; until a tick arrives the plugin delivers from its callbacks (inline) and publishes no metrics.");
+		if(p->cfg.nats_servers){
+			mosquitto_log_printf(MOSQ_LOG_WARNING, "im: WARNING: cluster mode (plugin_opt_nats_servers) under per_listener_settings true: messages from other brokers are delivered from the tick, and Mosquitto 2.0 sends none then; they reach this broker's clients by sync only. Use per_listener_settings false with cluster mode.");
+		}
 	}
 	if(want && !p->fallback_registered){
 		if(mosquitto_callback_register(p->pid, MOSQ_EVT_ACL_CHECK, im_acl__fallback_cb, NULL, p) == MOSQ_ERR_SUCCESS){

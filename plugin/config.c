@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
@@ -195,6 +196,7 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 	static const char *const presences[] = {"off", "contacts", "all", NULL};
 	static const char *const checkpoints[] = {"thread", "inline", NULL};
 	static const char *const onoff[] = {"off", "on", NULL};
+	static const char *const stores[] = {"sqlite", "postgresql", NULL};
 	size_t i;
 	int e = 0, rc;
 
@@ -203,12 +205,23 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 	}
 	if(!strcasecmp(key, "db_path")) return set_string(&cfg->db_path, value);
 	if(!strcasecmp(key, "journal_dir")) return set_string(&cfg->journal_dir, value);
+	if(!strcasecmp(key, "nats_servers")) return set_string(&cfg->nats_servers, value);
 	if(!strcasecmp(key, "client_id_guard")){
 		rc = parse_enum(key, value, onoff, &e);
 		cfg->client_id_guard = (e == 1);
 		return rc;
 	}
 	if(!strcasecmp(key, "store_key_file")) return set_string(&cfg->store_key_file, value);
+	if(!strcasecmp(key, "store")) return parse_enum(key, value, stores, &cfg->store);
+	if(!strcasecmp(key, "pg_conninfo")){
+		/* Not echoed on a bad value: it may hold a password. */
+		if(value[0] == '\0') return bad(key, "", "a libpq connection string or URI");
+		return set_string(&cfg->pg_conninfo, value);
+	}
+	if(!strcasecmp(key, "node_id")){
+		if(value[0] == '\0' || strlen(value) > 64) return bad(key, value, "1 to 64 bytes, unique per broker");
+		return set_string(&cfg->node_id, value);
+	}
 	if(!strcasecmp(key, "auth_jwt_secret_file")) return im_auth__load_secret(cfg, value);
 	if(!strcasecmp(key, "prefix")) return set_prefix(cfg, value);
 	if(!strcasecmp(key, "payload")) return parse_enum(key, value, payloads, &cfg->payload_mode);
@@ -233,6 +246,32 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 	return MOSQ_ERR_INVAL;
 }
 
+/* store postgresql needs a server; node_id defaults to the host name
+ * (one broker per host; set it for more). */
+static int check_store(struct im__config *cfg)
+{
+	char host[256];
+
+	/* Brokers of a cluster share their timelines; a SQLite file is one
+	 * broker's alone. */
+	if(cfg->nats_servers && cfg->store != IM_STORE_PG){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: plugin_opt_nats_servers (cluster mode) needs plugin_opt_store postgresql: brokers of a cluster share one store.");
+		return MOSQ_ERR_INVAL;
+	}
+	if(cfg->store != IM_STORE_PG) return MOSQ_ERR_SUCCESS;
+	if(cfg->pg_conninfo == NULL){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: plugin_opt_store postgresql needs plugin_opt_pg_conninfo (a libpq connection string or URI, e.g. postgresql://im@db1,db2/im?target_session_attrs=read-write).");
+		return MOSQ_ERR_INVAL;
+	}
+	if(cfg->node_id) return MOSQ_ERR_SUCCESS;
+	if(gethostname(host, sizeof(host)) != 0 || host[0] == '\0' || strnlen(host, sizeof(host)) > 64){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: plugin_opt_store postgresql: the host name cannot serve as this broker's node id; set plugin_opt_node_id (1 to 64 bytes, unique per broker).");
+		return MOSQ_ERR_INVAL;
+	}
+	host[sizeof(host) - 1] = '\0';
+	return set_string(&cfg->node_id, host);
+}
+
 int im_config__parse(struct im__config *cfg, struct mosquitto_opt *opts, int count)
 {
 	int i, rc;
@@ -247,6 +286,7 @@ int im_config__parse(struct im__config *cfg, struct mosquitto_opt *opts, int cou
 			rc = parse_one(cfg, opts[i].key, opts[i].value);
 		}
 	}
+	if(rc == MOSQ_ERR_SUCCESS) rc = check_store(cfg);
 	if(rc == MOSQ_ERR_SUCCESS && cfg->journal_dir == NULL){
 		/* Beside the database: "<db_path>.journal/". */
 		size_t n = strlen(cfg->db_path) + sizeof(".journal");
@@ -288,10 +328,17 @@ void im_config__free(struct im__config *cfg)
 	im_free(cfg->store_key_file);
 	cfg->jwt_secret = NULL;
 	cfg->store_key_file = NULL;
+	if(cfg->pg_conninfo) memset(cfg->pg_conninfo, 0, strlen(cfg->pg_conninfo));
+	im_free(cfg->pg_conninfo);
+	im_free(cfg->node_id);
+	cfg->pg_conninfo = NULL;
+	cfg->node_id = NULL;
 	im_free(cfg->db_path);
 	im_free(cfg->journal_dir);
+	im_free(cfg->nats_servers);
 	im_free(cfg->prefix);
 	cfg->db_path = NULL;
 	cfg->journal_dir = NULL;
+	cfg->nats_servers = NULL;
 	cfg->prefix = NULL;
 }

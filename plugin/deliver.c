@@ -197,7 +197,7 @@ static mosquitto_property *frame_props(const struct im__done *d)
  * within one QoS (a QoS 0 frame overtakes QoS 1 frames waiting for the
  * in-flight window). Failing here loses no data: the message is stored
  * and sync returns it; so it is logged only. */
-static void publish_frame(struct im__plugin *p, const struct im__done *d)
+void im_deliver__frame(struct im__plugin *p, const struct im__done *d)
 {
 	mosquitto_property *props;
 	int rc;
@@ -241,7 +241,9 @@ void im_deliver__done(struct im__plugin *p, struct im__done *d)
 {
 	switch(d->kind){
 		case IM_DONE_FRAME:
-			publish_frame(p, d);
+			/* A cluster broker orders what it delivers (cluster.c). */
+			if(im_cluster__deliver(p, d)) return;
+			im_deliver__frame(p, d);
 			break;
 		case IM_DONE_REPLY:
 			publish_reply(p, d);
@@ -254,6 +256,11 @@ void im_deliver__done(struct im__plugin *p, struct im__done *d)
 			break;
 		case IM_DONE_LOG:
 			mosquitto_log_printf(d->level, "%s", (const char *)d->payload);
+			break;
+		case IM_DONE_SUBSCRIBED: /* cluster.c's own, never queued here */
+			break;
+		case IM_DONE_REPAIRED:
+			im_cluster__repaired(p, d->timeline, d->seq, d->level == 0, d->anchor);
 			break;
 	}
 	free(d);

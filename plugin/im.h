@@ -65,6 +65,7 @@ enum im_payload_mode { IM_PAYLOAD_FRAME = 0, IM_PAYLOAD_RAW = 1 };
 enum im_delivery { IM_DELIVERY_FULL = 0, IM_DELIVERY_NOTIFY = 1 };
 enum im_nonim { IM_NONIM_DEFER = 0, IM_NONIM_ALLOW = 1 };
 enum im_presence { IM_PRESENCE_OFF = 0, IM_PRESENCE_CONTACTS = 1, IM_PRESENCE_ALL = 2 };
+enum im_store_kind { IM_STORE_SQLITE = 0, IM_STORE_PG = 1 };
 
 /* Row callbacks (store ranges, group lists) answer one of these: never a
  * value that could be mistaken for an error code, or an error for "stop". */
@@ -112,7 +113,11 @@ struct im__config {
 	uint32_t batch_max;         /* jobs per store transaction at most */
 	uint64_t backlog_max;       /* journal bytes not yet stored before publishes are refused */
 	uint32_t journal_rotate_seconds; /* a non-empty segment older than this is closed (so it can be cut) */
+	char *nats_servers;         /* owned; cluster mode when set */
 	bool client_id_guard;       /* token login: a client id stays with its first user */
+	int store;                  /* enum im_store_kind */
+	char *pg_conninfo;          /* owned; libpq conninfo or URI (store postgresql); may hold a password: never logged */
+	char *node_id;              /* owned; this broker's name in a shared store; default: the host name */
 };
 
 /* Fills cfg from the broker's options. Defaults first; an unknown option or
@@ -452,6 +457,8 @@ enum im_job_kind {
 	IM_JOB_STATUS,          /* answer a bare Response (an unknown op), in order with the rest */
 	IM_JOB_READS,           /* read marks of a conversation */
 	IM_JOB_CONVS,           /* the conversation list */
+	IM_JOB_REPAIR,          /* cluster: frames a broker missed, from the store */
+	IM_JOB_FORGET,          /* cluster: a group changed elsewhere ("" = all: reload them) */
 };
 
 struct im__group_req {
@@ -496,6 +503,15 @@ struct im__job {
 			bool has_before;
 			char before_tl[IM_TL_MAX + 1];
 		} convs;
+		struct {
+			char timeline[IM_TL_MAX + 1];
+			uint64_t after;
+			uint64_t upto;          /* 0 = the head */
+			bool anchor;            /* only report the head: where live delivery starts */
+		} repair;
+		struct {
+			char group[IM_NAME_MAX + 1];
+		} forget;
 	} u;
 	size_t len;
 	uint8_t *data;          /* IM_JOB_MSG: the record; points after the struct */
@@ -513,6 +529,8 @@ enum im_done_kind {
 	IM_DONE_MEMBERS,        /* the broker thread's membership view changed */
 	IM_DONE_WROTE,          /* sender wrote its first direct message to peer */
 	IM_DONE_LOG,            /* a log line from the worker */
+	IM_DONE_REPAIRED,       /* cluster: a repair of timeline reached seq (level 0 = ok) */
+	IM_DONE_SUBSCRIBED,     /* cluster: this broker now hears timeline over NATS */
 };
 
 /* One completion, in one malloc() block. */
@@ -525,6 +543,9 @@ struct im__done {
 	uint64_t seq;
 	uint32_t expiry_s;          /* v5 Message Expiry Interval, 0 = none */
 	bool event;                 /* an event frame (<prefix>/e/...): no seq, QoS 0, no properties */
+	bool repair;                /* read back for a cluster repair: not news, not shipped */
+	bool remote;                /* came from another broker over NATS */
+	bool anchor;                /* REPAIRED: the answer to an anchor (seq = the head) */
 	/* REPLY */
 	const char *client_id;
 	const void *corr;
@@ -609,6 +630,8 @@ void im_policy__free(struct im__plugin *p);
 
 /* Runs one completion on the broker thread and frees it. */
 void im_deliver__done(struct im__plugin *p, struct im__done *d);
+/* Publishes one FRAME completion (does not free it). */
+void im_deliver__frame(struct im__plugin *p, const struct im__done *d);
 /* Drains every completion (the tick, or inline after a job). */
 void im_deliver__drain(struct im__plugin *p);
 /* Is this payload on an IM topic something the plugin sent? Frames carry
@@ -655,9 +678,13 @@ struct im__metrics {
 	uint64_t store_errors, trimmed, batches, worker_refused;
 	uint64_t commit_hist[IM_HIST_BUCKETS];  /* per batch, this interval */
 	uint64_t queue_hist[IM_HIST_BUCKETS];   /* job waiting for the worker */
+	uint64_t ship_hist[IM_HIST_BUCKETS];    /* per message: journal append to store commit */
 	/* [B] */
 	uint64_t handoff_hist[IM_HIST_BUCKETS]; /* completion waiting for the broker thread */
 	uint64_t timelines_cached, groups_cached;
+	/* cluster: [C] sent, [N] rejected, [B] the rest; dropped by any */
+	uint64_t cluster_sent, cluster_received, cluster_rejected, cluster_dropped;
+	uint64_t cluster_duplicates, cluster_gaps, cluster_repairs;
 };
 
 #define IM_STAT_ADD(field, n) __atomic_fetch_add(&(field), (uint64_t)(n), __ATOMIC_RELAXED)
@@ -705,6 +732,7 @@ struct im__plugin {
 	struct im__map users_online;    /* user -> its devices */
 	int64_t next_metrics_ms;
 	int64_t last_backlog_log_ms;
+	struct im__cluster *cluster;    /* cluster mode (nats_servers), else NULL */
 };
 
 /* Per client id. */
@@ -741,6 +769,50 @@ void im_presence__gone(struct im__plugin *p, const struct mosquitto *client);
 /* May reader see user's presence (user is len bytes, not terminated)? */
 bool im_presence__may_read(struct im__plugin *p, const char *reader, const char *user, size_t len);
 void im_presence__free(struct im__plugin *p);
+
+/* =========================================================================
+ * cluster.c, cluster_wire.c — many brokers, one set of timelines (NATS)
+ * ========================================================================= */
+
+enum { IM_CWIRE_FRAME = 1, IM_CWIRE_MEMBERS = 2 };
+#define IM_CWIRE_SUBJECT_MAX (32 + 3 + 3 * IM_NAME_MAX + 1)
+
+/* "<root>.<u|g>.<escaped name>" for timeline tl; 0 if it does not fit or
+ * tl is not a timeline. */
+size_t im_cwire__subject(char *out, size_t cap, const char *root, const char *tl);
+/* Encodes into b (grown as needed), MAC'd with key for subject. Returns
+ * the length, 0 on failure. */
+size_t im_cwire__frame(struct im__buf *b, const uint8_t key[16], const char *subject, const struct im__done *d);
+size_t im_cwire__members(struct im__buf *b, const uint8_t key[16], const char *subject, const char *group,
+		const char *op, const char *owner, const char *const *users, size_t n);
+/* A completion (FRAME with its topic under prefix, or MEMBERS) from a
+ * message that verifies and is well-formed; NULL otherwise. */
+struct im__done *im_cwire__decode(const uint8_t key[16], const char *subject, const void *data, size_t len,
+		const char *prefix);
+
+struct im__cluster;
+/* [init] Before the worker starts (it loads the groups through the
+ * hooks); nothing connects yet. MOSQ_ERR_INVAL on a bad server list. */
+int im_cluster__init(struct im__plugin *p);
+/* [init] After the store is open (its id names the subjects): connects in
+ * the background. */
+int im_cluster__start(struct im__plugin *p);
+void im_cluster__stop(struct im__plugin *p);
+/* [W] After a commit: the batch's new frames, events, membership changes,
+ * under the store's id and frame key (also while the journal is replayed
+ * at start, before the broker thread knows them). */
+void im_cluster__ship(struct im__plugin *p, uint64_t store_id, const uint8_t key[16], const struct im__done *list);
+/* [B] */
+void im_cluster__event(struct im__plugin *p, const char *tl, const void *frame, size_t len);
+void im_cluster__user(struct im__plugin *p, const char *user, bool online);
+void im_cluster__member(struct im__plugin *p, const char *group, const char *user, bool joined);
+/* A FRAME completion, local or remote: delivered in seq order per
+ * timeline, gaps repaired. Takes d; false (d untouched) without a cluster. */
+bool im_cluster__deliver(struct im__plugin *p, struct im__done *d);
+void im_cluster__repaired(struct im__plugin *p, const char *tl, uint64_t reached, bool ok, bool anchor);
+void im_cluster__tick(struct im__plugin *p, int64_t now_ms);
+/* Gaps open or checks due: the tick should come soon. */
+bool im_cluster__busy(const struct im__plugin *p);
 
 /* =========================================================================
  * on_message.c — the publish path

@@ -76,6 +76,7 @@ void im_metrics__publish(struct im__plugin *p)
 	uint64_t b50 = percentile(m->commit_hist, 0.50, false), b99 = percentile(m->commit_hist, 0.99, true);
 	uint64_t j50 = percentile(m->journal_us_hist, 0.50, false), j99 = percentile(m->journal_us_hist, 0.99, true);
 	uint64_t q99 = percentile(m->queue_hist, 0.99, true), h99 = percentile(m->handoff_hist, 0.99, true);
+	uint64_t s50 = percentile(m->ship_hist, 0.50, false), s99 = percentile(m->ship_hist, 0.99, true);
 	uint64_t bytes = db_bytes(p), backlog = im_worker__backlog(p);
 	/* Topic under $SYS/broker/im/, key in the JSON object, value. */
 	const struct { const char *name, *key; uint64_t v; } t[] = {
@@ -94,6 +95,8 @@ void im_metrics__publish(struct im__plugin *p)
 		{"store/commit_us_p99", "commit_us_p99", b99},
 		{"store/backlog_bytes", "backlog_bytes", backlog},
 		{"store/queue_us_p99", "queue_us_p99", q99},
+		{"store/ship_us_p50", "ship_us_p50", s50},
+		{"store/ship_us_p99", "ship_us_p99", s99},
 		{"deliver/handoff_us_p99", "handoff_us_p99", h99},
 		{"store/bytes", "store_bytes", bytes},
 		{"store/trimmed", "trimmed", IM_STAT_GET(m->trimmed)},
@@ -101,8 +104,15 @@ void im_metrics__publish(struct im__plugin *p)
 		{"journal/append_us_p99", "journal_us_p99", j99},
 		{"timelines/cached", "timelines_cached", IM_STAT_GET(m->timelines_cached)},
 		{"groups/cached", "groups_cached", IM_STAT_GET(m->groups_cached)},
+		{"cluster/sent", "cluster_sent", IM_STAT_GET(m->cluster_sent)},
+		{"cluster/received", "cluster_received", IM_STAT_GET(m->cluster_received)},
+		{"cluster/rejected", "cluster_rejected", IM_STAT_GET(m->cluster_rejected)},
+		{"cluster/dropped", "cluster_dropped", IM_STAT_GET(m->cluster_dropped)},
+		{"cluster/duplicates", "cluster_duplicates", IM_STAT_GET(m->cluster_duplicates)},
+		{"cluster/gaps", "cluster_gaps", IM_STAT_GET(m->cluster_gaps)},
+		{"cluster/repairs", "cluster_repairs", IM_STAT_GET(m->cluster_repairs)},
 	};
-	char buf[1536];
+	char buf[2048];
 	size_t i, n = 1;
 
 	buf[0] = '{';

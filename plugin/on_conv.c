@@ -119,7 +119,10 @@ static void send_typing(struct im__plugin *p, const char *tl, const char *user, 
 	h.event = &ev;
 	n = im_frame__encode_sealed(buf, sizeof(buf), &h, NULL, 0, p->frame_key);
 	snprintf(topic, sizeof(topic), "%s/e/%s", p->cfg.prefix, tl);
-	if(n) mosquitto_broker_publish_copy(NULL, topic, (int)n, buf, 0, false, NULL);
+	if(n){
+		mosquitto_broker_publish_copy(NULL, topic, (int)n, buf, 0, false, NULL);
+		im_cluster__event(p, tl, buf, n);
+	}
 }
 
 int im_control__typing_cb(int event, void *event_data, void *userdata)

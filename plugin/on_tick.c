@@ -39,6 +39,7 @@ int im_tick__cb(int event, void *event_data, void *userdata)
 	im_worker__ticked(p);
 	im_deliver__drain(p);
 	now = im_now_ms();
+	im_cluster__tick(p, now);
 	im_deliver__tick(p, now);
 	im_journal__rotate_idle(&p->journal, now);
 	if(p->cfg.metrics_interval && now >= p->next_metrics_ms){
@@ -50,6 +51,6 @@ int im_tick__cb(int event, void *event_data, void *userdata)
 	 * wake-up signal is the fast path; this is the safety net). 2.0 reads
 	 * nothing back and wakes every 100 ms anyway. The field sits at the
 	 * same place in both releases' struct (next_ns in 2.0, next_ms in 2.1). */
-	if(p->v21 && im_worker__backlog(p) > 0) ed->next_ns = 10;
+	if(p->v21 && (im_worker__backlog(p) > 0 || im_cluster__busy(p))) ed->next_ns = 10;
 	return MOSQ_ERR_SUCCESS;
 }

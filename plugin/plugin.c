@@ -5,6 +5,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +15,7 @@
 
 #include "conffile.h"
 #include "im.h"
+#include "store.h"
 
 #define IM_EXPORT __attribute__((visibility("default")))
 
@@ -84,8 +86,18 @@ static int count_admins(const struct im__config *cfg)
 
 static void log_policy(const struct im__config *cfg)
 {
+	char store[600];
+
+	if(cfg->store == IM_STORE_PG){
+		/* Hosts and database only: the conninfo may hold a password. */
+		memcpy(store, "postgresql (", 12);
+		im_store__pg_describe(cfg->pg_conninfo, store + 12, sizeof(store) - 120);
+		snprintf(store + strlen(store), sizeof(store) - strlen(store), ", node %s)", cfg->node_id);
+	}else{
+		snprintf(store, sizeof(store), "%s", cfg->db_path);
+	}
 	mosquitto_log_printf(MOSQ_LOG_INFO, "im: store %s, journal %s (synchronous %s), topics %s/u/<user> and %s/g/<group>, payload %s, delivery %s, %d admin(s).",
-			cfg->db_path, cfg->journal_dir, cfg->synchronous == 2 ? "full" : "normal", cfg->prefix, cfg->prefix,
+			store, cfg->journal_dir, cfg->synchronous == 2 ? "full" : "normal", cfg->prefix, cfg->prefix,
 			cfg->payload_mode == IM_PAYLOAD_RAW ? "raw" : "frame",
 			cfg->delivery == IM_DELIVERY_NOTIFY ? "notify" : "full", count_admins(cfg));
 	if(cfg->store_key_file){
@@ -127,7 +139,9 @@ IM_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 	if(rc == MOSQ_ERR_SUCCESS && p->cfg.store_key_file){
 		rc = im_crypt__load(&p->crypt, p->cfg.store_key_file);
 	}
+	if(rc == MOSQ_ERR_SUCCESS) rc = im_cluster__init(p);
 	if(rc == MOSQ_ERR_SUCCESS) rc = im_worker__start(p);
+	if(rc == MOSQ_ERR_SUCCESS) rc = im_cluster__start(p);
 	for(i = 0; rc == MOSQ_ERR_SUCCESS && i < sizeof(callbacks) / sizeof(callbacks[0]); i++){
 		rc = mosquitto_callback_register(identifier, callbacks[i].event, callbacks[i].cb, callbacks[i].data, p);
 		if(rc != MOSQ_ERR_SUCCESS){
@@ -180,6 +194,7 @@ IM_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opt
 		mosquitto_callback_unregister(p->pid, MOSQ_EVT_ACL_CHECK, im_acl__fallback_cb, NULL);
 	}
 	im_worker__stop(p);
+	im_cluster__stop(p); /* after the worker: it ships to the cluster until it stops */
 	im_wake__cleanup();
 	im_crypt__free(&p->crypt);
 	im_map__free(&p->clients, im_free);

@@ -67,6 +67,52 @@ static void bgroup_free(void *v)
 	free(g);
 }
 
+static void member_put(struct im__plugin *p, struct bgroup *g, const char *group, const char *user)
+{
+	if(im_map__get(&g->members, user, strlen(user))) return;
+	if(im_map__put(&g->members, user, strlen(user), (void *)yes) != MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: out of memory: %s is not in the ACL view of group %s.", user, group);
+		return;
+	}
+	im_cluster__member(p, group, user, true);
+}
+
+static void member_del(struct im__plugin *p, struct bgroup *g, const char *group, const char *user)
+{
+	if(im_map__del(&g->members, user, strlen(user)) == NULL) return;
+	im_cluster__member(p, group, user, false);
+}
+
+/* op "set" (a cluster broker reloading the groups): users is the whole
+ * membership; whoever is not in it goes. */
+static void members_set(struct im__plugin *p, struct bgroup *g, const char *group,
+		const char *const *users, size_t n)
+{
+	struct im__map keep = {0};
+	size_t i, k;
+	char **gone;
+	size_t n_gone = 0;
+
+	for(i = 0; i < n; i++){
+		if(im_map__put(&keep, users[i], strlen(users[i]), (void *)yes) != MOSQ_ERR_SUCCESS){
+			im_map__free(&keep, NULL);
+			return;
+		}
+	}
+	gone = im_calloc(g->members.count + 1, sizeof(char *));
+	for(k = 0; gone && k < g->members.cap; k++){
+		const struct im__map_slot *sl = &g->members.slots[k];
+		if(sl->key && sl->val && !im_map__get(&keep, sl->key, strlen(sl->key))) gone[n_gone++] = im_strdup(sl->key);
+	}
+	for(i = 0; i < n_gone; i++){
+		if(gone[i]) member_del(p, g, group, gone[i]);
+		free(gone[i]);
+	}
+	free(gone);
+	im_map__free(&keep, NULL);
+	for(i = 0; i < n; i++) member_put(p, g, group, users[i]);
+}
+
 void im_policy__members(struct im__plugin *p, const char *group, const char *op, const char *owner,
 		const char *const *users, size_t n)
 {
@@ -86,12 +132,13 @@ void im_policy__members(struct im__plugin *p, const char *group, const char *op,
 		return;
 	}
 	snprintf(g->owner, sizeof(g->owner), "%s", owner);
+	if(!strcmp(op, "set")){
+		members_set(p, g, group, users, n);
+		return;
+	}
 	for(i = 0; i < n; i++){
-		if(!add){
-			im_map__del(&g->members, users[i], strlen(users[i]));
-		}else if(im_map__put(&g->members, users[i], strlen(users[i]), (void *)yes) != MOSQ_ERR_SUCCESS){
-			mosquitto_log_printf(MOSQ_LOG_ERR, "im: out of memory: %s is not in the ACL view of group %s.", users[i], group);
-		}
+		if(add) member_put(p, g, group, users[i]);
+		else member_del(p, g, group, users[i]);
 	}
 }
 

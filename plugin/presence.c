@@ -46,7 +46,9 @@ struct user_devices {
 
 static bool enabled(const struct im__plugin *p)
 {
-	return p->cfg.max_devices > 0 || p->cfg.presence != IM_PRESENCE_OFF;
+	/* A cluster broker needs to know who is online here: that decides
+	 * which timelines it hears about (cluster.c). */
+	return p->cfg.max_devices > 0 || p->cfg.presence != IM_PRESENCE_OFF || p->cluster;
 }
 
 static void publish_presence(struct im__plugin *p, const char *user, int devices)
@@ -177,7 +179,10 @@ void im_presence__seen(struct im__plugin *p, const struct mosquitto *client)
 	}
 	u->count++;
 	if(p->cfg.max_devices && u->count > (int)p->cfg.max_devices) kick_oldest(p, u, user, id);
-	if(u->count == 1) publish_presence(p, user, 1);
+	if(u->count == 1){
+		im_cluster__user(p, user, true);
+		publish_presence(p, user, 1);
+	}
 }
 
 void im_presence__gone(struct im__plugin *p, const struct mosquitto *client)
@@ -193,6 +198,7 @@ void im_presence__gone(struct im__plugin *p, const struct mosquitto *client)
 	snprintf(user, sizeof(user), "%s", d->user);
 	if(unlink_device(p, d) == 0){
 		im_free(im_map__del(&p->users_online, user, strlen(user)));
+		im_cluster__user(p, user, false);
 		publish_presence(p, user, 0);
 	}
 	device_free(d);

@@ -36,17 +36,31 @@ void im_props__init(void)
 			from_libmosquitto ? "libmosquitto (the broker does not export the readers)" : "the broker's own readers");
 }
 
+/* 2.1 hands out NULL, not "", for an empty name or value of a user
+ * property (2.0 allocates an empty string); an empty pair is legal MQTT,
+ * so every caller would have to test both. The readers below substitute
+ * this shared empty string, which im_props__free() knows not to free. */
+static char empty_str[1];
+
 void im_props__free(void *ptr)
 {
+	if(ptr == empty_str) return;
 	if(from_libmosquitto) free(ptr);
 	else mosquitto_free(ptr);
 }
 
 const mosquitto_property *im_props__user(const mosquitto_property *it, char **key, char **value, bool skip_first)
 {
+	const mosquitto_property *p;
+
 	*key = *value = NULL;
 	if(it == NULL) return NULL;
-	return mosquitto_property_read_string_pair(it, MQTT_PROP_USER_PROPERTY, key, value, skip_first);
+	p = mosquitto_property_read_string_pair(it, MQTT_PROP_USER_PROPERTY, key, value, skip_first);
+	if(p != NULL){
+		if(*key == NULL) *key = empty_str;
+		if(*value == NULL) *value = empty_str;
+	}
+	return p;
 }
 
 char *im_props__string(const mosquitto_property *props, int identifier)

@@ -76,6 +76,11 @@ static void free_list(struct optlist *l)
 	}
 }
 
+static bool same_str(const char *a, const char *b)
+{
+	return a == b || (a && b && !strcmp(a, b));
+}
+
 /* Warns about an option that changed but needs a restart. */
 static void restart_needed(bool changed, const char *key)
 {
@@ -126,6 +131,10 @@ static void apply(struct im__plugin *p, struct im__config *n)
 	restart_needed((o->store_key_file == NULL) != (n->store_key_file == NULL), "store_key_file (on/off)");
 	restart_needed(o->presence != n->presence, "presence");
 	restart_needed(o->checkpoint_inline != n->checkpoint_inline, "checkpoint");
+	restart_needed(o->store != n->store, "store");
+	restart_needed(!same_str(o->pg_conninfo, n->pg_conninfo), "pg_conninfo");
+	restart_needed(!same_str(o->node_id, n->node_id), "node_id");
+	restart_needed(!same_str(o->nats_servers, n->nats_servers), "nats_servers");
 	n->busy_timeout_ms = o->busy_timeout_ms;
 	send_to_worker(p, n);
 	im_config__copy_runtime(o, n);

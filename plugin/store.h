@@ -206,6 +206,17 @@ struct im__store_ops {
 	 * before_tl) when before_tl is not NULL, at most limit. */
 	int (*conversations)(struct im__store *st, const char *owner, uint32_t limit, int64_t before_ts,
 			const char *before_tl, im_store__conv_fn fn, void *ctx);
+
+	/* ---- several writers (PostgreSQL) ---- */
+	/* Called by the worker right after begin with the timelines the batch
+	 * will write (names sorted bytewise, each once): takes their row locks
+	 * in that order in one statement, so that two brokers' batches never
+	 * hold what the other waits for (a deadlock fails a batch after
+	 * deadlock_timeout). create[i]: make the row first if it is missing
+	 * (committed apart, as timeline(create) does); otherwise a missing row
+	 * is skipped. The entries are then current and locked. NULL for a
+	 * backend with one writer (SQLite locks the whole file per batch). */
+	int (*prelock)(struct im__store *st, const char *const *names, const bool *create, size_t n);
 };
 
 struct im__store {
@@ -239,8 +250,12 @@ int im_store__open_sqlite(struct im__store *st, const struct im__store_options *
  * deadlock between two brokers' batches fails one of them like any other
  * error: the worker's retry of the batch is the remedy. */
 int im_store__open_pg(struct im__store *st, const struct im__store_pg_options *o);
+/* conninfo as it may be logged: host(s), port(s), database and user, never
+ * a password ("unparsable" if libpq cannot read it). */
+void im_store__pg_describe(const char *conninfo, char *out, size_t cap);
 /* Drops one group from the PostgreSQL backend's per-node cache (another
  * node changed it): the next use reloads it. No-op for other backends. */
+/* name NULL: every group. */
 void im_store__pg_forget_group(struct im__store *st, const char *name, size_t len);
 /* A new store id (the store was rolled back: clients must start over).
  * Written at the next commit. */

@@ -326,7 +326,8 @@ static void pg_close(struct im__store *st)
 void im_store__pg_forget_group(struct im__store *st, const char *name, size_t len)
 {
 	if(st->ops != &pg_ops) return;
-	im_pg__group_forget(im_pg(st), name, len);
+	if(name == NULL) im_pg__group_forget_all(im_pg(st));
+	else im_pg__group_forget(im_pg(st), name, len);
 }
 
 static int pg_renew_id(struct im__store *st)
@@ -492,4 +493,13 @@ static const struct im__store_ops pg_ops = {
 	.cached = pg_cached,
 	.renew_id = pg_renew_id,
 	.scrub = pg_scrub,
+	.dedup = im_pg__dedup,
+	.lookup = im_pg__lookup,
+	.amend = im_pg__amend,
+	.note_last = im_pg__note_last,
+	.read_mark = im_pg__read_mark,
+	.reads_of = im_pg__reads_of,
+	.has_conv = im_pg__has_conv,
+	.conversations = im_pg__conversations,
+	.prelock = im_pg__prelock,
 };

@@ -3,7 +3,8 @@
  * store_pg.c (open, migrations, identity, transactions), store_pg_conn.c
  * (connections, statements), store_pg_msg.c (timelines, append, range,
  * cursors), store_pg_group.c (groups, contacts) and store_pg_trim.c
- * (retention). Worker thread only.
+ * (retention) and store_pg_conv.c (edits, recalls, read marks, the
+ * conversation list). Worker thread only.
  *
  * Several brokers (nodes) write one database at once. What keeps that
  * correct is PostgreSQL's, not this file's: the row lock an append takes on
@@ -28,6 +29,9 @@ enum im_pg_stmt {
 	PG_GRP_LOAD, PG_GRP_INSERT, PG_MEM_INSERT, PG_MEM_DELETE, PG_GRP_OF_USER, PG_GRP_ALL,
 	PG_WROTE_INSERT, PG_WROTE_ALL,
 	PG_TRIM_LIST, PG_TRIM_SCAN, PG_TRIM_FIRST, PG_TRIM_DELETE,
+	PG_PEER_SET, PG_TL_LOCK, PG_PRELOCK,
+	PG_MSG_LOOKUP, PG_MSG_AMEND, PG_ERASE_EDITS, PG_CONV_NOTE, PG_GROUP_NOTE,
+	PG_READ_LOCK, PG_READ_SET, PG_READ_UNREAD, PG_READS_ALL, PG_READS_ONE, PG_CONV_HAS, PG_CONV_LIST,
 	PG_NSTMT
 };
 
@@ -139,6 +143,8 @@ int im_pg__append(struct im__store *st, struct im__tl *to, struct im__tl *own, c
 int im_pg__append_one(struct im__store *st, struct im__tl *t, const struct im__msg *m, uint64_t *seq);
 int im_pg__range(struct im__store *st, struct im__tl *tl, uint64_t after, uint32_t limit, int64_t now_ms,
 		im_store__row_fn fn, void *ctx, bool *more);
+int im_pg__dedup(struct im__store *st, const char *sender, const char *cmid, struct im__appended *out);
+int im_pg__prelock(struct im__store *st, const char *const *names, const bool *create, size_t n);
 int im_pg__cursor_get(struct im__store *st, struct im__tl *tl, const char *user, const char *client_id, uint64_t *seq);
 int im_pg__cursor_set(struct im__store *st, struct im__tl *tl, const char *user, const char *client_id,
 		uint64_t seq, uint64_t *now);
@@ -154,6 +160,19 @@ int im_pg__groups_of(struct im__store *st, const char *user, im_store__name_fn f
 int im_pg__each_group(struct im__store *st, im_store__group_fn fn, void *ctx);
 int im_pg__wrote(struct im__store *st, const char *writer, const char *reader, bool *first);
 int im_pg__each_wrote(struct im__store *st, im_store__pair_fn fn, void *ctx);
+
+/* store_pg_conv.c */
+int im_pg__lookup(struct im__store *st, struct im__tl *tl, uint64_t seq, bool *found, struct im__msg_ref *out);
+int im_pg__amend(struct im__store *st, struct im__tl *tl, uint64_t seq, const void *body, size_t len,
+		uint32_t raw_len, uint32_t flags);
+int im_pg__note_last(struct im__store *st, const char *owner, const char *peer, uint64_t seq, int64_t ts,
+		const char *sender, uint32_t flags, const char *preview, int unread_add);
+int im_pg__read_mark(struct im__store *st, struct im__tl *tl, const char *user, uint64_t seq,
+		uint64_t *before, uint64_t *after, im_store__name_fn fn, void *ctx);
+int im_pg__reads_of(struct im__store *st, struct im__tl *tl, const char *user, im_store__mark_fn fn, void *ctx);
+int im_pg__has_conv(struct im__store *st, const char *owner, const char *peer, bool *yes);
+int im_pg__conversations(struct im__store *st, const char *owner, uint32_t limit, int64_t before_ts,
+		const char *before_tl, im_store__conv_fn fn, void *ctx);
 
 /* store_pg_trim.c */
 int im_pg__trim_step(struct im__store *st, int64_t cutoff_ms, int64_t keep, uint32_t budget,

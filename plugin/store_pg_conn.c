@@ -24,20 +24,21 @@ static const struct { const char *types; const char *sql; } stmts[PG_NSTMT] = {
 	 * insert of the same (sender, cmid, copy) by another node makes this
 	 * one wait for that transaction, then skip: head comes back without a
 	 * seq and the caller gives the seq back. */
-	[PG_PUT] = {"88tttt888b88t",
+	[PG_PUT] = {"88tttt888b88t88",
 		"WITH h AS (UPDATE timelines SET head = head + 1 WHERE id = $1"
 		"   AND ($13::text IS NULL OR NOT EXISTS (SELECT 1 FROM messages WHERE sender = $3 AND cmid = $13))"
 		"   RETURNING head),"
-		" i AS (INSERT INTO messages(tl, seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, copy, body, key_id, raw_len)"
-		"   SELECT $1, h.head, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM h"
+		" i AS (INSERT INTO messages(tl, seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, copy, body, key_id, raw_len,"
+		"   ref_seq, peer_seq)"
+		"   SELECT $1, h.head, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $14, $15 FROM h"
 		"   ON CONFLICT (sender, cmid, copy) WHERE cmid IS NOT NULL DO NOTHING RETURNING seq)"
 		" SELECT (SELECT head FROM h), (SELECT seq FROM i)"},
 	/* The same in two steps, for sealed bodies (the seal binds the seq). */
 	[PG_TAKE] = {"8tt", "UPDATE timelines SET head = head + 1 WHERE id = $1"
 		" AND ($3::text IS NULL OR NOT EXISTS (SELECT 1 FROM messages WHERE sender = $2 AND cmid = $3)) RETURNING head"},
-	[PG_INSERT] = {"888tttt888b88",
-		"INSERT INTO messages(tl, seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, copy, body, key_id, raw_len)"
-		" VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+	[PG_INSERT] = {"888tttt888b8888",
+		"INSERT INTO messages(tl, seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, copy, body, key_id, raw_len,"
+		" ref_seq, peer_seq) VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
 		" ON CONFLICT (sender, cmid, copy) WHERE cmid IS NOT NULL DO NOTHING RETURNING seq"},
 	/* Giving a seq back is safe: the transaction still holds the row lock
 	 * it took with the seq, so nobody took one after it. */
@@ -47,7 +48,7 @@ static const struct { const char *types; const char *sql; } stmts[PG_NSTMT] = {
 		" WHERE m.sender = $1 AND m.cmid = $2"},
 	/* The rows and the timeline's head and first, from one snapshot. */
 	[PG_RANGE] = {"888", "SELECT t.head, t.first_seq, m.seq, m.ts_ms, m.sender, m.cmid, m.peer, m.ctype, m.flags,"
-		" m.expires_ms, m.body, m.key_id, m.raw_len FROM timelines t LEFT JOIN LATERAL"
+		" m.expires_ms, m.body, m.key_id, m.raw_len, m.ref_seq, m.peer_seq FROM timelines t LEFT JOIN LATERAL"
 		" (SELECT * FROM messages WHERE tl = t.id AND seq > $2 ORDER BY seq LIMIT $3) m ON true"
 		" WHERE t.id = $1 ORDER BY m.seq"},
 	[PG_CURSOR_GET] = {"8tt", "SELECT seq FROM cursors WHERE tl = $1 AND usr = $2 AND client_id = $3"},
@@ -74,6 +75,71 @@ static const struct { const char *types; const char *sql; } stmts[PG_NSTMT] = {
 	[PG_TRIM_FIRST] = {"88", "UPDATE timelines SET first_seq = $2 WHERE id = $1 AND first_seq < $2 AND $2 <= head + 1"
 		" RETURNING first_seq"},
 	[PG_TRIM_DELETE] = {"88", "DELETE FROM messages WHERE tl = $1 AND seq < $2"},
+	/* A direct message's first row learns the other row's seq (when it
+	 * could not be known before the second row took it). */
+	[PG_PEER_SET] = {"888", "UPDATE messages SET peer_seq = $3 WHERE tl = $1 AND seq = $2"},
+	/* The lock an append takes, without appending (a read mark in the
+	 * user's own inbox: see store_pg_conv.c). */
+	[PG_TL_LOCK] = {"8", "SELECT head, first_seq FROM timelines WHERE id = $1 FOR NO KEY UPDATE"},
+	/* A batch's timelines ("\n"-separated names), locked in name order
+	 * (the row locks are taken in the order the rows come out of the sort). */
+	[PG_PRELOCK] = {"t", "SELECT id, head, first_seq, name FROM timelines"
+		" WHERE name = ANY(string_to_array($1, E'\n') COLLATE \"C\") ORDER BY name FOR NO KEY UPDATE"},
+	/* ---- conversations (store_pg_conv.c) ---- */
+	[PG_MSG_LOOKUP] = {"88", "SELECT sender, flags, peer_seq, copy FROM messages WHERE tl = $1 AND seq = $2"},
+	[PG_MSG_AMEND] = {"88b888", "UPDATE messages SET body = $3, key_id = $4, raw_len = $5,"
+		" flags = (flags & ~2) | $6::integer WHERE tl = $1 AND seq = $2"},
+	/* A recall takes the bodies of the message's edits with it. */
+	[PG_ERASE_EDITS] = {"88", "UPDATE messages SET body = '', key_id = 0, raw_len = 0, flags = (flags & ~2) | 32"
+		" WHERE tl = $1 AND ref_seq = $2 AND (flags & 4) <> 0"},
+	/* unread moves by one atomic addition (several nodes may note the same
+	 * conversation); the last message only ever moves to a higher seq. */
+	[PG_CONV_NOTE] = {"tt88t8t8", "INSERT INTO convs(owner, peer, last_seq, last_ts, last_sender, last_flags, preview, unread)"
+		" VALUES($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (owner, peer) DO UPDATE SET"
+		" last_seq = greatest(convs.last_seq, excluded.last_seq),"
+		" last_ts = CASE WHEN excluded.last_seq >= convs.last_seq THEN excluded.last_ts ELSE convs.last_ts END,"
+		" last_sender = CASE WHEN excluded.last_seq >= convs.last_seq THEN excluded.last_sender ELSE convs.last_sender END,"
+		" last_flags = CASE WHEN excluded.last_seq >= convs.last_seq THEN excluded.last_flags ELSE convs.last_flags END,"
+		" preview = CASE WHEN excluded.last_seq >= convs.last_seq THEN excluded.preview ELSE convs.preview END,"
+		" unread = convs.unread + excluded.unread"},
+	[PG_GROUP_NOTE] = {"t88t8t", "INSERT INTO group_last(grp, last_seq, last_ts, last_sender, last_flags, preview)"
+		" VALUES($1, $2, $3, $4, $5, $6) ON CONFLICT (grp) DO UPDATE SET"
+		" last_seq = excluded.last_seq, last_ts = excluded.last_ts, last_sender = excluded.last_sender,"
+		" last_flags = excluded.last_flags, preview = excluded.preview WHERE excluded.last_seq >= group_last.last_seq"},
+	/* The read mark as it is, its row locked (made if absent): another
+	 * node moving the same mark waits, so each message is counted read
+	 * once. ON CONFLICT DO UPDATE reads the latest committed row, not the
+	 * statement's snapshot. */
+	[PG_READ_LOCK] = {"8t", "INSERT INTO reads(tl, usr, seq) VALUES($1, $2, 0)"
+		" ON CONFLICT (tl, usr) DO UPDATE SET seq = reads.seq RETURNING seq"},
+	[PG_READ_SET] = {"8t8", "UPDATE reads SET seq = greatest(seq, $3) WHERE tl = $1 AND usr = $2"},
+	/* The peers whose messages the user just read in its own inbox, their
+	 * unread counts lowered in the same statement. */
+	[PG_READ_UNREAD] = {"888t", "WITH r AS (SELECT sender, count(*) AS n FROM messages WHERE tl = $1 AND seq > $2 AND seq <= $3"
+		"   AND copy = 0 AND (flags & 1) = 0 AND sender <> $4 GROUP BY sender),"
+		" u AS (UPDATE convs c SET unread = greatest(c.unread - r.n, 0) FROM r WHERE c.owner = $4 AND c.peer = r.sender)"
+		" SELECT sender FROM r ORDER BY sender"},
+	[PG_READS_ALL] = {"8", "SELECT usr, seq FROM reads WHERE tl = $1 ORDER BY usr"},
+	[PG_READS_ONE] = {"8t", "SELECT usr, seq FROM reads WHERE tl = $1 AND usr = $2"},
+	[PG_CONV_HAS] = {"tt", "SELECT 1 FROM convs WHERE owner = $1 AND peer = $2"},
+	/* Direct conversations and groups, each read in its index order up to
+	 * the page's end, merged: the latest first, ties by timeline name
+	 * descending ("u/x" after "g/x"), strictly before ($2, $3) if $3. */
+	[PG_CONV_LIST] = {"t8t8", "SELECT kind, name, last_seq, last_ts, last_sender, last_flags, preview, unread, peer_read FROM ("
+		" (SELECT 'u'::text AS kind, c.peer AS name, c.last_seq, c.last_ts, c.last_sender, c.last_flags, c.preview, c.unread,"
+		"   coalesce((SELECT r.seq FROM reads r JOIN timelines t ON t.id = r.tl WHERE t.name = 'u/' || c.peer AND r.usr = c.peer), 0)"
+		"   AS peer_read, ('u/' || c.peer) COLLATE \"C\" AS tl"
+		"   FROM convs c WHERE c.owner = $1"
+		"   AND ($3 IS NULL OR c.last_ts < $2 OR (c.last_ts = $2 AND ('u/' || c.peer) COLLATE \"C\" < $3))"
+		"   ORDER BY c.last_ts DESC, c.peer DESC LIMIT $4)"
+		" UNION ALL"
+		" (SELECT 'g', g.grp, g.last_seq, g.last_ts, g.last_sender, g.last_flags, g.preview,"
+		"   greatest(g.last_seq - coalesce((SELECT r.seq FROM reads r JOIN timelines t ON t.id = r.tl"
+		"     WHERE t.name = 'g/' || g.grp AND r.usr = $1), 0), 0), 0::bigint, ('g/' || g.grp) COLLATE \"C\""
+		"   FROM members m JOIN group_last g ON g.grp = m.grp WHERE m.usr = $1"
+		"   AND ($3 IS NULL OR g.last_ts < $2 OR (g.last_ts = $2 AND ('g/' || g.grp) COLLATE \"C\" < $3))"
+		"   ORDER BY g.last_ts DESC, g.grp DESC LIMIT $4)"
+		") x ORDER BY last_ts DESC, tl DESC LIMIT $4"},
 };
 
 #define OID_INT8 20
@@ -243,6 +309,28 @@ int im_pg__txn(struct im__pg *s, const char *sql)
 }
 
 /* ---- connecting ---- */
+
+void im_store__pg_describe(const char *conninfo, char *out, size_t cap)
+{
+	static const char *const shown[] = {"host", "hostaddr", "port", "dbname", "user", "target_session_attrs", NULL};
+	PQconninfoOption *opts = PQconninfoParse(conninfo ? conninfo : "", NULL), *o;
+	size_t n = 0, i;
+
+	if(cap == 0) return;
+	out[0] = '\0';
+	if(opts == NULL){
+		snprintf(out, cap, "unparsable");
+		return;
+	}
+	for(o = opts; o->keyword; o++){
+		if(o->val == NULL || o->val[0] == '\0') continue;
+		for(i = 0; shown[i] && strcmp(shown[i], o->keyword); i++);
+		if(shown[i] == NULL || n >= cap) continue;
+		n += (size_t)snprintf(out + n, cap - n, "%s%s=%s", n ? " " : "", o->keyword, o->val);
+	}
+	PQconninfoFree(opts);
+	if(n == 0) snprintf(out, cap, "libpq defaults");
+}
 
 /* FNV-1a: advisory lock keys from names. */
 int64_t im_pg__key64(const char *a, const char *b)

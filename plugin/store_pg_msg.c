@@ -74,13 +74,26 @@ static int tl_read(struct im__pg *s, struct im__tl *t, bool create)
 	return found;
 }
 
+/* A new entry for name, not yet in the cache (its row not read). */
+static struct im__tl *entry_new(const char *name, size_t len)
+{
+	struct im__pg_tle *e;
+	struct im__tl *t;
+
+	if(len > IM_TL_MAX || (e = calloc(1, sizeof(*e) + sizeof(*t) + len + 1)) == NULL) return NULL;
+	t = (struct im__tl *)(void *)(e + 1);
+	t->hash = im_map__hash(name, len);
+	t->name_len = (uint16_t)len;
+	memcpy(t->name, name, len);
+	return t;
+}
+
 /* Each call reads the row again (heads move on other nodes), unless this
  * transaction holds its lock: then the cached values are exact. */
 struct im__tl *im_pg__timeline(struct im__store *st, const char *name, size_t len, bool create, bool *err)
 {
 	struct im__pg *s = im_pg(st);
 	struct im__tl *t = im_pg__cache_find(s, name, len);
-	struct im__pg_tle *e;
 	int r;
 
 	*err = false;
@@ -94,23 +107,96 @@ struct im__tl *im_pg__timeline(struct im__store *st, const char *name, size_t le
 		return t;
 	}
 	if(len > IM_TL_MAX) return NULL;
-	e = calloc(1, sizeof(*e) + sizeof(*t) + len + 1);
-	if(e == NULL){
+	if((t = entry_new(name, len)) == NULL){
 		*err = true;
 		return NULL;
 	}
-	t = (struct im__tl *)(void *)(e + 1);
-	t->hash = im_map__hash(name, len);
-	t->name_len = (uint16_t)len;
-	memcpy(t->name, name, len);
 	r = tl_read(s, t, false);
 	if(r == 0 && create) r = tl_read(s, t, true);
 	if(r <= 0 || im_map__put(&s->tls, name, len, t) != MOSQ_ERR_SUCCESS){
 		*err = r != 0;
-		free(e);
+		free(im_pg__tle(t));
 		return NULL;
 	}
 	return t;
+}
+
+/* Locks the rows of names[i] for which want(i) (those that exist), in
+ * name order, in one statement; their entries come out current and
+ * locked. */
+static int lock_names(struct im__pg *s, const char *const *names, const bool *create, size_t n, bool second)
+{
+	struct im__pgq q = {0};
+	struct im__buf list = {0};
+	struct im__tl *t;
+	PGresult *r;
+	size_t i, len, used = 0;
+	int rc = MOSQ_ERR_SUCCESS, row;
+
+	for(i = 0; i < n; i++){
+		len = strlen(names[i]);
+		/* The second round: only the rows just made. */
+		if(second && (!create[i] || ((t = im_pg__cache_find(s, names[i], len)) && im_pg__locked(s, t)))) continue;
+		if(im_buf__reserve(&list, used + len + 1) != MOSQ_ERR_SUCCESS){
+			im_buf__free(&list);
+			return MOSQ_ERR_NOMEM;
+		}
+		if(used) list.data[used++] = '\n';
+		memcpy(list.data + used, names[i], len);
+		used += len;
+	}
+	if(used == 0) return MOSQ_ERR_SUCCESS;
+	im_pgq__text(&q, (const char *)list.data, (int)used);
+	r = im_pg__run(s, PG_PRELOCK, &q, "locking the batch's timelines");
+	im_buf__free(&list);
+	if(r == NULL) return MOSQ_ERR_UNKNOWN;
+	for(row = 0; row < PQntuples(r) && rc == MOSQ_ERR_SUCCESS; row++){
+		const char *name = im_pg__text(r, row, 3);
+
+		len = strlen(name);
+		if((t = im_pg__cache_find(s, name, len)) == NULL){
+			if((t = entry_new(name, len)) == NULL || im_map__put(&s->tls, name, len, t) != MOSQ_ERR_SUCCESS){
+				if(t) free(im_pg__tle(t));
+				rc = MOSQ_ERR_NOMEM;
+				break;
+			}
+		}
+		t->id = im_pg__int(r, row, 0);
+		t->head = (uint64_t)im_pg__int(r, row, 1);
+		t->first = (uint64_t)im_pg__int(r, row, 2);
+		t->stale = false;
+		im_pg__touch(s, t);
+	}
+	PQclear(r);
+	return rc;
+}
+
+/* The batch's timelines locked up front, in name order, in one statement:
+ * two nodes' batches that write the same timelines then wait for each
+ * other instead of each holding what the other needs next (a deadlock,
+ * which PostgreSQL breaks after deadlock_timeout by failing one batch).
+ * The rows that create asks for and that are missing are then made (apart
+ * from the batch, as timeline() does) and locked in a second statement:
+ * only the first use of a timeline. The entries come out locked:
+ * timeline() then answers from the cache. */
+int im_pg__prelock(struct im__store *st, const char *const *names, const bool *create, size_t n)
+{
+	struct im__pg *s = im_pg(st);
+	struct im__tl *t;
+	size_t i, len;
+	bool missing = false;
+	int rc;
+
+	if(n == 0) return MOSQ_ERR_SUCCESS;
+	rc = lock_names(s, names, create, n, false);
+	for(i = 0; i < n && rc == MOSQ_ERR_SUCCESS; i++){
+		len = strlen(names[i]);
+		if(!create[i] || ((t = im_pg__cache_find(s, names[i], len)) && im_pg__locked(s, t))) continue;
+		rc = im_pg__create_timeline(s, names[i], len);
+		missing = true;
+	}
+	if(rc == MOSQ_ERR_SUCCESS && missing) rc = lock_names(s, names, create, n, true);
+	return rc;
 }
 
 /* ---- append ---- */
@@ -132,13 +218,15 @@ static void q_msg_tail(struct im__pgq *q, const struct im__msg *m, int copy, con
 	im_pgq__i64(q, m->raw_len);
 }
 
-/* Stores one copy of m at the next seq of t. check: look (sender, cmid)
- * up first (the first copy of an append). PUT_OK: stored at *seq.
+/* Stores one copy of m at the next seq of t, naming ref (the seq an edit
+ * or recall changes, in t) and peer (a direct message's seq in the other
+ * inbox). check: look (sender, cmid) up first (the first copy of an
+ * append). PUT_OK: stored at *seq.
  * PUT_DUP: (sender, cmid) was there, nothing changed. PUT_CONFLICT:
  * another transaction stored it meanwhile; *seq was taken and must be
  * given back. */
 static enum put put_copy(struct im__store *st, struct im__tl *t, const struct im__msg *m, int copy, bool check,
-		uint64_t *seq)
+		uint64_t ref, uint64_t peer, uint64_t *seq)
 {
 	struct im__pg *s = im_pg(st);
 	struct im__pgq q = {0};
@@ -154,6 +242,8 @@ static enum put put_copy(struct im__store *st, struct im__tl *t, const struct im
 		im_pgq__i64(&q, m->ts_ms);
 		q_msg_tail(&q, m, copy, body, body_len, 0);
 		im_pgq__text(&q, check_cmid, -1);
+		im_pgq__i64(&q, (int64_t)ref);
+		im_pgq__i64(&q, (int64_t)peer);
 		r = im_pg__run(s, PG_PUT, &q, "appending a message");
 		if(r == NULL) return PUT_ERR;
 		if(PQgetisnull(r, 0, 0)){
@@ -190,6 +280,8 @@ static enum put put_copy(struct im__store *st, struct im__tl *t, const struct im
 	im_pgq__i64(&q, (int64_t)*seq);
 	im_pgq__i64(&q, m->ts_ms);
 	q_msg_tail(&q, m, copy, body, body_len, key_id);
+	im_pgq__i64(&q, (int64_t)ref);
+	im_pgq__i64(&q, (int64_t)peer);
 	r = im_pg__run(s, PG_INSERT, &q, "inserting a message");
 	if(r == NULL) return PUT_ERR;
 	stored = PQntuples(r) == 1;
@@ -220,15 +312,15 @@ static int undo(struct im__pg *s, struct im__tl *t, uint64_t seq, bool stored)
 }
 
 /* Looks (sender, cmid) up. 1 if seen (out filled), 0 if not, -1 error. */
-static int dedup_find(struct im__pg *s, const struct im__msg *m, struct im__appended *out)
+static int dedup_find(struct im__pg *s, const char *sender, const char *cmid, struct im__appended *out)
 {
 	struct im__pgq q = {0};
 	PGresult *r;
 	int i;
 
 	memset(out, 0, sizeof(*out));
-	im_pgq__text(&q, m->sender, -1);
-	im_pgq__text(&q, m->cmid, -1);
+	im_pgq__text(&q, sender, -1);
+	im_pgq__text(&q, cmid, -1);
 	r = im_pg__run(s, PG_DEDUP, &q, "dedup lookup");
 	if(r == NULL) return -1;
 	for(i = 0; i < PQntuples(r); i++){
@@ -245,14 +337,20 @@ static int dedup_find(struct im__pg *s, const struct im__msg *m, struct im__appe
 	return out->duplicate ? 1 : 0;
 }
 
+int im_pg__dedup(struct im__store *st, const char *sender, const char *cmid, struct im__appended *out)
+{
+	return dedup_find(im_pg(st), sender, cmid, out) < 0 ? MOSQ_ERR_UNKNOWN : MOSQ_ERR_SUCCESS;
+}
+
 int im_pg__append(struct im__store *st, struct im__tl *to, struct im__tl *own, const struct im__msg *m,
 		struct im__appended *out)
 {
 	struct im__pg *s = im_pg(st);
 	struct im__tl *tl[2] = {to, own};
 	int copy[2] = {0, 1}, n = 1, i, j;
-	uint64_t seq[2] = {0, 0};
+	uint64_t seq[2] = {0, 0}, ref[2] = {m->ref_seq, m->own_ref_seq}, peer[2] = {0, 0};
 	enum put r = PUT_ERR;
+	struct im__pgq q = {0};
 
 	s->wrote = true;
 	if(own && own != to){
@@ -262,11 +360,24 @@ int im_pg__append(struct im__store *st, struct im__tl *to, struct im__tl *own, c
 			tl[1] = to;
 			copy[0] = 1;
 			copy[1] = 0;
+			ref[0] = m->own_ref_seq;
+			ref[1] = m->ref_seq;
 		}
+		/* Each row names the other's seq. The second timeline's next seq
+		 * is known if this transaction holds its lock (prelock, or an
+		 * earlier append); if not, the first row learns it afterwards. */
+		if(im_pg__locked(s, tl[1])) peer[0] = tl[1]->head + 1;
 	}
 	for(i = 0; i < n; i++){
-		r = put_copy(st, tl[i], m, copy[i], i == 0 && m->cmid, &seq[i]);
+		if(i == 1) peer[1] = seq[0];
+		r = put_copy(st, tl[i], m, copy[i], i == 0 && m->cmid, ref[i], peer[i], &seq[i]);
 		if(r != PUT_OK) break;
+	}
+	if(i == n && n == 2 && peer[0] != seq[1]){
+		im_pgq__i64(&q, tl[0]->id);
+		im_pgq__i64(&q, (int64_t)seq[0]);
+		im_pgq__i64(&q, (int64_t)seq[1]);
+		if(im_pg__exec(s, PG_PEER_SET, &q, "linking a message's two rows") != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
 	}
 	if(i == n){
 		memset(out, 0, sizeof(*out));
@@ -288,7 +399,7 @@ int im_pg__append(struct im__store *st, struct im__tl *to, struct im__tl *own, c
 	for(j = i - 1; j >= 0; j--){
 		if(undo(s, tl[j], seq[j], true) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
 	}
-	switch(dedup_find(s, m, out)){
+	switch(dedup_find(s, m->sender, m->cmid, out)){
 		case 1: return MOSQ_ERR_SUCCESS;
 		case 0:
 			/* Seen, then gone: retention removed the original in between,
@@ -301,7 +412,7 @@ int im_pg__append(struct im__store *st, struct im__tl *to, struct im__tl *own, c
 
 int im_pg__append_one(struct im__store *st, struct im__tl *t, const struct im__msg *m, uint64_t *seq)
 {
-	switch(put_copy(st, t, m, 0, false, seq)){
+	switch(put_copy(st, t, m, 0, false, 0, 0, seq)){
 		case PUT_OK: return MOSQ_ERR_SUCCESS;
 		case PUT_ERR: return MOSQ_ERR_UNKNOWN;
 		default:
@@ -356,6 +467,8 @@ int im_pg__range(struct im__store *st, struct im__tl *tl, uint64_t after, uint32
 		m.body_len = (size_t)PQgetlength(r, i, 10);
 		key_id = (int)im_pg__int(r, i, 11);
 		m.raw_len = (uint32_t)im_pg__int(r, i, 12);
+		m.ref_seq = (uint64_t)im_pg__int(r, i, 13);
+		m.peer_seq = (uint64_t)im_pg__int(r, i, 14);
 		if(m.expires_ms && m.expires_ms <= now_ms) continue;
 		if(key_id != 0 && (st->crypt == NULL
 					|| im_crypt__open(st->crypt, (uint16_t)key_id, tl->name, m.seq, m.body, m.body_len,

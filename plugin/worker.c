@@ -66,7 +66,10 @@ const char *im_work__str(struct im__done *d, size_t *used, const char *s)
 void im_work__emit(struct im__worker *w, struct im__done *d)
 {
 	if(d == NULL) return;
-	if(w->replaying){
+	/* Replaying at start nobody here is connected yet; but other brokers
+	 * of a cluster may have devices waiting for what was journaled here
+	 * before a crash: kept to be shipped after the commit (run_batch). */
+	if(w->replaying && !(w->p->cluster && (d->kind == IM_DONE_FRAME || d->kind == IM_DONE_MEMBERS))){
 		free(d);
 		return;
 	}
@@ -296,6 +299,8 @@ static int run_job(struct im__worker *w, struct im__job *j)
 		case IM_JOB_SYNC: return im_work__sync(w, j);
 		case IM_JOB_ACK: return im_work__ack(w, j);
 		case IM_JOB_GROUP: return im_work__group(w, j);
+		case IM_JOB_REPAIR: return im_work__repair(w, j);
+		case IM_JOB_FORGET: return im_work__forget(w, j);
 		default: return MOSQ_ERR_SUCCESS;
 	}
 }
@@ -344,7 +349,8 @@ static struct im__job *fail_requests(struct im__worker *w, struct im__job *jobs,
 			kt = &j->next;
 			continue;
 		}
-		im_work__reply(w, j, &r.base, j->kind == IM_JOB_SYNC);
+		if(j->kind == IM_JOB_REPAIR) im_work__repair_failed(w, j);
+		else im_work__reply(w, j, &r.base, j->kind == IM_JOB_SYNC);
 		im_job__free(j);
 		(*n)--;
 		(*removed)++;
@@ -374,6 +380,9 @@ static void publish_batch(struct im__worker *w, size_t n_jobs)
 	int64_t now = im_mono_us(), tick;
 	bool poke = false;
 
+	/* Committed: other brokers of a cluster may hear of it now. */
+	im_cluster__ship(w->p, w->st.store_id, w->st.frame_key, w->bhead);
+
 	pthread_mutex_lock(&w->mu);
 	if(w->bhead){
 		w->bhead->ready_us = now;
@@ -387,7 +396,9 @@ static void publish_batch(struct im__worker *w, size_t n_jobs)
 			|| (now - w->pending_us >= REPOKE_US && now - w->poked_us >= REPOKE_US);
 		if(poke) w->poked_us = now;
 	}
-	w->finished += n_jobs;
+	/* Replayed jobs were never submitted: counting them would make
+	 * im_worker__wait_idle return while submitted ones are still queued. */
+	if(!w->replaying) w->finished += n_jobs;
 	pthread_cond_broadcast(&w->idle_cv);
 	pthread_mutex_unlock(&w->mu);
 	w->bhead = NULL;
@@ -398,6 +409,58 @@ static void publish_batch(struct im__worker *w, size_t n_jobs)
 void im_worker__ticked(struct im__plugin *p)
 {
 	if(p->worker) __atomic_store_n(&p->worker->tick_us, im_mono_us(), __ATOMIC_RELAXED);
+}
+
+/* ---- several writers: the batch's timelines locked in one order ---- */
+
+struct lock_name { const char *name; bool create; };
+
+static int cmp_lock_name(const void *x, const void *y)
+{
+	return strcmp(((const struct lock_name *)x)->name, ((const struct lock_name *)y)->name);
+}
+
+/* With a store that several brokers write (ops->prelock), the timelines
+ * the batch will write are locked at its start, sorted: the messages'
+ * timelines and the senders' inboxes (made if missing: every message
+ * makes its sender's), and the inboxes whose owners acknowledge (a read
+ * mark there changes the owner's unread counts, under the inbox's lock).
+ * A message's target is not made here: the new-conversation budget
+ * decides that. Without memory the batch runs unlocked, as before. */
+static int prelock_batch(struct im__worker *w, struct im__job *jobs, size_t n)
+{
+	struct lock_name *l = im_malloc(2 * n * sizeof(*l));
+	const char **names = im_malloc(2 * n * sizeof(*names));
+	bool *create = im_malloc(2 * n * sizeof(*create));
+	struct im__job *j;
+	struct im__rec r;
+	size_t k = 0, u = 0, i;
+	int rc = MOSQ_ERR_SUCCESS;
+
+	if(l && names && create){
+		for(j = jobs; j; j = j->next){
+			if(j->kind == IM_JOB_MSG && im_rec__decode(j->data, j->len, &r)){
+				l[k++] = (struct lock_name){r.to, false};
+				if(r.own[0]) l[k++] = (struct lock_name){r.own, true};
+			}else if(j->kind == IM_JOB_ACK && j->u.ack.timeline[0] == 'u' && !strcmp(j->u.ack.timeline + 2, j->user)){
+				l[k++] = (struct lock_name){j->u.ack.timeline, false};
+			}
+		}
+		qsort(l, k, sizeof(*l), cmp_lock_name);
+		for(i = 0; i < k; i++){
+			if(u && !strcmp(names[u - 1], l[i].name)){
+				create[u - 1] |= l[i].create;
+				continue;
+			}
+			names[u] = l[i].name;
+			create[u++] = l[i].create;
+		}
+		rc = w->st.ops->prelock(&w->st, names, create, u);
+	}
+	im_free(l);
+	im_free(names);
+	im_free(create);
+	return rc;
 }
 
 /* Applies jobs (a list) in one transaction; retries until it commits or
@@ -418,6 +481,7 @@ static int run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 		t0 = im_mono_us();
 		if(attempt == 0 && jobs->queued_us) im_metrics__hist(w->p->metrics.queue_hist, t0 - jobs->queued_us);
 		rc = w->st.ops->begin(&w->st);
+		if(rc == MOSQ_ERR_SUCCESS && w->st.ops->prelock) rc = prelock_batch(w, jobs, n);
 		for(j = jobs; j && rc == MOSQ_ERR_SUCCESS; j = j->next){
 			rc = run_job(w, j);
 			if(j->kind == IM_JOB_MSG){
@@ -467,6 +531,10 @@ static int run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 		if(pause_ms < 2000) pause_ms *= 2;
 	}
 	if(last_lsn) marker_write(w, last_lsn);
+	t0 = im_mono_us();
+	for(j = jobs; j; j = j->next){
+		if(j->kind == IM_JOB_MSG && j->queued_us) im_metrics__hist(w->p->metrics.ship_hist, t0 - j->queued_us);
+	}
 	w->st.ops->scrub(&w->st);
 	if(attempt > 0) im_log(MOSQ_LOG_NOTICE, "im: store: the batch committed after %d attempt(s).", attempt + 1);
 	IM_STAT_ADD(w->p->metrics.batches, 1);
@@ -475,6 +543,11 @@ static int run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 	for(; jobs; jobs = next){
 		next = jobs->next;
 		im_job__free(jobs);
+	}
+	if(w->replaying){
+		im_cluster__ship(w->p, w->st.store_id, w->st.frame_key, w->bhead);
+		drop_batch_done(w);
+		return MOSQ_ERR_SUCCESS;
 	}
 	publish_batch(w, n);
 	return MOSQ_ERR_SUCCESS;
@@ -645,6 +718,20 @@ static int clone_config(struct im__config *dst, const struct im__config *src)
 	return MOSQ_ERR_SUCCESS;
 }
 
+/* The backend plugin_opt_store names. */
+static int open_backend(struct im__plugin *p, struct im__worker *w, const struct im__store_options *o)
+{
+	struct im__store_pg_options po = {.conninfo = p->cfg.pg_conninfo, .node_id = p->cfg.node_id};
+	char where[512];
+
+	if(p->cfg.store != IM_STORE_PG) return im_store__open_sqlite(&w->st, o);
+	if(im_store__open_pg(&w->st, &po) == MOSQ_ERR_SUCCESS) return MOSQ_ERR_SUCCESS;
+	im_store__pg_describe(p->cfg.pg_conninfo, where, sizeof(where));
+	im_log(MOSQ_LOG_ERR, "im: store: cannot open the PostgreSQL store at plugin_opt_pg_conninfo (%s) as node \"%s\" (plugin_opt_node_id); the plugin does not start.",
+			where, p->cfg.node_id);
+	return MOSQ_ERR_UNKNOWN;
+}
+
 static int open_store(struct im__plugin *p, struct im__worker *w)
 {
 	struct im__store_options o = {
@@ -660,8 +747,10 @@ static int open_store(struct im__plugin *p, struct im__worker *w)
 
 	uint64_t marker;
 	char path[4096];
+	/* What the store is called in log lines. */
+	const char *name = p->cfg.store == IM_STORE_PG ? "the PostgreSQL store" : p->cfg.db_path;
 
-	if(im_store__open_sqlite(&w->st, &o) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+	if(open_backend(p, w, &o) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
 	w->st.crypt = w->crypt;
 	if(mkdir(p->cfg.journal_dir, 0700) != 0 && errno != EEXIST){
 		im_log(MOSQ_LOG_ERR, "im: journal: cannot create \"%s\": %s (it must be writable by the broker's user).",
@@ -675,7 +764,7 @@ static int open_store(struct im__plugin *p, struct im__worker *w)
 		gap = true; /* a database existed here: warned about below */
 	}else if(marker > w->st.applied_lsn){
 		im_log(MOSQ_LOG_WARNING, "im: store: \"%s\" lost stored messages (it holds up to journal record %" PRIu64 ", it had stored %" PRIu64 "): a deleted or damaged write-ahead log, or a restored backup. What the journal still holds is applied again; a new store id tells clients to start over.",
-				p->cfg.db_path, w->st.applied_lsn, marker);
+				name, w->st.applied_lsn, marker);
 		gap = true;
 	}
 	r.w = w;
@@ -697,10 +786,10 @@ static int open_store(struct im__plugin *p, struct im__worker *w)
 	}
 	if(gap && !rollback && !w->st.created){
 		im_log(MOSQ_LOG_WARNING, "im: store: \"%s\" is behind its journal (stored up to record %" PRIu64 ", the journal starts later): it was rolled back or restored and what came after is lost.",
-				p->cfg.db_path, w->st.applied_lsn);
+				name, w->st.applied_lsn);
 	}else if(gap && w->st.created){
 		im_log(MOSQ_LOG_WARNING, "im: store: a new database was made at \"%s\" although the journal in \"%s\" shows an earlier one existed.",
-				p->cfg.db_path, p->cfg.journal_dir);
+				name, p->cfg.journal_dir);
 	}
 	if(gap){
 		/* Seqs would be handed out again to other messages: a new store id

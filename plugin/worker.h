@@ -81,6 +81,11 @@ struct im__done *im_work__event(struct im__worker *w, const char *tl, const Im__
 int im_work__reads(struct im__worker *w, struct im__job *j);
 int im_work__conversations(struct im__worker *w, struct im__job *j);
 
+/* work_repair.c (cluster) */
+int im_work__repair(struct im__worker *w, struct im__job *j);
+void im_work__repair_failed(struct im__worker *w, const struct im__job *j);
+int im_work__forget(struct im__worker *w, struct im__job *j);
+
 /* work_group.c */
 int im_work__group(struct im__worker *w, struct im__job *j);
 

@@ -7,6 +7,7 @@ pkgs=(build-essential cmake pkg-config
       libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
       libsqlite3-dev sqlite3 libssl-dev libjwt-dev zlib1g-dev
       libpq-dev postgresql
+      libnats-dev nats-server
       clang libclang-rt-14-dev openssl
       python3-paho-mqtt python3-protobuf python3-pytest
       lintian

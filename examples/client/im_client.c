@@ -19,6 +19,7 @@
 #define ACK_AFTER_MS 1000
 #define SYNC_WINDOW 8         /* sync requests out at once (the plugin's sync_inflight default is 16) */
 #define RETRY_MS 1000         /* after a TOO_MANY without retry_after_ms */
+#define MARKS_CONVS 200       /* conversations asked for their peers' read marks on connect (the plugin's page maximum) */
 
 struct held {
 	uint64_t seq;
@@ -29,6 +30,7 @@ struct held {
 struct timeline {
 	char name[IM_TL_MAX + 1];
 	char topic[IM_TL_MAX + 70];
+	char events[IM_TL_MAX + 72];  /* <prefix>/e/<name>: read marks and typing */
 	uint64_t last;
 	uint64_t acked;
 	bool syncing;             /* catching up: live frames are held */
@@ -38,6 +40,13 @@ struct timeline {
 	int64_t retry_at;         /* after a TOO_MANY: not before this (now_ms) */
 	struct held *held;        /* sorted by seq */
 	size_t n_held, cap_held;
+};
+
+/* The last read mark reported for (user, timeline). */
+struct mark {
+	char user[IM_NAME_MAX + 1];
+	char timeline[IM_TL_MAX + 1];
+	uint64_t seq;
 };
 
 struct im_client {
@@ -59,6 +68,8 @@ struct im_client {
 	int anon_refused;       /* TOO_MANY replies that named no timeline, not yet matched */
 	uint32_t anon_retry_ms;
 	int rr;                 /* next timeline pump() looks at first */
+	struct mark *marks;     /* reported read marks, to report each move once */
+	size_t n_marks, cap_marks;
 };
 
 static int64_t now_ms(void)
@@ -245,6 +256,7 @@ static void reset_store(struct im_client *c, uint64_t id)
 	c->other_state = NULL;
 	c->other_len = 0;
 	c->unacked = 0;
+	c->n_marks = 0;         /* read marks of the old store's seqs */
 	state_save(c);
 	if(c->opt.on_reset) c->opt.on_reset(c->ud, old, id);
 }
@@ -480,6 +492,112 @@ static void on_ack_response(struct im_client *c, const uint8_t *buf, size_t len)
 	im__v1__ack_response__free_unpacked(r, NULL);
 }
 
+/* ---- events: read marks and typing ---- */
+
+/* Reports a read mark once it is above the last one reported for (user,
+ * timeline): live events and the marks asked for on connect overlap. */
+static void report_read(struct im_client *c, const char *user, const char *timeline, uint64_t seq, int64_t ts_ms)
+{
+	Im__V1__Event ev = IM__V1__EVENT__INIT;
+	struct mark *m = NULL;
+	size_t i;
+
+	if(c->opt.on_event == NULL || user == NULL || timeline == NULL || seq == 0) return;
+	for(i = 0; i < c->n_marks && m == NULL; i++){
+		if(!strcmp(c->marks[i].user, user) && !strcmp(c->marks[i].timeline, timeline)) m = &c->marks[i];
+	}
+	if(m && seq <= m->seq) return;
+	if(m == NULL){
+		if(c->n_marks == c->cap_marks){
+			size_t cap = c->cap_marks ? c->cap_marks * 2 : 16;
+			struct mark *grown = realloc(c->marks, cap * sizeof(*grown));
+			if(grown == NULL) return;
+			c->marks = grown;
+			c->cap_marks = cap;
+		}
+		m = &c->marks[c->n_marks++];
+		snprintf(m->user, sizeof(m->user), "%s", user);
+		snprintf(m->timeline, sizeof(m->timeline), "%s", timeline);
+	}
+	m->seq = seq;
+	ev.has_kind = 1;
+	ev.kind = IM__V1__EVENT__KIND__READ;
+	ev.user = (char *)user;
+	ev.timeline = (char *)timeline;
+	ev.has_seq = 1;
+	ev.seq = seq;
+	ev.has_ts_ms = 1;
+	ev.ts_ms = ts_ms;
+	c->opt.on_event(c->ud, &ev);
+}
+
+/* A frame on <prefix>/e/<timeline>: seq 0, an Event in the header. */
+static void on_event_frame(struct im_client *c, const uint8_t *frame, size_t len)
+{
+	Im__V1__Header *h;
+	const uint8_t *body;
+	size_t blen;
+	Im__V1__Event *e;
+
+	if(im_frame__decode(frame, len, NULL, &h, &body, &blen) != MOSQ_ERR_SUCCESS) return;
+	e = h->event;
+	if(check_store(c, h->has_store_id, h->store_id) && e && h->seq == 0 && find_tl(c, h->timeline)){
+		if(e->kind == IM__V1__EVENT__KIND__READ) report_read(c, e->user, e->timeline, e->seq, e->ts_ms);
+		else if(e->kind == IM__V1__EVENT__KIND__TYPING && c->opt.on_event) c->opt.on_event(c->ud, e);
+	}
+	im__v1__header__free_unpacked(h, NULL);
+}
+
+/* Events reach only who is connected: on connect, ask how far the others
+ * read (the peers' marks come with the conversation list; each group's
+ * with `reads`). The answers go through report_read like live events. */
+static void ask_marks(struct im_client *c)
+{
+	Im__V1__ConversationsRequest q = IM__V1__CONVERSATIONS_REQUEST__INIT;
+	Im__V1__ReadsRequest r = IM__V1__READS_REQUEST__INIT;
+	uint8_t buf[IM_TL_MAX + 16];
+	int i;
+
+	if(c->opt.on_event == NULL) return;
+	q.has_limit = 1;
+	q.limit = MARKS_CONVS;
+	request(c, "conversations", buf, im__v1__conversations_request__pack(&q, buf));
+	for(i = 0; i < c->n_tls; i++){
+		if(c->tls[i].name[0] != 'g') continue;
+		r.timeline = c->tls[i].name;
+		request(c, "reads", buf, im__v1__reads_request__pack(&r, buf));
+	}
+}
+
+static void on_conversations(struct im_client *c, const uint8_t *buf, size_t len)
+{
+	Im__V1__ConversationsResponse *r = im__v1__conversations_response__unpack(NULL, len, buf);
+	size_t i;
+
+	if(r == NULL) return;
+	if(check_store(c, r->has_store_id, r->store_id) && r->status == IM__V1__STATUS__OK){
+		for(i = 0; i < r->n_conversations; i++){
+			const Im__V1__Conversation *v = r->conversations[i];
+
+			/* u/<peer>: how far the peer read its inbox, u/<peer> */
+			if(v->timeline && !strncmp(v->timeline, "u/", 2)) report_read(c, v->timeline + 2, v->timeline, v->peer_read_seq, 0);
+		}
+	}
+	im__v1__conversations_response__free_unpacked(r, NULL);
+}
+
+static void on_reads(struct im_client *c, const uint8_t *buf, size_t len)
+{
+	Im__V1__ReadsResponse *r = im__v1__reads_response__unpack(NULL, len, buf);
+	size_t i;
+
+	if(r == NULL) return;
+	if(check_store(c, r->has_store_id, r->store_id) && r->status == IM__V1__STATUS__OK && find_tl(c, r->timeline)){
+		for(i = 0; i < r->n_marks; i++) report_read(c, r->marks[i]->user, r->timeline, r->marks[i]->seq, 0);
+	}
+	im__v1__reads_response__free_unpacked(r, NULL);
+}
+
 /* ---- libmosquitto callbacks ---- */
 
 static void on_connect(struct mosquitto *m, void *ud, int rc)
@@ -497,7 +615,10 @@ static void on_connect(struct mosquitto *m, void *ud, int rc)
 	c->anon_refused = 0;
 	c->anon_retry_ms = 0;
 	for(i = 0; i < c->n_tls; i++){
-		mosquitto_subscribe(m, NULL, c->tls[i].topic, 1);
+		char *topics[2] = {c->tls[i].topic, c->tls[i].events};
+
+		/* one SUBACK for both: the timeline, and its events if wanted */
+		mosquitto_subscribe_multiple(m, NULL, c->opt.on_event ? 2 : 1, topics, 1, 0, NULL);
 	}
 	/* Catch up before trusting live delivery: frames queued meanwhile are
 	 * held until the sync is complete. Requests of the last connection
@@ -508,6 +629,7 @@ static void on_connect(struct mosquitto *m, void *ud, int rc)
 		start_sync(&c->tls[i]);
 	}
 	pump(c);
+	ask_marks(c);
 }
 
 static void on_disconnect(struct mosquitto *m, void *ud, int rc)
@@ -522,12 +644,19 @@ static void on_disconnect(struct mosquitto *m, void *ud, int rc)
 static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_message *msg)
 {
 	struct im_client *c = ud;
+	size_t plen = strlen(c->opt.prefix);
 
 	(void)m;
 	if(!strcmp(msg->topic, "$CONTROL/im/v1/sync/response")){
 		on_batch(c, msg->payload, (size_t)msg->payloadlen);
 	}else if(!strcmp(msg->topic, "$CONTROL/im/v1/ack/response")){
 		on_ack_response(c, msg->payload, (size_t)msg->payloadlen);
+	}else if(!strcmp(msg->topic, "$CONTROL/im/v1/conversations/response")){
+		on_conversations(c, msg->payload, (size_t)msg->payloadlen);
+	}else if(!strcmp(msg->topic, "$CONTROL/im/v1/reads/response")){
+		on_reads(c, msg->payload, (size_t)msg->payloadlen);
+	}else if(!strncmp(msg->topic, c->opt.prefix, plen) && !strncmp(msg->topic + plen, "/e/", 3)){
+		on_event_frame(c, msg->payload, (size_t)msg->payloadlen);
 	}else if(strncmp(msg->topic, "$CONTROL/", 9)){
 		on_frame(c, msg->payload, (size_t)msg->payloadlen);
 	}
@@ -547,6 +676,7 @@ static int add_tl(struct im_client *c, const char *kind, const char *name)
 	t = &c->tls[c->n_tls++];
 	memcpy(t->name, tl, sizeof(tl));
 	snprintf(t->topic, sizeof(t->topic), "%s/%s", c->opt.prefix, tl);
+	snprintf(t->events, sizeof(t->events), "%s/e/%s", c->opt.prefix, tl);
 	return 0;
 }
 
@@ -667,5 +797,6 @@ void im_client_free(struct im_client *c)
 	mosquitto_destroy(c->mosq);
 	mosquitto_lib_cleanup();
 	free(c->other_state);
+	free(c->marks);
 	free(c);
 }

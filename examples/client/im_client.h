@@ -29,8 +29,32 @@ struct im_client;
 /* Called once per message, in seq order per timeline, never twice for one
  * (timeline, seq) of one store id across restarts that share the state
  * file (after on_reset, seqs start again at 1). body is only valid during
- * the call. */
+ * the call.
+ *
+ * Edits and recalls are messages of their own, with their own seq, so they
+ * come in order like any other: hdr->flags has FLAG_EDIT (body: the new
+ * body of message hdr->ref_seq of the same timeline) or FLAG_RECALL (no
+ * body; message hdr->ref_seq is withdrawn: stop showing its body). A
+ * message first delivered after it was changed already says so: FLAG_EDITED
+ * (its body is the latest) or FLAG_RECALLED (no body); the edit or recall
+ * follows it all the same, and applying it again changes nothing. */
 typedef void (*im_client_deliver_fn)(void *ud, const Im__V1__Header *hdr, const uint8_t *body, size_t len);
+
+/* Called (with the deliver function's ud) for the events of the followed
+ * timelines, which come on <prefix>/e/<timeline>:
+ *  - READ: ev->user has read ev->timeline up to ev->seq. In a group the
+ *    seq is the group's; for a direct message it is the reader's inbox,
+ *    u/<reader> (your copies of what you sent there carry that seq in
+ *    Header.peer_seq). Your own marks in a group come too.
+ *  - TYPING: ev->user is typing (ev->typing true) or stopped, in
+ *    ev->timeline: the conversation as you see it (u/<typist>, g/<group>).
+ * Events are not stored: they reach only who is connected. So on every
+ * connection the client also asks for the read marks as they are (the
+ * peers' marks from the conversation list, the latest 200 conversations;
+ * each group's `reads`) and reports them as READ events with ts_ms 0. A
+ * read mark is reported only when it is above the last one reported for
+ * that (user, timeline) in this run. ev is only valid during the call. */
+typedef void (*im_client_event_fn)(void *ud, const Im__V1__Event *ev);
 
 /* Called (with the deliver function's ud) when the server's history was
  * replaced: its store id changed from old_id to new_id (a new or restored
@@ -53,6 +77,7 @@ struct im_client_options {
 	uint32_t sync_limit;       /* frames per batch asked for, default 500 */
 	int verbose;
 	im_client_reset_fn on_reset; /* optional: the server's history was replaced (see above) */
+	im_client_event_fn on_event; /* optional: read marks and typing (see above) */
 };
 
 /* Returns NULL on bad options or out of memory. */

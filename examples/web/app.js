@@ -1,18 +1,27 @@
 // The chat page: conversations (direct messages grouped by peer, and
-// groups) with unread counts, live messages with their seq, sending with a
-// cmid. The protocol work is in im.js.
+// groups) ordered by last activity, with unread counts; live messages with
+// their seq, ticks on mine (sending, sent, stored, read), edits and recalls
+// of mine, "typing…"; sending with a cmid. The protocol work is in im.js.
 import { ImClient, loadProto } from '/im.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const defaultBroker = params.get('ws') || `ws://${location.hostname || '127.0.0.1'}:9001`;
 const LOGIN_KEY = 'imweb/login';
+const TYPING_EVERY_MS = 3000;   // "typing" again while typing goes on (the plugin allows 2 a second)
+const TYPING_IDLE_MS = 5000;    // no key for this long: "stopped"
+const TYPING_SHOWN_MS = 7000;   // someone's "typing" is shown this long unless renewed
 
 let client = null;
 let me = '';
-let convs = new Map();   // 'u:bob' | 'g:team' -> {key, kind, name, timeline, msgs, readSeq, lastAt}
+let convs = new Map();   // 'u:bob' | 'g:team' -> {key, kind, name, timeline, msgs, readSeq, lastAt, preview, serverUnread}
 let active = null;
 let readKey = '';
+let editing = null;     // the message of mine being edited
+const typers = new Map(); // conversation key -> Map(user -> until, ms)
+let typingOut = null;   // {timeline, at, idle}: my "typing" was sent there
+
+const keyOf = (timeline) => timeline[0] + ':' + timeline.slice(2);
 
 function convKeyOf(m) {
   if (m.timeline.startsWith('g/')) return 'g:' + m.timeline.slice(2);
@@ -25,7 +34,8 @@ function conv(key) {
   if (!c) {
     const [kind, name] = [key[0], key.slice(2)];
     const read = JSON.parse(localStorage.getItem(readKey) || '{}');
-    c = { key, kind, name, timeline: `${kind}/${name}`, msgs: [], readSeq: read[key] || 0, lastAt: 0 };
+    c = { key, kind, name, timeline: `${kind}/${name}`, msgs: [], readSeq: read[key] || 0, lastAt: 0, preview: '',
+      serverUnread: 0 };
     convs.set(key, c);
   }
   return c;
@@ -38,6 +48,8 @@ function saveRead() {
 }
 
 function unread(c) {
+  // none of its messages here yet (older than this browser): the server's count
+  if (!c.msgs.length && c.serverUnread) return c.serverUnread;
   let n = c.msgs.filter((m) => m.seq > c.readSeq && m.sender !== me).length;
   if (c.kind === 'g') {
     const t = client.tls.get(c.timeline);
@@ -58,8 +70,71 @@ function systemText(m) {
   }
 }
 
+const textOf = (m) => m.recalled ? 'message recalled' : m.system ? systemText(m) : m.omitted ? '(body omitted)' : m.text;
+
+// ---- who is typing ----
+function typingIn(c) {
+  const t = typers.get(c.key);
+  const now = Date.now();
+  return t ? [...t].filter(([, until]) => until > now).map(([u]) => u) : [];
+}
+
+function onTyping({ timeline, user, typing }) {
+  if (user === me) return;                       // mine, from another device
+  const key = keyOf(timeline);
+  let t = typers.get(key);
+  if (!t) typers.set(key, t = new Map());
+  if (typing) {
+    t.set(user, Date.now() + TYPING_SHOWN_MS);
+    setTimeout(renderTyping, TYPING_SHOWN_MS + 50);   // gone unless renewed
+  } else {
+    t.delete(user);
+  }
+  renderTyping();
+}
+
+function renderTyping() {
+  const who = active ? typingIn(active) : [];
+  const el = $('typing');
+  el.textContent = who.length ? `${who.join(', ')} ${who.length > 1 ? 'are' : 'is'} typing…` : '';
+  el.hidden = !who.length;
+  renderConvs();
+}
+
+// Mine: "typing" when a key is pressed (again every TYPING_EVERY_MS while it
+// goes on), "stopped" after TYPING_IDLE_MS without one, on sending, on
+// clearing the text or on leaving the conversation.
+function typed() {
+  if (!active || !client?.connected) return;
+  if (!$('text').value) { stopTyping(); return; }
+  const now = Date.now();
+  if (typingOut && typingOut.timeline !== active.timeline) stopTyping();
+  if (!typingOut || now - typingOut.at >= TYPING_EVERY_MS) {
+    typingOut = { timeline: active.timeline, at: now };
+    client.typing(active.timeline, true).catch(() => {});   // 429 or offline: it is only a hint
+  }
+  clearTimeout(typingOut.idle);
+  typingOut.idle = setTimeout(stopTyping, TYPING_IDLE_MS);
+}
+
+function stopTyping() {
+  if (!typingOut) return;
+  clearTimeout(typingOut.idle);
+  if (client?.connected) client.typing(typingOut.timeline, false).catch(() => {});
+  typingOut = null;
+}
+
+// ---- the conversation list ----
+function previewOf(c) {
+  const who = typingIn(c);
+  if (who.length) return 'typing…';
+  const m = c.msgs[c.msgs.length - 1];
+  return m ? textOf(m) : c.preview;
+}
+
 // Updates the list in place (same <li> per conversation), so a row does
-// not change under the pointer when messages arrive.
+// not change under the pointer when messages arrive. The latest activity
+// first.
 function renderConvs() {
   const ul = $('convs');
   const list = [...convs.values()].sort((a, b) => b.lastAt - a.lastAt || a.key.localeCompare(b.key));
@@ -70,10 +145,13 @@ function renderConvs() {
       li = document.createElement('li');
       li.dataset.conv = c.key;
       const label = document.createElement('span');
+      label.className = 'label';
       const kind = document.createElement('span');
       kind.className = 'kind';
       kind.textContent = c.kind === 'g' ? '#' : '@';
-      label.append(kind, c.name);
+      const preview = document.createElement('small');
+      preview.className = 'preview';
+      label.append(kind, c.name, preview);
       const badge = document.createElement('span');
       badge.className = 'badge';
       li.append(label, badge);
@@ -84,14 +162,61 @@ function renderConvs() {
     const n = c === active ? 0 : unread(c);
     const b = li.querySelector('.badge');
     if (b.textContent !== (n ? String(n) : '')) b.textContent = n ? String(n) : '';
+    const p = li.querySelector('.preview');
+    const text = previewOf(c);
+    if (p.textContent !== text) p.textContent = text;
     if (ul.children[i] !== li) ul.insertBefore(li, ul.children[i] || null);
   });
   for (const li of rows.values()) li.remove();
 }
 
+// ---- messages ----
+// A message of mine is changed where it was sent, by its seq there: a
+// group's; for a direct message the peer's inbox, my copy's peerSeq (a
+// note to myself has no copy).
+function changeTarget(m) {
+  if (m.timeline.startsWith('g/') || !m.to || m.to === client.me) return { timeline: m.timeline, ref: m.seq };
+  return { timeline: m.to, ref: m.peerSeq };
+}
+
+// sending (not acknowledged yet) → sent (the broker has it) → stored (it
+// has its seq) → read: for a direct message, the peer read its inbox up to
+// this message's seq there; in a group, by how many of the others.
+function tick(m, pending) {
+  const el = document.createElement('span');
+  el.className = 'tick';
+  let state = pending ? (m.sent ? 'sent' : 'sending') : 'stored';
+  let text = { sending: '…', sent: '✓', stored: '✓✓' }[state];
+  let title = { sending: 'sending', sent: 'sent', stored: 'stored as #' + m.seq }[state];
+  if (!pending && m.timeline.startsWith('g/')) {
+    const readers = [...client.readers(m.timeline)].filter(([u, s]) => u !== me && s >= m.seq).map(([u]) => u);
+    if (readers.length) [state, text, title] = ['read', `✓✓ ${readers.length}`, 'read by ' + readers.join(', ')];
+  } else if (!pending && m.to && m.to !== client.me && m.peerSeq
+      && client.readBy(m.to, m.to.slice(2)) >= m.peerSeq) {
+    [state, title] = ['read', 'read'];
+  }
+  el.dataset.state = state;
+  el.textContent = text;
+  el.title = title;
+  return el;
+}
+
+function button(cls, label, fn) {
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.className = cls;
+  b.textContent = label;
+  b.onclick = fn;
+  return b;
+}
+
 function msgElement(m, pending) {
   const li = document.createElement('li');
-  li.className = 'msg' + (m.sender === me ? ' mine' : '') + (m.system ? ' system' : '') + (pending ? ' pending' : '');
+  const mine = m.sender === me && !m.system;
+  const changing = !pending && mine && client.outbox.find((o) => o.change
+    && o.timeline === changeTarget(m).timeline && o.ref === changeTarget(m).ref);
+  li.className = 'msg' + (m.sender === me ? ' mine' : '') + (m.system ? ' system' : '') + (pending ? ' pending' : '')
+    + (m.recalled ? ' recalled' : '') + (m.edited && !m.recalled ? ' edited' : '') + (changing ? ' changing' : '');
   li.dataset.tl = m.timeline;
   li.dataset.sender = m.sender;
   if (!pending) li.dataset.seq = String(m.seq);
@@ -102,38 +227,89 @@ function msgElement(m, pending) {
   seq.textContent = pending ? 'sending…' : '#' + m.seq;
   const time = new Date(pending ? m.at : m.tsMs).toLocaleTimeString([], { hour12: false });
   meta.append(seq, ` ${time} ${m.sender}`);
+  if (m.edited && !m.recalled) {
+    const e = document.createElement('span');
+    e.className = 'edited-mark';
+    e.textContent = ' (edited)';
+    meta.append(e);
+  }
+  if (changing) meta.append(changing.change === 'edit' ? ' editing…' : ' recalling…');
   const text = document.createElement('span');
   text.className = 'text';
-  text.textContent = m.system ? systemText(m) : m.omitted ? '(body omitted)' : m.text;
+  text.textContent = textOf(m);
   li.append(meta, text);
+  if (mine) li.append(tick(m, pending));
+  if (mine && !pending && !m.recalled && !changing && changeTarget(m).ref) {
+    const actions = document.createElement('span');
+    actions.className = 'actions';
+    actions.append(button('edit', 'edit', () => startEdit(m)),
+      button('recall', 'recall', () => { const t = changeTarget(m); client.recall(t.timeline, t.ref); renderMessages(); }));
+    li.append(actions);
+  }
   return li;
 }
 
 function renderMessages() {
   const ol = $('messages');
+  const atEnd = ol.scrollHeight - ol.scrollTop - ol.clientHeight < 40;
   ol.textContent = '';
   if (!active) return;
   for (const m of active.msgs) ol.append(msgElement(m, false));
-  for (const o of client.outbox.filter((x) => x.timeline === active.timeline)) {
+  for (const o of client.outbox.filter((x) => x.timeline === active.timeline && !x.change)) {
     ol.append(msgElement({ ...o, sender: me }, true));
   }
-  ol.scrollTop = ol.scrollHeight;
+  if (atEnd || !editing) ol.scrollTop = ol.scrollHeight;
+}
+
+function startEdit(m) {
+  editing = m;
+  $('editing-seq').textContent = '#' + m.seq;
+  $('editing').hidden = false;
+  $('text').value = m.text;
+  $('text').focus();
+}
+
+function cancelEdit() {
+  editing = null;
+  $('editing').hidden = true;
+  $('text').value = '';
 }
 
 function open(key) {
+  if (typingOut && typingOut.timeline !== conv(key).timeline) stopTyping();
+  if (editing) cancelEdit();
   active = conv(key);
   $('title').textContent = (active.kind === 'g' ? 'Group ' : 'Chat with ') + active.name;
   $('text').disabled = $('send').disabled = false;
   markRead();
   renderConvs();
   renderMessages();
+  renderTyping();
   $('text').focus();
 }
 
+// The open conversation, while the page is in view, is read up to its
+// latest message.
 function markRead() {
-  if (!active) return;
-  const top = active.msgs.length ? active.msgs[active.msgs.length - 1].seq : 0;
-  if (top > active.readSeq) { active.readSeq = top; saveRead(); }
+  if (active && document.visibilityState !== 'hidden') {
+    const top = active.msgs.length ? active.msgs[active.msgs.length - 1].seq : 0;
+    if (top > active.readSeq) { active.readSeq = top; saveRead(); }
+  }
+  ackSeen();
+}
+
+// What is acked, and what the senders see as read: per timeline, up to the
+// first message the user has not seen (one inbox holds every direct
+// conversation: a message in one not opened yet keeps the mark before it,
+// never past it).
+function ackSeen() {
+  for (const t of client.tls.values()) {
+    let upTo = t.shownSeq;
+    for (const m of t.msgs) {
+      if (m.sender !== me && m.seq > (convs.get(convKeyOf(m))?.readSeq || 0)) { upTo = m.seq - 1; break; }
+    }
+    client.seen(t.name, upTo);
+  }
 }
 
 function addMessage(m) {
@@ -148,8 +324,10 @@ async function start(login) {
   readKey = `imweb/${me}@${login.url}/read`;
   convs = new Map();
   active = null;
+  typers.clear();
   const proto = await loadProto();
   client = new ImClient({ url: login.url, user: login.user, password: login.password, proto });
+  window.imClient = client;                      // for the browser's console (and tests/e2e)
   // what this browser already showed (kept with `last` in localStorage)
   for (const t of client.tls.values()) {
     if (t.name.startsWith('g/')) conv('g:' + t.name.slice(2));
@@ -158,7 +336,32 @@ async function start(login) {
   client.addEventListener('message', (e) => {
     addMessage(e.detail);
     const c = conv(convKeyOf(e.detail));
-    if (c === active) { markRead(); renderMessages(); }
+    typers.get(c.key)?.delete(e.detail.sender);   // it was sent: no longer typing
+    markRead();
+    if (c === active) { renderMessages(); renderTyping(); }
+    renderConvs();
+  });
+  // an edit or recall of a message shown: the message object itself changed
+  client.addEventListener('change', (e) => {
+    const c = conv(convKeyOf(e.detail.msg));
+    c.lastAt = Math.max(c.lastAt, e.detail.header.tsMs || 0);
+    if (editing === e.detail.msg && e.detail.msg.recalled) cancelEdit();
+    if (c === active) { renderMessages(); ackSeen(); }
+    renderConvs();
+  });
+  client.addEventListener('read', () => { if (active) renderMessages(); });
+  client.addEventListener('typing', (e) => onTyping(e.detail));
+  client.addEventListener('outbox', () => { if (active) renderMessages(); });
+  // The server's list: conversations this browser never saw, the order of
+  // the latest activity, a preview, the unread count of those with no
+  // messages here.
+  client.addEventListener('conversations', (e) => {
+    for (const s of e.detail) {
+      const c = conv(keyOf(s.timeline));
+      c.lastAt = Math.max(c.lastAt, s.lastTsMs);
+      c.preview = s.lastPreview || '';
+      c.serverUnread = s.unread;
+    }
     renderConvs();
   });
   client.addEventListener('groups', (e) => {
@@ -176,6 +379,7 @@ async function start(login) {
       sessionStorage.removeItem(LOGIN_KEY);
       showLogin(e.detail.text);
     }
+    if (e.detail.state === 'online') ackSeen();
   });
   client.addEventListener('error', (e) => { $('error').textContent = e.detail; });
   client.addEventListener('gap', (e) => {
@@ -190,6 +394,7 @@ async function start(login) {
       c.readSeq = 0;
       c.lastAt = 0;
     }
+    if (editing) cancelEdit();
     saveRead();
     $('notice').textContent = 'The server\'s message store was replaced: messages are shown again from the start.';
     $('notice').hidden = false;
@@ -205,6 +410,7 @@ async function start(login) {
 }
 
 function showLogin(error) {
+  stopTyping();
   client?.stop();
   client = null;
   $('chat-view').hidden = true;
@@ -224,10 +430,21 @@ $('compose').onsubmit = (ev) => {
   ev.preventDefault();
   const text = $('text').value;
   if (!text || !active) return;
-  client.send(active.timeline, text);
-  $('text').value = '';
+  stopTyping();
+  if (editing) {
+    const t = changeTarget(editing);
+    if (text !== editing.text) client.edit(t.timeline, t.ref, text);
+    cancelEdit();
+  } else {
+    client.send(active.timeline, text);
+    $('text').value = '';
+  }
   renderMessages();
 };
+$('text').oninput = typed;
+$('text').onkeydown = (ev) => { if (ev.key === 'Escape' && editing) cancelEdit(); };
+$('cancel-edit').onclick = cancelEdit;
+document.addEventListener('visibilitychange', () => { if (active) { markRead(); renderConvs(); } });
 $('newchat').onsubmit = (ev) => {
   ev.preventDefault();
   const peer = $('peer').value.trim();

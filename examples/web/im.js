@@ -4,8 +4,15 @@
 //
 // No DOM in here: the page (app.js) listens to the events.
 //   'status'   {detail: {state, text}}        connection and catch-up state
-//   'message'  {detail: {header, body, text}} once per (timeline, seq), in order
+//   'message'  {detail: {timeline, seq, sender, text, edited, recalled, peerSeq, ...}}
+//                                             once per (timeline, seq), in order; edits and
+//                                             recalls are not messages to show but changes:
+//   'change'   {detail: {timeline, msg, header}} msg (shown before) was edited or recalled
 //   'groups'   {detail: [{name, headSeq}]}    the groups I am in
+//   'conversations' {detail: [Conversation]}  the latest 200, on each connection
+//   'read'     {detail: {timeline, user, seq}} user read timeline up to seq (moved up)
+//   'typing'   {detail: {timeline, user, typing}} timeline: the conversation (u/<typist>, g/<group>)
+//   'outbox'   {detail: message}              a message waiting for its Receipt changed state
 //   'receipt'  {detail: {cmid, timeline, seq}} a sent message is stored
 //   'gap'      {detail: {timeline, from, to}}  seqs removed by retention
 //   'reset'    {detail: {from, to}}           the server's history was replaced (a new store id):
@@ -20,6 +27,11 @@ const GROUPS_EVERY_MS = 10000;   // `group list` again: someone may have added m
 const KEEP_MSGS = 1000;              // messages kept per timeline in localStorage
 const RETRY_MS = 1000;               // after a TOO_MANY without retry_after_ms
 export const RECEIPT_TOPIC = '$CONTROL/im/v1/receipt';
+const CONVS_LIMIT = 200;             // conversations asked for on connect (the plugin's page maximum)
+const ACK_SOON_MS = 200;             // a read goes out this soon after the user saw it
+export const FLAG = { SYSTEM: 1, COMPRESSED: 2, EDIT: 4, RECALL: 8, EDITED: 16, RECALLED: 32 };
+const READ = 1;                      // im.v1.Event.Kind
+const TYPING = 2;
 
 // Loads proto/im.proto (served by serve.js from the project's proto/).
 export async function loadProto(url = '/proto/im.proto') {
@@ -28,7 +40,9 @@ export async function loadProto(url = '/proto/im.proto') {
   return {
     Header: t('Header'), SyncRequest: t('SyncRequest'), SyncBatch: t('SyncBatch'), Ack: t('Ack'),
     AckResponse: t('AckResponse'), Receipt: t('Receipt'), GroupRequest: t('GroupRequest'),
-    GroupResponse: t('GroupResponse'), Response: t('Response'),
+    GroupResponse: t('GroupResponse'), Response: t('Response'), TypingRequest: t('TypingRequest'),
+    ReadsRequest: t('ReadsRequest'), ReadsResponse: t('ReadsResponse'),
+    ConversationsRequest: t('ConversationsRequest'), ConversationsResponse: t('ConversationsResponse'),
   };
 }
 
@@ -50,7 +64,11 @@ export function storeIdOf(bytes, field) {
   return /^0*$/.test(id) ? '' : id;
 }
 // its field number in each message that carries one
-const STORE_FIELD = { Header: 14, SyncBatch: 11, AckResponse: 6, Receipt: 9, GroupResponse: 10 };
+const STORE_FIELD = { Header: 14, SyncBatch: 11, AckResponse: 6, Receipt: 9, GroupResponse: 10, ReadsResponse: 6,
+  ConversationsResponse: 5, Response: 0 };
+// requests answered on $CONTROL/im/v1/<op>/response, by their reply's type
+const REPLY = { group: 'GroupResponse', typing: 'Response', reads: 'ReadsResponse',
+  conversations: 'ConversationsResponse' };
 
 // The frame: 'I' 'M' 0x01, uint16 big-endian header length H, H bytes of
 // im.v1.Header, then the body exactly as the sender published it.
@@ -98,9 +116,10 @@ export class ImClient extends EventTarget {
     this.storeId = this.load('store', '');
     this.storeSeen = false;     // this connection answered with storeId: acks may go
     this.gen = 0;               // store resets so far: what was delivered before one is not shown
-    this.reqNo = 0;             // correlation data of sync requests
-    this.tls = new Map();       // timeline -> {name, last, acked, syncing, held: Map, msgs, head, req, ...}
-    this.pending = { group: [], ack: [] }; // FIFO of waiting requests per op
+    this.reqNo = 0;             // correlation data of requests
+    this.tls = new Map();       // timeline -> {name, last, acked, seen, syncing, held: Map, msgs, head, req, ...}
+    this.pending = new Map();   // correlation data -> a request waiting for its reply
+    this.marks = new Map();     // timeline -> Map(user -> seq): how far each one read it
     this.outbox = this.load('outbox', []);  // sent, no Receipt yet: re-sent with the same cmid
     this.connected = false;
     this.shown = Promise.resolve();         // messages are shown in this order, one after the other
@@ -121,7 +140,8 @@ export class ImClient extends EventTarget {
     if (!t) {
       let s = this.load('tl/' + name, null);
       if (!s || (s.store || '') !== this.storeId) s = { last: 0, msgs: [] }; // none, or of a replaced store
-      t = { name, last: s.last, shownSeq: s.last, acked: s.last, syncing: false, held: new Map(), msgs: s.msgs,
+      // acked: 0, not `last`: what the user saw is acked again (a cursor never moves back)
+      t = { name, last: s.last, shownSeq: s.last, acked: 0, seen: 0, syncing: false, held: new Map(), msgs: s.msgs,
         head: s.last, req: 0, reqAfter: 0, again: false, retry: null };
       this.tls.set(name, t);
     }
@@ -157,6 +177,7 @@ export class ImClient extends EventTarget {
   stop() {
     clearInterval(this.ackTimer);
     clearInterval(this.groupTimer);
+    clearTimeout(this.ackSoon);
     this.sendAcks();
     this.c?.end();
   }
@@ -168,6 +189,7 @@ export class ImClient extends EventTarget {
     // (the broker handles our packets in order: the subscription is in
     // place before the sync request is read).
     for (const t of this.tls.values()) this.follow(t);
+    this.refreshConversations().catch((e) => this.emit('error', e.message));
     try {
       await this.refreshGroups();
     } catch (e) {
@@ -187,14 +209,19 @@ export class ImClient extends EventTarget {
       clearTimeout(t.retry);
       t.retry = null;
     }
-    for (const op of Object.keys(this.pending)) {
-      for (const p of this.pending[op].splice(0)) p.reject(new Error('connection lost'));
-    }
+    for (const p of this.pending.values()) { clearTimeout(p.timer); p.reject(new Error('connection lost')); }
+    this.pending.clear();
   }
 
+  // A timeline and its events (read marks, typing). Events reach only who
+  // is connected: a group's read marks as they are now are asked for (a
+  // direct conversation's come with the conversation list). Without them
+  // ticks show less; no need to say so (a group I left: the group list
+  // drops it).
   follow(t) {
-    this.c.subscribe(this.topic(t.name), { qos: 1 });
+    this.c.subscribe([this.topic(t.name), this.topic('e/' + t.name)], { qos: 1 });
     this.startSync(t);
+    if (t.name.startsWith('g/')) this.askReads(t.name).catch(() => {});
   }
 
   // ---- requests ----
@@ -202,20 +229,32 @@ export class ImClient extends EventTarget {
     this.c.publish('$CONTROL/im/v1/' + op, bytes, { qos: 1 });
   }
 
-  // A request whose reply comes back on $CONTROL/im/v1/<op>/response, in
-  // order: one FIFO of promises per op.
+  // A request whose reply comes back on $CONTROL/im/v1/<op>/response with
+  // the request's correlation data (replies of one op may come in another
+  // order: a refusal is answered at once, the rest by the store).
   request(op, T, msg) {
     return new Promise((resolve, reject) => {
       if (!this.connected) { reject(new Error('not connected')); return; }
+      const corr = `${op}/${++this.reqNo}`;
       const p = { resolve, reject };
       p.timer = setTimeout(() => {
-        const i = this.pending[op].indexOf(p);
-        if (i >= 0) this.pending[op].splice(i, 1);
+        this.pending.delete(corr);
         reject(new Error(`no reply from the mosquitto-im plugin on $CONTROL/im/v1/${op}: is the plugin loaded?`));
       }, REPLY_MS);
-      this.pending[op].push(p);
-      this.publishReq(op, T.encode(T.create(msg)).finish());
+      this.pending.set(corr, p);
+      this.c.publish('$CONTROL/im/v1/' + op, T.encode(T.create(msg)).finish(),
+        { qos: 1, properties: { correlationData: corr } });
     });
+  }
+
+  onReply(op, payload, corr) {
+    const T = this.P[REPLY[op]];
+    this.checkStore(storeIdOf(payload, STORE_FIELD[REPLY[op]]));
+    const p = this.pending.get(corr);
+    if (!p) return;                              // late: its wait was given up
+    this.pending.delete(corr);
+    clearTimeout(p.timer);
+    p.resolve(toObj(T, payload));
   }
 
   async group(op, group, members = []) {
@@ -236,7 +275,7 @@ export class ImClient extends EventTarget {
     }
     for (const name of [...this.tls.keys()]) {
       if (name.startsWith('g/') && !names.includes(name.slice(2))) {
-        this.c.unsubscribe(this.topic(name));
+        this.c.unsubscribe([this.topic(name), this.topic('e/' + name)]);
         clearTimeout(this.tls.get(name).retry);
         this.tls.delete(name);
       }
@@ -244,6 +283,62 @@ export class ImClient extends EventTarget {
     this.save('groups', names);
     this.emit('groups', r.groups);
     return r.groups;
+  }
+
+  // ---- conversations, read marks, typing ----
+  // The list, latest first, and the peers' read marks in it.
+  async refreshConversations() {
+    const r = await this.request('conversations', this.P.ConversationsRequest, { limit: CONVS_LIMIT });
+    if (r.status !== 0) throw new Error(`conversations: ${r.status} ${r.reason}`);
+    for (const c of r.conversations) {
+      if (c.timeline.startsWith('u/')) this.mark(c.timeline, c.timeline.slice(2), c.peerReadSeq);
+    }
+    this.emit('conversations', r.conversations);
+    return r.conversations;
+  }
+
+  async askReads(timeline) {
+    const r = await this.request('reads', this.P.ReadsRequest, { timeline });
+    if (r.status !== 0) throw new Error(`reads ${timeline}: ${r.status} ${r.reason}`);
+    for (const m of r.marks) this.mark(timeline, m.user, m.seq);
+  }
+
+  // user read timeline up to seq: kept, and told, when it moved up
+  mark(timeline, user, seq) {
+    let m = this.marks.get(timeline);
+    if (!m) this.marks.set(timeline, m = new Map());
+    if (!seq || seq <= (m.get(user) || 0)) return;
+    m.set(user, seq);
+    this.emit('read', { timeline, user, seq });
+  }
+
+  // How far user read timeline (0: nothing known).
+  readBy(timeline, user) { return this.marks.get(timeline)?.get(user) || 0; }
+  readers(timeline) { return this.marks.get(timeline) || new Map(); }
+
+  // A frame on <prefix>/e/<timeline>: seq 0, the Event in its header.
+  onEvent(bytes) {
+    const { header: h, storeId } = decodeFrame(this.P, bytes);
+    this.checkStore(storeId);
+    const e = h.event;
+    if (!e || h.seq !== 0 || !this.tls.has(h.timeline)) return;
+    if (e.kind === READ) this.mark(e.timeline, e.user, e.seq);
+    else if (e.kind === TYPING) this.emit('typing', { timeline: e.timeline, user: e.user, typing: e.typing });
+  }
+
+  // Tell timeline's other side(s) the user is typing (or stopped). Not
+  // stored; the plugin refuses more than typing_rate a second (429).
+  typing(timeline, typing) {
+    return this.request('typing', this.P.TypingRequest, { timeline, typing });
+  }
+
+  // The user has seen every message of timeline up to seq: that is what
+  // is acked (msg-fin), and what the senders see as read.
+  seen(timeline, seq) {
+    const t = this.tls.get(timeline);
+    if (!t || Math.min(seq, t.shownSeq) <= t.seen) return;
+    t.seen = Math.min(seq, t.shownSeq);
+    this.ackSoon ??= setTimeout(() => { this.ackSoon = null; this.sendAcks(); }, ACK_SOON_MS);
   }
 
   // Catch up t from `last`, holding live frames meanwhile. One request out
@@ -286,8 +381,9 @@ export class ImClient extends EventTarget {
     this.storeId = id;
     this.save('store', id);
     this.gen++;
+    this.marks.clear();                          // they name seqs of the old store too
     for (const t of this.tls.values()) {
-      t.last = t.shownSeq = t.acked = t.head = 0;
+      t.last = t.shownSeq = t.acked = t.seen = t.head = 0;
       t.msgs = [];
       t.held.clear();
       this.saveTl(t);
@@ -300,26 +396,36 @@ export class ImClient extends EventTarget {
     // not before this connection showed the store is still ours
     if (!this.connected || !this.storeSeen) return;
     for (const t of this.tls.values()) {
-      if (t.shownSeq <= t.acked) continue;
-      // msg-fin: the highest seq shown; the reply needs no waiting for
-      this.publishReq('ack', this.P.Ack.encode(this.P.Ack.create({ timeline: t.name, seq: t.shownSeq })).finish());
-      t.acked = t.shownSeq;
+      if (t.seen <= t.acked) continue;
+      // msg-fin: the highest seq the user saw; the reply needs no waiting for
+      this.publishReq('ack', this.P.Ack.encode(this.P.Ack.create({ timeline: t.name, seq: t.seen })).finish());
+      t.acked = t.seen;
     }
   }
 
   // ---- sending ----
-  send(timeline, text) {
-    const m = { cmid: uuid(), timeline, text, at: Date.now() };
+  // A new message, or (change 'edit' / 'recall') a change of message ref,
+  // named by its seq in the timeline it was sent to (for a direct message
+  // I sent: my copy's peerSeq). Kept in the outbox until its Receipt.
+  send(timeline, text, change = null, ref = 0) {
+    const m = { cmid: uuid(), timeline, text: change === 'recall' ? '' : text, at: Date.now(), change, ref };
     this.outbox.push(m);
     this.save('outbox', this.outbox);
     if (this.connected) this.publishMsg(m);
     return m;
   }
+  edit(timeline, ref, text) { return this.send(timeline, text, 'edit', ref); }
+  recall(timeline, ref) { return this.send(timeline, '', 'recall', ref); }
 
   publishMsg(m) {
+    const props = { 'im-cmid': m.cmid };
+    if (m.change) props['im-' + m.change] = String(m.ref);
+    m.sent = false;
     this.c.publish(this.topic(m.timeline), m.text, {
-      qos: 1,
-      properties: { userProperties: { 'im-cmid': m.cmid }, responseTopic: RECEIPT_TOPIC, contentType: 'text/plain' },
+      qos: 1, properties: { userProperties: props, responseTopic: RECEIPT_TOPIC, contentType: 'text/plain' },
+    }, (err) => {
+      // the broker has it (journaled): sent, not stored yet
+      if (!err && this.outbox.includes(m)) { m.sent = true; this.emit('outbox', m); }
     });
   }
 
@@ -347,17 +453,17 @@ export class ImClient extends EventTarget {
         this.checkStore(storeIdOf(payload, STORE_FIELD.Receipt));
         return this.onReceipt(toObj(P.Receipt, payload));
       }
-      if (topic === '$CONTROL/im/v1/group/response') {
-        this.checkStore(storeIdOf(payload, STORE_FIELD.GroupResponse));
-        const p = this.pending.group.shift();
-        if (p) { clearTimeout(p.timer); p.resolve(toObj(P.GroupResponse, payload)); }
-        return;
+      const reply = /^\$CONTROL\/im\/v1\/([a-z]+)\/response$/.exec(topic);
+      if (reply && REPLY[reply[1]]) {
+        const corr = packet?.properties?.correlationData;
+        return this.onReply(reply[1], payload, corr ? utf8.decode(corr) : '');
       }
       if (topic === '$CONTROL/im/v1/ack/response') {
         this.checkStore(storeIdOf(payload, STORE_FIELD.AckResponse)); // nothing else to do
         return;
       }
       if (topic.startsWith('$CONTROL/')) return;
+      if (topic.startsWith(this.topic('e/'))) return this.onEvent(payload);
       this.onFrame(payload);
     } catch (e) {
       this.emit('error', `${topic}: ${e.message}`);
@@ -398,7 +504,10 @@ export class ImClient extends EventTarget {
     if (b.status !== 0) {
       t.syncing = false;
       if (t.again) this.startSync(t);
-      this.emit('error', `sync ${t.name}: ${b.status} ${b.reason}`);
+      // no longer a member (removed, or a replaced store without the group):
+      // the group list drops it, nothing to tell
+      if (b.status === 403 && t.name.startsWith('g/')) this.refreshGroups().catch(() => {});
+      else this.emit('error', `sync ${t.name}: ${b.status} ${b.reason}`);
       return;
     }
     if (t.reqAfter > t.last) {                   // asked from a `last` a store reset took back
@@ -449,16 +558,26 @@ export class ImClient extends EventTarget {
         text = `(${e.message})`;
       }
       if (gen !== this.gen) return;              // of a store replaced meanwhile: not shown
+      const f = header.flags;
       const m = {
         timeline: header.timeline, seq: header.seq, sender: header.sender, to: header.to, tsMs: header.tsMs,
-        cmid: header.cmid, system: (header.flags & 1) === 1, omitted: header.bodyOmitted, text,
+        cmid: header.cmid, system: (f & FLAG.SYSTEM) !== 0, omitted: header.bodyOmitted, text,
+        peerSeq: header.peerSeq || 0,            // a direct message: its seq in the other inbox
+        edited: (f & FLAG.EDITED) !== 0, recalled: (f & FLAG.RECALLED) !== 0,
       };
-      t.msgs.push(m);
+      // An edit or a recall changes the message it names in this timeline
+      // (if still kept here); it is not a message to show.
+      const change = f & (FLAG.EDIT | FLAG.RECALL);
+      const orig = change ? t.msgs.find((x) => x.seq === header.refSeq) : null;
+      if (orig && f & FLAG.EDIT && !orig.recalled) Object.assign(orig, { text, edited: true });
+      if (orig && f & FLAG.RECALL) Object.assign(orig, { text: '', recalled: true });
+      if (!change) t.msgs.push(m);
       t.shownSeq = m.seq;
       this.saveTl(t);
       const i = this.outbox.findIndex((o) => o.cmid && o.cmid === m.cmid && m.sender === this.o.user);
       if (i >= 0) { this.outbox.splice(i, 1); this.save('outbox', this.outbox); } // my copy: stored
-      this.emit('message', m);
+      if (orig) this.emit('change', { timeline: t.name, msg: orig, header });
+      else if (!change) this.emit('message', m);
     });
   }
 

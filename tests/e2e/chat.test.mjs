@@ -2,8 +2,9 @@
 // Chromium: a real mosquitto with the plugin (a websockets listener and a TCP
 // one, on free 127.0.0.1 ports), the page's own static server, two pages
 // (alice and bob) that chat, bob away and back (catch-up by sync), a reload,
-// a broker killed and restarted while alice sends, and one restarted on a
-// fresh database (a new store id: the pages start over).
+// a broker killed and restarted while alice sends, one restarted on a fresh
+// database (a new store id: the pages start over), and the conversation
+// features: read ticks, typing, an edit and a recall, read by N in a group.
 //
 //   IM_PLUGIN=build/mosquitto_im.so node --test tests/e2e/chat.test.mjs
 //
@@ -238,9 +239,8 @@ test('alice and bob chat in the page; bob catches up by sync after being away an
   // a reload: what was shown comes from localStorage, nothing twice
   await (await use(bob)).reload();
   await online(bob);
-  await click(bob, '#convs li[data-conv="u:alice"]');
-  await sleep(300);
-  assert.deepEqual(await shown(bob), want);
+  await click(bob, '#convs li[data-conv="u:alice"]');   // online: caught up and shown, nothing more to come
+  assert.deepEqual(await waitShown(bob, 10, 'bob after a reload'), want);
   assert.equal(await badge(bob, 'u:alice'), '');
   assert.deepEqual(errors, []);
 });
@@ -306,5 +306,110 @@ test('the broker restarts on a fresh database: the pages clear what they showed,
   assert.deepEqual(await shown(bob), [[1, 'alice', 'fresh']]);
   assert.equal(await bob.isHidden('#notice'), true);
   await bob.screenshot({ path: join(ART, 'store-replaced.png') });
+  assert.deepEqual(errors, []);
+});
+
+// The message of the open conversation with this seq: its classes, text and tick.
+const msgAt = (page, seq) => page.$eval(`#messages li.msg[data-seq="${seq}"]`, (e) => ({
+  cls: e.className, text: e.querySelector('.text').textContent, tick: e.querySelector('.tick')?.dataset.state,
+}));
+// Waits until msgAt(page, seq) has what `want` names (a subset of its fields).
+async function waitMsg(page, seq, want, what) {
+  try {
+    await page.waitForFunction(([s, w]) => {
+      const e = document.querySelector(`#messages li.msg[data-seq="${s}"]`);
+      if (!e) return false;
+      const got = { text: e.querySelector('.text').textContent, tick: e.querySelector('.tick')?.dataset.state };
+      return Object.entries(w).every(([k, v]) => (k === 'cls' ? v.every((c) => e.classList.contains(c)) : got[k] === v));
+    }, [seq, want], { timeout: 15000 });
+  } catch (e) {
+    const got = await msgAt(page, seq).catch(() => 'no such message');
+    throw new Error(`${what}: wanted #${seq} ${JSON.stringify(want)}, page shows ${JSON.stringify(got)}`);
+  }
+}
+
+test('a read receipt, typing, an edit and a recall between the two pages', async () => {
+  const [alice, bob] = ctx.pages();
+  const errors = [];
+  for (const p of [alice, bob]) p.on('pageerror', (e) => errors.push(e.message));
+  // bob looks at another conversation while alice writes: his page gets it, he has not read it
+  await (await use(bob)).fill('#peer', 'carol');
+  await bob.press('#peer', 'Enter');
+  await click(alice, '#convs li[data-conv="u:bob"]');
+  await say(alice, 'r1');                                   // u/bob #2 (after 'fresh'), her copy u/alice #2
+  await waitMsg(alice, 2, { text: 'r1', tick: 'stored' }, 'alice\'s copy stored');
+  await bob.waitForFunction(() => document.querySelector('#convs li[data-conv="u:alice"] .badge')?.textContent === '1',
+    null, { timeout: 15000 });
+  // not read: bob's page has it but acks only up to what he saw
+  assert.deepEqual(await bob.evaluate(() => {
+    const t = imClient.tls.get('u/bob');
+    return [t.shownSeq, t.seen];
+  }), [2, 1]);
+  assert.equal((await msgAt(alice, 2)).tick, 'stored');
+  assert.equal(await bob.$eval('#convs li', (e) => e.dataset.conv), 'u:alice');   // the latest activity first
+
+  // bob opens the conversation: alice's tick turns to read
+  await click(bob, '#convs li[data-conv="u:alice"]');
+  await waitMsg(alice, 2, { tick: 'read' }, 'alice sees bob read r1');
+  assert.equal((await msgAt(alice, 1)).tick, 'read');       // and what came before it
+
+  // bob types: alice sees "bob is typing…" (in the chat and the list); he clears it: gone
+  await (await use(bob)).type('#text', 'hel');
+  await alice.waitForSelector('#typing:not([hidden])', { timeout: 15000 });
+  assert.equal(await alice.textContent('#typing'), 'bob is typing…');
+  assert.equal(await alice.textContent('#convs li[data-conv="u:bob"] .preview'), 'typing…');
+  await bob.fill('#text', '');
+  await alice.waitForSelector('#typing', { state: 'hidden', timeout: 15000 });
+
+  // alice edits r1: the same message on both pages, new text, marked edited; nothing new shown
+  await click(alice, '#messages li.msg[data-seq="2"] button.edit');
+  assert.equal(await alice.inputValue('#text'), 'r1');
+  await alice.fill('#text', 'r1, edited');
+  await alice.press('#text', 'Enter');
+  await waitMsg(bob, 2, { text: 'r1, edited', cls: ['edited'] }, 'bob sees the edit');
+  await waitMsg(alice, 2, { text: 'r1, edited', cls: ['edited'] }, 'alice sees her edit');
+  assert.deepEqual((await shown(bob)).map((m) => m[0]), [1, 2]);
+
+  // alice writes r2 and recalls it: gone from both pages, said so
+  await say(alice, 'r2');                                   // #4 in both inboxes (#3: the edit)
+  await waitMsg(bob, 4, { text: 'r2' }, 'bob gets r2');
+  await click(alice, '#messages li.msg[data-seq="4"] button.recall');
+  await waitMsg(bob, 4, { text: 'message recalled', cls: ['recalled'] }, 'bob sees the recall');
+  await waitMsg(alice, 4, { text: 'message recalled', cls: ['recalled'] }, 'alice sees her recall');
+  assert.equal(await alice.$('#messages li.msg[data-seq="4"] button.edit'), null);   // nothing left to change
+  const want = [[1, 'alice', 'fresh'], [2, 'alice', 'r1, edited'], [4, 'alice', 'message recalled']];
+  assert.deepEqual(await shown(bob), want);
+  await (await use(bob)).screenshot({ path: join(ART, 'conversations-bob.png') });
+  await (await use(alice)).screenshot({ path: join(ART, 'conversations-alice.png') });
+
+  // bob's page forgets what it kept and catches up from seq 0: the originals
+  // come marked edited and recalled, their edit and recall after them
+  await (await use(bob)).evaluate(() => {
+    for (const k of Object.keys(localStorage)) if (k.startsWith('imweb/bob@')) localStorage.removeItem(k);
+  });
+  await bob.reload();
+  await online(bob);
+  await click(bob, '#convs li[data-conv="u:alice"]');
+  await waitShown(bob, 3, 'bob after a catch-up from 0');
+  assert.deepEqual(await shown(bob), want);
+  assert.match((await msgAt(bob, 2)).cls, /\bedited\b/);
+  assert.match((await msgAt(bob, 4)).cls, /\brecalled\b/);
+  // and alice's ticks still say read: bob's mark moved past r2 too
+  await waitMsg(alice, 4, { tick: 'read' }, 'alice sees bob read up to r2');
+
+  // in a group, the tick counts who read it
+  await (await use(alice)).fill('#gname', 'crew');
+  await alice.fill('#gmembers', 'bob');
+  await click(alice, '#newgroup button');
+  await alice.waitForSelector('#convs li[data-conv="g:crew"].active');
+  await say(alice, 'g1');                                   // g/crew #2 (#1: the group's creation)
+  await waitMsg(alice, 2, { text: 'g1', tick: 'stored' }, 'alice\'s group message stored');
+  await (await use(bob)).reload();                          // asks for its groups now, not in 10 s
+  await online(bob);
+  await click(bob, '#convs li[data-conv="g:crew"]');
+  await waitMsg(alice, 2, { tick: 'read' }, 'alice sees bob read g1');
+  assert.equal(await alice.$eval('#messages li.msg[data-seq="2"] .tick', (e) => [e.textContent, e.title].join(' | ')),
+    '✓✓ 1 | read by bob');
+  for (const p of [alice, bob]) assert.equal(await p.textContent('#error'), '');
   assert.deepEqual(errors, []);
 });

@@ -1,6 +1,7 @@
 import pytest
 
 from imtest import Broker
+import pgserver
 
 
 @pytest.fixture
@@ -29,3 +30,14 @@ def make_broker():
 @pytest.fixture
 def broker(make_broker):
     return make_broker({"nonim_acl": "allow"})
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL server for the session (initdb in a temporary folder,
+    a free 127.0.0.1 port); skipped where its programs are missing."""
+    if not pgserver.available():
+        pytest.skip("PostgreSQL server programs not found (scripts/deps.sh installs them)")
+    srv = pgserver.shared()
+    yield srv
+    srv.cleanup()

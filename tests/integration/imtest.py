@@ -32,6 +32,16 @@ TSAN = os.environ.get("IM_TSAN", "OFF").upper() in ("ON", "1", "TRUE", "YES")
 # another (tests/CMakeLists.txt runs the suite once per broker it finds).
 MOSQUITTO = os.environ.get("IM_MOSQUITTO") or "mosquitto"
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+# IM_STORE=postgresql: every Broker that does not choose a store itself
+# runs on PostgreSQL (pgserver.shared()), a database of its own per data
+# folder (a restart on the same folder finds its data again).
+STORE = os.environ.get("IM_STORE", "sqlite")
+
+
+def sqlite_only(reason):
+    """Marks a test that looks inside the SQLite file: skipped on PostgreSQL."""
+    import pytest
+    return pytest.mark.skipif(STORE == "postgresql", reason="SQLite store only: " + reason)
 
 
 def _load_pb2():
@@ -75,6 +85,9 @@ class Broker:
         self.port = free_port()
         self.opts = {"db_path": os.path.join(self.data, "im.db")}
         self.opts.update(opts or {})
+        self.pg = None
+        if STORE == "postgresql" and plugin and "store" not in self.opts:
+            self.use_pg()
         self.extra_conf = extra_conf
         self.pre_conf = pre_conf             # lines before the plugin line (another plugin first)
         self.plugin = plugin
@@ -83,6 +96,15 @@ class Broker:
         self.asan_dir = os.path.join(self.dir, "asan")
         os.makedirs(self.asan_dir, exist_ok=True)
         self._chown(self.dir)
+
+    def use_pg(self, server=None):
+        """Runs on PostgreSQL: the shared server unless one is given, the
+        database of this data folder, the folder's name as node id."""
+        import pgserver
+        self.pg = server or pgserver.shared()
+        self.pg_db = self.pg.create_database(pgserver.database_for(self.dir))
+        self.opts.update({"store": "postgresql", "pg_conninfo": self.pg.uri(self.pg_db),
+                          "node_id": os.path.basename(self.dir.rstrip("/"))})
 
     def _chown(self, path):
         # Started as root, mosquitto becomes the 'mosquitto' user before it
@@ -464,6 +486,21 @@ def sync_all(client, timeline, after=0, limit=None):
             return out, b
 
 
+def publish_until_refused(pub, topic, filler, count=2000):
+    """Publishes 2 KiB bodies ("%04d:" + filler) at QoS 1, one at a time,
+    until one is not acknowledged within 5 s (the store's backlog is full):
+    (acknowledged bodies, (info, body) of the refused one or None)."""
+    acked = []
+    for n in range(count):
+        body = b"%04d:" % n + filler * 2043
+        info = pub.c.publish(topic, body, qos=1)
+        info.wait_for_publish(timeout=5)
+        if not info.is_published():
+            return acked, (info, body)
+        acked.append(body)
+    return acked, None
+
+
 def run_tool(args, timeout=None, **kw):
     return subprocess.run(args, capture_output=True, timeout=timeout or WAIT, **kw)
 
@@ -484,6 +521,9 @@ def replace_store(broker):
     a new, empty store with a new store id, handing out seqs 1, 2, ...
     again."""
     broker.stop()
+    if broker.pg:                                   # PostgreSQL: a new database of the same name
+        broker.pg.sql('DROP DATABASE "%s" WITH (FORCE)' % broker.pg_db)
+        broker.pg.create_database(broker.pg_db)
     for suffix in ("", "-wal", "-shm"):
         try:
             os.remove(broker.db_path + suffix)
@@ -514,8 +554,12 @@ class Lines:
 
     def wait(self, n, timeout=30):
         """All lines so far once there are at least n (fewer at the deadline)."""
+        return self.wait_for(lambda got: len(got) >= n, timeout)
+
+    def wait_for(self, cond, timeout=30):
+        """All lines so far once cond(lines) is true (or at the deadline)."""
         deadline = time.time() + timeout
-        while len(self.got) < n:
+        while not cond(self.got):
             left = deadline - time.time()
             if left <= 0:
                 break

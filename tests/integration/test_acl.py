@@ -49,8 +49,8 @@ def wait_refused(broker, since, receiver, *why):
     """Waits until the broker logs (after offset since) one of the refusals
     `why`, or something reaches receiver: a will is sent by the broker on
     its own schedule, so this is the sign that it was processed."""
-    wait_until(lambda: any(w in broker.read_log()[since:] for w in why) or not receiver.msgs.empty(),
-               interval=0.05)
+    assert wait_until(lambda: any(w in broker.read_log()[since:] for w in why) or not receiver.msgs.empty(),
+                      interval=0.05), "the broker never logged any of %r" % (why,)
 
 
 # ---------------------------------------------------------------- inboxes
@@ -152,7 +152,7 @@ def test_delayed_will_on_im_topic_refused(broker):
     since = log_offset(broker)
     _drop(w)
     # Sent a second after the drop; refused when checked for bob (or earlier).
-    wait_refused(broker, since, bob, "not a frame of this plugin", "wills bypass sequencing")
+    wait_refused(broker, since, bob, "not sent by the plugin", "wills bypass sequencing")
     got = bob.drain()
     assert got == [], "delivered: %r" % [m.payload for m in got]
     assert_empty_inbox(broker, "bob")
@@ -169,7 +169,7 @@ def test_will_on_session_takeover_refused(broker):
     w.c.loop_stop()                      # no reconnect fight with the newcomer
     since = log_offset(broker)
     newcomer = Client(broker, "alice", client_id="alice-takeover").connect()
-    wait_refused(broker, since, bob, "not a frame of this plugin")
+    wait_refused(broker, since, bob, "not sent by the plugin")
     got = bob.drain()
     assert got == [], "delivered: %r" % [m.payload for m in got]
     assert_empty_inbox(broker, "bob")
@@ -380,7 +380,8 @@ def test_sink_topic_cannot_be_subscribed(broker):
 # ---------------------------------------------------------------- options
 
 @pytest.mark.parametrize("opt,value", [("bogus", "1"), ("synchronous", "sometimes"), ("max_body", "-1"),
-                                       ("max_body", "12abc"), ("nonim_acl", "maybe"), ("prefix", "$im")])
+                                       ("max_body", "12abc"), ("nonim_acl", "maybe"), ("prefix", "$im"),
+                                       ("nats_servers", "nats://127.0.0.1:4222")])  # cluster mode needs PostgreSQL
 def test_bad_option_stops_broker(make_broker, opt, value):
     b = make_broker({opt: value}, start=False)
     rc = b.start(expect_fail=True)
@@ -403,7 +404,7 @@ def test_crafted_frame_will_refused(broker):
     w.c.loop_stop()
     since = log_offset(broker)
     newcomer = Client(broker, "mallory", client_id="mallory-takeover").connect()
-    wait_refused(broker, since, bob, "not a frame of this plugin")
+    wait_refused(broker, since, bob, "not sent by the plugin")
     # The real seq 1 still arrives as seq 1, and first: the will was
     # handled before alice's publish, so it would have come before it.
     alice = Client(broker, "alice").connect()

@@ -282,3 +282,72 @@ def test_too_many_without_timeline_with_several_timelines(make_broker, tmp_path)
     assert [l[3] for l in got if l[0] == "u/bob"] == ["dm"]
     assert b"refused" not in err
     assert sync_limited(b) > 0                           # the limit was hit
+
+
+def test_events_live_and_the_read_marks_missed_while_away(make_broker, tmp_path):
+    """imrecv -e: read marks and typing of bob's inbox and group as they
+    happen, and on connect the marks that moved while bob was away (from
+    the conversation list and the group's `reads`), each move once. An
+    edit made while away comes in order, its original already changed."""
+    b = make_broker()
+    bob = Client(b, "bob", v5=True).connect()
+    alice = Client(b, "alice", v5=True).connect()
+    carol = Client(b, "carol", v5=True).connect()
+    assert alice.request("group", pb.GroupRequest(op="create", group="team", members=["bob", "carol"]),
+                         response_type=pb.GroupResponse).status == pb.OK
+    for i in range(3):
+        bob.publish("im/u/alice", b"to alice %d" % i)                    # u/alice 1..3
+        alice.publish("im/g/team", b"team %d" % i)                       # g/team 2..4
+    alice.publish("im/u/bob", b"v1")                                     # u/bob 4 (1..3: bob's copies)
+    alice.publish("im/u/bob", b"v2", props={"UserProperty": [("im-edit", "4")]})   # u/bob 5
+    ack = lambda c, tl, seq: c.request("ack", pb.Ack(timeline=tl, seq=seq), response_type=pb.AckResponse)
+    assert ack(alice, "u/alice", 1).status == pb.OK and ack(carol, "g/team", 2).status == pb.OK
+
+    p = recv(b, str(tmp_path / "bob.state"), "-e", "-g", "team")
+    out = Lines(p)
+    try:
+        got = out.wait(11)
+        # messages in order per timeline; the marks moved while away, once each
+        assert [l for l in got if l.startswith("u/bob ")][3:] == ["u/bob 4 alice v2", "u/bob 5 alice v2"], got
+        assert len([l for l in got if l.startswith("g/team ")]) == 4, got
+        assert sorted(l for l in got if l.startswith("event ")) == ["event read g/team carol 2",
+                                                                      "event read u/alice alice 1"], got
+        # live: a mark that moves, one that does not (another device behind it), typing
+        assert ack(alice, "u/alice", 3).status == pb.OK
+        alice2 = Client(b, "alice", client_id="alice-tablet", v5=True).connect()
+        assert ack(alice2, "u/alice", 2).status == pb.OK
+        assert ack(carol, "g/team", 4).status == pb.OK
+        for who, tl, on in ((alice, "u/bob", True), (alice, "u/bob", False), (carol, "g/team", True)):
+            r = who.request("typing", pb.TypingRequest(timeline=tl, typing=on), response_type=pb.Response)
+            assert r.status == pb.OK
+        # bob's own mark in the group comes too, once his client acked, at a time of its own
+        own = "event read g/team bob 4"
+        got = out.wait_for(lambda got: len(got) >= 17 and own in got)
+        assert got.count(own) == 1, got
+        got.remove(own)
+        assert got[11:] == ["event read u/alice alice 3", "event read g/team carol 4", "event typing u/alice alice on",
+                           "event typing u/alice alice off", "event typing g/team carol on"], got
+        alice2.close()
+        # Away again (stopped, the broker restarted): on the next connection
+        # only the mark that moved is reported, not the ones reported before.
+        # The group's `reads` is answered after the conversation list.
+        for c in (alice, bob, carol):
+            c.close()
+        p.send_signal(signal.SIGSTOP)
+        b.kill9()
+        b.start()
+        alice = Client(b, "alice", v5=True).connect()
+        carol = Client(b, "carol", v5=True).connect()
+        alice.publish("im/g/team", b"team 3")                                 # g/team 5
+        assert ack(carol, "g/team", 5).status == pb.OK
+        p.send_signal(signal.SIGCONT)
+        got = out.wait_for(lambda got: "event read g/team carol 5" in got and "g/team 5 alice team 3" in got)
+        assert [l for l in got[17:] if l.startswith("event ") and " bob " not in l] == [
+            "event read g/team carol 5"], got
+    finally:
+        p.send_signal(signal.SIGCONT)
+        p.send_signal(signal.SIGTERM)
+        _, err = finish(p, 20)
+    assert p.returncode == 0, err
+    for c in (alice, carol):
+        c.close()

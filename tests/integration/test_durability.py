@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from imtest import WAIT, Client, decode_frame, log_offset, sync_all, wait_log, wait_until
+from imtest import WAIT, Client, decode_frame, log_offset, publish_until_refused, sqlite_only, sync_all, wait_log, wait_until
 from imtest import inbox as inbox_frames
 
 
@@ -77,6 +77,7 @@ def test_kill9_mid_burst_keeps_every_acknowledged_message(make_broker):
 
 # ---------------------------------------------------------------- store failures
 
+@sqlite_only("locks or write-protects the database file (test_pg_outage.py stops PostgreSQL instead)")
 @pytest.mark.parametrize("warm", [True, False], ids=["timelines-cached", "cold-start"])
 def test_locked_database_acknowledged_from_the_journal_stored_once(make_broker, warm):
     """The journal is the acknowledgement point: a locked database delays
@@ -111,6 +112,7 @@ def test_locked_database_acknowledged_from_the_journal_stored_once(make_broker, 
     assert_gap_free(stored)
 
 
+@sqlite_only("locks or write-protects the database file (test_pg_outage.py stops PostgreSQL instead)")
 def test_store_too_far_behind_refuses_without_acknowledging(make_broker):
     """While the store cannot keep up (here: locked), the journal takes up to
     backlog_max bytes; past that a publish is refused unacknowledged, and the
@@ -121,16 +123,8 @@ def test_store_too_far_behind_refuses_without_acknowledging(make_broker):
     pub = Client(b, "alice", client_id="alice-backlog", clean=False)
     pub.c.reconnect_delay_set(1, 1)
     pub.connect()
-    acked, failed = [], None
     try:
-        for n in range(2000):
-            body = b"%04d:" % n + b"y" * 2043
-            info = pub.c.publish("im/u/bob", body, qos=1)
-            info.wait_for_publish(timeout=5)
-            if not info.is_published():
-                failed = (info, body)
-                break
-            acked.append(body)
+        acked, failed = publish_until_refused(pub, "im/u/bob", b"y")
         assert failed, "4 MB taken while the store was locked"
         assert 200 <= len(acked) <= 520, len(acked)     # about backlog_max worth
         assert wait_until(pub.disconnected.is_set, 30)
@@ -192,6 +186,7 @@ def test_disk_full_not_acknowledged_then_resent_once(make_broker):
     assert_gap_free(stored)
 
 
+@sqlite_only("locks or write-protects the database file (test_pg_outage.py stops PostgreSQL instead)")
 @pytest.mark.parametrize("folder_too", [True, False], ids=["file-and-folder", "file-only"])
 def test_read_only_database_stops_the_broker(make_broker, folder_too):
     b = make_broker({"nonim_acl": "allow"})

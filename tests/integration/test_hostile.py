@@ -532,3 +532,32 @@ def test_sync_rate_limit_answers_too_many(make_broker):
     assert batch.status == pb.OK
     other.close()
     dm_roundtrip(broker)
+
+
+EMPTY_PAIRS = [("", ""), ("", "x"), ("x", ""), ("im-cmid", ""), ("im-expiry", ""), ("im-edit", ""),
+               ("im-recall", ""), ("timeline", ""), ("after_seq", ""), ("seq", ""), ("limit", ""),
+               ("op", ""), ("group", ""), ("members", ""), ("state", ""), ("before_timeline", ""),
+               ("before_ts_ms", "")]
+
+
+def test_empty_user_property_names_and_values(broker):
+    """MQTT allows an empty name or value in a user property; 2.1 hands
+    plugins NULL for them (2.0: ""). Each topic the plugin reads properties
+    on gets each empty pair: the broker keeps serving, a refused message is
+    not stored, a request without a usable property is answered."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    eve = Client(broker, "eve", v5=True).connect()
+    topics = ["im/u/bob"] + ["$CONTROL/im/v1/" + op for op in
+                             ("sync", "ack", "group", "typing", "reads", "conversations")]
+    for topic in topics:
+        for pair in EMPTY_PAIRS:
+            p = Properties(PacketTypes.PUBLISH)
+            p.UserProperty = [pair]
+            eve.c.publish(topic, b"", qos=1, properties=p).wait_for_publish(timeout=WAIT)
+            assert eve.c.is_connected(), (topic, pair)
+    stored = head(broker, "bob")
+    eve.close()
+    dm_roundtrip(broker)
+    # An empty im-cmid, im-expiry, im-edit or im-recall refuses the message.
+    assert stored == len(EMPTY_PAIRS) - 4, stored

@@ -9,7 +9,8 @@ import subprocess
 import threading
 import time
 
-from imtest import BUILD, WAIT, Client, Lines, log_offset, pb, replace_store, store_id, sync_all, wait_log, wait_until
+from imtest import (BUILD, WAIT, Client, Lines, decode_frame, log_offset, pb, replace_store, store_id, sync_all,
+                    wait_log, wait_until)
 
 IMCHAT = os.path.join(BUILD, "examples", "imchat")
 LINE = re.compile(r"^\d\d:\d\d:\d\d (\S+) #(\d+) (\S+)(?: \(system\)| -> \S+)?: (.*)$")
@@ -301,3 +302,173 @@ def test_group_list_and_listen_after_the_store_was_replaced(make_broker, tmp_pat
     assert [(t, s) for t, s, _, _ in got] == [("g/team", 1), ("g/team", 2)], err
     assert got[1][3] == "fresh"
     assert subprocess.run(group_list, capture_output=True).stdout.decode().splitlines() == ["team head 2 unread 0"]
+
+
+# Conversations (issue #15): edit, recall, typing, conversations; listen
+# and history show changes and the others' read marks and typing.
+CHANGE = r"((?: \((?:edit|recall) of #\d+\)| \(edited\)| \(recalled\))*)"
+CLINE = re.compile(r"^\d\d:\d\d:\d\d (\S+) #(\d+) (\S+)(?: \(system\)| -> \S+)?%s: (.*)$" % CHANGE)
+EVENT = re.compile(r"^\d\d:\d\d:\d\d (\S+) (\S+) (read up to #\d+|is typing|stopped typing)$")
+
+
+def parse_changes(lines):
+    """[(timeline, seq, sender, changes, body)] of message lines, [(timeline, user, what)] of event lines."""
+    msgs, events = [], []
+    for line in lines:
+        m = CLINE.match(line)
+        if m:
+            msgs.append((m.group(1), int(m.group(2)), m.group(3), m.group(4).strip(), m.group(5)))
+            continue
+        e = EVENT.match(line)
+        assert e, "unexpected line: %r" % line
+        events.append(e.groups())
+    return msgs, events
+
+
+def ok(r):
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    return r.stdout.decode()
+
+
+def test_edit_recall_and_typing_commands(make_broker):
+    b = make_broker()
+    assert send(b, "alice", "bob", "hello") == (1, False)
+    assert send(b, "alice", "bob", "second") == (2, False)
+    assert ok(imchat(b, "alice", "edit", "bob", "1", "hello!")) == "u/bob seq 3 (own copy u/alice seq 3) (edit of #1)\n"
+    # by the seq of my own copy, as listen shows it: changed through the original
+    assert ok(imchat(b, "alice", "edit", "u/alice", "2", "second!")).endswith("(edit of #2)\n")
+    assert ok(imchat(b, "alice", "recall", "u/bob", "2")) == "u/bob seq 5 (own copy u/alice seq 5) (recall of #2)\n"
+    for who, args, err in (("alice", ["recall", "bob", "9"], b"404 not found"),
+                           ("carol", ["edit", "bob", "1", "mine now"], b"403 forbidden: only its sender may edit"),
+                           ("alice", ["edit", "bob", "2", "again"], b"409 conflict"),
+                           ("alice", ["edit", "bob", "0", "x"], b"invalid seq '0'"),
+                           ("alice", ["edit", "u/alice", "7", "x"], b"no message #7 in u/alice")):
+        r = imchat(b, who, *args)
+        assert r.returncode == 1 and err in r.stderr, (args, r.stderr)
+    r = imchat(b, "alice", "edit", "bob", "1")
+    assert r.returncode == 1 and b"usage: edit USER SEQ TEXT" in r.stderr
+    msgs, _ = parse_changes(ok(imchat(b, "bob", "history", "u/bob")).splitlines())
+    assert [(s, c, body) for _, s, _, c, body in msgs] == [
+        (1, "(edited)", "hello!"), (2, "(edited) (recalled)", ""), (3, "(edit of #1)", "hello!"),
+        (4, "(edit of #2) (recalled)", ""), (5, "(recall of #2)", "")]
+    msgs, _ = parse_changes(ok(imchat(b, "alice", "history", "u/alice")).splitlines())
+    assert [(s, c) for _, s, _, c, _ in msgs][2:] == [(3, "(edit of #1)"), (4, "(edit of #2) (recalled)"),
+                                                      (5, "(recall of #2)")]
+
+    # a group: its owner may recall anyone's message
+    assert imchat(b, "alice", "group", "create", "team", "bob").returncode == 0
+    assert ok(imchat(b, "bob", "send", "-g", "team", "oops")) == "g/team seq 2\n"
+    assert ok(imchat(b, "bob", "edit", "-g", "team", "2", "fine")) == "g/team seq 3 (edit of #2)\n"
+    assert ok(imchat(b, "alice", "recall", "g/team", "2")) == "g/team seq 4 (recall of #2)\n"
+
+    # typing reaches who is online, and only them
+    bob = Client(b, "bob", v5=True).connect()
+    bob.subscribe("im/e/u/bob")
+    bob.subscribe("im/e/g/team")
+    assert ok(imchat(b, "alice", "typing", "bob")) == "u/bob: typing\n"
+    assert ok(imchat(b, "alice", "typing", "bob", "off")) == "u/bob: stopped typing\n"
+    assert ok(imchat(b, "alice", "typing", "-g", "team", "on")) == "g/team: typing\n"
+    got = [decode_frame(m.payload)[0].event for m in bob.get_n(3)]
+    assert [(e.kind, e.user, e.timeline, e.typing) for e in got] == [
+        (pb.Event.TYPING, "alice", "u/alice", True), (pb.Event.TYPING, "alice", "u/alice", False),
+        (pb.Event.TYPING, "alice", "g/team", True)]
+    bob.close()
+    r = imchat(b, "eve", "typing", "-g", "team")
+    assert r.returncode == 1 and b"403 forbidden: not a member of the group" in r.stderr, r.stderr
+    r = imchat(b, "alice", "typing", "bob", "maybe")
+    assert r.returncode == 1 and b"on or off" in r.stderr
+
+
+CONV = re.compile(r"^(\S+) unread (\d+)(?: read #(\d+))? last #(\d+) \d{4}-\d\d-\d\d \d\d:\d\d:\d\d (\S+)%s: (.*)$"
+                  % r"((?: \((?:system|edit|recall)\))*)")
+
+
+def conversations(b, user, *args):
+    out = []
+    for line in ok(imchat(b, user, "conversations", *args)).splitlines():
+        m = CONV.match(line)
+        assert m, "unexpected line: %r" % line
+        tl, unread, read, last, sender, flags, preview = m.groups()
+        out.append((tl, int(unread), int(read) if read else None, int(last), sender, flags.strip(), preview))
+    return out
+
+
+def test_conversations_command(make_broker):
+    b = make_broker({"new_timelines_per_min": 0})
+    send(b, "bob", "alice", "from bob 1")
+    send(b, "bob", "alice", "from bob 2")
+    assert imchat(b, "carol", "group", "create", "team", "alice").returncode == 0
+    assert imchat(b, "carol", "send", "-g", "team", "hi team").returncode == 0
+    send(b, "carol", "alice", "psst")
+    assert imchat(b, "carol", "recall", "alice", "3").returncode == 0            # u/alice #3, #4 the recall
+    assert conversations(b, "alice") == [
+        ("u/carol", 2, None, 4, "carol", "(recall)", "(no preview)"),
+        ("g/team", 2, None, 2, "carol", "", "hi team"),
+        ("u/bob", 2, None, 2, "bob", "", "from bob 2")]
+    # alice's device reads up to her #2 and answers bob: bob sees how far she read
+    alice = Client(b, "alice", client_id="alice-phone", v5=True).connect()
+    assert alice.request("ack", pb.Ack(timeline="u/alice", seq=2), response_type=pb.AckResponse).status == pb.OK
+    alice.close()
+    send(b, "alice", "bob", "thanks")
+    assert conversations(b, "alice")[0] == ("u/bob", 0, None, 5, "alice", "", "thanks")
+    assert conversations(b, "bob") == [("u/alice", 1, 2, 3, "alice", "", "thanks")]
+    assert [c[0] for c in conversations(b, "alice", "--limit", "2")] == ["u/bob", "u/carol"]
+    # more than one page (200): asked page after page, latest first
+    c = Client(b, "zed", v5=True).connect()
+    for i in range(203):
+        c.publish("im/u/p%03d" % i, b"hi %d" % i)
+    c.close()
+    every = conversations(b, "zed")
+    assert [x[0] for x in every] == ["u/p%03d" % i for i in reversed(range(203))]
+    assert [x[0] for x in conversations(b, "zed", "--limit", "201")] == [x[0] for x in every[:201]]
+    r = imchat(b, "zed", "conversations", "--limit", "0")
+    assert r.returncode == 1 and b"--limit" in r.stderr
+
+
+def test_listen_shows_read_marks_typing_and_changes(make_broker, tmp_path):
+    """alice listens: her copies, the edits and recalls she makes, bob's read
+    marks (the one he made while she was away, then live) and his typing;
+    not her own read marks (a group tells every member, her too)."""
+    b = make_broker()
+    assert imchat(b, "alice", "group", "create", "team", "bob").returncode == 0
+    send(b, "alice", "bob", "one")
+    send(b, "alice", "bob", "two")
+    bob = Client(b, "bob", client_id="bob-phone", v5=True).connect()
+    ack = lambda tl, seq: bob.request("ack", pb.Ack(timeline=tl, seq=seq), response_type=pb.AckResponse)
+    assert ack("u/bob", 1).status == pb.OK
+    p = listen(b, "alice", str(tmp_path / "alice.state"))
+    out = Lines(p)
+    try:
+        msgs, events = parse_changes(out.wait(4))
+        assert sorted((tl, s, body) for tl, s, _, _, body in msgs)[1:] == [("u/alice", 1, "one"), ("u/alice", 2, "two")]
+        assert events == [("u/bob", "bob", "read up to #1")]               # moved while she was away
+        n = len(out.got)
+        assert ack("u/bob", 2).status == pb.OK
+        assert ok(imchat(b, "bob", "typing", "alice")) == "u/alice: typing\n"
+        assert ok(imchat(b, "alice", "edit", "bob", "2", "two!")).endswith("(edit of #2)\n")
+        assert ok(imchat(b, "alice", "recall", "u/alice", "1")).endswith("(recall of #1)\n")
+        assert ok(imchat(b, "bob", "typing", "alice", "off")) == "u/alice: stopped typing\n"
+        lines = out.wait(n + 5)[n:]
+        msgs, events = parse_changes(lines)
+        assert [(tl, s, c, body) for tl, s, _, c, body in msgs] == [
+            ("u/alice", 3, "(edit of #2)", "two!"), ("u/alice", 4, "(recall of #1)", "")]
+        assert events == [("u/bob", "bob", "read up to #2"), ("u/bob", "bob", "is typing"),
+                          ("u/bob", "bob", "stopped typing")]
+        # in this order: each line is the answer to the step that caused it
+        assert [l.split(" ", 1)[1] for l in lines] == [
+            "u/bob bob read up to #2", "u/bob bob is typing", "u/alice #3 alice -> bob (edit of #2): two!",
+            "u/alice #4 alice -> bob (recall of #1): ", "u/bob bob stopped typing"]
+        # her listen acks what bob writes in the group: that mark is hers, not shown
+        n = len(out.got)
+        assert ok(imchat(b, "bob", "send", "-g", "team", "hi team")) == "g/team seq 2\n"
+        reads = lambda: bob.request("reads", pb.ReadsRequest(timeline="g/team"), response_type=pb.ReadsResponse)
+        assert wait_until(lambda: ("alice", 2) in [(m.user, m.seq) for m in reads().marks])
+        assert ok(imchat(b, "bob", "typing", "-g", "team")) == "g/team: typing\n"
+        msgs, events = parse_changes(out.wait(n + 2)[n:])
+        assert [(tl, s, f, body) for tl, s, f, _, body in msgs] == [("g/team", 2, "bob", "hi team")]
+        assert events == [("g/team", "bob", "is typing")]
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err.decode()
+    bob.close()

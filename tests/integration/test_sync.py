@@ -218,10 +218,13 @@ def test_retention_by_age(make_broker):
     b = make_broker({"retention_seconds": limit})
     fill(b, 5)
     b.stop()
-    con = sqlite3.connect(b.db_path)
-    with con:
-        con.execute("UPDATE messages SET ts_ms = ts_ms - ?", ((limit + 60) * 1000,))
-    con.close()
+    if b.pg:
+        b.pg.sql("UPDATE messages SET ts_ms = ts_ms - %d" % ((limit + 60) * 1000), b.pg_db)
+    else:
+        con = sqlite3.connect(b.db_path)
+        with con:
+            con.execute("UPDATE messages SET ts_ms = ts_ms - ?", ((limit + 60) * 1000,))
+        con.close()
     b._chown(b.dir)
     b.start()
     fill(b, 2, prefix=b"new")
@@ -233,10 +236,14 @@ def test_retention_by_age(make_broker):
     batch = wait_until(trimmed, interval=0.3) or trimmed()
     assert batch and batch.first_seq == 6
     assert [decode_frame(f)[1] for f in batch.frames] == [b"new0", b"new1"]
-    con = sqlite3.connect(b.db_path)
-    tl = con.execute("SELECT id FROM timelines WHERE name='u/bob'").fetchone()[0]
-    assert con.execute("SELECT min(seq) FROM messages WHERE tl=?", (tl,)).fetchone()[0] == 6
-    con.close()
+    if b.pg:
+        rows = b.pg.sql("SELECT min(seq) FROM messages m JOIN timelines t ON t.id = m.tl WHERE t.name = 'u/bob'", b.pg_db)
+        assert rows == [["6"]]
+    else:
+        con = sqlite3.connect(b.db_path)
+        tl = con.execute("SELECT id FROM timelines WHERE name='u/bob'").fetchone()[0]
+        assert con.execute("SELECT min(seq) FROM messages WHERE tl=?", (tl,)).fetchone()[0] == 6
+        con.close()
     bob.close()
 
 

@@ -2,7 +2,10 @@
  * worker uses it: seq allocation and the sender's copy, dedup, two nodes
  * writing the same timelines at once, the dedup race between nodes, reopen
  * continuity, ranges, cursors, retention, groups with their system
- * messages, applied_lsn per node, the shared store id and frame key,
+ * messages, applied_lsn per node, the shared store id and frame key, the
+ * conversation operations (edits, recalls, read marks, unread counts, the
+ * list) with two nodes moving the same counters, prelock against the
+ * deadlock of opposite-order batches,
  * migrations, a killed connection and a failover to a promoted standby.
  *
  * test_store_pg --bench prints appends per second instead. Environment:
@@ -23,6 +26,8 @@
 #include "pg_harness.h"
 
 extern char stub_last_log[1024]; /* stubs.c: the last line logged */
+
+#define SCHEMA_VERSION 7   /* schema/pg/NNN_*.sql: the last NNN */
 
 static struct pg_server primary;
 static char uri[256];
@@ -177,7 +182,7 @@ static void two_nodes(void)
 	CHECK_EQ(a.store_id, b.store_id);
 	CHECK(memcmp(a.frame_key, b.frame_key, 16) == 0);
 	CHECK_STR(a.ops->name, "postgresql");
-	CHECK_EQ(sql_int("SELECT version FROM im_schema_version"), 6);
+	CHECK_EQ(sql_int("SELECT version FROM im_schema_version"), SCHEMA_VERSION);
 	CHECK_EQ(sql_int("SELECT count(*) FROM nodes"), 2);
 }
 
@@ -617,7 +622,7 @@ struct racer {
 	struct im__store st;
 	const char *node, *me, *peer, *tag;
 	int batches;
-	bool backwards;
+	bool backwards, prelock;
 	int retries, lock_fails;
 	uint64_t dup_seq[RACE_SHARED]; /* seq of each shared cmid */
 	char dup_tl[RACE_SHARED][IM_TL_MAX + 1];
@@ -630,6 +635,11 @@ struct racer {
  * two take the same timelines' locks in opposite orders: PostgreSQL (or
  * the lock_timeout) must break the deadlocks, one batch fails and is
  * retried. */
+static int cmp_str(const void *x, const void *y)
+{
+	return strcmp(*(const char *const *)x, *(const char *const *)y);
+}
+
 static void *race(void *arg)
 {
 	struct racer *r = arg;
@@ -645,9 +655,15 @@ static void *race(void *arg)
 	snprintf(tl_shared, sizeof(tl_shared), "u/shared%s", r->tag);
 	snprintf(tl_group, sizeof(tl_group), "g/race%s", r->tag);
 	snprintf(sender, sizeof(sender), "shared%s", r->tag);
+	const char *all[] = {tl_group, tl_me, tl_peer, tl_shared, tl_target};
+	const bool create[] = {true, true, true, true, true};
+
+	qsort(all, 5, sizeof(all[0]), cmp_str);
 	for(k = 0; k < r->batches; k++){
 		for(attempt = 0;;){
 			rc = r->st.ops->begin(&r->st);
+			/* As the worker does: every timeline of the batch, in order. */
+			if(rc == MOSQ_ERR_SUCCESS && r->prelock) rc = r->st.ops->prelock(&r->st, all, create, 5);
 			for(i = 0; i < RACE_BATCH && rc == MOSQ_ERR_SUCCESS; i++){
 				struct im__tl *to, *own = NULL;
 				idx = k * RACE_BATCH + i;
@@ -702,10 +718,11 @@ static long long count_tl(const char *name, const char *tag)
 	return sql_int("SELECT head FROM timelines WHERE name = '%s%s'", name, tag);
 }
 
-static void concurrent_writers(const char *tag, int batches, bool backwards)
+static void concurrent_writers(const char *tag, int batches, bool backwards, bool prelock)
 {
-	struct racer r1 = {.node = "w1", .me = "ann", .peer = "ben", .tag = tag, .batches = batches};
-	struct racer r2 = {.node = "w2", .me = "ben", .peer = "ann", .tag = tag, .batches = batches, .backwards = backwards};
+	struct racer r1 = {.node = "w1", .me = "ann", .peer = "ben", .tag = tag, .batches = batches, .prelock = prelock};
+	struct racer r2 = {.node = "w2", .me = "ben", .peer = "ann", .tag = tag, .batches = batches, .backwards = backwards,
+		.prelock = prelock};
 	char name[64];
 	pthread_t t1, t2;
 	int i, shared = batches * RACE_BATCH / 4;
@@ -718,9 +735,11 @@ static void concurrent_writers(const char *tag, int batches, bool backwards)
 	pthread_join(t1, NULL);
 	pthread_join(t2, NULL);
 	CHECK(!r1.failed && !r2.failed);
-	printf("# two nodes, %s order: %d batches of %d each in %lld ms, %d + %d retries (%d deadlocks or lock timeouts seen)\n",
-			backwards ? "opposite" : "the same", batches, RACE_BATCH, pgh_now_ms() - t0, r1.retries, r2.retries,
-			r1.lock_fails + r2.lock_fails);
+	printf("# two nodes, %s order%s: %d batches of %d each in %lld ms, %d + %d retries (%d deadlocks or lock timeouts seen)\n",
+			backwards ? "opposite" : "the same", prelock ? ", prelocked" : "", batches, RACE_BATCH, pgh_now_ms() - t0,
+			r1.retries, r2.retries, r1.lock_fails + r2.lock_fails);
+	/* Locked up front in one order, the batches only ever wait. */
+	if(prelock) CHECK_EQ(r1.retries + r2.retries, 0);
 	/* Gap-free, each message once. */
 	for(i = 0; i < 5; i++){
 		static const char *const tls[] = {"u/ann", "u/ben", "u/target", "u/shared", "g/race"};
@@ -832,6 +851,342 @@ static void dedup_race(bool sealed, bool first_commits)
 		b.crypt = NULL;
 		im_crypt__free(&crypt);
 		unlink(keypath);
+	}
+}
+
+/* ---- conversations ---- */
+
+struct marks { int n; char user[8][IM_NAME_MAX + 1]; uint64_t seq[8]; };
+
+static enum im_row mark_row(void *ctx, const char *user, uint64_t seq)
+{
+	struct marks *k = ctx;
+
+	if(k->n < 8){
+		snprintf(k->user[k->n], IM_NAME_MAX + 1, "%s", user);
+		k->seq[k->n++] = seq;
+	}
+	return IM_ROW_NEXT;
+}
+
+struct convs { int n; char name[8][IM_TL_MAX + 1]; uint64_t last_seq[8], unread[8], peer_read[8]; int64_t ts[8];
+	char preview[8][32]; };
+
+static enum im_row conv_row(void *ctx, const struct im__conv *c)
+{
+	struct convs *k = ctx;
+
+	if(k->n < 8){
+		snprintf(k->name[k->n], sizeof(k->name[0]), "%c/%s", c->kind, c->name);
+		snprintf(k->preview[k->n], sizeof(k->preview[0]), "%s", c->preview ? c->preview : "(none)");
+		k->last_seq[k->n] = c->last_seq;
+		k->unread[k->n] = c->unread;
+		k->peer_read[k->n] = c->peer_read;
+		k->ts[k->n] = c->last_ts;
+		k->n++;
+	}
+	return IM_ROW_NEXT;
+}
+
+/* One write op in a batch of its own. */
+static int note(struct im__store *st, const char *owner, const char *peer, uint64_t seq, int64_t ts, const char *sender,
+		const char *preview, int unread_add)
+{
+	int rc = st->ops->begin(st);
+
+	if(rc == MOSQ_ERR_SUCCESS) rc = st->ops->note_last(st, owner, peer, seq, ts, sender, 0, preview, unread_add);
+	if(rc == MOSQ_ERR_SUCCESS) return st->ops->commit(st, 0);
+	st->ops->rollback(st);
+	return rc;
+}
+
+static int read_mark(struct im__store *st, const char *tl, const char *user, uint64_t seq, uint64_t *before, uint64_t *after,
+		struct names *peers)
+{
+	struct im__tl *t;
+	int rc = st->ops->begin(st);
+
+	t = timeline(st, tl, false);
+	if(rc == MOSQ_ERR_SUCCESS) rc = t ? st->ops->read_mark(st, t, user, seq, before, after, name_row, peers) : MOSQ_ERR_UNKNOWN;
+	if(rc == MOSQ_ERR_SUCCESS) return st->ops->commit(st, 0);
+	st->ops->rollback(st);
+	return rc;
+}
+
+static int amend(struct im__store *st, const char *tl, uint64_t seq, const char *body, uint32_t flags)
+{
+	struct im__tl *t = timeline(st, tl, false);
+	int rc = st->ops->begin(st);
+
+	if(rc == MOSQ_ERR_SUCCESS) rc = t ? st->ops->amend(st, t, seq, body, body ? strlen(body) : 0, 0, flags) : MOSQ_ERR_UNKNOWN;
+	if(rc == MOSQ_ERR_SUCCESS) return st->ops->commit(st, 0);
+	st->ops->rollback(st);
+	return rc;
+}
+
+static long long unread(const char *owner, const char *peer)
+{
+	return sql_int("SELECT unread FROM convs WHERE owner = '%s' AND peer = '%s'", owner, peer);
+}
+
+/* Each op through the seam, node a and node b on the same rows. */
+static void conversation_ops(void)
+{
+	struct im__tl *carl, *dora;
+	struct im__appended d, d2;
+	struct im__msg_ref ref;
+	struct im__msg m;
+	struct collect c = {0};
+	struct marks k = {0};
+	struct convs cv = {0};
+	struct names peers = {0};
+	const char *names[] = {"u/carl", "u/dora"};
+	const bool create[] = {true, true};
+	uint64_t before, after;
+	bool found, yes, more;
+	int i;
+
+	CHECK_EQ(sql_int("SELECT count(*) FROM information_schema.tables WHERE table_name IN ('reads', 'convs', 'group_last')"), 3);
+	/* A DM: each row names the other's seq, whether the second timeline's
+	 * seq was known up front (locked) or learnt after. */
+	carl = timeline(&a, "u/carl", true);
+	dora = timeline(&a, "u/dora", true);
+	CHECK(carl && dora);
+	if(!carl || !dora) return;
+	m = msg("dora", "u/carl", "dc-1", "hello carl");
+	CHECK_EQ(append(&a, carl, dora, &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK(d.seq == 1 && d.own_seq == 1);
+	CHECK_EQ(a.ops->begin(&a), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(a.ops->prelock(&a, names, create, 2), MOSQ_ERR_SUCCESS);
+	CHECK(im_pg__locked(im_pg(&a), carl) && im_pg__locked(im_pg(&a), dora));
+	m = msg("carl", "u/dora", "cd-1", "hi dora");
+	CHECK_EQ(a.ops->append(&a, dora, carl, &m, &d), MOSQ_ERR_SUCCESS);
+	m = msg("dora", "u/carl", "dc-2", "how are you");
+	CHECK_EQ(a.ops->append(&a, carl, dora, &m, &d2), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(a.ops->commit(&a, 0), MOSQ_ERR_SUCCESS);
+	CHECK(d.seq == 2 && d.own_seq == 2 && d2.seq == 3 && d2.own_seq == 3);
+	CHECK_EQ(sql_int("SELECT count(*) FROM messages m JOIN timelines t ON t.id = m.tl JOIN messages o ON o.seq = m.peer_seq"
+				" AND o.peer_seq = m.seq AND o.sender = m.sender AND o.cmid = m.cmid AND o.copy <> m.copy"
+				" WHERE t.name IN ('u/carl', 'u/dora')"), 6);
+	/* dedup and lookup, on the other node. */
+	CHECK_EQ(b.ops->dedup(&b, "dora", "dc-2", &d), MOSQ_ERR_SUCCESS);
+	CHECK(d.duplicate && d.seq == 3 && d.own_seq == 3 && !strcmp(d.timeline, "u/carl"));
+	CHECK_EQ(b.ops->dedup(&b, "dora", "nope", &d), MOSQ_ERR_SUCCESS);
+	CHECK(!d.duplicate);
+	CHECK_EQ(b.ops->lookup(&b, timeline(&b, "u/carl", false), 3, &found, &ref), MOSQ_ERR_SUCCESS);
+	CHECK(found && !strcmp(ref.sender, "dora") && ref.peer_seq == 3 && ref.copy == 0 && ref.flags == 0);
+	CHECK_EQ(b.ops->lookup(&b, timeline(&b, "u/dora", false), 3, &found, &ref), MOSQ_ERR_SUCCESS);
+	CHECK(found && ref.copy == 1 && ref.peer_seq == 3);
+	CHECK_EQ(b.ops->lookup(&b, timeline(&b, "u/carl", false), 99, &found, &ref), MOSQ_ERR_SUCCESS);
+	CHECK(!found);
+
+	/* An edit: the new body, flagged edited (compressed cleared); its
+	 * event row names the message (ref_seq), read back by range. */
+	sql_int("UPDATE messages SET flags = 2 WHERE tl = %lld AND seq = 3", (long long)carl->id);
+	CHECK_EQ(amend(&b, "u/carl", 3, "how are you?", 16), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(sql_int("SELECT flags FROM messages WHERE tl = %lld AND seq = 3", (long long)carl->id), 16);
+	m = msg("dora", "u/carl", "dc-2e", "how are you?");
+	m.flags = 4;
+	m.ref_seq = 3;
+	m.own_ref_seq = 3;
+	CHECK_EQ(append(&b, timeline(&b, "u/carl", false), timeline(&b, "u/dora", false), &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK(d.seq == 4 && d.own_seq == 4);
+	CHECK_EQ(sql_int("SELECT ref_seq FROM messages WHERE tl = %lld AND seq = 4", (long long)dora->id), 3);
+	CHECK_EQ(a.ops->range(&a, timeline(&a, "u/carl", false), 2, 10, im_now_ms(), collect_row, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK(c.n == 2 && !strcmp(c.bodies[0], "how are you?") && !strcmp(c.bodies[1], "how are you?"));
+	/* A recall erases the body and its edits' bodies. */
+	CHECK_EQ(amend(&a, "u/carl", 3, NULL, 32), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(sql_int("SELECT count(*) FROM messages WHERE tl = %lld AND seq IN (3, 4) AND length(body) = 0 AND (flags & 32) <> 0",
+				(long long)carl->id), 2);
+	CHECK_EQ(sql_int("SELECT length(body) FROM messages WHERE tl = %lld AND seq = 1", (long long)carl->id), 10);
+
+	/* note_last from both nodes: unread adds up, last only moves forward. */
+	CHECK_EQ(note(&a, "carl", "dora", 1, 1000, "dora", "hello carl", 1), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(note(&b, "carl", "dora", 3, 3000, "dora", "how are you", 1), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(note(&a, "carl", "dora", 2, 2000, "carl", "late", 0), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(note(&b, "dora", "carl", 2, 2000, "carl", NULL, 1), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(note(&a, NULL, "room", 3, 2500, "bob", "in the room", 0), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(note(&b, NULL, "room", 2, 2400, "bob", "older", 0), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(unread("carl", "dora"), 2);
+	CHECK_EQ(sql_int("SELECT last_seq FROM convs WHERE owner = 'carl' AND peer = 'dora'"), 3);
+	CHECK_EQ(sql_int("SELECT last_ts FROM convs WHERE owner = 'carl' AND peer = 'dora'"), 3000);
+	CHECK_EQ(sql_int("SELECT last_seq FROM group_last WHERE grp = 'room'"), 3);
+	CHECK_EQ(b.ops->has_conv(&b, "carl", "dora", &yes), MOSQ_ERR_SUCCESS);
+	CHECK(yes);
+	CHECK_EQ(b.ops->has_conv(&b, "carl", "zoe", &yes), MOSQ_ERR_SUCCESS);
+	CHECK(!yes);
+
+	/* Read marks: up only; in the own inbox the peers' messages now read
+	 * leave unread (dora's at seqs 1 and 3 of u/carl; 2 is carl's copy). */
+	CHECK_EQ(read_mark(&b, "u/carl", "carl", 1, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	CHECK(before == 0 && after == 1 && peers.n == 1 && !strcmp(peers.v[0], "dora"));
+	CHECK_EQ(unread("carl", "dora"), 1);
+	peers.n = 0;
+	CHECK_EQ(read_mark(&a, "u/carl", "carl", 1, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	CHECK(before == 1 && after == 1 && peers.n == 0);
+	CHECK_EQ(read_mark(&a, "u/carl", "carl", 4, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	CHECK(before == 1 && after == 4 && peers.n == 1);
+	CHECK_EQ(unread("carl", "dora"), 0); /* 3 (the recalled one) and 4 (its edit) counted, never below 0 */
+	peers.n = 0;
+	CHECK_EQ(read_mark(&b, "u/carl", "dora", 2, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	CHECK(before == 0 && after == 2 && peers.n == 0); /* not dora's inbox: no counts */
+	CHECK_EQ(read_mark(&b, "u/dora", "dora", 4, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(unread("dora", "carl"), 0);
+	CHECK_EQ(a.ops->reads_of(&a, timeline(&a, "u/carl", false), NULL, mark_row, &k), MOSQ_ERR_SUCCESS);
+	CHECK(k.n == 2 && !strcmp(k.user[0], "carl") && k.seq[0] == 4 && !strcmp(k.user[1], "dora") && k.seq[1] == 2);
+	k.n = 0;
+	CHECK_EQ(a.ops->reads_of(&a, timeline(&a, "u/carl", false), "dora", mark_row, &k), MOSQ_ERR_SUCCESS);
+	CHECK(k.n == 1 && k.seq[0] == 2);
+
+	/* The list: carl's conversation with dora and the group room (carl a
+	 * member), latest first, paged strictly before a (ts, timeline). */
+	sql_int("INSERT INTO groups(name, owner, created_ms) VALUES('room', 'bob', 0) ON CONFLICT DO NOTHING");
+	sql_int("INSERT INTO members(grp, usr, joined_ms) VALUES('room', 'carl', 0) ON CONFLICT DO NOTHING");
+	CHECK(timeline(&a, "g/room", true) != NULL);
+	CHECK_EQ(note(&a, "carl", "eli", 9, 2500, "eli", "same ts", 1), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(b.ops->conversations(&b, "carl", 10, 0, NULL, conv_row, &cv), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(cv.n, 3);
+	CHECK_STR(cv.name[0], "u/dora");
+	CHECK(cv.last_seq[0] == 3 && cv.unread[0] == 0 && cv.peer_read[0] == 4 && !strcmp(cv.preview[0], "how are you"));
+	CHECK_STR(cv.name[1], "u/eli");   /* ts 2500 both: "u/eli" > "g/room" */
+	CHECK_EQ(cv.peer_read[1], 0);
+	CHECK_STR(cv.name[2], "g/room");
+	CHECK(cv.last_seq[2] == 3 && cv.unread[2] == 3 && !strcmp(cv.preview[2], "in the room"));
+	memset(&cv, 0, sizeof(cv));
+	CHECK_EQ(b.ops->conversations(&b, "carl", 1, 2500, "u/eli", conv_row, &cv), MOSQ_ERR_SUCCESS);
+	CHECK(cv.n == 1 && !strcmp(cv.name[0], "g/room"));
+	memset(&cv, 0, sizeof(cv));
+	CHECK_EQ(b.ops->conversations(&b, "carl", 2, 0, NULL, conv_row, &cv), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(cv.n, 2);
+	CHECK_EQ(read_mark(&b, "g/room", "carl", 2, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	memset(&cv, 0, sizeof(cv));
+	CHECK_EQ(a.ops->conversations(&a, "carl", 10, 2500, "u/eli", conv_row, &cv), MOSQ_ERR_SUCCESS);
+	CHECK(cv.n == 1 && cv.unread[0] == 1);
+	for(i = 0; i < 2; i++) CHECK(gap_free(names[i]));
+}
+
+/* Two devices of one user acknowledge on two nodes at once: node a has
+ * moved the mark (open transaction), node b's move waits for it and then
+ * counts only what a did not: unread is exact, not decremented twice. */
+struct reader { struct im__store *st; uint64_t seq, before, after; int rc; struct names peers; };
+
+static void *second_read(void *arg)
+{
+	struct reader *r = arg;
+
+	r->rc = read_mark(r->st, "u/fay", "fay", r->seq, &r->before, &r->after, &r->peers);
+	return NULL;
+}
+
+static void read_race(void)
+{
+	struct im__tl *fay = timeline(&a, "u/fay", true), *t;
+	struct reader r = {.st = &b, .seq = 5};
+	struct names peers = {0};
+	struct im__appended d;
+	struct pid_wait w;
+	struct im__msg m;
+	uint64_t before, after;
+	pthread_t th;
+	int i;
+
+	for(i = 0; i < 6; i++){
+		m = msg(i % 2 ? "gus" : "hal", "u/fay", NULL, "x");
+		CHECK_EQ(append(&a, fay, NULL, &m, &d), MOSQ_ERR_SUCCESS);
+		CHECK_EQ(note(&a, "fay", m.sender, d.seq, m.ts_ms, m.sender, "x", 1), MOSQ_ERR_SUCCESS);
+	}
+	CHECK(unread("fay", "hal") == 3 && unread("fay", "gus") == 3);
+	CHECK_EQ(a.ops->begin(&a), MOSQ_ERR_SUCCESS);
+	t = timeline(&a, "u/fay", false);
+	CHECK_EQ(a.ops->read_mark(&a, t, "fay", 3, &before, &after, name_row, &peers), MOSQ_ERR_SUCCESS);
+	CHECK(before == 0 && after == 3);
+	w.pid = backend_pid(&b);
+	pthread_create(&th, NULL, second_read, &r);
+	CHECK(pgh_wait(pid_waits_on_lock, &w, 10000));
+	CHECK_EQ(a.ops->commit(&a, 0), MOSQ_ERR_SUCCESS);
+	pthread_join(th, NULL);
+	CHECK_EQ(r.rc, MOSQ_ERR_SUCCESS);
+	CHECK(r.before == 3 && r.after == 5);
+	CHECK_EQ(unread("fay", "hal"), 0);  /* seqs 1, 3, 5 */
+	CHECK_EQ(unread("fay", "gus"), 1);  /* seq 6 still unread */
+}
+
+/* ---- opposite lock orders: with and without prelock ---- */
+
+/* Batch "b" of two messages, to `first` then `second`, on node b. */
+struct opposite { struct im__store *st; const char *first, *second; bool prelock; int rc; bool deadlock; };
+
+static int two_appends(struct im__store *st, const char *first, const char *second, bool prelock, bool *deadlock,
+		void (*between)(void))
+{
+	const char *names[2] = {strcmp(first, second) < 0 ? first : second, strcmp(first, second) < 0 ? second : first};
+	const bool create[2] = {true, true};
+	struct im__appended d;
+	struct im__msg m;
+	int rc = st->ops->begin(st);
+
+	if(rc == MOSQ_ERR_SUCCESS && prelock) rc = st->ops->prelock(st, names, create, 2);
+	m = msg("ivy", first, NULL, "one");
+	if(rc == MOSQ_ERR_SUCCESS) rc = st->ops->append(st, timeline(st, first, true), NULL, &m, &d);
+	if(between) between();
+	m = msg("ivy", second, NULL, "two");
+	if(rc == MOSQ_ERR_SUCCESS) rc = st->ops->append(st, timeline(st, second, true), NULL, &m, &d);
+	if(rc != MOSQ_ERR_SUCCESS) *deadlock = strstr(stub_last_log, "40P01") != NULL;
+	if(rc == MOSQ_ERR_SUCCESS) return st->ops->commit(st, 0);
+	st->ops->rollback(st);
+	return rc;
+}
+
+static void *opposite_batch(void *arg)
+{
+	struct opposite *o = arg;
+
+	o->rc = two_appends(o->st, o->first, o->second, o->prelock, &o->deadlock, NULL);
+	return NULL;
+}
+
+static struct pid_wait opposite_wait;
+static struct opposite *opposite_b;
+static pthread_t opposite_th;
+
+/* Between a's two appends: b's batch starts, and runs until it waits. */
+static void start_b(void)
+{
+	pthread_create(&opposite_th, NULL, opposite_batch, opposite_b);
+	CHECK(pgh_wait(pid_waits_on_lock, &opposite_wait, 10000));
+}
+
+/* Node a's batch writes X then Y; node b's, started once a holds X,
+ * writes Y then X. Without prelock, b takes Y, waits for X, and a's
+ * append to Y closes the cycle: PostgreSQL fails one batch (40P01) after
+ * deadlock_timeout. With prelock both lock {X, Y} in name order first: b
+ * waits for a's commit, and both commit. */
+static void opposite_batches(bool prelock)
+{
+	struct opposite o = {.st = &b, .first = prelock ? "u/opp-y2" : "u/opp-y1", .second = prelock ? "u/opp-x2" : "u/opp-x1",
+		.prelock = prelock};
+	long long stat0 = sql_int("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()");
+	bool a_deadlock = false;
+	int rc_a, deadlocks;
+
+	CHECK(timeline(&a, o.first, true) && timeline(&a, o.second, true));
+	opposite_wait.pid = backend_pid(&b);
+	opposite_b = &o;
+	stub_last_log[0] = '\0';
+	/* a: X (b's second), then, once b waits, Y (b's first). */
+	rc_a = two_appends(&a, o.second, o.first, prelock, &a_deadlock, start_b);
+	pthread_join(opposite_th, NULL);
+	deadlocks = (rc_a != MOSQ_ERR_SUCCESS) + (o.rc != MOSQ_ERR_SUCCESS);
+	printf("# opposite-order batches on two nodes, %s: %d of 2 failed (%s), pg_stat_database.deadlocks +%lld so far\n",
+			prelock ? "prelocked" : "not prelocked", deadlocks, a_deadlock || o.deadlock ? "deadlock detected" : "no deadlock",
+			sql_int("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()") - stat0);
+	if(prelock){
+		CHECK_EQ(deadlocks, 0);
+		CHECK(gap_free(o.first) && gap_free(o.second));
+		CHECK_EQ(count_tl(o.first, ""), 2);
+	}else{
+		CHECK_EQ(deadlocks, 1);
+		CHECK(a_deadlock || o.deadlock);
 	}
 }
 
@@ -975,14 +1330,14 @@ static void migrations(void)
 	/* Re-running every migration leaves the same schema and data. */
 	sql_int("UPDATE im_schema_version SET version = 0");
 	CHECK_EQ(open_node(&st, "m"), MOSQ_ERR_SUCCESS);
-	CHECK_EQ(sql_int("SELECT version FROM im_schema_version"), 6);
+	CHECK_EQ(sql_int("SELECT version FROM im_schema_version"), SCHEMA_VERSION);
 	CHECK_EQ(sql_int("SELECT count(*) FROM messages"), rows);
 	CHECK_EQ(st.store_id, b.store_id);
 	st.ops->close(&st);
 	/* A schema from a newer plugin is refused, not touched. */
 	sql_int("UPDATE im_schema_version SET version = 999");
 	CHECK(open_node(&st, "m") != MOSQ_ERR_SUCCESS);
-	sql_int("UPDATE im_schema_version SET version = 6");
+	sql_int("UPDATE im_schema_version SET version = %d", SCHEMA_VERSION);
 }
 
 struct opener { struct im__store st; char node[8]; int rc; };
@@ -1229,8 +1584,13 @@ int main(int argc, char **argv)
 	groups();
 	contacts();
 	applied_lsn();
-	concurrent_writers("", RACE_BATCHES, false);
-	concurrent_writers("-x", getenv("IM_RACE_N") ? atoi(getenv("IM_RACE_N")) : 12, true);
+	conversation_ops();
+	read_race();
+	concurrent_writers("", RACE_BATCHES, false, false);
+	concurrent_writers("-x", getenv("IM_RACE_N") ? atoi(getenv("IM_RACE_N")) : 12, true, false);
+	concurrent_writers("-p", getenv("IM_RACE_N") ? atoi(getenv("IM_RACE_N")) : 12, true, true);
+	opposite_batches(false);
+	opposite_batches(true);
 	dedup_race(false, true);
 	dedup_race(false, false);
 	dedup_race(true, true);
