@@ -210,7 +210,7 @@ static int node_check(struct im__store *st, struct im__pg *s)
 		/* In pg_commit this is its success; later, the worker has already
 		 * begun the batch again. */
 		if(!s->resolving){
-			im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: the batch whose COMMIT went unanswered (up to journal record %" PRIu64 ") did commit; it is being applied again, so its messages without a cmid are stored twice.",
+			im_log(MOSQ_LOG_WARNING, "im: store: PostgreSQL: the batch whose COMMIT went unanswered (up to journal record %" PRIu64 ") did commit; its messages are not applied again.",
 					s->unsure_lsn);
 		}
 		if(s->unsure_lsn) st->applied_lsn = s->unsure_lsn;

@@ -463,6 +463,38 @@ static int prelock_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 	return rc;
 }
 
+/* Messages of a batch that the store holds already: a COMMIT whose answer
+ * was lost (PostgreSQL down at that moment) that the store's reconnect
+ * found had taken (st.applied_lsn moved past them). Applying them again
+ * would store them twice (those without a cmid under new seqs). They are
+ * dropped: stored once, their Receipts are lost, and live delivery goes
+ * on past them (in cluster mode the gap is repaired from the store;
+ * otherwise clients see a gap and sync, PROTOCOL.md 7). */
+static struct im__job *drop_applied(struct im__worker *w, struct im__job *jobs, size_t *n)
+{
+	struct im__job *keep = NULL, **kt = &keep, *j, *next;
+	size_t dropped = 0;
+
+	for(j = jobs; j; j = next){
+		next = j->next;
+		if(j->kind == IM_JOB_MSG && j->lsn && j->lsn <= w->st.applied_lsn){
+			if(!w->replaying) __atomic_sub_fetch(&w->backlog, (uint64_t)j->len, __ATOMIC_RELAXED);
+			im_job__free(j);
+			(*n)--;
+			dropped++;
+			continue;
+		}
+		*kt = j;
+		kt = &j->next;
+	}
+	*kt = NULL;
+	if(dropped){
+		im_log(MOSQ_LOG_WARNING, "im: store: %zu message(s) of the retried batch were stored by the commit whose answer was lost; not applied again (their Receipts are lost, clients sync past them).",
+				dropped);
+	}
+	return keep;
+}
+
 /* Applies jobs (a list) in one transaction; retries until it commits or
  * the worker stops (or, replaying at start, gives up after a few tries:
  * then the broker does not start). Frees the jobs. */
@@ -481,6 +513,11 @@ static int run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 		t0 = im_mono_us();
 		if(attempt == 0 && jobs->queued_us) im_metrics__hist(w->p->metrics.queue_hist, t0 - jobs->queued_us);
 		rc = w->st.ops->begin(&w->st);
+		if(rc == MOSQ_ERR_SUCCESS && attempt > 0 && (jobs = drop_applied(w, jobs, &n)) == NULL){
+			w->st.ops->rollback(&w->st);
+			last_lsn = w->st.applied_lsn;   /* for the marker */
+			break;
+		}
 		if(rc == MOSQ_ERR_SUCCESS && w->st.ops->prelock) rc = prelock_batch(w, jobs, n);
 		for(j = jobs; j && rc == MOSQ_ERR_SUCCESS; j = j->next){
 			rc = run_job(w, j);

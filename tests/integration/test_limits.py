@@ -9,7 +9,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from imtest import Client, decode_frame, pb, sync_all
+from imtest import SANITIZE, Client, decode_frame, pb, sync_all
 
 
 def rss_kib(pid):
@@ -108,7 +108,11 @@ def test_sync_flood_without_acknowledgements_is_bounded(make_broker):
     grown = (rss_kib(b.proc.pid) - base) / 1024.0
     print("flood: RSS +%.1f MiB, %d limited, bob served %d times" % (grown, metrics.get("sync/limited"), served))
     assert metrics.get("sync/limited") > 0
-    assert grown < 96, "broker RSS grew by %.1f MiB for a client that acknowledges nothing" % grown
+    # Without the limits: +1,190 MiB. Under ASan freed blocks wait in its
+    # quarantine (up to 256 MiB) before reuse, so RSS keeps more of the
+    # replies' churn: 103 MiB was seen on the PostgreSQL store there.
+    bound = 192 if SANITIZE else 96
+    assert grown < bound, "broker RSS grew by %.1f MiB for a client that acknowledges nothing" % grown
     assert served > 0
     s.close()
     bob.close()
