@@ -9,7 +9,7 @@
  * prints). A payload that starts with the frame magic is a frame (a
  * message, or an event from <prefix>/e/...: a read mark, typing); anything
  * else is tried as SyncBatch, Receipt, AckResponse, ReadsResponse,
- * ConversationsResponse and Response in turn.
+ * ConversationsResponse, GroupResponse and Response in turn.
  */
 #include <ctype.h>
 #include <inttypes.h>
@@ -40,7 +40,8 @@ static void json_str(const char *key, const char *s, size_t len)
 {
 	size_t i;
 
-	printf("\"%s\":\"", key);
+	if(key) printf("\"%s\":", key);
+	putchar('"');
 	for(i = 0; i < len; i++){
 		unsigned char c = (unsigned char)s[i];
 		if(c == '"' || c == '\\') printf("\\%c", c);
@@ -282,6 +283,60 @@ static int print_convs(const uint8_t *buf, size_t len)
 	return 0;
 }
 
+/* GroupResponse: the only reply that names its op. */
+static int print_group(const uint8_t *buf, size_t len)
+{
+	Im__V1__GroupResponse *r = im__v1__group_response__unpack(NULL, len, buf);
+	const char *g;
+	size_t i;
+
+	if(r == NULL || r->op == NULL || !r->has_status){
+		if(r) im__v1__group_response__free_unpacked(r, NULL);
+		return -1;
+	}
+	g = r->group ? r->group : "";
+	if(json){
+		printf("{");
+		json_str("group_op", r->op, strlen(r->op));
+		printf(",\"status\":%d", r->status);
+		if(r->reason) json_field("reason", r->reason);
+		if(r->group) json_field("group", r->group);
+		if(r->owner) json_field("owner", r->owner);
+		if(r->has_seq) printf(",\"seq\":%" PRIu64, r->seq);
+		if(r->has_head_seq) printf(",\"head_seq\":%" PRIu64, r->head_seq);
+		printf(",\"members\":[");
+		for(i = 0; i < r->n_members; i++){
+			if(i) putchar(',');
+			json_str(NULL, r->members[i], strlen(r->members[i]));
+		}
+		printf("],\"groups\":[");
+		for(i = 0; i < r->n_groups; i++){
+			const Im__V1__GroupInfo *gi = r->groups[i];
+			printf("%s{", i ? "," : "");
+			json_str("name", gi->name ? gi->name : "", gi->name ? strlen(gi->name) : 0);
+			printf(",\"head_seq\":%" PRIu64 ",\"cursor\":%" PRIu64 ",\"unread\":%" PRIu64 "}", gi->head_seq, gi->cursor, gi->unread);
+		}
+		printf("]}\n");
+		im__v1__group_response__free_unpacked(r, NULL);
+		return 0;
+	}
+	printf("group %s%s%s: %s", r->op, *g ? " " : "", g, status_name(r->status));
+	if(r->reason) printf(" (%s)", r->reason);
+	if(r->has_seq) printf(", seq %" PRIu64, r->seq);
+	if(r->owner) printf(", owner %s", r->owner);
+	if(r->has_head_seq) printf(", head %" PRIu64, r->head_seq);
+	if(!strcmp(r->op, "list")) printf(", %zu group%s", r->n_groups, r->n_groups == 1 ? "" : "s");
+	for(i = 0; i < r->n_members; i++) printf("%s%s", i ? ", " : ", members ", r->members[i]);
+	putchar('\n');
+	for(i = 0; i < r->n_groups; i++){
+		const Im__V1__GroupInfo *gi = r->groups[i];
+		printf("  %s: head %" PRIu64 ", cursor %" PRIu64 ", unread %" PRIu64 "\n", gi->name ? gi->name : "?",
+				gi->head_seq, gi->cursor, gi->unread);
+	}
+	im__v1__group_response__free_unpacked(r, NULL);
+	return 0;
+}
+
 static void print_other(const uint8_t *buf, size_t len)
 {
 	Im__V1__Receipt *r = im__v1__receipt__unpack(NULL, len, buf);
@@ -303,7 +358,7 @@ static void print_other(const uint8_t *buf, size_t len)
 		}
 		if(a) im__v1__ack_response__free_unpacked(a, NULL);
 	}
-	if(print_reads(buf, len) == 0 || print_convs(buf, len) == 0) return;
+	if(print_reads(buf, len) == 0 || print_convs(buf, len) == 0 || print_group(buf, len) == 0) return;
 	{
 		Im__V1__Response *s = im__v1__response__unpack(NULL, len, buf);
 		if(s && s->has_status){
