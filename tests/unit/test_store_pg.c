@@ -26,6 +26,7 @@
 #include "pg_harness.h"
 
 extern char stub_last_log[1024]; /* stubs.c: the last line logged */
+int stub_log_has(const char *needle); /* stubs.c: ... contains needle, safely across threads */
 
 #define SCHEMA_VERSION 7   /* schema/pg/NNN_*.sql: the last NNN */
 
@@ -700,7 +701,7 @@ static void *race(void *arg)
 			else r->st.ops->rollback(&r->st);
 			if(rc == MOSQ_ERR_SUCCESS) break;
 			/* Approximate (the log line is shared by both threads). */
-			if(strstr(stub_last_log, "40P01") || strstr(stub_last_log, "55P03")) r->lock_fails++;
+			if(stub_log_has("40P01") || stub_log_has("55P03")) r->lock_fails++;
 			if(++r->retries > 200){
 				r->failed = true;
 				return NULL;
@@ -1131,7 +1132,7 @@ static int two_appends(struct im__store *st, const char *first, const char *seco
 	if(between) between();
 	m = msg("ivy", second, NULL, "two");
 	if(rc == MOSQ_ERR_SUCCESS) rc = st->ops->append(st, timeline(st, second, true), NULL, &m, &d);
-	if(rc != MOSQ_ERR_SUCCESS) *deadlock = strstr(stub_last_log, "40P01") != NULL;
+	if(rc != MOSQ_ERR_SUCCESS) *deadlock = stub_log_has("40P01");
 	if(rc == MOSQ_ERR_SUCCESS) return st->ops->commit(st, 0);
 	st->ops->rollback(st);
 	return rc;
