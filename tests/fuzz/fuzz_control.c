@@ -259,7 +259,9 @@ static void check_reply(int op, const char *user, const char *resp_topic, struct
 	int status = -1, i, replies = 0;
 
 	/* Exactly one reply to the client; anything else is the system
-	 * message of a group change, from this user, to the group. */
+	 * message of a group change, from this user, to the group, or the
+	 * read-mark event an ack sends (issue #15): on im/e/, seq 0, this
+	 * user's mark. */
 	for(i = 0; i < stub_n_pubs; i++){
 		const struct stub_pub *d = &stub_pubs[i];
 		Im__V1__Header *h;
@@ -270,6 +272,14 @@ static void check_reply(int op, const char *user, const char *resp_topic, struct
 			FUZZ_ASSERT(!strcmp(d->client_id, "fuzz-client"));
 			r = d;
 			replies++;
+			continue;
+		}
+		if(op == 1 && !strncmp(d->topic, "im/e/", 5)){
+			FUZZ_ASSERT(im_frame__decode(d->payload, d->len, NULL, &h, &body, &blen) == MOSQ_ERR_SUCCESS);
+			FUZZ_ASSERT(h->seq == 0 && h->event != NULL);
+			FUZZ_ASSERT(h->event->kind == IM__V1__EVENT__KIND__READ);
+			FUZZ_ASSERT(h->event->user && user && !strcmp(h->event->user, user));
+			im__v1__header__free_unpacked(h, NULL);
 			continue;
 		}
 		FUZZ_ASSERT(op == 2 && !strncmp(d->topic, "im/g/", 5));
