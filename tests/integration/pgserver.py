@@ -24,7 +24,8 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
+
+from imtest import wait_until
 
 
 def bin_dir():
@@ -48,12 +49,8 @@ def _free_port():
 
 
 def _wait(cond, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise TimeoutError("PostgreSQL: " + what)
+    if not wait_until(cond, timeout, 0.05):
+        raise TimeoutError("PostgreSQL: " + what)
 
 
 class PgServer:
