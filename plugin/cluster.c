@@ -633,12 +633,12 @@ bool im_cluster__deliver(struct im__plugin *p, struct im__done *d)
 	 * someone with no device here): nothing comes from NATS to order it
 	 * against, so it is handed on as it comes, and no state is kept (or
 	 * checked against the store later) for it. */
-	if(!d->repair && im_map__get(&c->interest, d->timeline, strlen(d->timeline)) == NULL
-			&& im_map__get(&c->tls, d->timeline, strlen(d->timeline)) == NULL){
+	e = im_map__get(&c->tls, d->timeline, strlen(d->timeline));
+	if(e == NULL && !d->repair && im_map__get(&c->interest, d->timeline, strlen(d->timeline)) == NULL){
 		publish(p, d);
 		return true;
 	}
-	if((e = entry(c, d->timeline, d->seq)) == NULL){
+	if(e == NULL && (e = entry(c, d->timeline, d->seq)) == NULL){
 		publish(p, d); /* out of memory: unordered rather than lost */
 		return true;
 	}
