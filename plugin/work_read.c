@@ -170,7 +170,8 @@ static enum im_row tell_reader(void *ctx, const char *peer)
 	ev.seq = r->seq;
 	ev.has_ts_ms = 1;
 	ev.ts_ms = r->now;
-	snprintf(tl, sizeof(tl), "u/%s", peer);
+	/* peer NULL: a group's read mark, told on the group's own topic. */
+	if(peer) snprintf(tl, sizeof(tl), "u/%s", peer);
 	im_work__emit(r->w, im_work__event(r->w, peer ? tl : r->tl, &ev));
 	return IM_ROW_NEXT;
 }
