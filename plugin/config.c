@@ -128,6 +128,7 @@ static void set_defaults(struct im__config *cfg)
 	cfg->new_timelines_per_min = 120;
 	cfg->typing_rate = 2;
 	cfg->batch_max = 256;
+	cfg->batch_gather_us = 1000;
 	cfg->backlog_max = 64ULL * 1024 * 1024;
 	cfg->journal_rotate_seconds = 60;
 	cfg->client_id_guard = true;
@@ -164,6 +165,7 @@ static const struct int_opt {
 	INT_OPT("new_timelines_per_min", new_timelines_per_min, 0, 100000000),
 	INT_OPT("typing_rate", typing_rate, 0, 1000),
 	INT_OPT("batch_max", batch_max, 1, 100000),
+	INT_OPT("batch_gather_us", batch_gather_us, 0, 100000),
 	INT_OPT("backlog_max", backlog_max, 1024 * 1024, INT64_MAX),
 	INT_OPT("journal_rotate_seconds", journal_rotate_seconds, 1, 86400),
 };

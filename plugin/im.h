@@ -111,6 +111,7 @@ struct im__config {
 	uint32_t new_timelines_per_min; /* new timelines a user may open per minute, 0 = no limit */
 	uint32_t typing_rate;       /* typing signals per second per user, 0 = no limit */
 	uint32_t batch_max;         /* jobs per store transaction at most */
+	uint32_t batch_gather_us;   /* under a steady stream, a batch waits this long for company; 0 = never */
 	uint64_t backlog_max;       /* journal bytes not yet stored before publishes are refused */
 	uint32_t journal_rotate_seconds; /* a non-empty segment older than this is closed (so it can be cut) */
 	char *nats_servers;         /* owned; cluster mode when set */

@@ -19,6 +19,8 @@ struct im__worker {
 	struct im__done *dhead, **dtail;/* [mu] completions for the broker thread */
 	int has_done;                   /* completions queued (atomic; drain checks it unlocked) */
 	uint64_t submitted, finished;   /* [mu] jobs */
+	uint32_t queued;                /* [mu] jobs in head..tail */
+	bool gathering;                 /* [mu] the worker lets a batch fill: no signal per job */
 	uint64_t backlog;               /* [mu] journal bytes queued, not yet stored (atomic reads) */
 	bool stop;                      /* [mu] */
 	bool started;
@@ -44,6 +46,9 @@ struct im__worker {
 	/* The open batch's completions: published only after its commit. */
 	struct im__done *bhead, **btail;
 	int64_t batch_started_us;
+	int64_t gap_us;                 /* recent time between jobs (a moving average) */
+	int64_t last_queued_us;         /* when the last job taken was queued */
+	int64_t gathered_for;           /* queued_us of the first job a batch waited for */
 };
 
 /* Completion builders (worker.c). done_new allocates a completion with
