@@ -60,7 +60,7 @@ cleanup() {
 trap cleanup EXIT
 
 if [ "$tool" = callgrind ]; then
-	valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" \
+	valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$out/callgrind.out" \
 		"$mosq" -c "$dir/mosquitto.conf" 2> "$out/broker.log" &
 	pid=$!
 	wait_s=30
@@ -105,11 +105,17 @@ pid=""
 
 case "$tool" in
 callgrind)
-	total=$(callgrind_annotate "$out/callgrind.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
-	echo "callgrind: $total instructions in total for $n (+200 warm-up) messages: $((total / (n + 200))) per message (start-up included)"
-	callgrind_annotate --inclusive=yes "$out/callgrind.out" 2>/dev/null | head -60 > "$out/inclusive.txt"
-	callgrind_annotate "$out/callgrind.out" 2>/dev/null | head -60 > "$out/self.txt"
-	echo "see $out/inclusive.txt and $out/self.txt" ;;
+	# One file per thread (--separate-threads): thread 1 is the broker's
+	# own thread, the others are the plugin's (store worker, ...).
+	for f in "$out"/callgrind.out-*; do
+		t=${f##*-}
+		total=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t {gsub(",", "", $1); t = $1} END {print t}')
+		[ -n "$total" ] || continue
+		echo "callgrind thread $t: $total instructions for $n (+200 warm-up) messages: $((total / (n + 200))) per message (start-up included)"
+		callgrind_annotate --inclusive=yes "$f" 2>/dev/null | head -80 > "$out/inclusive-$t.txt" || true
+		callgrind_annotate "$f" 2>/dev/null | head -60 > "$out/self-$t.txt" || true
+	done
+	echo "see $out/inclusive-*.txt and $out/self-*.txt" ;;
 perf)
 	perf report -i "$out/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null | grep -v '^$' | head -80 > "$out/report.txt"
 	perf report -i "$out/perf.data" --no-children --sort dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -20 > "$out/dso.txt"

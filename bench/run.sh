@@ -166,6 +166,7 @@ function median(arr, n,   i, j, t) {
 	p99[k, n[k]] = kv(line, "p99_us") + 0
 	mx[k, n[k]] = kv(line, "max_us") + 0
 	cpu[k, n[k]] = kv(line, "cpu_us_per_msg") + 0
+	thr[k, n[k]] = kv(line, "thread_cpu_us_per_msg") + 0
 	rr[k, r] = kv(line, "rate") + 0
 	r99[k, r] = kv(line, "p99_us") + 0
 	if (r > nr[w]) nr[w] = r
@@ -185,15 +186,15 @@ function ratio(tab, w,   a, i, m, lo, hi, x) {
 	return sprintf("%.2f [%.2f–%.2f]", median(a, m), lo, hi)
 }
 END {
-	printf "| workload | plain msgs/s | plugin msgs/s | plugin/plain rate | plain p50/p99/max µs | plugin p50/p99/max µs | plugin/plain p99 | broker CPU µs/msg plain | plugin |\n"
-	printf "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+	printf "| workload | plain msgs/s | plugin msgs/s | plugin/plain rate | plain p50/p99/max µs | plugin p50/p99/max µs | plugin/plain p99 | broker CPU µs/msg plain | plugin | main thread plain | plugin |\n"
+	printf "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
 	for (i = 1; i <= nw; i++) {
 		w = order[i]; a = w SUBSEP "plain"; p = w SUBSEP "plugin"
 		ra = med(rate, a); rp = med(rate, p)
 		lat = (w !~ /^catchup/)
 		lat_a = lat ? sprintf("%.0f / %.0f / %.0f", med(p50, a), med(p99, a), med(mx, a)) : "–"
 		lat_p = lat ? sprintf("%.0f / %.0f / %.0f", med(p50, p), med(p99, p), med(mx, p)) : "–"
-		printf "| %s | %.0f | %.0f | %s | %s | %s | %s | %.1f | %.1f |\n", w, ra, rp, ratio(rr, w), lat_a, lat_p, lat ? ratio(r99, w) : "–", med(cpu, a), med(cpu, p)
+		printf "| %s | %.0f | %.0f | %s | %s | %s | %s | %.1f | %.1f | %.1f | %.1f |\n", w, ra, rp, ratio(rr, w), lat_a, lat_p, lat ? ratio(r99, w) : "–", med(cpu, a), med(cpu, p), med(thr, a), med(thr, p)
 	}
 }' "$results" | tee "$out/table.md"
 echo "(medians of $rounds rounds, [lowest–highest round]; catchup rows: plain = persistent-session queue drain, plugin = sync batches; paced rows: both at the same offered rate, below saturation)"
