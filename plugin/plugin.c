@@ -5,6 +5,9 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +23,29 @@
 #define IM_EXPORT __attribute__((visibility("default")))
 
 static struct im__plugin *g_plugin; /* only for cleanup's sanity check */
+
+/* The broker's heap. Sync replies are large (up to sync_max_bytes), and
+ * the broker copies each into its main heap, and again into the packet it
+ * sends. With glibc's defaults a freed block at the top of the heap beyond
+ * 128 KiB is given back (brk), and the next reply grows the heap again:
+ * each round trip is a TLB flush on every CPU and page faults on the
+ * fresh pages. Measured on the broker thread during a 50,000-message
+ * catch-up: half its time in brk and page faults, the catch-up 0.19 s
+ * instead of 0.09 s. Whether it happens depends on what sits at the top
+ * of the heap, so it came and went with unrelated changes. Keeping up to
+ * 8 MiB of free heap, and serving blocks up to 1 MiB from the heap,
+ * stops it. Process-wide, so an operator's own malloc tuning
+ * (GLIBC_TUNABLES, MALLOC_*_ variables) is left alone. */
+static void tune_heap(void)
+{
+#ifdef __GLIBC__
+	const char *t = getenv("GLIBC_TUNABLES");
+
+	if((t && strstr(t, "glibc.malloc.")) || getenv("MALLOC_TRIM_THRESHOLD_") || getenv("MALLOC_MMAP_THRESHOLD_")) return;
+	mallopt(M_MMAP_THRESHOLD, 1024 * 1024);
+	mallopt(M_TRIM_THRESHOLD, 8 * 1024 * 1024);
+#endif
+}
 
 static void *pb_alloc(void *ud, size_t size)
 {
@@ -128,6 +154,7 @@ IM_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **us
 	p->pb_alloc.free = pb_free;
 
 	im_props__init();
+	tune_heap();
 	/* 2.1 exports this, 2.0 does not: asked at run time, so one build
 	 * serves both. */
 	p->v21 = dlsym(RTLD_DEFAULT, "mosquitto_plugin_set_info") != NULL;
