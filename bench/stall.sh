@@ -6,7 +6,9 @@
 # ping): the broker answers it from the same loop that runs the plugin's
 # callbacks, so the round trip is how long that loop was busy. A plain
 # broker on the same machine is pinged in the same rounds, as the noise
-# floor.
+# floor. The clients set TCP_NODELAY: with Nagle the syncing client's
+# requests wait for delayed ACKs (40 ms per batch: 100,000 took 8.8 s),
+# which spreads the sync thin instead of testing the broker thread.
 #
 #   bench/stall.sh                 # 100,000 synced, 1,000,000 messages trimmed
 #   SYNC_N=20000 TRIM_N=100000 bench/stall.sh     # a quick look
@@ -39,16 +41,16 @@ start_broker plain 0
 qport=$BROKER_PORT
 
 echo "stall: storing $trim_n messages to trim and $sync_n to sync (plugin broker, port $pport)" >&2
-timeout 900 "$imbench" catchup-sync --phase publish -n "$trim_n" -T "${tag}t" -p "$pport" -t 880 >/dev/null
-timeout 300 "$imbench" catchup-sync --phase publish -n "$sync_n" -T "${tag}s" -p "$pport" -t 280 >/dev/null
+timeout 900 "$imbench" catchup-sync --phase publish --nodelay -n "$trim_n" -T "${tag}t" -p "$pport" -t 880 >/dev/null
+timeout 300 "$imbench" catchup-sync --phase publish --nodelay -n "$sync_n" -T "${tag}s" -p "$pport" -t 280 >/dev/null
 
 # The pinger runs through both phases.
-timeout 900 "$imbench" ping -p "$pport" --port2 "$qport" -t 880 --until "$work/stop" \
+timeout 900 "$imbench" ping --nodelay -p "$pport" --port2 "$qport" -t 880 --until "$work/stop" \
 	--samples "$work/samples.txt" > "$work/ping.txt" 2> "$work/ping.log" &
 pinger=$!
 echo "stall: syncing $sync_n messages" >&2
 t0=$(date +%s.%N)
-timeout 300 "$imbench" catchup-sync --phase sync -n "$sync_n" -T "${tag}s" -p "$pport" -t 280 | tee "$work/sync.txt" >&2
+timeout 300 "$imbench" catchup-sync --phase sync --nodelay -n "$sync_n" -T "${tag}s" -p "$pport" -t 280 | tee "$work/sync.txt" >&2
 t1=$(date +%s.%N)
 
 echo "stall: trimming (retention_messages 1, applied by a reload)" >&2

@@ -631,9 +631,9 @@ static void housekeeping(struct im__worker *w, int64_t now)
  * between them well below batch_gather_us), a batch of messages waits
  * until its first job is batch_gather_us old or GATHER_FULL jobs are
  * queued. Lone messages (chat: a gap longer than that) never wait;
- * requests (sync, acks, groups) end the wait at once.
- *
- * The moving average of the gap between jobs (over about eight) once j
+ * requests (sync, acks, groups) end the wait at once. */
+
+/* The moving average of the gap between jobs (over about eight) once j
  * is counted. */
 static int64_t gap_with(const struct im__worker *w, const struct im__job *j)
 {
