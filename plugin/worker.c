@@ -633,15 +633,24 @@ static void housekeeping(struct im__worker *w, int64_t now)
  * queued. Lone messages (chat: a gap longer than that) never wait;
  * requests (sync, acks, groups) end the wait at once. */
 
+/* The gap between j and the last job taken, capped at the window: one
+ * pause then weighs like any gap the window would not bridge, and a new
+ * stream is recognised after about ten jobs instead of thirty. */
+static int64_t gap_of(const struct im__worker *w, const struct im__job *j)
+{
+	int64_t gap = j->queued_us - w->last_queued_us, cap = w->cfg.batch_gather_us;
+
+	if(w->last_queued_us == 0 || gap > cap) return cap;
+	return gap < 0 ? 0 : gap;
+}
+
 /* The moving average of the gap between jobs (over about eight) once j
  * is counted. */
 static int64_t gap_with(const struct im__worker *w, const struct im__job *j)
 {
-	int64_t gap = j->queued_us - w->last_queued_us;
+	int64_t avg = w->last_queued_us ? w->gap_us : w->cfg.batch_gather_us;
 
-	if(gap < 0) gap = 0;
-	if(gap > 1000000) gap = 1000000;
-	return w->last_queued_us ? w->gap_us + (gap - w->gap_us) / 8 : gap;
+	return avg + (gap_of(w, j) - avg) / 8;
 }
 
 static void took(struct im__worker *w, const struct im__job *j)
@@ -663,10 +672,10 @@ static bool gather(struct im__worker *w)
 	/* Once per first job: a wait cut short by a request, a stop or a
 	 * full queue is not started again. */
 	if(w->head->queued_us == w->gathered_for) return false;
-	/* Fewer than four jobs expected in the window: waiting buys little.
-	 * The first job's own gap counts: after a quiet spell the average
-	 * of the last stream says nothing. */
-	if(gap_with(w, w->head) * 4 > limit) return false;
+	/* The first job came after a pause: it is alone, whatever the
+	 * last stream was. Fewer than four jobs expected in the window:
+	 * waiting buys little. */
+	if(gap_of(w, w->head) >= limit || gap_with(w, w->head) * 4 > limit) return false;
 	for(j = w->head; j; j = j->next){
 		if(j->kind != IM_JOB_MSG) return false;
 	}
