@@ -35,7 +35,9 @@ trap 'exit 130' INT TERM
 imbench=$(find_imbench "$build" "$here")
 tag=s$RANDOM
 
-start_broker plugin 1 "metrics_interval 1"
+# No reply budget: the sync is the load under test, at full speed.
+start_broker plugin 1 "metrics_interval 1
+reply_bytes_rate 0"
 ppid=$BROKER_PID pport=$BROKER_PORT pconf=$BROKER_CONF
 start_broker plain 0
 qport=$BROKER_PORT
