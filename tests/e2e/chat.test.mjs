@@ -13,7 +13,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync,
+import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync,
   writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -132,6 +132,15 @@ after(async () => {
   await ctx?.close().catch(() => {});
   server?.kill('SIGTERM');
   await kill9Broker();
+  // The broker's log outlives the run in the artifacts, and its end is
+  // printed (ctest shows it when a test failed): a page that lost its
+  // connection is explained there (log_type all).
+  const blog = join(broker.dir, 'broker.log');
+  if (existsSync(blog)) {
+    copyFileSync(blog, join(ART, 'broker.log'));
+    const lines = readFileSync(blog, 'utf8').trimEnd().split('\n');
+    console.log(lines.slice(-120).map((l) => '# broker: ' + l).join('\n'));
+  }
   if (process.env.IM_E2E_KEEP) console.log('kept', TMP);
   else rmSync(TMP, { recursive: true, force: true });
 });
