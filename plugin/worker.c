@@ -633,9 +633,9 @@ static void housekeeping(struct im__worker *w, int64_t now)
  * queued. Lone messages (chat: a gap longer than that) never wait;
  * requests (sync, acks, groups) end the wait at once. */
 
-/* The gap between j and the last job taken, capped at the window: one
- * pause then weighs like any gap the window would not bridge, and a new
- * stream is recognised after about ten jobs instead of thirty. */
+/* The gap between j and the last job taken, capped at the window: a
+ * pause weighs like any gap the window would not bridge, so a new stream
+ * is recognised after about ten jobs. */
 static int64_t gap_of(const struct im__worker *w, const struct im__job *j)
 {
 	int64_t gap = j->queued_us - w->last_queued_us, cap = w->cfg.batch_gather_us;
@@ -653,9 +653,10 @@ static int64_t gap_with(const struct im__worker *w, const struct im__job *j)
 	return avg + (gap_of(w, j) - avg) / 8;
 }
 
+/* Jobs reach the queue only through im_worker__submit, which stamps
+ * queued_us. */
 static void took(struct im__worker *w, const struct im__job *j)
 {
-	if(j->queued_us == 0) return;
 	w->gap_us = gap_with(w, j);
 	w->last_queued_us = j->queued_us;
 }
