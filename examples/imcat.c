@@ -20,7 +20,8 @@
 
 #include <mosquitto.h>
 
-#include "im.h"
+#include "base/limits.h"
+#include "codec/frame.h"
 #include "im_print.h"
 
 static int json;

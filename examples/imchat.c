@@ -43,7 +43,8 @@
 #include <mqtt_protocol.h>
 
 #include "client/im_client.h"
-#include "im.h"
+#include "base/limits.h"
+#include "codec/frame.h"
 #include "im_print.h"
 
 #define RECEIPT_TOPIC "$CONTROL/im/v1/receipt"

@@ -11,7 +11,8 @@
 
 #include <mosquitto.h>
 
-#include "im.h"
+#include "base/limits.h"
+#include "codec/frame.h"
 #include "im_client.h"
 
 #define MAX_TIMELINES 64

@@ -45,7 +45,11 @@
 #include <mqtt_protocol.h>
 #include <sqlite3.h>
 
-#include "im.h"
+#include "base/config.h"
+#include "base/limits.h"
+#include "base/name.h"
+#include "codec/frame.h"
+#include "codec/route.h"
 #include "broker_stubs.h"
 #include "fuzz_common.h"
 
@@ -316,7 +320,7 @@ static void check_reply(int op, const char *user, const char *resp_topic, struct
 	if(user == NULL) FUZZ_ASSERT(status != IM__V1__STATUS__OK);
 	/* A user whose name is not a valid IM name can do nothing (found by
 	 * this target: tests/fuzz/corpus/fuzz_control/group-create-by-invalid-username). */
-	if(user && !im_route__name_valid(user, strlen(user))){
+	if(user && !im_name__valid(user, strlen(user))){
 		FUZZ_ASSERT(status != IM__V1__STATUS__OK);
 	}
 }

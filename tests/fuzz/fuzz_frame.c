@@ -1,5 +1,5 @@
 /*
- * Fuzz target: the frame decoder (plugin/frame.c, im_frame__decode), the
+ * Fuzz target: the frame decoder (plugin/codec/frame.c, im_frame__decode), the
  * code every client and the sync path trust with bytes off the network.
  *
  * Invariants checked beyond "no crash, no leak, no UB":
@@ -12,7 +12,7 @@
 
 #include <mosquitto.h>
 
-#include "im.h"
+#include "codec/frame.h"
 #include "fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

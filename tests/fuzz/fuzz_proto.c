@@ -13,7 +13,9 @@
 
 #include <mosquitto.h>
 
-#include "im.h"
+#include "base/name.h"
+#include "codec/frame.h"
+#include "codec/route.h"
 #include "fuzz_common.h"
 
 static void names(const char *s)
@@ -21,7 +23,7 @@ static void names(const char *s)
 	struct im__route r;
 
 	if(s == NULL) return;
-	im_route__name_valid(s, strlen(s));
+	im_name__valid(s, strlen(s));
 	if(im_route__parse_timeline(s, &r) == MOSQ_ERR_SUCCESS){
 		FUZZ_ASSERT(r.name_len == strlen(s) - 2);
 	}

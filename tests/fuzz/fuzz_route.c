@@ -1,6 +1,6 @@
 /*
- * Fuzz target: the topic and name rules (plugin/route.c):
- * im_route__name_valid, im_route__parse_topic, im_route__parse_timeline,
+ * Fuzz target: the topic and name rules (plugin/codec/route.c, plugin/base/name.c):
+ * im_name__valid, im_route__parse_topic, im_route__parse_timeline,
  * im_route__in_namespace, im_route__timeline.
  *
  * Invariants, checked against an independent reference here:
@@ -17,7 +17,10 @@
 
 #include <mosquitto.h>
 
-#include "im.h"
+#include "base/config.h"
+#include "base/limits.h"
+#include "base/name.h"
+#include "codec/route.h"
 #include "fuzz_common.h"
 
 /* Reference UTF-8 check (RFC 3629), written independently of route.c. */
@@ -84,7 +87,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t i, slen;
 
 	/* 1. The raw bytes as a name (NULs included). */
-	valid = im_route__name_valid((const char *)data, size);
+	valid = im_name__valid((const char *)data, size);
 	ref = size >= 1 && size <= IM_NAME_MAX && ref_utf8(data, size);
 	for(i = 0; ref && i < size; i++){
 		if(data[i] < 0x20 || data[i] == 0x7F || strchr("/+#$", data[i])) ref = false;

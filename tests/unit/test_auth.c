@@ -7,7 +7,8 @@
 
 #include <mosquitto.h>
 
-#include "im.h"
+#include "base/config.h"
+#include "broker/auth.h"
 #include "tap.h"
 
 static const char secret[] = "0123456789abcdef0123456789abcdef-test";

@@ -3,7 +3,8 @@
 
 #include <mosquitto.h>
 
-#include "im.h"
+#include "base/siphash.h"
+#include "codec/frame.h"
 #include "tap.h"
 
 static size_t make(uint8_t *out, size_t cap, const char *body)

@@ -9,7 +9,8 @@
 
 #include <mosquitto.h>
 
-#include "im.h"
+#include "codec/record.h"
+#include "journal/journal.h"
 #include "tap.h"
 
 static char dir[256];

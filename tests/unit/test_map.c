@@ -5,7 +5,8 @@
 
 #include <mosquitto.h>
 
-#include "im.h"
+#include "base/map.h"
+#include "codec/route.h"
 #include "tap.h"
 
 static void map_random_ops(void)

@@ -5,7 +5,12 @@
 
 #include <mosquitto.h>
 
-#include "store_sqlite.h"
+#include "base/crypt.h"
+#include "base/defs.h"
+#include "base/util.h"
+#include "store/sqlite/internal.h"
+#include "store/sqlite/open.h"
+#include "store/store.h"
 #include "tap.h"
 
 static char path[256];

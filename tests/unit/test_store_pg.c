@@ -21,7 +21,14 @@
 
 #include <mosquitto.h>
 
-#include "store_pg.h"
+#include "base/crypt.h"
+#include "base/defs.h"
+#include "base/limits.h"
+#include "base/map.h"
+#include "base/util.h"
+#include "store/pg/internal.h"
+#include "store/pg/open.h"
+#include "store/store.h"
 #include "tap.h"
 #include "pg_harness.h"
 
@@ -507,7 +514,7 @@ static void groups(void)
 	CHECK_EQ(seq, 2);
 	CHECK(a.ops->group(&a, "room", 4, &err)->members.count == 2);
 	CHECK(b.ops->group(&b, "room", 4, &err)->members.count == 3);
-	im_store__pg_forget_group(&b, "room", 4);
+	im_store__forget_group(&b, "room", 4);
 	g = b.ops->group(&b, "room", 4, &err);
 	CHECK(g && g->members.count == 2 && !im_map__get(&g->members, "carol", 5));
 	/* b's change continues the same timeline. */

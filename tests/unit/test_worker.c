@@ -9,7 +9,14 @@
 
 #include <mosquitto.h>
 
-#include "worker.h"
+#include "base/config.h"
+#include "base/limits.h"
+#include "base/util.h"
+#include "worker/internal.h"
+#include "codec/record.h"
+#include "store/sqlite/open.h"
+#include "store/store.h"
+#include "worker/job.h"
 #include "tap.h"
 
 static char path[256];
@@ -36,7 +43,7 @@ static void healthy(void)
 	im_realloc = realloc;
 }
 
-static struct im__plugin plugin;
+static struct im__metrics metrics;
 static struct im__worker w;
 
 static void setup(void)
@@ -44,7 +51,7 @@ static void setup(void)
 	struct im__store_options o = {.path = path, .synchronous = 1, .busy_timeout_ms = 100, .page_size = 1024};
 
 	memset(&w, 0, sizeof(w));
-	w.p = &plugin;
+	w.metrics = &metrics;
 	w.btail = &w.bhead;
 	CHECK_EQ(im_config__parse(&w.cfg, NULL, 0), MOSQ_ERR_SUCCESS);
 	w.cfg.sync_max_frames = 10;

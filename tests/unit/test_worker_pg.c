@@ -8,13 +8,20 @@
 
 #include <mosquitto.h>
 
-#include "worker.h"
+#include "base/config.h"
+#include "base/limits.h"
+#include "base/util.h"
+#include "worker/internal.h"
+#include "codec/record.h"
+#include "store/pg/open.h"
+#include "store/store.h"
+#include "worker/job.h"
 #include "tap.h"
 #include "pg_harness.h"
 
 static struct pg_server primary;
 static char uri[256];
-static struct im__plugin plugin;
+static struct im__metrics metrics;
 static struct im__worker w1, w2;
 
 static void setup(struct im__worker *w, const char *node)
@@ -22,7 +29,7 @@ static void setup(struct im__worker *w, const char *node)
 	struct im__store_pg_options o = {.conninfo = uri, .node_id = node, .synchronous_commit = "on"};
 
 	memset(w, 0, sizeof(*w));
-	w->p = &plugin;
+	w->metrics = &metrics;
 	w->btail = &w->bhead;
 	CHECK_EQ(im_config__parse(&w->cfg, NULL, 0), MOSQ_ERR_SUCCESS);
 	w->cfg.sync_max_frames = 10;
@@ -224,7 +231,7 @@ static void two_workers(void)
 	gr = group(&w1, "alice", "remove", "team", "bob");
 	CHECK(gr && gr->status == IM__V1__STATUS__OK && gr->seq == 3);
 	im__v1__group_response__free_unpacked(gr, NULL);
-	im_store__pg_forget_group(&w2.st, "team", 4);
+	im_store__forget_group(&w2.st, "team", 4);
 	r = send_msg(&w2, "bob", "g/team", "still here?", NULL, &frames);
 	CHECK(r && r->status == IM__V1__STATUS__FORBIDDEN);
 	im__v1__receipt__free_unpacked(r, NULL);

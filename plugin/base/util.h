@@ -1,0 +1,55 @@
+/*
+ * Buffers, allocation, token buckets, clocks, JSON strings and the log
+ * [any thread].
+ */
+#ifndef IM_BASE_UTIL_H
+#define IM_BASE_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A growable byte buffer, reused across calls (no per-message malloc). */
+struct im__buf {
+	uint8_t *data;
+	size_t cap;
+};
+
+/* Grows b to at least n bytes. MOSQ_ERR_SUCCESS or MOSQ_ERR_NOMEM. */
+int im_buf__reserve(struct im__buf *b, size_t n);
+void im_buf__free(struct im__buf *b);
+
+/* Allocation hooks: libc by default; unit tests swap in a failing
+ * allocator (failmalloc) to prove every path survives NULL. */
+extern void *(*im_malloc)(size_t n);
+extern void *(*im_calloc)(size_t n, size_t size);
+extern void *(*im_realloc)(void *p, size_t n);
+void im_free(void *p);
+char *im_strdup(const char *s);
+char *im_strndup(const char *s, size_t n);
+
+/* A token bucket: rate per second, burst tokens at most. */
+struct im__bucket {
+	double tokens;
+	int64_t last_ms;
+};
+/* Refills b for now and takes cost tokens if there are enough. A new
+ * bucket (last_ms 0) starts full. */
+bool im_bucket__take(struct im__bucket *b, double rate, double burst, double cost, int64_t now_ms);
+
+/* Milliseconds since the epoch; monotonic microseconds. */
+int64_t im_now_ms(void);
+int64_t im_mono_us(void);
+
+/* Appends s as the body of a JSON string (quotes, backslashes and control
+ * characters escaped) to out[*len..cap). False if it does not fit. */
+bool im_json__str(char *out, size_t cap, size_t *len, const char *s);
+
+/* Logs from any thread: directly on the broker thread, else handed to it
+ * as a completion (the broker's log function is not thread-safe). */
+void im_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Where lines logged off the broker thread go (the worker's completion
+ * queue); false from fn means "log directly". */
+void im_log__sink(bool (*fn)(int level, const char *text));
+
+#endif

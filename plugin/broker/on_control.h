@@ -1,0 +1,15 @@
+/*
+ * $CONTROL/im/v1/sync and /ack (MOSQ_EVT_CONTROL).
+ */
+#ifndef IM_BROKER_ON_CONTROL_H
+#define IM_BROKER_ON_CONTROL_H
+
+#include <stdbool.h>
+
+int im_control__sync_cb(int event, void *event_data, void *userdata);
+int im_control__ack_cb(int event, void *event_data, void *userdata);
+/* The ops with a MOSQ_EVT_CONTROL handler; anything else under
+ * $CONTROL/im/v1/ is answered "unknown op" from the ACL check. */
+bool im_control__op_known(const char *op);
+
+#endif
