@@ -138,21 +138,25 @@ static void mark_gap(struct im__order *o, struct im__order_tl *e, int64_t now)
 	}
 }
 
-/* Delivers held frames that now follow; a gap that is closed is closed. */
-static void release(struct im__order *o, struct im__order_tl *e)
+/* Delivers held frames that now follow, and with upto (a repair's reach:
+ * what it did not return is gone) those up to it too, in order: last
+ * moves on to upto at least. A gap that is closed is closed. */
+static void release(struct im__order *o, struct im__order_tl *e, uint64_t upto)
 {
 	struct im__done *d;
 
-	while((d = e->held) != NULL && d->seq <= e->last + 1){
+	while((d = e->held) != NULL && d->seq <= (upto > e->last ? upto : e->last) + 1){
 		e->held = d->next;
 		e->n_held--;
-		if(d->seq == e->last + 1){
+		if(d->seq > e->last){
 			e->last = d->seq;
 			publish(o, d);
 		}else{
 			free(d);
 		}
 	}
+	if(upto > e->last) e->last = upto;
+	if(e->last > e->want) e->want = e->last;
 	if(e->last >= e->want) e->gap_ms = 0;
 }
 
@@ -206,7 +210,7 @@ void im_order__deliver(struct im__order *o, struct im__done *d, int64_t now)
 	}else if(d->seq == e->last + 1){
 		e->last = d->seq;
 		publish(o, d);
-		release(o, e);
+		release(o, e, 0);
 	}else{
 		hold(o, e, d);
 		mark_gap(o, e, now);
@@ -274,7 +278,7 @@ void im_order__repaired(struct im__order *o, const char *tl, uint64_t reached, b
 		if(e->held && e->held->seq - 1 < reached) reached = e->held->seq - 1;
 		if(reached > e->last) e->last = reached;
 		if(e->last > e->want) e->want = e->last;
-		release(o, e);
+		release(o, e, 0);
 		if(e->last < e->want) mark_gap(o, e, now);
 		return;
 	}
@@ -284,12 +288,9 @@ void im_order__repaired(struct im__order *o, const char *tl, uint64_t reached, b
 		return;
 	}
 	/* Everything up to reached that the store did not return is gone
-	 * (expired, trimmed): nothing to wait for. */
-	if(reached > e->last){
-		e->last = reached;
-		if(reached > e->want) e->want = reached;
-	}
-	release(o, e);
+	 * (expired, trimmed): nothing to wait for. What it did return after
+	 * such a hole is held here (and frames heard meanwhile): delivered. */
+	release(o, e, reached);
 	if(e->last < e->want) mark_gap(o, e, 1); /* more to fetch: at once */
 }
 

@@ -221,6 +221,41 @@ static void gap_repaired(void)
 	im_order__free(&o);
 }
 
+/* Messages 14 and 15 expired (or were trimmed) before the repair read
+ * them: the store returns 16 and 17 and says it covered up to 17. */
+static void repaired_past_held(void)
+{
+	struct im__order o;
+
+	setup(&o);
+	in(&o, "u/a", 13, T0);
+	in(&o, "u/a", 16, T0 + 1);
+	in(&o, "u/a", 17, T0 + 2);
+	in(&o, "u/a", 20, T0 + 3);
+	im_order__tick(&o, T0 + 1 + GAP_GRACE_MS);
+	CHECK_EQ(h.n_rep, 1);
+	CHECK_EQ(h.rep[0].after, 13);
+	CHECK_EQ(h.rep[0].upto, 20);
+	repair_frames(&o, "u/a", 16, 17, T0 + 30);
+	im_order__repaired(&o, "u/a", 17, true, false, T0 + 31);
+	/* Nothing to wait for below 18: 16 and 17 go out in order, 20 waits. */
+	CHECK(published(3, S(13), S(16), S(17)));
+	/* The rest is fetched at once, from 17 on. */
+	im_order__tick(&o, T0 + 31);
+	CHECK_EQ(h.n_rep, 2);
+	CHECK_EQ(h.rep[1].after, 17);
+	CHECK_EQ(h.rep[1].upto, 20);
+	/* 18 and 19 are gone too: last moves past them to 20. */
+	im_order__repaired(&o, "u/a", 20, true, false, T0 + 40);
+	CHECK(published(4, S(13), S(16), S(17), S(20)));
+	in(&o, "u/a", 21, T0 + 41);
+	CHECK(published(5, S(13), S(16), S(17), S(20), S(21)));
+	im_order__tick(&o, T0 + 100);
+	CHECK_EQ(h.n_rep, 2);
+	CHECK(!h.pub_not_frame);
+	im_order__free(&o);
+}
+
 /* Everything up to reached is gone, nothing held: last just moves on. */
 static void repaired_nothing_returned(void)
 {
@@ -489,6 +524,7 @@ int main(void)
 	duplicate();
 	gap_closes_by_itself();
 	gap_repaired();
+	repaired_past_held();
 	repaired_nothing_returned();
 	repair_retry();
 	hold_bound();
