@@ -1,0 +1,849 @@
+/* The store suite (store_suite.h): seq allocation and the sender's copy,
+ * dedup by (sender, cmid), batches rolled back, reopen continuity, ranges,
+ * cursors, retention, encryption at rest, groups, presence contacts, the
+ * store's identity, and the conversation operations. Each test starts on
+ * a fresh store of the backend under test. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <mosquitto.h>
+
+#include "base/crypt.h"
+#include "base/defs.h"
+#include "base/map.h"
+#include "base/util.h"
+#include "store/store.h"
+#include "store_suite.h"
+#include "tap.h"
+
+enum { SYSTEM = 1, COMPRESSED = 2, EDIT = 4, EDITED = 16, RECALLED = 32 }; /* proto/im.proto's flags */
+
+static const struct store_backend *be;
+
+/* ---- the seam, one call each ---- */
+
+struct im__tl *timeline(struct im__store *st, const char *name, bool create)
+{
+	bool err;
+
+	return st->ops->timeline(st, name, strlen(name), create, &err);
+}
+
+struct im__msg msg(const char *from, const char *to, const char *cmid, const char *body)
+{
+	struct im__msg m = {0};
+
+	m.ts_ms = im_now_ms();
+	m.sender = from;
+	m.cmid = cmid;
+	m.to = to;
+	m.body = body;
+	m.body_len = strlen(body);
+	return m;
+}
+
+/* The end of a one-operation batch. */
+static int finish(struct im__store *st, int rc)
+{
+	if(rc == MOSQ_ERR_SUCCESS) return st->ops->commit(st, 0);
+	st->ops->rollback(st);
+	return rc;
+}
+
+int append(struct im__store *st, struct im__tl *to, struct im__tl *own, const struct im__msg *m, struct im__appended *a)
+{
+	int rc = st->ops->begin(st);
+
+	return finish(st, rc == MOSQ_ERR_SUCCESS ? st->ops->append(st, to, own, m, a) : rc);
+}
+
+int cursor_set(struct im__store *st, struct im__tl *tl, const char *u, const char *c, uint64_t seq, uint64_t *now)
+{
+	int rc = st->ops->begin(st);
+
+	return finish(st, rc == MOSQ_ERR_SUCCESS ? st->ops->cursor_set(st, tl, u, c, seq, now) : rc);
+}
+
+int change(struct im__store *st, enum im_group_op op, const char *group, const char *actor,
+		char *const *users, size_t n, uint64_t *seq)
+{
+	char tln[IM_TL_MAX + 1], body[64];
+	struct im__tl *tl;
+	struct im__msg m;
+	int rc;
+
+	snprintf(tln, sizeof(tln), "g/%s", group);
+	snprintf(body, sizeof(body), "{\"event\":%d}", (int)op);
+	rc = st->ops->begin(st);
+	if(rc != MOSQ_ERR_SUCCESS) return rc;
+	tl = timeline(st, tln, true);
+	m = msg(actor, tln, NULL, body);
+	m.flags = SYSTEM;
+	m.content_type = "application/json";
+	return finish(st, tl ? st->ops->group_change(st, op, group, actor, users, n, tl, &m, seq) : MOSQ_ERR_UNKNOWN);
+}
+
+int note(struct im__store *st, const char *owner, const char *peer, uint64_t seq, int64_t ts, const char *sender,
+		const char *preview, int unread_add)
+{
+	int rc = st->ops->begin(st);
+
+	return finish(st, rc == MOSQ_ERR_SUCCESS ? st->ops->note_last(st, owner, peer, seq, ts, sender, 0, preview, unread_add) : rc);
+}
+
+enum im_row name_row(void *ctx, const char *name)
+{
+	struct names *n = ctx;
+
+	if(n->n < 16) snprintf(n->v[n->n++], IM_NAME_MAX + 1, "%s", name);
+	return IM_ROW_NEXT;
+}
+
+int read_mark(struct im__store *st, const char *tl, const char *user, uint64_t seq, uint64_t *before, uint64_t *after,
+		struct names *peers)
+{
+	struct im__tl *t;
+	int rc = st->ops->begin(st);
+
+	t = timeline(st, tl, false);
+	if(rc == MOSQ_ERR_SUCCESS) rc = t ? st->ops->read_mark(st, t, user, seq, before, after, name_row, peers) : MOSQ_ERR_UNKNOWN;
+	return finish(st, rc);
+}
+
+static int amend(struct im__store *st, const char *tl, uint64_t seq, const char *body, uint32_t flags)
+{
+	struct im__tl *t = timeline(st, tl, false);
+	int rc = st->ops->begin(st);
+
+	if(rc == MOSQ_ERR_SUCCESS) rc = t ? st->ops->amend(st, t, seq, body, body ? strlen(body) : 0, 0, flags) : MOSQ_ERR_UNKNOWN;
+	return finish(st, rc);
+}
+
+enum im_row collect_row(void *ctx, const struct im__msg *m)
+{
+	struct collect *c = ctx;
+
+	if(c->stop_after && c->n == c->stop_after) return IM_ROW_STOP;
+	if(c->n < 64){
+		c->seqs[c->n] = m->seq;
+		c->refs[c->n] = m->ref_seq;
+		snprintf(c->bodies[c->n], sizeof(c->bodies[0]), "%.*s", (int)m->body_len, (const char *)m->body);
+	}
+	c->n++;
+	return IM_ROW_NEXT;
+}
+
+static int range(struct im__store *st, struct im__tl *tl, uint64_t after, uint32_t limit, struct collect *c, bool *more)
+{
+	memset(c, 0, sizeof(*c));
+	return st->ops->range(st, tl, after, limit, im_now_ms(), collect_row, c, more);
+}
+
+/* ---- reading back ---- */
+
+struct whole { uint64_t next; bool ok; };
+
+static enum im_row whole_row(void *ctx, const struct im__msg *m)
+{
+	struct whole *w = ctx;
+
+	w->ok = w->ok && m->seq == w->next++;
+	return IM_ROW_NEXT;
+}
+
+/* Every stored seq of a timeline is first..head, once each, as a sync
+ * reads them (now 0: nothing counts as expired). */
+static bool seqs_whole(struct im__store *st, const char *name)
+{
+	struct im__tl *t = timeline(st, name, false);
+	struct whole w = {0, true};
+	bool more;
+
+	if(t == NULL) return false;
+	w.next = t->first;
+	if(st->ops->range(st, t, 0, 100000, 0, whole_row, &w, &more) != MOSQ_ERR_SUCCESS || more) return false;
+	if(!w.ok || w.next != t->head + 1) fprintf(stderr, "%s: first %llu head %llu, rows up to %llu%s\n", name,
+			(unsigned long long)t->first, (unsigned long long)t->head, (unsigned long long)w.next - 1, w.ok ? "" : " with a gap");
+	return w.ok && w.next == t->head + 1;
+}
+
+static long long peek(struct im__store *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static long long peek(struct im__store *st, const char *fmt, ...)
+{
+	char q[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(q, sizeof(q), fmt, ap);
+	va_end(ap);
+	return be->sql(st, q);
+}
+
+static bool reopen(struct im__store *st)
+{
+	im_store__close(st);
+	if(be->open(st) == MOSQ_ERR_SUCCESS) return true;
+	CHECK(!"the store opened again");
+	return false;
+}
+
+/* ---- tests ---- */
+
+static void append_and_dedup(struct im__store *st)
+{
+	struct im__tl *bob, *alice;
+	struct im__msg m;
+	struct im__appended d;
+	int i;
+
+	bob = timeline(st, "u/bob", true);
+	alice = timeline(st, "u/alice", true);
+	CHECK(bob && alice && bob != alice);
+	CHECK(timeline(st, "u/bob", false) == bob); /* one entry per timeline */
+	CHECK(timeline(st, "u/nobody", false) == NULL);
+	if(!bob || !alice) return;
+	for(i = 1; i <= 3; i++){
+		char body[8];
+		snprintf(body, sizeof(body), "m%d", i);
+		m = msg("alice", "u/bob", NULL, body);
+		CHECK_EQ(append(st, bob, alice, &m, &d), MOSQ_ERR_SUCCESS);
+		CHECK_EQ(d.seq, i);
+		CHECK_EQ(d.own_seq, i);
+		CHECK(!d.duplicate);
+		CHECK_STR(d.timeline, "u/bob");
+	}
+	m = msg("alice", "u/bob", "c1", "with cmid");
+	CHECK_EQ(append(st, bob, alice, &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(d.seq, 4);
+	CHECK(!d.duplicate);
+	/* A repeat: the original's values. */
+	m = msg("alice", "u/bob", "c1", "again");
+	CHECK_EQ(append(st, bob, alice, &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK(d.duplicate);
+	CHECK_EQ(d.seq, 4);
+	CHECK_EQ(d.own_seq, 4);
+	CHECK_STR(d.timeline, "u/bob");
+	/* The same cmid to someone else is the same message. */
+	m = msg("alice", "u/carol", "c1", "elsewhere");
+	CHECK_EQ(append(st, timeline(st, "u/carol", true), alice, &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK(d.duplicate);
+	CHECK_STR(d.timeline, "u/bob");
+	CHECK_EQ(d.seq, 4);
+	CHECK_EQ(timeline(st, "u/carol", false)->head, 0);
+	CHECK_EQ(timeline(st, "u/bob", false)->head, 4); /* the repeats took no seq */
+	/* Another sender may reuse the cmid. */
+	m = msg("carol", "u/bob", "c1", "from carol");
+	CHECK_EQ(append(st, bob, NULL, &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK(!d.duplicate);
+	CHECK_EQ(d.seq, 5);
+	CHECK_EQ(d.own_seq, 0);
+	CHECK_EQ(timeline(st, "u/alice", false)->head, 4);
+	/* A repeat inside one batch sees the first copy. */
+	CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+	m = msg("dave", "u/bob", "x1", "once");
+	CHECK_EQ(st->ops->append(st, bob, timeline(st, "u/dave", true), &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK(!d.duplicate && d.seq == 6);
+	CHECK(timeline(st, "u/bob", false) == bob && bob->head == 6); /* written by this batch: exact */
+	CHECK_EQ(st->ops->append(st, bob, timeline(st, "u/dave", true), &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK(d.duplicate && d.seq == 6 && d.own_seq == 1);
+	CHECK_EQ(st->ops->commit(st, 0), MOSQ_ERR_SUCCESS);
+	/* A rolled-back batch gives its seqs back. */
+	CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+	m = msg("alice", "u/bob", NULL, "rolled back");
+	CHECK_EQ(st->ops->append(st, bob, alice, &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(d.seq, 7);
+	st->ops->rollback(st);
+	CHECK(bob->stale && alice->stale);
+	/* Reloaded by the next lookup, which every batch makes (the worker's
+	 * records name their timelines). */
+	CHECK_EQ(timeline(st, "u/bob", false)->head, 6);
+	CHECK(!bob->stale);
+	CHECK(timeline(st, "u/alice", false) == alice && !alice->stale && alice->head == 4);
+	m = msg("alice", "u/bob", NULL, "m7");
+	CHECK_EQ(append(st, bob, alice, &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(d.seq, 7);
+	CHECK_EQ(d.own_seq, 5);
+	CHECK(seqs_whole(st, "u/bob") && seqs_whole(st, "u/alice") && seqs_whole(st, "u/carol") && seqs_whole(st, "u/dave"));
+}
+
+/* A timeline made inside a batch that rolls back: gone with the batch, or
+ * (made apart) left empty. Either way nothing of the batch is stored and
+ * the next batch counts from 1. */
+static void timeline_rollback(struct im__store *st)
+{
+	struct im__tl *t;
+	struct im__msg m = msg("gil", "u/ghost", NULL, "boo");
+	struct im__appended d = {0};
+
+	CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+	t = timeline(st, "u/ghost", true);
+	CHECK(t != NULL);
+	CHECK_EQ(t ? st->ops->append(st, t, timeline(st, "u/gil", true), &m, &d) : MOSQ_ERR_UNKNOWN, MOSQ_ERR_SUCCESS);
+	CHECK(d.seq == 1 && d.own_seq == 1);
+	st->ops->rollback(st);
+	t = timeline(st, "u/ghost", false);
+	if(be->tl_create_commits) CHECK(t != NULL && t->head == 0);
+	else CHECK(t == NULL);
+	t = timeline(st, "u/ghost", true);
+	CHECK(t != NULL);
+	if(t == NULL) return;
+	CHECK_EQ(t->head, 0);
+	CHECK_EQ(append(st, t, timeline(st, "u/gil", true), &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK(d.seq == 1 && d.own_seq == 1);
+	if(!reopen(st)) return;
+	CHECK(seqs_whole(st, "u/ghost") && seqs_whole(st, "u/gil"));
+	CHECK_EQ(timeline(st, "u/ghost", false)->head, 1);
+}
+
+static void reopen_and_range(struct im__store *st)
+{
+	struct im__tl *bob = timeline(st, "u/bob", true);
+	struct collect c;
+	struct im__msg m;
+	struct im__appended d;
+	char body[8];
+	bool more;
+	int i;
+
+	for(i = 1; i <= 5 && bob; i++){
+		snprintf(body, sizeof(body), "m%d", i);
+		m = msg("alice", "u/bob", NULL, body);
+		CHECK_EQ(append(st, bob, NULL, &m, &d), MOSQ_ERR_SUCCESS);
+	}
+	if(!reopen(st)) return;
+	bob = timeline(st, "u/bob", false);
+	CHECK(bob != NULL);
+	if(bob == NULL) return;
+	CHECK_EQ(bob->head, 5); /* survives a reopen */
+	CHECK_EQ(bob->first, 1);
+	m = msg("alice", "u/bob", NULL, "after reopen");
+	CHECK_EQ(append(st, bob, NULL, &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(d.seq, 6);
+	CHECK_EQ(range(st, bob, 2, 2, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 2);
+	CHECK_EQ(c.seqs[0], 3);
+	CHECK_EQ(c.seqs[1], 4);
+	CHECK_STR(c.bodies[1], "m4");
+	CHECK(more);
+	CHECK_EQ(range(st, bob, 4, 100, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 2);
+	CHECK_STR(c.bodies[1], "after reopen");
+	CHECK(!more);
+	/* A callback that stops early (byte budget) reports more. */
+	memset(&c, 0, sizeof(c));
+	c.stop_after = 1;
+	CHECK_EQ(st->ops->range(st, bob, 0, 100, im_now_ms(), collect_row, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 1);
+	CHECK(more);
+	/* Expired rows are skipped. */
+	m = msg("alice", "u/bob", NULL, "expiring");
+	m.expires_ms = m.ts_ms + 1000;
+	CHECK_EQ(append(st, bob, NULL, &m, &d), MOSQ_ERR_SUCCESS);
+	memset(&c, 0, sizeof(c));
+	CHECK_EQ(st->ops->range(st, bob, 6, 100, m.ts_ms, collect_row, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 1);
+	memset(&c, 0, sizeof(c));
+	CHECK_EQ(st->ops->range(st, bob, 6, 100, m.ts_ms + 1000, collect_row, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 0);
+}
+
+static void cursors(struct im__store *st)
+{
+	struct im__tl *bob = timeline(st, "u/bob", true);
+	uint64_t v = 99;
+
+	CHECK_EQ(st->ops->cursor_get(st, bob, "bob", "phone", &v), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(v, 0);
+	v = 99;
+	CHECK_EQ(st->ops->cursor_get(st, NULL, "bob", "phone", &v), MOSQ_ERR_SUCCESS); /* no timeline yet */
+	CHECK_EQ(v, 0);
+	CHECK_EQ(cursor_set(st, bob, "bob", "phone", 3, &v), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(v, 3);
+	CHECK_EQ(cursor_set(st, bob, "bob", "phone", 2, &v), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(v, 3); /* never moves back */
+	CHECK_EQ(cursor_set(st, bob, "bob", "phone", 5, &v), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(v, 5);
+	CHECK_EQ(cursor_set(st, bob, "bob", "laptop", 1, &v), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(v, 1);
+	CHECK_EQ(st->ops->cursor_get(st, bob, "bob", "phone", &v), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(v, 5); /* devices are independent */
+	if(!reopen(st)) return;
+	CHECK_EQ(st->ops->cursor_get(st, timeline(st, "u/bob", false), "bob", "phone", &v), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(v, 5);
+}
+
+/* Sweeps to the end; returns the rows deleted. */
+static int sweep(struct im__store *st, int64_t cutoff_ms, int64_t keep, uint32_t budget)
+{
+	int64_t cursor = 0;
+	bool done = false;
+	int rows, total = 0, steps = 0;
+
+	do{
+		rows = st->ops->trim_step(st, cutoff_ms, keep, budget, &cursor, &done);
+		CHECK(rows >= 0 && rows <= (int)budget);
+		total += rows;
+	}while(!done && ++steps < 50);
+	return total;
+}
+
+static void retention(struct im__store *st)
+{
+	struct im__tl *t = timeline(st, "u/ret", true);
+	struct im__msg m;
+	struct im__appended d;
+	struct collect c;
+	bool more;
+	int i;
+
+	for(i = 0; i < 30 && t; i++){
+		m = msg("alice", "u/ret", NULL, "r");
+		m.ts_ms = 1000 + i; /* ancient */
+		CHECK_EQ(append(st, t, NULL, &m, &d), MOSQ_ERR_SUCCESS);
+	}
+	if(t == NULL) return;
+	/* Count limit: keep 10, 7 rows per step at most. */
+	CHECK_EQ(sweep(st, 0, 10, 7), 20);
+	CHECK_EQ(timeline(st, "u/ret", false)->first, 21);
+	CHECK_EQ(t->head, 30);
+	CHECK_EQ(range(st, t, 0, 100, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 10);
+	CHECK_EQ(c.seqs[0], 21);
+	/* Age limit: everything is older than the cutoff; head stays. */
+	CHECK_EQ(sweep(st, 5000, 0, 1000), 10);
+	CHECK_EQ(timeline(st, "u/ret", false)->first, 31);
+	m = msg("alice", "u/ret", NULL, "after trim");
+	CHECK_EQ(append(st, t, NULL, &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(d.seq, 31); /* the sequence never restarts */
+	CHECK(seqs_whole(st, "u/ret"));
+	/* first persists. */
+	if(!reopen(st)) return;
+	t = timeline(st, "u/ret", false);
+	CHECK(t && t->first == 31 && t->head == 31);
+}
+
+static void encryption(struct im__store *st)
+{
+	struct im__crypt crypt;
+	struct im__tl *t;
+	struct im__msg m;
+	struct im__appended d;
+	struct collect c;
+	char keypath[300], find[64];
+	const char *q;
+	FILE *f;
+	bool more;
+
+	snprintf(keypath, sizeof(keypath), "%s/im-suite-keys-%d", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
+	f = fopen(keypath, "w");
+	fprintf(f, "# old key\n1 %s\n2 %s  # current\n",
+			"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+			"ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100");
+	fclose(f);
+	CHECK_EQ(im_crypt__load(&crypt, keypath), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(crypt.n, 2);
+	st->crypt = &crypt;
+	t = timeline(st, "u/sec", true);
+	m = msg("alice", "u/sec", "sealed-1", "TOP-SECRET-BODY");
+	CHECK_EQ(append(st, t, timeline(st, "u/alice", true), &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK(!d.duplicate && d.seq == 1);
+	CHECK_EQ(append(st, t, timeline(st, "u/alice", true), &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK(d.duplicate && d.seq == 1);
+	CHECK_EQ(range(st, t, 0, 10, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 1);
+	CHECK_STR(c.bodies[0], "TOP-SECRET-BODY");
+	CHECK_EQ(range(st, timeline(st, "u/alice", false), 0, 10, &c, &more), MOSQ_ERR_SUCCESS); /* the copy, sealed for its seq */
+	CHECK_STR(c.bodies[0], "TOP-SECRET-BODY");
+	/* At rest: sealed with key 2, no plaintext. */
+	CHECK_EQ(peek(st, "SELECT key_id FROM messages WHERE tl = %lld AND seq = 1", (long long)t->id), 2);
+	q = strchr(be->body_find, '?');
+	snprintf(find, sizeof(find), "%.*s'TOP-SECRET'%s", (int)(q - be->body_find), be->body_find, q + 1);
+	CHECK_EQ(peek(st, "SELECT %s FROM messages WHERE tl = %lld AND seq = 1", find, (long long)t->id), 0);
+	/* Without the keys, the row cannot be read: an error, not garbage. */
+	st->crypt = NULL;
+	CHECK(range(st, t, 0, 10, &c, &more) != MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 0);
+	st->crypt = &crypt;
+	/* A row moved to another seq no longer opens. */
+	peek(st, "UPDATE messages SET seq = 7 WHERE tl = %lld AND seq = 1", (long long)t->id);
+	CHECK(range(st, t, 0, 10, &c, &more) != MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 0);
+	st->crypt = NULL;
+	im_crypt__free(&crypt);
+	/* Bad key files are refused. */
+	f = fopen(keypath, "w");
+	fprintf(f, "1 not-hex\n");
+	fclose(f);
+	CHECK(im_crypt__load(&crypt, keypath) != MOSQ_ERR_SUCCESS);
+	unlink(keypath);
+}
+
+struct groups { int n; size_t members[8]; char owner[8][IM_NAME_MAX + 1]; char name[8][IM_NAME_MAX + 1]; };
+
+static enum im_row group_row(void *ctx, const char *group, const char *owner, const char *const *members, size_t n)
+{
+	struct groups *g = ctx;
+
+	(void)members;
+	if(g->n < 8){
+		snprintf(g->name[g->n], IM_NAME_MAX + 1, "%s", group);
+		snprintf(g->owner[g->n], IM_NAME_MAX + 1, "%s", owner);
+		g->members[g->n++] = n;
+	}
+	return IM_ROW_NEXT;
+}
+
+static void groups(struct im__store *st)
+{
+	char *add[] = {"bob", "carol"}, *rm[] = {"carol"}, *zed[] = {"zed"};
+	struct im__group *g;
+	struct names nm = {0};
+	struct groups all = {0};
+	struct collect c;
+	uint64_t seq = 0;
+	bool err, more;
+	size_t groups_cached;
+
+	CHECK(st->ops->group(st, "room", 4, &err) == NULL && !err);
+	CHECK_EQ(change(st, IM_GROUP_CREATE, "room", "alice", add, 2, &seq), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(seq, 1);
+	g = st->ops->group(st, "room", 4, &err);
+	CHECK(g && !strcmp(g->owner, "alice") && g->members.count == 3);
+	CHECK_EQ(change(st, IM_GROUP_REMOVE, "room", "alice", rm, 1, &seq), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(seq, 2);
+	g = st->ops->group(st, "room", 4, &err);
+	CHECK(g && g->members.count == 2 && !im_map__get(&g->members, "carol", 5));
+	CHECK_EQ(change(st, IM_GROUP_LEAVE, "room", "bob", NULL, 0, &seq), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(seq, 3);
+	CHECK(seqs_whole(st, "g/room"));
+	CHECK_EQ(range(st, timeline(st, "g/room", false), 0, 10, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 3);
+	CHECK_STR(c.bodies[2], "{\"event\":3}");
+	/* Creating a group that exists fails the batch; the rollback drops
+	 * the cache, so the retry sees the group. */
+	CHECK_EQ(change(st, IM_GROUP_CREATE, "later", "zed", NULL, 0, &seq), MOSQ_ERR_SUCCESS);
+	CHECK(change(st, IM_GROUP_CREATE, "later", "yan", zed, 1, &seq) != MOSQ_ERR_SUCCESS);
+	st->ops->cached(st, &groups_cached);
+	CHECK_EQ(groups_cached, 0);
+	g = st->ops->group(st, "later", 5, &err);
+	CHECK(g && !strcmp(g->owner, "zed") && g->members.count == 1);
+	CHECK(seqs_whole(st, "g/later"));
+	CHECK_EQ(timeline(st, "g/later", false)->head, 1);
+	/* Lists, in name order (bytewise). */
+	CHECK_EQ(change(st, IM_GROUP_CREATE, "Aardvark", "alice", NULL, 0, &seq), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->groups_of(st, "alice", name_row, &nm), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(nm.n, 2);
+	CHECK_STR(nm.v[0], "Aardvark");
+	CHECK_STR(nm.v[1], "room");
+	CHECK_EQ(st->ops->each_group(st, group_row, &all), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(all.n, 3);
+	CHECK_STR(all.name[0], "Aardvark");
+	CHECK_EQ(all.members[0], 1);
+	CHECK_STR(all.name[2], "room");
+	CHECK_STR(all.owner[2], "alice");
+	CHECK_EQ(all.members[2], 1);
+	if(!reopen(st)) return;
+	g = st->ops->group(st, "room", 4, &err);
+	CHECK(g && !strcmp(g->owner, "alice") && g->members.count == 1 && im_map__get(&g->members, "alice", 5));
+}
+
+struct pairs { int n; char v[8][40]; };
+
+static enum im_row pair_row(void *ctx, const char *w, const char *r)
+{
+	struct pairs *p = ctx;
+
+	if(p->n < 8) snprintf(p->v[p->n++], sizeof(p->v[0]), "%s>%s", w, r);
+	return IM_ROW_NEXT;
+}
+
+static void contacts(struct im__store *st)
+{
+	struct pairs p = {0};
+	bool first = false;
+
+	CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->wrote(st, "alice", "bob", &first), MOSQ_ERR_SUCCESS);
+	CHECK(first);
+	CHECK_EQ(st->ops->wrote(st, "alice", "bob", &first), MOSQ_ERR_SUCCESS);
+	CHECK(!first);
+	CHECK_EQ(st->ops->commit(st, 0), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->each_wrote(st, pair_row, &p), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(p.n, 1);
+	CHECK_STR(p.v[0], "alice>bob"); /* directed */
+	/* Stored, not only remembered. */
+	if(!reopen(st)) return;
+	CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->wrote(st, "alice", "bob", &first), MOSQ_ERR_SUCCESS);
+	CHECK(!first);
+	CHECK_EQ(st->ops->commit(st, 0), MOSQ_ERR_SUCCESS);
+}
+
+/* What the store says about itself: made once, read at every open;
+ * applied_lsn moves with a commit that names one; a renewed id is written
+ * by the next commit, not before. */
+static void identity(struct im__store *st)
+{
+	uint64_t id = st->store_id;
+	uint8_t key[16];
+
+	memcpy(key, st->frame_key, sizeof(key));
+	CHECK_STR(st->ops->name, be->name);
+	CHECK(st->created);
+	CHECK(id != 0);
+	CHECK_EQ(st->applied_lsn, 0);
+	CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->commit(st, 100), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->applied_lsn, 100);
+	CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->commit(st, 0), MOSQ_ERR_SUCCESS); /* 0 keeps */
+	CHECK_EQ(st->applied_lsn, 100);
+	CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+	st->ops->rollback(st);
+	if(!reopen(st)) return;
+	CHECK(!st->created);
+	CHECK_EQ(st->store_id, id);
+	CHECK(memcmp(st->frame_key, key, sizeof(key)) == 0);
+	CHECK_EQ(st->applied_lsn, 100);
+	CHECK_EQ(im_store__renew_id(st), MOSQ_ERR_SUCCESS);
+	CHECK(st->store_id != id);
+	if(!reopen(st)) return;
+	CHECK_EQ(st->store_id, id); /* no commit: not written */
+	CHECK_EQ(im_store__renew_id(st), MOSQ_ERR_SUCCESS);
+	id = st->store_id;
+	CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->commit(st, 101), MOSQ_ERR_SUCCESS);
+	if(!reopen(st)) return;
+	CHECK_EQ(st->store_id, id);
+	CHECK_EQ(st->applied_lsn, 101);
+	CHECK(memcmp(st->frame_key, key, sizeof(key)) == 0);
+}
+
+struct marks { int n; char user[8][IM_NAME_MAX + 1]; uint64_t seq[8]; };
+
+static enum im_row mark_row(void *ctx, const char *user, uint64_t seq)
+{
+	struct marks *k = ctx;
+
+	if(k->n < 8){
+		snprintf(k->user[k->n], IM_NAME_MAX + 1, "%s", user);
+		k->seq[k->n++] = seq;
+	}
+	return IM_ROW_NEXT;
+}
+
+/* The list's entries; only: just that one ("u/<peer>" or "g/<group>"). */
+struct convs { const char *only; int n; char name[8][IM_TL_MAX + 1]; uint64_t last_seq[8], unread[8], peer_read[8];
+	int64_t ts[8]; char preview[8][32]; };
+
+static enum im_row conv_row(void *ctx, const struct im__conv *c)
+{
+	struct convs *k = ctx;
+	char name[IM_TL_MAX + 1];
+
+	snprintf(name, sizeof(name), "%c/%s", c->kind, c->name);
+	if(k->n < 8 && (k->only == NULL || !strcmp(name, k->only))){
+		snprintf(k->name[k->n], sizeof(k->name[0]), "%s", name);
+		snprintf(k->preview[k->n], sizeof(k->preview[0]), "%s", c->preview ? c->preview : "(none)");
+		k->last_seq[k->n] = c->last_seq;
+		k->unread[k->n] = c->unread;
+		k->peer_read[k->n] = c->peer_read;
+		k->ts[k->n] = c->last_ts;
+		k->n++;
+	}
+	return IM_ROW_NEXT;
+}
+
+static long long unread(struct im__store *st, const char *owner, const char *tl)
+{
+	struct convs k = {.only = tl};
+
+	if(st->ops->conversations(st, owner, 100, 0, NULL, conv_row, &k) != MOSQ_ERR_SUCCESS || k.n != 1) return -1;
+	return (long long)k.unread[0];
+}
+
+/* Each row of a DM names the other's seq, the copy flag telling which is
+ * which. */
+static bool paired(struct im__store *st, const char *tl, const char *other, uint64_t seq)
+{
+	struct im__msg_ref r, o;
+	bool found, found_o;
+
+	if(st->ops->lookup(st, timeline(st, tl, false), seq, &found, &r) != MOSQ_ERR_SUCCESS || !found) return false;
+	if(st->ops->lookup(st, timeline(st, other, false), r.peer_seq, &found_o, &o) != MOSQ_ERR_SUCCESS || !found_o) return false;
+	return o.peer_seq == seq && o.copy != r.copy && !strcmp(o.sender, r.sender);
+}
+
+static void conversations(struct im__store *st)
+{
+	struct im__tl *carl, *dora;
+	struct im__appended d, d2;
+	struct im__msg_ref ref;
+	struct im__msg m;
+	struct collect c;
+	struct marks k = {0};
+	struct convs cv = {0};
+	struct names peers = {0};
+	const char *names[] = {"u/carl", "u/dora"};
+	const bool create[] = {true, true};
+	char *carl_in[] = {"carl"};
+	uint64_t before, after, seq;
+	bool found, yes, more;
+	int i;
+
+	carl = timeline(st, "u/carl", true);
+	dora = timeline(st, "u/dora", true);
+	CHECK(carl && dora);
+	if(!carl || !dora) return;
+	m = msg("dora", "u/carl", "dc-1", "hello carl");
+	CHECK_EQ(append(st, carl, dora, &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK(d.seq == 1 && d.own_seq == 1);
+	/* Two in one batch, the timelines prelocked as the worker does where
+	 * the backend has several writers. */
+	CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+	if(st->ops->prelock) CHECK_EQ(st->ops->prelock(st, names, create, 2), MOSQ_ERR_SUCCESS);
+	m = msg("carl", "u/dora", "cd-1", "hi dora");
+	CHECK_EQ(st->ops->append(st, dora, carl, &m, &d), MOSQ_ERR_SUCCESS);
+	m = msg("dora", "u/carl", "dc-2", "how are you");
+	m.flags = COMPRESSED; /* claimed only: the store keeps bodies as given */
+	CHECK_EQ(st->ops->append(st, carl, dora, &m, &d2), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->commit(st, 0), MOSQ_ERR_SUCCESS);
+	CHECK(d.seq == 2 && d.own_seq == 2 && d2.seq == 3 && d2.own_seq == 3);
+	for(i = 1; i <= 3; i++) CHECK(paired(st, "u/carl", "u/dora", (uint64_t)i) && paired(st, "u/dora", "u/carl", (uint64_t)i));
+	/* dedup and lookup. */
+	CHECK_EQ(st->ops->dedup(st, "dora", "dc-2", &d), MOSQ_ERR_SUCCESS);
+	CHECK(d.duplicate && d.seq == 3 && d.own_seq == 3 && !strcmp(d.timeline, "u/carl"));
+	CHECK_EQ(st->ops->dedup(st, "dora", "nope", &d), MOSQ_ERR_SUCCESS);
+	CHECK(!d.duplicate);
+	CHECK_EQ(st->ops->lookup(st, carl, 3, &found, &ref), MOSQ_ERR_SUCCESS);
+	CHECK(found && !strcmp(ref.sender, "dora") && ref.peer_seq == 3 && ref.copy == 0 && ref.flags == COMPRESSED);
+	CHECK_EQ(st->ops->lookup(st, dora, 3, &found, &ref), MOSQ_ERR_SUCCESS);
+	CHECK(found && ref.copy == 1 && ref.peer_seq == 3);
+	CHECK_EQ(st->ops->lookup(st, carl, 99, &found, &ref), MOSQ_ERR_SUCCESS);
+	CHECK(!found);
+
+	/* An edit: the new body, flagged edited (compressed cleared); its
+	 * event row names the message (ref_seq), read back by range. */
+	CHECK_EQ(amend(st, "u/carl", 3, "how are you?", EDITED), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->lookup(st, carl, 3, &found, &ref), MOSQ_ERR_SUCCESS);
+	CHECK(found && ref.flags == EDITED);
+	m = msg("dora", "u/carl", "dc-2e", "how are you?");
+	m.flags = EDIT;
+	m.ref_seq = 3;
+	m.own_ref_seq = 3;
+	CHECK_EQ(append(st, carl, dora, &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK(d.seq == 4 && d.own_seq == 4);
+	CHECK_EQ(range(st, dora, 3, 10, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK(c.n == 1 && c.seqs[0] == 4 && c.refs[0] == 3);
+	CHECK_EQ(range(st, carl, 2, 10, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK(c.n == 2 && !strcmp(c.bodies[0], "how are you?") && !strcmp(c.bodies[1], "how are you?") && c.refs[1] == 3);
+	/* A recall erases the body and its edits' bodies, and nothing else. */
+	CHECK_EQ(amend(st, "u/carl", 3, NULL, RECALLED), MOSQ_ERR_SUCCESS);
+	st->ops->scrub(st);
+	CHECK_EQ(range(st, carl, 0, 10, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK(c.n == 4 && !strcmp(c.bodies[0], "hello carl") && !strcmp(c.bodies[2], "") && !strcmp(c.bodies[3], ""));
+	for(i = 3; i <= 4; i++){
+		CHECK_EQ(st->ops->lookup(st, carl, (uint64_t)i, &found, &ref), MOSQ_ERR_SUCCESS);
+		CHECK(found && (ref.flags & RECALLED));
+	}
+
+	/* note_last, in seq order as one writer notes: unread adds up. */
+	CHECK_EQ(note(st, "carl", "dora", 1, 1000, "dora", "hello carl", 1), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(note(st, "dora", "carl", 2, 2000, "carl", NULL, 1), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(note(st, "carl", "dora", 3, 3000, "dora", "how are you", 1), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(note(st, NULL, "room", 3, 2500, "bob", "in the room", 0), MOSQ_ERR_SUCCESS);
+	cv.only = "u/dora";
+	CHECK_EQ(st->ops->conversations(st, "carl", 100, 0, NULL, conv_row, &cv), MOSQ_ERR_SUCCESS);
+	CHECK(cv.n == 1 && cv.unread[0] == 2 && cv.last_seq[0] == 3 && cv.ts[0] == 3000 && !strcmp(cv.preview[0], "how are you"));
+	CHECK_EQ(st->ops->has_conv(st, "carl", "dora", &yes), MOSQ_ERR_SUCCESS);
+	CHECK(yes);
+	CHECK_EQ(st->ops->has_conv(st, "carl", "zoe", &yes), MOSQ_ERR_SUCCESS);
+	CHECK(!yes);
+
+	/* Read marks: up only; in the own inbox the peers' messages now read
+	 * leave unread (dora's at seqs 1 and 3 of u/carl; 2 is carl's copy). */
+	CHECK_EQ(read_mark(st, "u/carl", "carl", 1, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	CHECK(before == 0 && after == 1 && peers.n == 1 && !strcmp(peers.v[0], "dora"));
+	CHECK_EQ(unread(st, "carl", "u/dora"), 1);
+	peers.n = 0;
+	CHECK_EQ(read_mark(st, "u/carl", "carl", 1, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	CHECK(before == 1 && after == 1 && peers.n == 0);
+	CHECK_EQ(read_mark(st, "u/carl", "carl", 4, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	CHECK(before == 1 && after == 4 && peers.n == 1);
+	CHECK_EQ(unread(st, "carl", "u/dora"), 0); /* 3 (the recalled one) and 4 (its edit) counted, never below 0 */
+	peers.n = 0;
+	CHECK_EQ(read_mark(st, "u/carl", "dora", 2, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	CHECK(before == 0 && after == 2 && peers.n == 0); /* not dora's inbox: no counts */
+	CHECK_EQ(read_mark(st, "u/dora", "dora", 4, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(unread(st, "dora", "u/carl"), 0);
+	CHECK_EQ(st->ops->reads_of(st, carl, NULL, mark_row, &k), MOSQ_ERR_SUCCESS);
+	CHECK(k.n == 2 && !strcmp(k.user[0], "carl") && k.seq[0] == 4 && !strcmp(k.user[1], "dora") && k.seq[1] == 2);
+	k.n = 0;
+	CHECK_EQ(st->ops->reads_of(st, carl, "dora", mark_row, &k), MOSQ_ERR_SUCCESS);
+	CHECK(k.n == 1 && k.seq[0] == 2);
+
+	/* The list: carl's conversation with dora and the group room (carl a
+	 * member), latest first, paged strictly before a (ts, timeline). */
+	CHECK_EQ(change(st, IM_GROUP_CREATE, "room", "bob", carl_in, 1, &seq), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(note(st, "carl", "eli", 9, 2500, "eli", "same ts", 1), MOSQ_ERR_SUCCESS);
+	memset(&cv, 0, sizeof(cv));
+	CHECK_EQ(st->ops->conversations(st, "carl", 10, 0, NULL, conv_row, &cv), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(cv.n, 3);
+	CHECK_STR(cv.name[0], "u/dora");
+	CHECK(cv.last_seq[0] == 3 && cv.unread[0] == 0 && cv.peer_read[0] == 4 && !strcmp(cv.preview[0], "how are you"));
+	CHECK_STR(cv.name[1], "u/eli");   /* ts 2500 both: "u/eli" > "g/room" */
+	CHECK_EQ(cv.peer_read[1], 0);
+	CHECK_STR(cv.name[2], "g/room");
+	CHECK(cv.last_seq[2] == 3 && cv.unread[2] == 3 && !strcmp(cv.preview[2], "in the room"));
+	memset(&cv, 0, sizeof(cv));
+	CHECK_EQ(st->ops->conversations(st, "carl", 1, 2500, "u/eli", conv_row, &cv), MOSQ_ERR_SUCCESS);
+	CHECK(cv.n == 1 && !strcmp(cv.name[0], "g/room"));
+	memset(&cv, 0, sizeof(cv));
+	CHECK_EQ(st->ops->conversations(st, "carl", 2, 0, NULL, conv_row, &cv), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(cv.n, 2);
+	CHECK_EQ(read_mark(st, "g/room", "carl", 2, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	memset(&cv, 0, sizeof(cv));
+	CHECK_EQ(st->ops->conversations(st, "carl", 10, 2500, "u/eli", conv_row, &cv), MOSQ_ERR_SUCCESS);
+	CHECK(cv.n == 1 && cv.unread[0] == 1);
+	CHECK(seqs_whole(st, "u/carl") && seqs_whole(st, "u/dora"));
+}
+
+static const struct { const char *name; void (*fn)(struct im__store *st); } tests[] = {
+	{"append_and_dedup", append_and_dedup},
+	{"timeline_rollback", timeline_rollback},
+	{"reopen_and_range", reopen_and_range},
+	{"cursors", cursors},
+	{"retention", retention},
+	{"encryption", encryption},
+	{"groups", groups},
+	{"contacts", contacts},
+	{"identity", identity},
+	{"conversations", conversations},
+};
+
+void store_suite(const struct store_backend *backend, int *checks, int *failed)
+{
+	struct im__store st;
+	size_t i;
+	int before;
+
+	be = backend;
+	for(i = 0; i < sizeof(tests) / sizeof(tests[0]); i++){
+		before = tap_failed;
+		be->fresh();
+		if(be->open(&st) == MOSQ_ERR_SUCCESS){
+			tests[i].fn(&st);
+			im_store__close(&st);
+		}else{
+			CHECK(!"the store opened");
+		}
+		if(tap_failed != before) fprintf(stderr, "# %s: %s failed\n", be->name, tests[i].name);
+	}
+	printf("# the store suite on %s: %zu tests, %d checks, %d failed\n", be->name, i, tap_checks, tap_failed);
+	*checks += tap_checks;
+	*failed += tap_failed;
+	tap_checks = tap_failed = 0;
+}
