@@ -43,7 +43,8 @@ Checks (exit status 1 if any fails, 2 on usage error, else 0):
     unless that path lies inside plugin/; otherwise, if a header of that
     basename exists under plugin/, the example uses a plugin header. Public
     headers match one of the --public globs (relative to plugin/, default
-    "codec/*.h"; "*" stays inside one folder, "**" spans folders).
+    codec/frame.h and base/limits.h; "*" stays inside one folder, "**"
+    spans folders).
 
 The last line of stdout is always
   layers: N modules, E edges, C circles, U upward calls (max M),
