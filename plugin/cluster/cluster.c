@@ -52,6 +52,7 @@
 #define OUT_MAX (64u << 20)     /* bytes queued for NATS before the oldest are dropped */
 #define POKE_QUIET_US 1000
 #define LOST_RESYNC_MS 5000     /* after NATS dropped messages: a whole check, at most this often */
+#define FORGET_EVERY_MS 1000    /* a group is read again at most this often, however many signs come */
 
 enum op_kind { OP_PUB, OP_SUB, OP_UNSUB };
 
@@ -68,6 +69,14 @@ struct op {
 struct ugroups {
 	size_t n, cap;
 	char **names;
+};
+
+/* [B] a group read again from the store lately (members()). */
+struct forget {
+	struct forget *next;    /* in the order they were read */
+	int64_t at_ms;          /* when (monotonic) */
+	bool again;             /* another sign came since: read it once more at at_ms + FORGET_EVERY_MS */
+	char group[];
 };
 
 struct im__cluster {
@@ -99,10 +108,15 @@ struct im__cluster {
 	int lost;                       /* atomic: NATS dropped messages for us */
 	int64_t drained_us;             /* atomic: when B last drained */
 	int64_t poked_us;               /* [N] */
+	pthread_mutex_t seen_mu;        /* [N] decoding: events taken lately */
+	struct im__cwire_seen seen;
 	/* [B] */
 	struct im__map interest;        /* timeline -> (void *)(intptr_t)count */
 	struct im__map ugroups;         /* user -> struct ugroups */
 	struct im__order order;         /* delivery in seq order (order.c) */
+	struct im__map forgets;         /* group -> struct forget */
+	struct forget *fhead, **ftail;
+	size_t forgets_owed;            /* of them, with again set */
 	int64_t resync_ms;              /* the last whole check */
 	struct im__buf wbuf;            /* [W] encoding */
 	struct im__buf bbuf;            /* [B] encoding */
@@ -346,8 +360,10 @@ static void on_msg(natsConnection *nc, natsSubscription *sub, natsMsg *msg, void
 
 	(void)nc;
 	(void)sub;
+	pthread_mutex_lock(&c->seen_mu);
 	d = im_cwire__decode(c->frame_key, natsMsg_GetSubject(msg), natsMsg_GetData(msg),
-			(size_t)natsMsg_GetDataLength(msg), c->cfg->prefix);
+			(size_t)natsMsg_GetDataLength(msg), c->cfg->prefix, im_now_ms(), &c->seen);
+	pthread_mutex_unlock(&c->seen_mu);
 	natsMsg_Destroy(msg);
 	if(d == NULL){
 		IM_STAT_ADD(c->metrics->cluster_rejected, 1);
@@ -377,7 +393,7 @@ void im_cluster__ship(struct im__cluster *c, uint64_t store_id, const uint8_t ke
 		if(d->remote || d->repair) continue;
 		if(d->kind == IM_DONE_FRAME){
 			if(im_cwire__subject(subject, sizeof(subject), c->root, d->timeline) == 0) continue;
-			n = im_cwire__frame(&c->wbuf, key, subject, d);
+			n = im_cwire__frame(&c->wbuf, key, subject, d, im_now_ms());
 		}else if(d->kind == IM_DONE_MEMBERS && d->group_op != IM_GROUP_SET){
 			snprintf(subject, sizeof(subject), "%s", c->ctl);
 			n = im_cwire__members(&c->wbuf, key, subject, d->group, d->group_op, d->owner, d->users, d->n_users);
@@ -402,7 +418,7 @@ void im_cluster__event(struct im__cluster *c, const char *tl, const void *frame,
 	d.event = true;
 	d.payload = frame;
 	d.len = len;
-	n = im_cwire__frame(&c->bbuf, c->frame_key, subject, &d);
+	n = im_cwire__frame(&c->bbuf, c->frame_key, subject, &d, im_now_ms());
 	if(n && (o = op_new(OP_PUB, subject, NULL, c->bbuf.data, n)) != NULL) enqueue(c, o);
 }
 
@@ -532,21 +548,69 @@ void im_cluster__repaired(struct im__cluster *c, const char *tl, uint64_t reache
 
 /* ---- B: the tick ---- */
 
+static void read_group(struct im__cluster *c, const char *group)
+{
+	struct im__job *j;
+
+	mosquitto_log_printf(MOSQ_LOG_DEBUG, "im: cluster: group %s changed on another broker; reading its members from the store.", group);
+	if((j = im_job__new(IM_JOB_FORGET, 0, NULL, "forget", NULL, NULL, 0)) != NULL){
+		snprintf(j->u.forget.group, sizeof(j->u.forget.group), "%s", group);
+		im_worker__submit(c->worker, j);
+	}
+}
+
+static void forget_queue(struct im__cluster *c, struct forget *f, int64_t now)
+{
+	f->at_ms = now;
+	f->again = false;
+	f->next = NULL;
+	*c->ftail = f;
+	c->ftail = &f->next;
+}
+
 /* Another broker changed a group. Its message is taken as a sign, not
  * as the change: the worker drops its cached copy and reads the members
  * from the store, and this broker's view follows that ("set"). A message
  * replayed on NATS (the MAC proves its origin, not its age) then cannot
- * put a removed member back. */
+ * put a removed member back; and however many signs come, replayed or
+ * not, a group is read at most once per FORGET_EVERY_MS: a sign within
+ * that time is answered by one more reading at its end. */
 static void members(struct im__cluster *c, struct im__done *d)
 {
-	struct im__job *j;
+	size_t len = strlen(d->group);
+	struct forget *f = im_map__get(&c->forgets, d->group, len);
 
-	mosquitto_log_printf(MOSQ_LOG_DEBUG, "im: cluster: group %s changed on another broker; reading its members from the store.", d->group);
-	if((j = im_job__new(IM_JOB_FORGET, 0, NULL, "forget", NULL, NULL, 0)) != NULL){
-		snprintf(j->u.forget.group, sizeof(j->u.forget.group), "%s", d->group);
-		im_worker__submit(c->worker, j);
+	if(f){
+		if(!f->again) c->forgets_owed++;
+		f->again = true;
+		free(d);
+		return;
+	}
+	read_group(c, d->group);
+	if((f = im_calloc(1, sizeof(*f) + len + 1)) != NULL){
+		memcpy(f->group, d->group, len + 1);
+		if(im_map__put(&c->forgets, f->group, len, f) == MOSQ_ERR_SUCCESS) forget_queue(c, f, im_mono_us() / 1000);
+		else free(f);
 	}
 	free(d);
+}
+
+static void forget_tick(struct im__cluster *c)
+{
+	int64_t now = im_mono_us() / 1000;
+	struct forget *f;
+
+	while((f = c->fhead) != NULL && now - f->at_ms >= FORGET_EVERY_MS){
+		if((c->fhead = f->next) == NULL) c->ftail = &c->fhead;
+		if(f->again){
+			c->forgets_owed--;
+			read_group(c, f->group);
+			forget_queue(c, f, now);
+		}else{
+			im_map__del(&c->forgets, f->group, strlen(f->group));
+			free(f);
+		}
+	}
 }
 
 static void resync(struct im__cluster *c)
@@ -594,12 +658,13 @@ void im_cluster__tick(struct im__cluster *c, int64_t now)
 			else if(!im_cluster__deliver(c, d)) free(d);
 		}
 	}
+	forget_tick(c);
 	im_order__tick(&c->order, now);
 }
 
 bool im_cluster__busy(const struct im__cluster *c)
 {
-	return c && im_order__busy(&c->order);
+	return c && (im_order__busy(&c->order) || c->forgets_owed);
 }
 
 /* ---- start and stop ---- */
@@ -690,11 +755,13 @@ int im_cluster__init(const struct im__config *cfg, struct im__metrics *metrics, 
 	c->hooks = *hooks;
 	c->otail = &c->ohead;
 	c->itail = &c->ihead;
+	c->ftail = &c->fhead;
 	im_order__init(&c->order, &(struct im__order_hooks){.ctx = c, .publish = order_publish, .repair = order_repair,
 			.heard = order_heard}, metrics);
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_cond_init(&c->cv, NULL);
 	pthread_mutex_init(&c->in_mu, NULL);
+	pthread_mutex_init(&c->seen_mu, NULL);
 	if(split_servers(c, cfg->nats_servers) != MOSQ_ERR_SUCCESS){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "im: plugin_opt_nats_servers: expected a comma-separated list of NATS URLs (nats://[user:password@]host[:port], or tls://).");
 		im_cluster__stop(c);
@@ -771,6 +838,8 @@ void im_cluster__stop(struct im__cluster *c)
 	}
 	im_map__free(&c->interest, NULL);
 	im_map__free(&c->ugroups, free_ugroups);
+	im_map__free(&c->forgets, free);
+	im_cwire__seen_free(&c->seen);
 	im_order__free(&c->order);
 	im_buf__free(&c->wbuf);
 	im_buf__free(&c->bbuf);
@@ -779,5 +848,6 @@ void im_cluster__stop(struct im__cluster *c)
 	pthread_mutex_destroy(&c->mu);
 	pthread_cond_destroy(&c->cv);
 	pthread_mutex_destroy(&c->in_mu);
+	pthread_mutex_destroy(&c->seen_mu);
 	free(c);
 }

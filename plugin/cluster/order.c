@@ -4,7 +4,14 @@
  * broker hears it keeps the last seq delivered; a frame after a gap is
  * held until the gap closes by itself or a repair from the store brings
  * what is missing; a timeline gone quiet is checked against the store once
- * (was its last message lost?), and forgotten later.
+ * (was its last message lost?), and forgotten later if this broker no
+ * longer hears it.
+ *
+ * What a frame from NATS proves is its origin (the MAC), not its age: a
+ * frame recorded on the NATS network may be replayed at any time. It is
+ * delivered only if its seq is past what this broker delivered: so the
+ * state of a timeline this broker hears is kept for as long as it hears
+ * it, and a frame from NATS for a timeline it does not hear is dropped.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -190,6 +197,13 @@ void im_order__deliver(struct im__order *o, struct im__done *d, int64_t now)
 	 * checked against the store later) for it. */
 	e = im_map__get(&o->tls, d->timeline, strlen(d->timeline));
 	if(e == NULL && !d->repair && !o->hooks.heard(o->hooks.ctx, d->timeline)){
+		/* From NATS, though: it was sent before this broker stopped
+		 * hearing tl (nobody here wants it now), or it is a replay. */
+		if(d->remote){
+			IM_STAT_ADD(o->metrics->cluster_duplicates, 1);
+			free(d);
+			return;
+		}
 		publish(o, d);
 		return;
 	}
@@ -354,8 +368,17 @@ void im_order__tick(struct im__order *o, int64_t now)
 		e->idle_ms = now;
 		append_list(o, e, 2);
 	}
-	/* And those quiet for long are forgotten. */
-	while((e = o->idle.head) != NULL && now - e->idle_ms >= IDLE_FORGET_MS && !e->repairing && !e->in_gaps) forget(o, e);
+	/* And those quiet for long are forgotten, once this broker no longer
+	 * hears them (an old frame replayed later would open a new state and
+	 * be delivered again); the others are looked at again later. */
+	while((e = o->idle.head) != NULL && now - e->idle_ms >= IDLE_FORGET_MS && !e->repairing && !e->in_gaps){
+		if(o->hooks.heard(o->hooks.ctx, e->name)){
+			e->idle_ms = now;
+			append_list(o, e, 2);
+		}else{
+			forget(o, e);
+		}
+	}
 }
 
 bool im_order__busy(const struct im__order *o)

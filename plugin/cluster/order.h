@@ -17,7 +17,7 @@
 
 #define GAP_GRACE_MS 20         /* a gap may close by itself (two paths through NATS) */
 #define TAIL_CHECK_MS 1000      /* after a timeline went quiet: was its last message lost? */
-#define IDLE_FORGET_MS (10 * 60 * 1000) /* then its state goes */
+#define IDLE_FORGET_MS (10 * 60 * 1000) /* then its state goes, once no longer heard */
 #define HOLD_MAX 1024           /* frames held per timeline while a gap is open */
 #define CHECKS_PER_TICK 256
 #define REPAIR_RETRY_MS 500
@@ -57,7 +57,8 @@ void im_order__init(struct im__order *o, const struct im__order_hooks *hooks, st
 /* Frees every state and held frame. */
 void im_order__free(struct im__order *o);
 /* A FRAME completion, local or remote: published at once, later or never
- * (a duplicate). Takes d. */
+ * (a duplicate, or from NATS for a timeline this broker does not hear).
+ * Takes d. */
 void im_order__deliver(struct im__order *o, struct im__done *d, int64_t now_ms);
 /* This broker starts to hear tl: live delivery starts at the store's head. */
 void im_order__anchor(struct im__order *o, const char *tl);
@@ -68,7 +69,8 @@ void im_order__repaired(struct im__order *o, const char *tl, uint64_t reached, b
 void im_order__subscribed(struct im__order *o, const char *tl, int64_t now_ms);
 /* Messages may have been lost on NATS: every timeline is checked again. */
 void im_order__resync(struct im__order *o);
-/* Repairs gaps past their grace, checks quiet timelines, forgets idle ones. */
+/* Repairs gaps past their grace, checks quiet timelines, forgets idle ones
+ * no longer heard. */
 void im_order__tick(struct im__order *o, int64_t now_ms);
 /* Gaps open or checks due: the tick should come soon. */
 bool im_order__busy(const struct im__order *o);

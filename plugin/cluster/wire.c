@@ -16,9 +16,21 @@
  * which only the brokers know (it lives in the shared store): whoever can
  * publish on the NATS server still cannot make a broker deliver anything,
  * and a message replayed onto another subject does not verify.
- *   FRAME   u64 seq | u32 expiry_s | u8 event | timeline | sender | cmid |
- *           ctype | payload
+ *   FRAME   u64 seq | u32 expiry_s | u8 event (0) | timeline | sender |
+ *           cmid | ctype | payload
+ *   EVENT   u64 sent_ms | the FRAME fields, with seq 0 and event 1
  *   MEMBERS group | op | owner | u16 n | n × user
+ *
+ * The MAC proves who wrote a message, not when; what a replay could do is
+ * bounded by each type on its own. A FRAME carries its seq: the receiver's
+ * ordering (order.c) drops what it delivered already. A MEMBERS message is
+ * only a sign to read the group from the store (cluster.c). An EVENT
+ * (typing, read marks) has neither, so it carries the sender's wall clock
+ * (sent_ms): it is taken only within IM_CWIRE_FRESH_MS of the receiver's
+ * clock, and only once (a repeat has the same MAC; the receiver keeps the
+ * MACs it took for as long as they could be fresh). Events once went as a
+ * FRAME with the event flag set and no time: refused now, like any type
+ * a receiver does not know (a broker of that release refuses EVENT).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +40,7 @@
 #include <mosquitto_broker.h>
 
 #include "base/defs.h"
+#include "base/map.h"
 #include "base/siphash.h"
 #include "base/util.h"
 #include "cluster/wire.h"
@@ -121,13 +134,15 @@ static size_t finish(struct wr *w, const uint8_t key[16], const char *subject)
 	return w->oom ? 0 : w->n;
 }
 
-size_t im_cwire__frame(struct im__buf *b, const uint8_t key[16], const char *subject, const struct im__done *d)
+size_t im_cwire__frame(struct im__buf *b, const uint8_t key[16], const char *subject, const struct im__done *d,
+		int64_t now_ms)
 {
 	struct wr w = {b, 0, false};
 
 	if(d->len > UINT32_MAX) return 0;
 	put_le(&w, WIRE_VERSION, 1);
-	put_le(&w, IM_CWIRE_FRAME, 1);
+	put_le(&w, d->event ? IM_CWIRE_EVENT : IM_CWIRE_FRAME, 1);
+	if(d->event) put_le(&w, (uint64_t)now_ms, 8);
 	put_le(&w, d->seq, 8);
 	put_le(&w, d->expiry_s, 4);
 	put_le(&w, d->event ? 1 : 0, 1);
@@ -219,7 +234,8 @@ static const char *take(struct im__done *d, size_t *used, const char *s, size_t 
 	return out;
 }
 
-static struct im__done *decode_frame(struct rd *r, const char *prefix)
+/* A FRAME's fields; event: what the type says the flag must be. */
+static struct im__done *decode_frame(struct rd *r, const char *prefix, bool event_type)
 {
 	const char *tl, *sender, *cmid, *ctype;
 	size_t tl_len, sender_len, cmid_len, ctype_len, plen, used = 0, topic_len;
@@ -235,7 +251,7 @@ static struct im__done *decode_frame(struct rd *r, const char *prefix)
 	get_str(r, &cmid, &cmid_len);
 	get_str(r, &ctype, &ctype_len);
 	len = get_le(r, 4);
-	if(r->bad || tl == NULL || tl_len > IM_TL_MAX || len != r->left) return NULL;
+	if(r->bad || tl == NULL || tl_len > IM_TL_MAX || len != r->left || event != event_type) return NULL;
 	plen = (size_t)len;
 	memcpy(tlbuf, tl, tl_len);
 	tlbuf[tl_len] = '\0';
@@ -314,8 +330,65 @@ static struct im__done *decode_members(struct rd *r)
 	return d;
 }
 
+/* ---- events: fresh, and once ---- */
+
+#define SEEN_GEN_MS (2 * IM_CWIRE_FRESH_MS)
+
+void im_cwire__seen_free(struct im__cwire_seen *s)
+{
+	im_map__free(&s->gen[0], NULL);
+	im_map__free(&s->gen[1], NULL);
+	s->rotated_ms = 0;
+}
+
+/* An event taken at now was sent at most IM_CWIRE_FRESH_MS ahead of now,
+ * so a replay of it is fresh until 2 × IM_CWIRE_FRESH_MS after now at the
+ * latest: its MAC must be kept that long. The current generation is at
+ * most SEEN_GEN_MS old (rotation is checked before each entry is added),
+ * so what the previous one holds is older than SEEN_GEN_MS when it goes. */
+static void seen_rotate(struct im__cwire_seen *s, int64_t now)
+{
+	if(now - s->rotated_ms < SEEN_GEN_MS) return;
+	im_map__free(&s->gen[1], NULL);
+	if(now - s->rotated_ms < 2 * SEEN_GEN_MS){
+		s->gen[1] = s->gen[0];
+	}else{
+		im_map__free(&s->gen[0], NULL);
+	}
+	memset(&s->gen[0], 0, sizeof(s->gen[0]));
+	s->rotated_ms = now;
+}
+
+/* Records mac; false if it was there (a replay) or cannot be recorded. */
+static bool seen_once(struct im__cwire_seen *s, uint64_t mac, int64_t now)
+{
+	char k[MAC_LEN];
+	int i;
+
+	for(i = 0; i < MAC_LEN; i++) k[i] = (char)(mac >> (8 * i));
+	seen_rotate(s, now);
+	if(im_map__get(&s->gen[0], k, MAC_LEN) || im_map__get(&s->gen[1], k, MAC_LEN)) return false;
+	return im_map__put(&s->gen[0], k, MAC_LEN, (void *)1) == MOSQ_ERR_SUCCESS;
+}
+
+static struct im__done *decode_event(struct rd *r, const char *prefix, uint64_t mac, int64_t now,
+		struct im__cwire_seen *seen)
+{
+	uint64_t sent = get_le(r, 8);
+	struct im__done *d;
+
+	if(r->bad || sent > (uint64_t)INT64_MAX) return NULL;
+	if(now - (int64_t)sent > IM_CWIRE_FRESH_MS || (int64_t)sent - now > IM_CWIRE_FRESH_MS) return NULL;
+	if((d = decode_frame(r, prefix, true)) == NULL) return NULL;
+	if(!seen_once(seen, mac, now)){
+		free(d);
+		return NULL;
+	}
+	return d;
+}
+
 struct im__done *im_cwire__decode(const uint8_t key[16], const char *subject, const void *data, size_t len,
-		const char *prefix)
+		const char *prefix, int64_t now_ms, struct im__cwire_seen *seen)
 {
 	const uint8_t *p = data;
 	struct rd r;
@@ -330,7 +403,8 @@ struct im__done *im_cwire__decode(const uint8_t key[16], const char *subject, co
 	r.bad = false;
 	if(p[0] != WIRE_VERSION) return NULL;
 	switch(p[1]){
-		case IM_CWIRE_FRAME: return decode_frame(&r, prefix);
+		case IM_CWIRE_FRAME: return decode_frame(&r, prefix, false);
+		case IM_CWIRE_EVENT: return decode_event(&r, prefix, mac, now_ms, seen);
 		case IM_CWIRE_MEMBERS: return decode_members(&r);
 		default: return NULL;
 	}

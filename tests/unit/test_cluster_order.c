@@ -1,7 +1,7 @@
 /* Cluster delivery in seq order (cluster/order.c) without NATS or a
  * broker: frames in and out of order, duplicates, gaps that close by
  * themselves or by a repair, the hold's bound, anchoring a newly heard
- * timeline, tail checks and forgetting. The clock is the test's. */
+ * timeline, tail checks and forgetting, replays. The clock is the test's. */
 #include <stdarg.h>
 #include <stdlib.h>
 
@@ -450,15 +450,63 @@ static void tail_check_and_forget(void)
 	im_order__tick(&o, checked + 2 * TAIL_CHECK_MS);
 	CHECK_EQ(h.n_rep, 1);
 	CHECK_EQ(o.tls.count, 1);
-	im_order__tick(&o, checked + IDLE_FORGET_MS - 1);
-	CHECK_EQ(o.tls.count, 1);
+	/* Quiet for long, but still heard here: kept. */
 	im_order__tick(&o, checked + IDLE_FORGET_MS);
+	CHECK_EQ(o.tls.count, 1);
+	/* No longer heard (its users went): forgotten, IDLE_FORGET_MS after it
+	 * was last looked at. */
+	h.heard[0] = NULL;
+	im_order__tick(&o, checked + 2 * IDLE_FORGET_MS - 1);
+	CHECK_EQ(o.tls.count, 1);
+	im_order__tick(&o, checked + 2 * IDLE_FORGET_MS);
 	CHECK_EQ(o.tls.count, 0);
-	/* Forgotten: the next frame is a first sight, no gap. */
-	in(&o, "u/a", 30, checked + IDLE_FORGET_MS + 1);
+	/* Forgotten: the next frame (the broker's own) goes out as it comes,
+	 * no gap. */
+	in(&o, "u/a", 30, checked + 2 * IDLE_FORGET_MS + 1);
 	CHECK(published(4, S(6), S(7), S(8), S(30)));
-	im_order__tick(&o, checked + IDLE_FORGET_MS + 1 + GAP_GRACE_MS);
+	im_order__tick(&o, checked + 2 * IDLE_FORGET_MS + 1 + GAP_GRACE_MS);
 	CHECK_EQ(h.n_rep, 1);
+	im_order__free(&o);
+}
+
+/* What NATS brings proves its origin, not its age: an old frame replayed
+ * is never delivered again, even after a long quiet while a user still
+ * hears the timeline (its state stays), nor once nobody here hears it. */
+static void replayed_after_quiet(void)
+{
+	struct im__order o;
+	struct im__done *d;
+	int64_t t = T0;
+
+	setup(&o);
+	in(&o, "u/a", 6, t);
+	in(&o, "u/a", 7, t);
+	im_order__tick(&o, t + TAIL_CHECK_MS);
+	im_order__repaired(&o, "u/a", 7, true, false, t + TAIL_CHECK_MS + 1);
+	CHECK(published(2, S(6), S(7)));
+	for(t = T0 + TAIL_CHECK_MS; t <= T0 + 3 * IDLE_FORGET_MS; t += IDLE_FORGET_MS / 4) im_order__tick(&o, t);
+	d = frame("u/a", 7, false);
+	d->remote = true;
+	im_order__deliver(&o, d, t);
+	d = frame("u/a", 6, false);
+	d->remote = true;
+	im_order__deliver(&o, d, t);
+	CHECK(published(2, S(6), S(7)));
+	/* A new message still follows. */
+	in(&o, "u/a", 8, t);
+	CHECK(published(3, S(6), S(7), S(8)));
+	/* Nobody here hears u/a any more: its state goes, and a frame from
+	 * NATS for it (a late one, or a replay) is dropped. */
+	h.heard[0] = NULL;
+	im_order__tick(&o, t + TAIL_CHECK_MS);
+	im_order__repaired(&o, "u/a", 8, true, false, t + TAIL_CHECK_MS + 1);
+	im_order__tick(&o, t + TAIL_CHECK_MS + IDLE_FORGET_MS);
+	CHECK_EQ(o.tls.count, 0);
+	d = frame("u/a", 7, false);
+	d->remote = true;
+	im_order__deliver(&o, d, t + TAIL_CHECK_MS + IDLE_FORGET_MS + 1);
+	CHECK(published(3, S(6), S(7), S(8)));
+	CHECK_EQ(o.tls.count, 0);
 	im_order__free(&o);
 }
 
@@ -532,6 +580,7 @@ int main(void)
 	anchoring_retry();
 	not_heard();
 	tail_check_and_forget();
+	replayed_after_quiet();
 	resync_and_subscribed();
 	events();
 	return TAP_DONE();
