@@ -94,21 +94,52 @@ const char *im_auth__check_jwt(const struct im__config *cfg, const char *token, 
 	return why;
 }
 
+/* The last login that passed the guard. Mosquitto takes over the session
+ * of the same client id only after every login check passed, from the
+ * same call: it ends the old session as a clean one (whatever it was),
+ * and the DISCONNECT of that one comes before any other login. Kept for
+ * the process (logins come one at a time, on the broker thread). */
+static struct {
+	const struct mosquitto *client;         /* compared, never followed */
+	uint32_t id_hash;
+	size_t id_len;
+} last_login;
+
+bool im_auth__replaced(const struct mosquitto *client, const char *id)
+{
+	size_t len = strlen(id);
+
+	if(last_login.client == NULL || client == last_login.client || len != last_login.id_len
+			|| im_map__hash(id, len) != last_login.id_hash){
+		return false;
+	}
+	last_login.client = NULL;
+	return true;
+}
+
 /* client_id_guard: a client id belongs to the first user seen with it (at
  * its first subscription or publish on an IM topic, or a token login),
- * for as long as the broker runs. Someone else connecting with it would
- * take over that session: disconnect its owner and, with a persistent
- * session, destroy the owner's queued messages. */
+ * for as long as the broker runs, connected or not. Someone else
+ * connecting with it would take over that session: disconnect its owner
+ * and, with a persistent session, destroy the owner's queued messages.
+ * Refused here, at the login: Mosquitto takes a session over only after. */
 static bool guard_ok(struct im__plugin *p, const struct mosquitto_evt_basic_auth *ed)
 {
 	const char *id = mosquitto_client_id(ed->client);
 	const struct im__client *c;
 
-	if(!p->cfg.client_id_guard || id == NULL || (c = im_map__get(&p->clients, id, strlen(id))) == NULL) return true;
-	if(c->owner[0] == '\0' || (ed->username && !strcmp(c->owner, ed->username))) return true;
-	mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: refused login of \"%s\" from %s: client id \"%s\" belongs to another user (plugin_opt_client_id_guard).",
-			ed->username ? ed->username : "", mosquitto_client_address(ed->client), id);
-	return false;
+	if(!p->cfg.client_id_guard || id == NULL) return true;
+	if((c = im_map__get(&p->clients, id, strlen(id))) != NULL && c->owner[0]
+			&& !(ed->username && !strcmp(c->owner, ed->username))){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: refused login of \"%s\" from %s: client id \"%s\" belongs to another user (plugin_opt_client_id_guard).",
+				ed->username ? ed->username : "", mosquitto_client_address(ed->client), id);
+		return false;
+	}
+	/* It may take the id's session over, if the login succeeds. */
+	last_login.client = ed->client;
+	last_login.id_len = strlen(id);
+	last_login.id_hash = im_map__hash(id, last_login.id_len);
+	return true;
 }
 
 int im_auth__basic_cb(int event, void *event_data, void *userdata)
@@ -125,6 +156,7 @@ int im_auth__basic_cb(int event, void *event_data, void *userdata)
 	if(why){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: refused token login of \"%s\" from %s: %s.",
 				ed->username ? ed->username : "", mosquitto_client_address(ed->client), why);
+		last_login.client = NULL;
 		return MOSQ_ERR_AUTH;
 	}
 	if(p->cfg.client_id_guard && ed->username && im_name__valid(ed->username, strlen(ed->username))

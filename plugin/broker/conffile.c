@@ -19,6 +19,14 @@
  * auth_plugin, no plugin but this one. Then it is registered at init,
  * which also works under per_listener_settings true (2.0.11 sends plugins
  * no tick there).
+ *
+ * Under per_listener_settings true each listener has its own ACL sources
+ * and its own plugins: a plugin line belongs to the listener whose block
+ * it is in (the lines after a `listener` line, up to the next; those at
+ * the top of each file are the default listener's), Mosquitto registers
+ * that plugin's callbacks on that listener alone, and asks them about that
+ * listener's clients only. So what counts then is what the plugin's own
+ * block holds; another listener's acl_file decides there, never here.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -44,6 +52,8 @@ struct walk {
 	im_conffile__line_cb line;
 	void *ud;
 	bool ours;              /* inside the block of our plugin line */
+	int block;              /* listener block of the line: 0 = the default listener, n = after the n-th listener line */
+	int blocks;             /* listener lines so far */
 	char self[PATH_MAX];    /* this .so, resolved */
 };
 
@@ -81,8 +91,11 @@ static int read_file(struct walk *w, const char *path, int depth)
 {
 	FILE *f;
 	char line[4096], *s, *key, *val, real[PATH_MAX];
+	int outer = w->block;
 
 	if(depth > MAX_DEPTH || (f = fopen(path, "r")) == NULL) return MOSQ_ERR_NOT_FOUND;
+	/* Mosquitto 2.0 reads each file from the default listener on. */
+	w->block = 0;
 	while(fgets(line, sizeof(line), f)){
 		s = trim(line);
 		if(*s == '#' || *s == '\0') continue;
@@ -92,6 +105,8 @@ static int read_file(struct walk *w, const char *path, int depth)
 		val = trim(val);
 		if(!strcmp(key, "plugin") || !strcmp(key, "auth_plugin")){
 			w->ours = realpath(val, real) && !strcmp(real, w->self);
+		}else if(!strcmp(key, "listener")){
+			w->block = ++w->blocks;
 		}
 		if(!strcmp(key, "include_dir")){
 			read_dir(w, val, depth);
@@ -100,24 +115,33 @@ static int read_file(struct walk *w, const char *path, int depth)
 		}
 	}
 	fclose(f);
+	w->block = outer;
 	return MOSQ_ERR_SUCCESS;
+}
+
+/* A walk for line(ud), or NULL (out of memory, or this .so not found). */
+static struct walk *walk_new(im_conffile__line_cb line, void *ud)
+{
+	struct walk *w = mosquitto_calloc(1, sizeof(*w));
+	Dl_info info;
+
+	if(w == NULL) return NULL;
+	w->line = line;
+	w->ud = ud;
+	if(dladdr((void *)im_conffile__walk, &info) == 0 || info.dli_fname == NULL || !realpath(info.dli_fname, w->self)){
+		mosquitto_free(w);
+		return NULL;
+	}
+	return w;
 }
 
 int im_conffile__walk(const char *path, im_conffile__line_cb line, void *ud)
 {
 	struct walk *w;
-	Dl_info info;
 	int rc;
 
 	if(path == NULL) return MOSQ_ERR_INVAL;
-	w = mosquitto_calloc(1, sizeof(*w));
-	if(w == NULL) return MOSQ_ERR_NOMEM;
-	w->line = line;
-	w->ud = ud;
-	if(dladdr((void *)im_conffile__walk, &info) == 0 || info.dli_fname == NULL || !realpath(info.dli_fname, w->self)){
-		mosquitto_free(w);
-		return MOSQ_ERR_UNKNOWN;
-	}
+	if((w = walk_new(line, ud)) == NULL) return MOSQ_ERR_UNKNOWN;
 	rc = read_file(w, path, 0);
 	mosquitto_free(w);
 	return rc;
@@ -125,57 +149,120 @@ int im_conffile__walk(const char *path, im_conffile__line_cb line, void *ud)
 
 /* ---- other ACL sources ---- */
 
+#define SOURCES_MAX 16
+#define BLOCKS_MAX 64           /* listener blocks told apart; past them, every one may be ours */
+
 struct sources {
-	char found[512];        /* "acl_file /etc/acl, plugin /usr/lib/...", for the log */
-	int n;
+	const struct walk *w;
+	struct {
+		int block;
+		char text[200];         /* "acl_file /etc/acl", for the log */
+	} src[SOURCES_MAX];
+	int n;                  /* found (past SOURCES_MAX: counted, not kept) */
+	uint64_t ours;          /* the listener blocks of our plugin line, a bit each */
+	bool port0;             /* block 0 names a port: the default listener exists */
 	bool per_listener;
 };
-
-static void add_source(struct sources *s, const char *key, const char *value)
-{
-	size_t len = strlen(s->found);
-
-	snprintf(s->found + len, sizeof(s->found) - len, "%s%s %s", s->n ? ", " : "", key, value);
-	s->n++;
-}
 
 static void scan_line(const char *key, const char *value, bool ours, void *ud)
 {
 	struct sources *s = ud;
+	int b = s->w->block;
 
-	if(!strcmp(key, "acl_file")){
-		add_source(s, key, value);
-	}else if((!strcmp(key, "plugin") || !strcmp(key, "auth_plugin")) && !ours){
-		/* dynamic security, or any plugin: it may answer ACL checks. */
-		add_source(s, key, value);
+	if(!strcmp(key, "acl_file") || ((!strcmp(key, "plugin") || !strcmp(key, "auth_plugin")) && !ours)){
+		/* acl_file, dynamic security or any other plugin: it may answer ACL checks. */
+		if(s->n < SOURCES_MAX){
+			s->src[s->n].block = b;
+			snprintf(s->src[s->n].text, sizeof(s->src[0].text), "%s %s", key, value);
+		}
+		s->n++;
+	}else if(!strcmp(key, "plugin") || !strcmp(key, "auth_plugin")){
+		if(b < BLOCKS_MAX) s->ours |= UINT64_C(1) << b;
+	}else if(!strcmp(key, "port") && b == 0){
+		s->port0 = true;
 	}else if(!strcmp(key, "per_listener_settings")){
 		s->per_listener = !strcasecmp(value, "true");
 	}
 }
 
+/* Is block one of our plugin's? Past BLOCKS_MAX, or if our line was not
+ * found, any may be. */
+static bool ours_in(const struct sources *s, int block)
+{
+	return block >= BLOCKS_MAX || s->ours == 0 || (s->ours >> block & 1);
+}
+
+/* The sources that may decide an ACL for our clients, listed into found
+ * (for the log): all, or under per_listener_settings those of our
+ * plugin's listener block(s). mine false: the others instead. Returns how
+ * many. */
+static int sources_of(const struct sources *s, bool mine, char *found, size_t cap)
+{
+	size_t len;
+	int i, n = 0;
+
+	found[0] = '\0';
+	for(i = 0; i < s->n; i++){
+		bool in = !s->per_listener || i >= SOURCES_MAX || ours_in(s, s->src[i].block);
+		if(in != mine) continue;
+		len = strlen(found);
+		snprintf(found + len, cap - len, "%s%s", n ? ", " : "", i < SOURCES_MAX ? s->src[i].text : "...");
+		n++;
+	}
+	return n;
+}
+
+/* Listener blocks (listener lines, and the default listener if a port is
+ * set at the top) without our plugin line. */
+static int other_listeners(const struct sources *s)
+{
+	int b, n = 0;
+
+	for(b = s->port0 ? 0 : 1; b <= s->w->blocks; b++) if(!ours_in(s, b)) n++;
+	return n;
+}
+
 void im_conffile__apply_nonim(struct im__plugin *p)
 {
-	struct sources s;
+	struct sources *s = mosquitto_calloc(1, sizeof(*s));
+	struct walk *w = s ? walk_new(scan_line, s) : NULL;
 	bool read, want = false;
+	char mine[1024] = "", others[1024] = "";
+	int n_mine = 0, n_others = 0;
 
-	memset(&s, 0, sizeof(s));
-	read = im_conffile__walk(p->config_file, scan_line, &s) == MOSQ_ERR_SUCCESS;
+	if(w) s->w = w;
+	read = w && p->config_file && read_file(w, p->config_file, 0) == MOSQ_ERR_SUCCESS;
+	if(read){
+		n_mine = sources_of(s, true, mine, sizeof(mine));
+		n_others = sources_of(s, false, others, sizeof(others));
+	}
 	if(p->cfg.nonim == IM_NONIM_ALLOW){
 		if(!read){
 			mosquitto_log_printf(MOSQ_LOG_WARNING, "im: WARNING: plugin_opt_nonim_acl allow is NOT applied: cannot read the broker's configuration file to see whether anything else decides ACLs; non-IM topics are deferred (as with nonim_acl defer).");
-		}else if(s.n > 0){
-			mosquitto_log_printf(MOSQ_LOG_WARNING, "im: WARNING: plugin_opt_nonim_acl allow is NOT applied: the configuration has other ACL sources (%s); non-IM topics are left to them (defer), so their denials stand.", s.found);
+		}else if(n_mine > 0){
+			mosquitto_log_printf(MOSQ_LOG_WARNING, "im: WARNING: plugin_opt_nonim_acl allow is NOT applied: the configuration has other ACL sources%s (%s); non-IM topics are left to them (defer), so their denials stand.",
+					s->per_listener ? " in this plugin's listener block (per_listener_settings true)" : "", mine);
+		}else if(s->per_listener){
+			want = true;
+			mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: non-IM topics are ALLOWED to every client of this plugin's listener (plugin_opt_nonim_acl allow; per_listener_settings true, and no acl_file, auth_plugin or other plugin in the listener block of this plugin's line). The other listeners' own settings decide there (%s).",
+					n_others ? others : "none");
 		}else{
 			want = true;
 			mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: non-IM topics are ALLOWED to every client (plugin_opt_nonim_acl allow; no acl_file, auth_plugin or other plugin is configured).");
 		}
 	}
-	if(s.per_listener){
+	if(read && s->per_listener){
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: per_listener_settings true: Mosquitto 2.0.11 sends plugins no tick then; until a tick arrives the plugin delivers from its callbacks (inline) and publishes no metrics.");
+		if(other_listeners(s) > 0){
+			mosquitto_log_printf(MOSQ_LOG_WARNING, "im: WARNING: per_listener_settings true: the plugin sees only the clients of the listener whose block has its plugin line; %d other listener(s) do not load it, and there the IM topics (%s/...) and $CONTROL/im/v1/... are decided by that listener's own settings alone: deny them there (acl_file), or a client of that listener may read every IM delivery.",
+					other_listeners(s), p->cfg.prefix);
+		}
 		if(p->cfg.nats_servers){
 			mosquitto_log_printf(MOSQ_LOG_WARNING, "im: WARNING: cluster mode (plugin_opt_nats_servers) under per_listener_settings true: messages from other brokers are delivered from the tick, and Mosquitto 2.0 sends none then; they reach this broker's clients by sync only. Use per_listener_settings false with cluster mode.");
 		}
 	}
+	mosquitto_free(w);
+	mosquitto_free(s);
 	if(want && !p->fallback_registered){
 		if(mosquitto_callback_register(p->pid, MOSQ_EVT_ACL_CHECK, im_acl__fallback_cb, NULL, p) == MOSQ_ERR_SUCCESS){
 			p->fallback_registered = true;

@@ -24,8 +24,10 @@ int im_conffile__walk(const char *path, im_conffile__line_cb line, void *ud);
 /* plugin_opt_nonim_acl allow: registers the fallback ACL callback that
  * allows what every other check deferred, if and only if nothing else in
  * the configuration decides ACLs (no acl_file, no auth_plugin, no other
- * plugin); otherwise makes sure it is not registered and says so loudly.
- * Run at init and at every reload (acl_file may come or go). */
+ * plugin; under per_listener_settings true, in the listener block of this
+ * plugin's line, the only listener it serves); otherwise makes sure it is
+ * not registered and says so loudly. Run at init and at every reload
+ * (acl_file may come or go). */
 void im_conffile__apply_nonim(struct im__plugin *p);
 
 #endif

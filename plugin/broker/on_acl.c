@@ -28,6 +28,7 @@
 #include "base/config.h"
 #include "base/defs.h"
 #include "base/map.h"
+#include "broker/auth.h"
 #include "broker/clients.h"
 #include "broker/deliver.h"
 #include "broker/on_acl.h"
@@ -254,7 +255,8 @@ int im_acl__fallback_cb(int event, void *event_data, void *userdata)
 /* The broker sends a client's will right after this event, with an ACL
  * check on its topic first: remember the client until the next event. A
  * clean session's per-client state goes; a persistent one keeps its owner
- * for the client id guard. */
+ * for the client id guard, and so does a session that a new login with its
+ * id takes over (the broker ends that one as clean, whatever it was). */
 int im_acl__disconnect_cb(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_disconnect *ed = event_data;
@@ -264,7 +266,7 @@ int im_acl__disconnect_cb(int event, void *event_data, void *userdata)
 
 	(void)event;
 	p->disconnecting = ed->client;
-	if(id && (c = im_map__get(&p->clients, id, strlen(id))) != NULL){
+	if(id && (c = im_map__get(&p->clients, id, strlen(id))) != NULL && !im_auth__replaced(ed->client, id)){
 		if(mosquitto_client_clean_session(ed->client) || c->owner[0] == '\0'){
 			free(im_map__del(&p->clients, id, strlen(id)));
 		}else{
