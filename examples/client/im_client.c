@@ -37,6 +37,7 @@ struct timeline {
 	bool syncing;             /* catching up: live frames are held */
 	bool want;                /* a sync request from `last` is to be sent */
 	bool inflight;            /* a sync request is out, not answered yet */
+	bool want_reads;          /* a group's read marks are to be asked for */
 	uint64_t req_after;       /* its after_seq */
 	int64_t retry_at;         /* after a TOO_MANY: not before this (now_ms) */
 	struct held *held;        /* sorted by seq */
@@ -69,6 +70,8 @@ struct im_client {
 	int anon_refused;       /* TOO_MANY replies that named no timeline, not yet matched */
 	uint32_t anon_retry_ms;
 	int rr;                 /* next timeline pump() looks at first */
+	int reads_out;          /* index of the timeline whose `reads` is out, -1: none */
+	int64_t reads_retry_at; /* after a TOO_MANY: no `reads` before this (now_ms) */
 	struct mark *marks;     /* reported read marks, to report each move once */
 	size_t n_marks, cap_marks;
 };
@@ -549,13 +552,32 @@ static void on_event_frame(struct im_client *c, const uint8_t *frame, size_t len
 	im__v1__header__free_unpacked(h, NULL);
 }
 
+/* One group's `reads` out at a time: a client in many groups stays far
+ * under the plugin's request_inflight, and an answer without a timeline
+ * (refused before the plugin read the request) still names its request. */
+static void pump_reads(struct im_client *c)
+{
+	Im__V1__ReadsRequest r = IM__V1__READS_REQUEST__INIT;
+	uint8_t buf[IM_TL_MAX + 16];
+	int i;
+
+	if(!c->connected || c->reads_out >= 0 || now_ms() < c->reads_retry_at) return;
+	for(i = 0; i < c->n_tls; i++){
+		if(!c->tls[i].want_reads) continue;
+		c->tls[i].want_reads = false;
+		c->reads_out = i;
+		r.timeline = c->tls[i].name;
+		request(c, "reads", buf, im__v1__reads_request__pack(&r, buf));
+		return;
+	}
+}
+
 /* Events reach only who is connected: on connect, ask how far the others
  * read (the peers' marks come with the conversation list; each group's
  * with `reads`). The answers go through report_read like live events. */
 static void ask_marks(struct im_client *c)
 {
 	Im__V1__ConversationsRequest q = IM__V1__CONVERSATIONS_REQUEST__INIT;
-	Im__V1__ReadsRequest r = IM__V1__READS_REQUEST__INIT;
 	uint8_t buf[IM_TL_MAX + 16];
 	int i;
 
@@ -563,11 +585,9 @@ static void ask_marks(struct im_client *c)
 	q.has_limit = 1;
 	q.limit = MARKS_CONVS;
 	request(c, "conversations", buf, im__v1__conversations_request__pack(&q, buf));
-	for(i = 0; i < c->n_tls; i++){
-		if(c->tls[i].name[0] != 'g') continue;
-		r.timeline = c->tls[i].name;
-		request(c, "reads", buf, im__v1__reads_request__pack(&r, buf));
-	}
+	for(i = 0; i < c->n_tls; i++) c->tls[i].want_reads = c->tls[i].name[0] == 'g';
+	c->reads_out = -1;
+	pump_reads(c);
 }
 
 static void on_conversations(struct im_client *c, const uint8_t *buf, size_t len)
@@ -593,10 +613,16 @@ static void on_reads(struct im_client *c, const uint8_t *buf, size_t len)
 	size_t i;
 
 	if(r == NULL) return;
+	if(c->reads_out >= 0 && r->status == IM__V1__STATUS__TOO_MANY){
+		c->tls[c->reads_out].want_reads = true;
+		c->reads_retry_at = now_ms() + RETRY_MS;
+	}
+	c->reads_out = -1;
 	if(check_store(c, r->has_store_id, r->store_id) && r->status == IM__V1__STATUS__OK && find_tl(c, r->timeline)){
 		for(i = 0; i < r->n_marks; i++) report_read(c, r->marks[i]->user, r->timeline, r->marks[i]->seq, 0);
 	}
 	im__v1__reads_response__free_unpacked(r, NULL);
+	pump_reads(c);
 }
 
 /* ---- libmosquitto callbacks ---- */
@@ -693,6 +719,7 @@ struct im_client *im_client_new(const struct im_client_options *opt, im_client_d
 	c->opt = *opt;
 	c->fn = fn;
 	c->ud = ud;
+	c->reads_out = -1;
 	if(!c->opt.host) c->opt.host = "127.0.0.1";
 	if(!c->opt.port) c->opt.port = 1883;
 	if(!c->opt.prefix) c->opt.prefix = "im";
@@ -747,6 +774,7 @@ int im_client_run(struct im_client *c, long max_messages, int idle_ms)
 		rc = mosquitto_loop(c->mosq, 100, 1);
 		if(c->refused && !c->ever_connected) return -1;
 		pump(c); /* retries after TOO_MANY */
+		pump_reads(c);
 		if(max_messages && c->delivered >= max_messages) break;
 		if(c->connected && (c->unacked >= ACK_EVERY || (c->unacked && now_ms() - c->last_ack_ms > ACK_AFTER_MS))){
 			send_acks(c);

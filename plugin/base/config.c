@@ -159,6 +159,10 @@ static void set_defaults(struct im__config *cfg)
 	cfg->metrics_interval = 10;
 	cfg->sync_inflight = 16;
 	cfg->reply_bytes_rate = 2 * 1024 * 1024;
+	cfg->request_inflight = 32;
+	cfg->user_request_inflight = 32;
+	cfg->max_groups_created = 1000;
+	cfg->max_groups_per_user = 5000;
 	cfg->new_timelines_per_min = 120;
 	cfg->typing_rate = 2;
 	cfg->batch_max = 256;
@@ -195,6 +199,10 @@ static const struct int_opt {
 	INT_OPT("max_group_members", max_group_members, 1, 1000000),
 	INT_OPT("sync_inflight", sync_inflight, 0, 100000),
 	INT_OPT("reply_bytes_rate", reply_bytes_rate, 0, 1024 * 1024 * 1024),
+	INT_OPT("request_inflight", request_inflight, 0, 100000),
+	INT_OPT("user_request_inflight", user_request_inflight, 0, 100000),
+	INT_OPT("max_groups_created", max_groups_created, 0, 100000000),
+	INT_OPT("max_groups_per_user", max_groups_per_user, 0, 100000000),
 	INT_OPT("user_msg_rate", user_msg_rate, 0, 1000000),
 	INT_OPT("new_timelines_per_min", new_timelines_per_min, 0, 100000000),
 	INT_OPT("typing_rate", typing_rate, 0, 1000),

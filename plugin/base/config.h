@@ -44,11 +44,15 @@ struct im__config {
 	uint32_t sync_rate;         /* sync requests per second per client, 0 = no limit */
 	uint32_t sync_inflight;     /* sync requests queued per client at most */
 	uint32_t reply_bytes_rate;  /* reply bytes per second per client (burst: 4 s worth); 0 = no limit */
+	uint32_t request_inflight;  /* requests of any kind waiting to be answered, per client; 0 = no limit */
+	uint32_t user_request_inflight; /* the same, per user across its client ids; 0 = no limit */
 	uint32_t metrics_interval;  /* seconds, 0 = no metrics */
 	uint32_t max_devices;       /* per user, 0 = no limit */
 	uint32_t compress_min;      /* bodies of at least this many bytes are deflated; 0 = never */
 	int presence;               /* enum im_presence */
 	uint32_t max_group_members;
+	uint32_t max_groups_created;    /* groups one user may create (own); 0 = no limit */
+	uint32_t max_groups_per_user;   /* groups one user may be a member of; 0 = no limit */
 	uint32_t trim_batch;        /* rows deleted per retention step at most */
 	uint32_t user_msg_rate;     /* messages per second per user, 0 = no limit */
 	uint32_t new_timelines_per_min; /* new timelines a user may open per minute, 0 = no limit */

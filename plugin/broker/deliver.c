@@ -232,17 +232,8 @@ void im_deliver__frame(struct im__plugin *p, const struct im__done *d)
 static void publish_reply(struct im__plugin *p, const struct im__done *d)
 {
 	mosquitto_property *props = NULL;
-	struct im__client *c;
 
-	if(d->sync_reply && (c = im_map__get(&p->clients, d->client_id, strlen(d->client_id))) != NULL){
-		if(c->sync_inflight) c->sync_inflight--;
-		/* Bytes are charged as they go out: a client that asks for more
-		 * than it can take is refused (429) until its bucket refills. */
-		if(p->cfg.reply_bytes_rate){
-			im_bucket__take(&c->reply_bucket, p->cfg.reply_bytes_rate, 4.0 * p->cfg.reply_bytes_rate, 0, im_now_ms());
-			c->reply_bucket.tokens -= (double)d->len;
-		}
-	}
+	im_clients__replied(p, d);
 	if(d->corr_len) mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, d->corr, d->corr_len);
 	if(mosquitto_broker_publish_copy(d->client_id, d->topic, (int)d->len, (void *)d->payload,
 				p->cfg.delivery_qos, false, props) != MOSQ_ERR_SUCCESS){

@@ -63,20 +63,6 @@ static int deny(const struct mosquitto_evt_acl_check *ed, const char *why)
  * Everything below an op (".../response" above all) is the plugin's to
  * speak: a client may subscribe to its response topics, never publish,
  * retain or leave a will there, and no read check there ever passes. */
-static void unknown_op(struct im__plugin *p, struct mosquitto *client, const char *op)
-{
-	struct im__job *j = im_job__new(IM_JOB_STATUS, 0, mosquitto_client_id(client), op, NULL, NULL, 0);
-
-	if(j == NULL){
-		im_reply__status(p, client, op, NULL, IM__V1__STATUS__NOT_FOUND, "unknown op");
-		return;
-	}
-	j->u.status.status = IM__V1__STATUS__NOT_FOUND;
-	snprintf(j->u.status.reason, sizeof(j->u.status.reason), "unknown op");
-	im_worker__submit(p->worker, j);
-	im_tick__settle(p);
-}
-
 static int check_control(struct im__plugin *p, const struct mosquitto_evt_acl_check *ed, const char *user,
 		bool will)
 {
@@ -99,7 +85,7 @@ static int check_control(struct im__plugin *p, const struct mosquitto_evt_acl_ch
 			 * "unknown/response" for an op too long to be one; through the
 			 * worker, so that like every reply it comes after the frames of
 			 * the messages accepted before it. */
-			unknown_op(p, ed->client, strlen(op) <= 31 ? op : "unknown");
+			im_control__unknown_op(p, ed->client, strlen(op) <= 31 ? op : "unknown");
 			mosquitto_log_printf(MOSQ_LOG_NOTICE, "im: unknown request \"%s\" from client \"%s\".",
 					ed->topic, mosquitto_client_id(ed->client));
 			return MOSQ_ERR_SUCCESS;

@@ -10,10 +10,9 @@
  *
  * One client must not pin the broker: a 20-byte request can cost a
  * 256 KiB reply, and a client that never acknowledges its replies makes
- * the broker hold them. So per client id: sync_rate requests a second,
- * sync_inflight requests queued at most, and reply_bytes_rate bytes of
- * replies a second (a burst of four seconds' worth). Beyond any of them
- * the answer is TOO_MANY with retry_after_ms.
+ * the broker hold them. Every request here is bounded as clients.c says
+ * (sync also by sync_rate and sync_inflight); beyond a bound the answer
+ * is TOO_MANY (a sync's with retry_after_ms).
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -129,7 +128,7 @@ static Im__V1__Status authorise(struct im__plugin *p, const char *tl, struct mos
 
 /* ---- sync ---- */
 
-static void sync_error(const struct im__plugin *p, struct mosquitto_evt_control *ed, const char *tl, Im__V1__Status st,
+static void sync_error(struct im__plugin *p, struct mosquitto_evt_control *ed, const char *tl, Im__V1__Status st,
 		const char *why, uint32_t retry_ms, const struct params *pa)
 {
 	Im__V1__SyncBatch sb = IM__V1__SYNC_BATCH__INIT;
@@ -153,41 +152,15 @@ static void sync_error(const struct im__plugin *p, struct mosquitto_evt_control 
 	im_reply__msg(p, ed->client, "sync", ed->properties, &sb.base);
 }
 
-/* The per-client limits; NULL if the request may go, else why not. */
-static const char *over_limit(struct im__plugin *p, struct im__client *c, uint32_t *retry_ms)
-{
-	const struct im__config *cfg = &p->cfg;
-	int64_t now = im_now_ms();
-
-	if(c == NULL) return NULL;
-	if(cfg->sync_rate && !im_bucket__take(&c->sync_bucket, cfg->sync_rate, cfg->sync_rate, 1.0, now)){
-		*retry_ms = 1000 / cfg->sync_rate + 1;
-		return "too many sync requests (plugin_opt_sync_rate)";
-	}
-	if(cfg->sync_inflight && c->sync_inflight >= cfg->sync_inflight){
-		*retry_ms = 100;
-		return "too many sync requests waiting to be answered (plugin_opt_sync_inflight)";
-	}
-	if(cfg->reply_bytes_rate){
-		im_bucket__take(&c->reply_bucket, cfg->reply_bytes_rate, 4.0 * cfg->reply_bytes_rate, 0, now);
-		if(c->reply_bucket.tokens < 0){
-			*retry_ms = (uint32_t)(-c->reply_bucket.tokens * 1000.0 / cfg->reply_bytes_rate) + 1;
-			return "replies are being sent faster than plugin_opt_reply_bytes_rate";
-		}
-	}
-	return NULL;
-}
-
 int im_control__sync_cb(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_control *ed = event_data;
 	struct im__plugin *p = userdata;
-	struct im__client *c = im_clients__get(p, mosquitto_client_id(ed->client));
 	struct params pa = {0};
 	Im__V1__SyncRequest *req = NULL;
 	struct im__job *j;
 	const char *tl = NULL, *why = NULL, *user = NULL;
-	uint32_t retry_ms = 0;
+	struct im__refusal no = {0};
 	Im__V1__Status st;
 
 	(void)event;
@@ -208,9 +181,10 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 		params_from_props(ed->properties, "after", &pa);
 		tl = pa.timeline;
 	}
-	if((why = over_limit(p, c, &retry_ms)) != NULL){
+	if(!im_clients__admit(p, ed->client, IM_JOB_SYNC, &no)){
 		p->metrics.sync_limited++;
 		st = IM__V1__STATUS__TOO_MANY;
+		why = no.why;
 	}else if(pa.bad){
 		st = IM__V1__STATUS__BAD_REQUEST;
 		why = "user properties after/limit must be non-negative integers";
@@ -227,15 +201,14 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 		why = "out of memory";
 	}
 	if(st != IM__V1__STATUS__OK){
-		sync_error(p, ed, tl, st, why, retry_ms, &pa);
+		sync_error(p, ed, tl, st, why, no.retry_ms, &pa);
 	}else{
 		snprintf(j->user, sizeof(j->user), "%s", user);
 		snprintf(j->u.sync.timeline, sizeof(j->u.sync.timeline), "%s", tl);
 		j->u.sync.has_after = pa.has_seq;
 		j->u.sync.after = pa.seq;
 		j->u.sync.limit = pa.limit;
-		if(c) c->sync_inflight++;
-		im_worker__submit(p->worker, j);
+		im_clients__submit(p, j);
 	}
 	if(req) im__v1__sync_request__free_unpacked(req, &p->pb_alloc);
 	im_props__free(pa.timeline);
@@ -245,7 +218,7 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 
 /* ---- ack (msg-fin) ---- */
 
-static void ack_error(const struct im__plugin *p, struct mosquitto_evt_control *ed, const char *tl, Im__V1__Status st,
+static void ack_error(struct im__plugin *p, struct mosquitto_evt_control *ed, const char *tl, Im__V1__Status st,
 		const char *why)
 {
 	Im__V1__AckResponse r = IM__V1__ACK_RESPONSE__INIT;
@@ -267,6 +240,7 @@ int im_control__ack_cb(int event, void *event_data, void *userdata)
 	Im__V1__Ack *req = NULL;
 	struct im__job *j = NULL;
 	const char *name, *why = NULL, *user = NULL;
+	struct im__refusal no;
 	Im__V1__Status st;
 
 	(void)event;
@@ -291,6 +265,10 @@ int im_control__ack_cb(int event, void *event_data, void *userdata)
 		st = IM__V1__STATUS__BAD_REQUEST;
 		why = "missing or invalid seq";
 	}
+	if(st == IM__V1__STATUS__OK && !im_clients__admit(p, ed->client, IM_JOB_ACK, &no)){
+		st = IM__V1__STATUS__TOO_MANY;
+		why = no.why;
+	}
 	if(st == IM__V1__STATUS__OK && (j = im_reply__job(ed->client, IM_JOB_ACK, 0, "ack", ed->properties)) == NULL){
 		st = IM__V1__STATUS__INTERNAL;
 		why = "out of memory";
@@ -301,10 +279,33 @@ int im_control__ack_cb(int event, void *event_data, void *userdata)
 		snprintf(j->user, sizeof(j->user), "%s", user);
 		snprintf(j->u.ack.timeline, sizeof(j->u.ack.timeline), "%s", name);
 		j->u.ack.seq = pa.seq;
-		im_worker__submit(p->worker, j);
+		im_clients__submit(p, j);
 	}
 	if(req) im__v1__ack__free_unpacked(req, &p->pb_alloc);
 	im_props__free(pa.timeline);
 	im_tick__settle(p);
 	return MOSQ_ERR_SUCCESS;
+}
+
+/* ---- an unknown op ---- */
+
+void im_control__unknown_op(struct im__plugin *p, struct mosquitto *client, const char *op)
+{
+	struct im__refusal no;
+	struct im__job *j;
+	const char *user, *ignored;
+
+	if(!im_clients__admit(p, client, IM_JOB_STATUS, &no)){
+		im_reply__status(p, client, op, NULL, IM__V1__STATUS__TOO_MANY, no.why);
+		return;
+	}
+	if((j = im_job__new(IM_JOB_STATUS, 0, mosquitto_client_id(client), op, NULL, NULL, 0)) == NULL){
+		im_reply__status(p, client, op, NULL, IM__V1__STATUS__NOT_FOUND, "unknown op");
+		return;
+	}
+	if((user = im_policy__user(client, &ignored)) != NULL) snprintf(j->user, sizeof(j->user), "%s", user);
+	j->u.status.status = IM__V1__STATUS__NOT_FOUND;
+	snprintf(j->u.status.reason, sizeof(j->u.status.reason), "unknown op");
+	im_clients__submit(p, j);
+	im_tick__settle(p);
 }

@@ -3,7 +3,8 @@
  *
  * typing is answered here and goes out at once as an event (never stored,
  * never sequenced, only to who is online); reads and conversations are
- * queued for the store worker like sync. Each also takes its parameters
+ * queued for the store worker like sync, and bounded like it per client
+ * and per user (clients.c). Each also takes its parameters
  * from MQTT v5 user properties when the payload is empty, so
  * mosquitto_pub/mosquitto_rr can drive them.
  */
@@ -198,6 +199,7 @@ int im_conv__reads_cb(int event, void *event_data, void *userdata)
 	struct cparams c;
 	struct im__route r;
 	struct im__job *j;
+	struct im__refusal no;
 	const char *user, *why = NULL, *tl;
 
 	(void)event;
@@ -219,12 +221,14 @@ int im_conv__reads_cb(int event, void *event_data, void *userdata)
 		answer(p, ed, "reads", mosquitto_client_username(ed->client) ? IM__V1__STATUS__FORBIDDEN : IM__V1__STATUS__UNAUTHENTICATED, why);
 	}else if(tl == NULL || im_route__parse_timeline(tl, &r) != MOSQ_ERR_SUCCESS){
 		answer(p, ed, "reads", IM__V1__STATUS__BAD_REQUEST, "a timeline u/<user> or g/<group>");
+	}else if(!im_clients__admit(p, ed->client, IM_JOB_READS, &no)){
+		answer(p, ed, "reads", IM__V1__STATUS__TOO_MANY, no.why);
 	}else if((j = im_reply__job(ed->client, IM_JOB_READS, 0, "reads", ed->properties)) == NULL){
 		answer(p, ed, "reads", IM__V1__STATUS__INTERNAL, "out of memory");
 	}else{
 		snprintf(j->user, sizeof(j->user), "%s", user);
 		im_route__timeline(&r, j->u.reads.timeline, sizeof(j->u.reads.timeline));
-		im_worker__submit(p->worker, j);
+		im_clients__submit(p, j);
 	}
 	if(req) im__v1__reads_request__free_unpacked(req, &p->pb_alloc);
 	cparams_free(&c);
@@ -242,6 +246,7 @@ int im_conv__list_cb(int event, void *event_data, void *userdata)
 	struct cparams c;
 	struct im__route r;
 	struct im__job *j;
+	struct im__refusal no;
 	const char *user, *why = NULL, *before_tl = NULL;
 	uint32_t limit = 0;
 	int64_t before_ts = 0;
@@ -269,6 +274,8 @@ int im_conv__list_cb(int event, void *event_data, void *userdata)
 		answer(p, ed, "conversations", mosquitto_client_username(ed->client) ? IM__V1__STATUS__FORBIDDEN : IM__V1__STATUS__UNAUTHENTICATED, why);
 	}else if(c.bad || before_ts < 0 || (before_tl && im_route__parse_timeline(before_tl, &r) != MOSQ_ERR_SUCCESS)){
 		answer(p, ed, "conversations", IM__V1__STATUS__BAD_REQUEST, "limit, before_ts_ms: whole numbers; before_timeline: u/<user> or g/<group>");
+	}else if(!im_clients__admit(p, ed->client, IM_JOB_CONVS, &no)){
+		answer(p, ed, "conversations", IM__V1__STATUS__TOO_MANY, no.why);
 	}else if((j = im_reply__job(ed->client, IM_JOB_CONVS, 0, "conversations", ed->properties)) == NULL){
 		answer(p, ed, "conversations", IM__V1__STATUS__INTERNAL, "out of memory");
 	}else{
@@ -279,7 +286,7 @@ int im_conv__list_cb(int event, void *event_data, void *userdata)
 			j->u.convs.has_before = true;
 			snprintf(j->u.convs.before_tl, sizeof(j->u.convs.before_tl), "%s", before_tl);
 		}
-		im_worker__submit(p->worker, j);
+		im_clients__submit(p, j);
 	}
 	if(req) im__v1__conversations_request__free_unpacked(req, &p->pb_alloc);
 	cparams_free(&c);

@@ -2,9 +2,10 @@
  * $CONTROL/im/v1/group: create / add / remove / leave / list / info.
  *
  * The broker thread checks the request's shape (op, names, member list)
- * and queues it; the store worker authorises it against the stored groups
- * and applies it (worker/group.c). A bad request is answered here and never
- * reaches the worker.
+ * and queues it, bounded per client and per user like every request
+ * (clients.c); the store worker authorises it against the stored groups
+ * and the membership limits, and applies it (worker/group.c). A bad
+ * request is answered here and never reaches the worker.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include <mqtt_protocol.h>
 
 #include "base/defs.h"
+#include "broker/clients.h"
 #include "broker/on_group.h"
 #include "broker/on_tick.h"
 #include "broker/plugin.h"
@@ -130,9 +132,14 @@ static const char *check(const struct greq *r)
 static void queue(struct im__plugin *p, struct mosquitto_evt_control *ed, const struct greq *r, const char *user)
 {
 	size_t i, n = r->n_members;
-	struct im__job *j = im_reply__job(ed->client, IM_JOB_GROUP, n * (IM_NAME_MAX + 1), "group", ed->properties);
+	struct im__refusal no;
+	struct im__job *j;
 
-	if(j == NULL){
+	if(!im_clients__admit(p, ed->client, IM_JOB_GROUP, &no)){
+		reply_status(p, ed, r, IM__V1__STATUS__TOO_MANY, no.why);
+		return;
+	}
+	if((j = im_reply__job(ed->client, IM_JOB_GROUP, n * (IM_NAME_MAX + 1), "group", ed->properties)) == NULL){
 		reply_status(p, ed, r, IM__V1__STATUS__INTERNAL, "out of memory");
 		return;
 	}
@@ -142,7 +149,7 @@ static void queue(struct im__plugin *p, struct mosquitto_evt_control *ed, const 
 	j->u.group.members = (char (*)[IM_NAME_MAX + 1])(void *)j->data;
 	for(i = 0; i < n; i++) snprintf(j->u.group.members[i], IM_NAME_MAX + 1, "%s", r->members[i]);
 	j->u.group.n = n;
-	im_worker__submit(p->worker, j);
+	im_clients__submit(p, j);
 }
 
 int im_group__request_cb(int event, void *event_data, void *userdata)

@@ -19,6 +19,7 @@
 
 #include "base/defs.h"
 #include "base/util.h"
+#include "broker/clients.h"
 #include "broker/plugin.h"
 #include "broker/props.h"
 #include "broker/reply.h"
@@ -36,15 +37,17 @@ static char *response_topic(const mosquitto_property *props)
 	return t;
 }
 
-void im_reply__send(const struct im__plugin *p, struct mosquitto *client, const char *op,
+void im_reply__send(struct im__plugin *p, struct mosquitto *client, const char *op,
 		const mosquitto_property *req_props, const void *payload, size_t len)
 {
 	mosquitto_property *props = NULL;
-	char *resp_topic = response_topic(req_props);
+	char *resp_topic, topic[sizeof(IM_CONTROL_PREFIX) + 64];
 	uint16_t corr_len = 0;
-	void *corr = im_props__binary(req_props, MQTT_PROP_CORRELATION_DATA, &corr_len);
-	char topic[sizeof(IM_CONTROL_PREFIX) + 64];
+	void *corr;
 
+	if(!im_clients__may_send(p, mosquitto_client_id(client), len)) return;
+	resp_topic = response_topic(req_props);
+	corr = im_props__binary(req_props, MQTT_PROP_CORRELATION_DATA, &corr_len);
 	snprintf(topic, sizeof(topic), IM_CONTROL_PREFIX "%s/response", op);
 	if(corr) mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr, corr_len);
 	if(mosquitto_broker_publish_copy(mosquitto_client_id(client), resp_topic ? resp_topic : topic, (int)len,
@@ -55,7 +58,7 @@ void im_reply__send(const struct im__plugin *p, struct mosquitto *client, const 
 	im_props__free(corr);
 }
 
-void im_reply__msg(const struct im__plugin *p, struct mosquitto *client, const char *op,
+void im_reply__msg(struct im__plugin *p, struct mosquitto *client, const char *op,
 		const mosquitto_property *req_props, const ProtobufCMessage *msg)
 {
 	uint8_t small[512], *buf = small;
@@ -67,7 +70,7 @@ void im_reply__msg(const struct im__plugin *p, struct mosquitto *client, const c
 	if(buf != small) im_free(buf);
 }
 
-void im_reply__status(const struct im__plugin *p, struct mosquitto *client, const char *op,
+void im_reply__status(struct im__plugin *p, struct mosquitto *client, const char *op,
 		const mosquitto_property *req_props, Im__V1__Status status, const char *reason)
 {
 	Im__V1__Response r = IM__V1__RESPONSE__INIT;

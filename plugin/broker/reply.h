@@ -15,13 +15,14 @@ struct im__plugin;
 
 /* Sends payload to the requesting client (as in struct im__reply_to). The
  * request's properties give Response Topic and Correlation Data. payload is
- * copied. */
-void im_reply__send(const struct im__plugin *p, struct mosquitto *client, const char *op,
+ * copied. Its bytes spend the client's reply budget; a client far behind
+ * reading its replies gets none (clients.c). */
+void im_reply__send(struct im__plugin *p, struct mosquitto *client, const char *op,
 		const mosquitto_property *req_props, const void *payload, size_t len);
-void im_reply__msg(const struct im__plugin *p, struct mosquitto *client, const char *op,
+void im_reply__msg(struct im__plugin *p, struct mosquitto *client, const char *op,
 		const mosquitto_property *req_props, const ProtobufCMessage *msg);
 /* Replies with a bare im.v1.Response {status, reason}. */
-void im_reply__status(const struct im__plugin *p, struct mosquitto *client, const char *op,
+void im_reply__status(struct im__plugin *p, struct mosquitto *client, const char *op,
 		const mosquitto_property *req_props, Im__V1__Status status, const char *reason);
 /* Reads the reply route of a request (Response Topic if usable). The
  * strings are copied into the job by im_job__new. */

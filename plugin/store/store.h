@@ -88,6 +88,14 @@ struct im__msg_ref {
 	int copy;               /* 1: the sender's copy */
 };
 
+/* Groups of at most this many members keep their last activity in each
+ * member's row (schema/008_conv_reads.sql); larger ones are ordered when
+ * listed. Back to per member at half of it, so a group at the edge does
+ * not flip with each add and remove. */
+#define IM_STORE_FAN_MAX 32
+/* proto/im.proto's FLAG_SYSTEM, as the stores' SQL reads the flags. */
+#define IM_STORE_FLAG_SYSTEM 1u
+
 /* One entry of the conversation list. */
 struct im__conv {
 	char kind;              /* 'u' (a direct conversation) or 'g' */
@@ -98,7 +106,7 @@ struct im__conv {
 	uint32_t last_flags;
 	const char *preview;    /* NULL if none */
 	uint64_t unread;
-	uint64_t peer_read;     /* 'u': the peer's read mark of u/<peer> */
+	uint64_t peer_read;     /* 'u': the peer's read mark of u/<peer>, as reads_of shows it */
 };
 typedef enum im_row (*im_store__conv_fn)(void *ctx, const struct im__conv *c);
 typedef enum im_row (*im_store__mark_fn)(void *ctx, const char *user, uint64_t seq);
@@ -144,6 +152,11 @@ struct im__store_ops {
 			char *const *users, size_t n, struct im__tl *tl, const struct im__msg *sys, uint64_t *seq);
 	/* fn for each group user is a member of, in name order. */
 	int (*groups_of)(struct im__store *st, const char *user, im_store__name_fn fn, void *ctx);
+	/* counts[i]: how many groups users[i] is a member of (owned: owns),
+	 * counted up to upto at most (0: all), so that the cost is bounded by
+	 * n * upto index steps, whatever the number of groups. */
+	int (*group_counts)(struct im__store *st, const char *const *users, size_t n, bool owned, uint32_t upto,
+			uint32_t *counts);
 	/* fn for every group with its members (the broker thread's view, at start). */
 	int (*each_group)(struct im__store *st, im_store__group_fn fn, void *ctx);
 	/* Notes that writer wrote to reader (presence contacts); *first is set
@@ -175,23 +188,38 @@ struct im__store_ops {
 	int (*amend)(struct im__store *st, struct im__tl *tl, uint64_t seq, const void *body, size_t len,
 			uint32_t raw_len, uint32_t flags);
 	/* A conversation's last message: owner's direct conversation with peer,
-	 * or (owner NULL) group peer. unread_add is added to owner's unread. */
+	 * or (owner NULL) group peer. unread_add is added to owner's unread.
+	 * An edit or a recall (flags) is counted as one in a group, not as a
+	 * message to read; a group of at most IM_STORE_FAN_MAX members notes
+	 * it in each member's row (the list's order). */
 	int (*note_last)(struct im__store *st, const char *owner, const char *peer, uint64_t seq, int64_t ts,
 			const char *sender, uint32_t flags, const char *preview, int unread_add);
 	/* Moves user's read mark of tl to max(mark, seq): *before and *after.
 	 * In the user's own inbox, the unread counts of its direct
-	 * conversations drop by the peers' messages now read, and fn is called
-	 * for each such peer (whose devices may be told). */
+	 * conversations drop by the peers' messages now read (not edits or
+	 * recalls), and fn is called for each such peer (whose devices may be
+	 * told, of what reads_of lets them see). */
 	int (*read_mark)(struct im__store *st, struct im__tl *tl, const char *user, uint64_t seq,
 			uint64_t *before, uint64_t *after, im_store__name_fn fn, void *ctx);
-	/* fn(user, mark) for every read mark of tl, or only user's if user. */
-	int (*reads_of)(struct im__store *st, struct im__tl *tl, const char *user, im_store__mark_fn fn, void *ctx);
+	/* The read marks of tl that reader may see, fn(user, mark) each, and
+	 * *head, what they are measured against: in g/<group> the current
+	 * members' marks and the head; in reader's own inbox its own mark and
+	 * the head; in u/<peer> the peer's mark only as far as it passed
+	 * reader's own messages (the highest of reader's seqs there at or below
+	 * it; none if it passed none), and for head the seq there of reader's
+	 * last message. Never the peer's inbox head or a mark past that. */
+	int (*reads_of)(struct im__store *st, struct im__tl *tl, const char *reader, im_store__mark_fn fn, void *ctx,
+			uint64_t *head);
 	/* Whether owner has a direct conversation with peer (wrote or was written to). */
 	int (*has_conv)(struct im__store *st, const char *owner, const char *peer, bool *yes);
 	/* owner's conversations, latest first, strictly before (before_ts,
-	 * before_tl) when before_tl is not NULL, at most limit. */
+	 * before_tl) when before_tl is not NULL, at most limit: index ranges
+	 * read in order, whatever the number of conversations, except the
+	 * groups of more than IM_STORE_FAN_MAX members, ordered when listed. A
+	 * preview only while sync returns its message at now_ms (not expired,
+	 * trimmed or recalled); peer_read as reads_of shows it to owner. */
 	int (*conversations)(struct im__store *st, const char *owner, uint32_t limit, int64_t before_ts,
-			const char *before_tl, im_store__conv_fn fn, void *ctx);
+			const char *before_tl, int64_t now_ms, im_store__conv_fn fn, void *ctx);
 
 	/* ---- several writers (PostgreSQL) ---- */
 	/* Called by the worker right after begin with the timelines the batch

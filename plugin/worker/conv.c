@@ -77,11 +77,14 @@ int im_work__reads(struct im__worker *w, struct im__job *j)
 	const char *tl = j->u.reads.timeline, *name = tl + 2;
 	struct marks k = {0};
 	struct im__tl *t;
+	uint64_t head = 0;
 	bool err, ok;
 	int rc;
 
-	/* u/<peer>: the peer's own mark, to someone in a conversation with it
-	 * (or the peer itself). g/<group>: every member's, to members. */
+	/* u/<peer>: to someone in a conversation with the peer, the peer's
+	 * mark only as far as it tells of the asker's own messages (or to the
+	 * peer itself, its own). g/<group>: the current members' marks, to
+	 * members. The store says what each may see (store.h, reads_of). */
 	if(tl[0] == 'u'){
 		ok = !strcmp(name, j->user);
 		if(!ok && w->st.ops->has_conv(&w->st, j->user, name, &ok) != MOSQ_ERR_SUCCESS) return IM_WORK_RETRY;
@@ -95,14 +98,14 @@ int im_work__reads(struct im__worker *w, struct im__job *j)
 	}
 	t = w->st.ops->timeline(&w->st, tl, strlen(tl), false, &err);
 	if(err) return IM_WORK_RETRY;
-	rc = t ? w->st.ops->reads_of(&w->st, t, tl[0] == 'u' ? name : NULL, add_mark, &k) : MOSQ_ERR_SUCCESS;
+	rc = t ? w->st.ops->reads_of(&w->st, t, j->user, add_mark, &k, &head) : MOSQ_ERR_SUCCESS;
 	if(rc == MOSQ_ERR_UNKNOWN){
 		rc = IM_WORK_RETRY;
 	}else if(rc != MOSQ_ERR_SUCCESS){
 		reads_reply(w, j, IM__V1__STATUS__INTERNAL, "out of memory; try again", NULL, 0);
 		rc = MOSQ_ERR_SUCCESS;
 	}else{
-		reads_reply(w, j, IM__V1__STATUS__OK, NULL, &k, t ? t->head : 0);
+		reads_reply(w, j, IM__V1__STATUS__OK, NULL, &k, head);
 	}
 	free(k.m);
 	free(k.ptrs);
@@ -176,7 +179,7 @@ int im_work__conversations(struct im__worker *w, struct im__job *j)
 	p.ptrs = im_calloc(limit, sizeof(*p.ptrs));
 	p.strings = im_calloc(limit, CONV_STRINGS);
 	rc = (p.c && p.ptrs && p.strings) ? w->st.ops->conversations(&w->st, j->user, limit + 1, j->u.convs.before_ts,
-			j->u.convs.has_before ? j->u.convs.before_tl : NULL, add_conv, &p) : MOSQ_ERR_NOMEM;
+			j->u.convs.has_before ? j->u.convs.before_tl : NULL, im_now_ms(), add_conv, &p) : MOSQ_ERR_NOMEM;
 	r.has_store_id = 1;
 	r.store_id = w->st.store_id;
 	r.has_status = 1;

@@ -61,13 +61,19 @@ void im_work__reply(struct im__worker *w, const struct im__job *j, const Protobu
 		snprintf(topic, sizeof(topic), IM_CONTROL_PREFIX "%s/response", j->to.op);
 		dest = topic;
 	}
-	d = im_work__done(IM_DONE_REPLY, SLEN(j->to.client_id) + SLEN(dest) + j->to.corr_len + n);
+	d = im_work__done(IM_DONE_REPLY, SLEN(j->to.client_id) + SLEN(dest) + j->to.corr_len + n
+			+ (j->to.counted ? SLEN(j->user) : 0));
 	if(d == NULL){
 		im_log(MOSQ_LOG_WARNING, "im: out of memory: a %s reply to \"%s\" is lost.", j->to.op, j->to.client_id);
 		return;
 	}
 	d->client_id = im_work__str(d, &used, j->to.client_id);
 	d->topic = im_work__str(d, &used, dest);
+	if(j->to.counted){
+		d->counted = true;
+		d->epoch = j->to.epoch;
+		d->user = im_work__str(d, &used, j->user);
+	}
 	if(j->to.corr_len){
 		memcpy(d->data + used, j->to.corr, j->to.corr_len);
 		d->corr = d->data + used;

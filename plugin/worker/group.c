@@ -9,6 +9,12 @@
  * The broker thread's membership view is updated by a completion queued
  * before the system message's frame: a member added reads it, a member
  * removed does not.
+ *
+ * Nobody consents to being put in a group, so what others can do to a
+ * user is bounded: a user is in at most max_groups_per_user groups and
+ * creates at most max_groups_created. A create or add that would pass
+ * either is refused whole, naming the user. The counts are the store's,
+ * read in the batch that makes the change.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -278,6 +284,71 @@ static int do_list(struct im__worker *w, const struct im__job *j)
 	return rc;
 }
 
+/* The membership limits of a create (g NULL: the requester owns one more
+ * group, and is in it) or an add to g: *st OK if nobody passes one, else
+ * the refusal, with why. IM_WORK_RETRY on a store failure. */
+static int limits(struct im__worker *w, const struct im__job *j, const struct im__group *g, Im__V1__Status *st,
+		char *why, size_t cap)
+{
+	const struct im__group_req *r = &j->u.group;
+	uint32_t made = w->cfg.max_groups_created, most = w->cfg.max_groups_per_user, owned, *counts = NULL;
+	const char **who = NULL, *actor = j->user;
+	size_t i, k = 0;
+	int rc;
+
+	*st = IM__V1__STATUS__OK;
+	if(g == NULL && made){
+		if(w->st.ops->group_counts(&w->st, &actor, 1, true, made, &owned) != MOSQ_ERR_SUCCESS) return IM_WORK_RETRY;
+		if(owned >= made){
+			*st = IM__V1__STATUS__FORBIDDEN;
+			snprintf(why, cap, "%s has created %u groups, the most one user may (plugin_opt_max_groups_created); nothing changed",
+					actor, made);
+			return MOSQ_ERR_SUCCESS;
+		}
+	}
+	if(most == 0) return MOSQ_ERR_SUCCESS;
+	who = im_calloc(r->n + 1, sizeof(*who));
+	counts = im_calloc(r->n + 1, sizeof(*counts));
+	if(who == NULL || counts == NULL){
+		rc = MOSQ_ERR_NOMEM;
+	}else{
+		if(g == NULL) who[k++] = actor;
+		for(i = 0; i < r->n; i++){
+			if(g == NULL || !im_map__get(&g->members, r->members[i], strlen(r->members[i]))) who[k++] = r->members[i];
+		}
+		rc = w->st.ops->group_counts(&w->st, who, k, false, most, counts);
+	}
+	for(i = 0; rc == MOSQ_ERR_SUCCESS && i < k && counts[i] < most; i++);
+	if(rc == MOSQ_ERR_NOMEM){
+		*st = IM__V1__STATUS__INTERNAL;
+		snprintf(why, cap, "out of memory; nothing changed");
+		rc = MOSQ_ERR_SUCCESS;
+	}else if(rc == MOSQ_ERR_SUCCESS && i < k){
+		*st = IM__V1__STATUS__FORBIDDEN;
+		snprintf(why, cap, "%s is in %u groups, the most one user may belong to (plugin_opt_max_groups_per_user); nothing changed",
+				who[i], most);
+	}
+	free(who);
+	free(counts);
+	return rc == MOSQ_ERR_SUCCESS ? MOSQ_ERR_SUCCESS : IM_WORK_RETRY;
+}
+
+/* A create (g NULL) or an add to g, within the membership limits. */
+static int grow(struct im__worker *w, const struct im__job *j, const struct im__group *g, char *const *users)
+{
+	char why[IM_NAME_MAX + 160];
+	Im__V1__Status st;
+	int rc = limits(w, j, g, &st, why, sizeof(why));
+
+	if(rc != MOSQ_ERR_SUCCESS) return rc; /* a store failure: the batch is tried again */
+	if(st != IM__V1__STATUS__OK){
+		reply_status(w, j, st, why);
+		return MOSQ_ERR_SUCCESS;
+	}
+	if(g == NULL) return apply(w, j, IM_GROUP_CREATE, j->user, users, j->u.group.n);
+	return apply(w, j, IM_GROUP_ADD, g->owner, users, j->u.group.n);
+}
+
 static bool is_admin(const struct im__worker *w, const char *user)
 {
 	char *const *a;
@@ -314,7 +385,7 @@ int im_work__group(struct im__worker *w, struct im__job *j)
 	if(!strcmp(r->op, "create")){
 		if(g) reply_status(w, j, IM__V1__STATUS__CONFLICT, "group already exists");
 		else if(r->n + 1 > w->cfg.max_group_members) reply_status(w, j, IM__V1__STATUS__TOO_LARGE, "more members than plugin_opt_max_group_members");
-		else rc = apply(w, j, IM_GROUP_CREATE, j->user, users, r->n);
+		else rc = grow(w, j, NULL, users);
 	}else if(g == NULL){
 		reply_status(w, j, IM__V1__STATUS__NOT_FOUND, "no such group");
 	}else if(!strcmp(r->op, "info")){
@@ -334,7 +405,7 @@ int im_work__group(struct im__worker *w, struct im__job *j)
 		if(g->members.count + r->n > w->cfg.max_group_members){
 			reply_status(w, j, IM__V1__STATUS__TOO_LARGE, "more members than plugin_opt_max_group_members");
 		}else{
-			rc = apply(w, j, IM_GROUP_ADD, g->owner, users, r->n);
+			rc = grow(w, j, g, users);
 		}
 	}
 	free(users);

@@ -22,6 +22,10 @@ struct im__reply_to {
 	void *corr;
 	uint16_t corr_len;
 	char op[32];
+	/* A request the broker thread counts until its reply is published
+	 * (broker/clients.c): the reply carries these and the job's user back. */
+	bool counted;
+	uint32_t epoch;         /* of the client's entry when counted */
 };
 
 enum im_job_kind {
@@ -129,6 +133,9 @@ struct im__done {
 	const void *corr;
 	uint16_t corr_len;
 	bool sync_reply;            /* ends one of the client's sync requests */
+	bool counted;               /* ends a counted request (struct im__reply_to) of user */
+	uint32_t epoch;
+	const char *user;
 	/* FRAME and REPLY */
 	const void *payload;
 	size_t len;

@@ -146,17 +146,20 @@ static const char *preview(const struct im__worker *w, const struct im__rec *r, 
 	return out;
 }
 
-/* The conversation list follows every message (not notices in an inbox). */
+/* The conversation list follows every message (not notices in an inbox).
+ * An edit or a recall is not a new message for the reader: it moves the
+ * conversation's last message, never its unread count (a group's count
+ * leaves them out in the store). */
 static int note_last(struct im__worker *w, const struct im__rec *r, const struct im__msg *m,
 		const struct im__appended *a, const char *pv)
 {
 	const struct im__store_ops *o = w->st.ops;
 	const char *peer = r->to + 2;
+	bool to_read = r->op == IM_REC_PLAIN && strcmp(peer, r->sender);
 
 	if(r->to[0] == 'g') return o->note_last(&w->st, NULL, peer, a->seq, m->ts_ms, r->sender, m->flags, pv, 0);
 	if(r->kind == IM_REC_SYSTEM) return MOSQ_ERR_SUCCESS;
-	if(o->note_last(&w->st, peer, r->sender, a->seq, m->ts_ms, r->sender, m->flags, pv,
-				strcmp(peer, r->sender) ? 1 : 0) != MOSQ_ERR_SUCCESS){
+	if(o->note_last(&w->st, peer, r->sender, a->seq, m->ts_ms, r->sender, m->flags, pv, to_read ? 1 : 0) != MOSQ_ERR_SUCCESS){
 		return MOSQ_ERR_UNKNOWN;
 	}
 	if(a->own_seq == 0) return MOSQ_ERR_SUCCESS;

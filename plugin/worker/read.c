@@ -141,38 +141,58 @@ int im_work__sync(struct im__worker *w, struct im__job *j)
 /* Read receipts come from the cursors the ack moves: a user's read mark
  * is the highest of its devices' cursors. When it moves, who wrote the
  * messages now read learns it (in a group: every member, on the group's
- * event topic). Nothing else is kept: the cursors are the truth. */
+ * event topic). Nothing else is kept: the cursors are the truth.
+ *
+ * In an inbox each writer learns only of its own messages: the mark as far
+ * as it passed them (what `reads` would show that writer, asked of the
+ * store), never the mark itself, which would tell how many others wrote
+ * and when the owner reads. */
 struct readers {
 	struct im__worker *w;
-	const char *user, *tl;
+	struct im__tl *t;
+	const char *user;
 	uint64_t seq;
 	int64_t now;
 };
+
+static enum im_row peer_sees(void *ctx, const char *user, uint64_t seq)
+{
+	(void)user;
+	*(uint64_t *)ctx = seq;
+	return IM_ROW_NEXT;
+}
 
 static enum im_row tell_reader(void *ctx, const char *peer)
 {
 	struct readers *r = ctx;
 	Im__V1__Event ev = IM__V1__EVENT__INIT;
 	char tl[IM_TL_MAX + 1];
+	uint64_t seq = r->seq, head;
 
+	/* peer NULL: a group's read mark, told on the group's own topic. */
+	if(peer){
+		seq = 0;
+		/* A store failure fails the batch (tried again). */
+		if(r->w->st.ops->reads_of(&r->w->st, r->t, peer, peer_sees, &seq, &head) != MOSQ_ERR_SUCCESS) return IM_ROW_ERROR;
+		if(seq == 0) return IM_ROW_NEXT;
+		snprintf(tl, sizeof(tl), "u/%s", peer);
+	}
 	ev.has_kind = 1;
 	ev.kind = IM__V1__EVENT__KIND__READ;
 	ev.user = (char *)r->user;
-	ev.timeline = (char *)r->tl;
+	ev.timeline = r->t->name;
 	ev.has_seq = 1;
-	ev.seq = r->seq;
+	ev.seq = seq;
 	ev.has_ts_ms = 1;
 	ev.ts_ms = r->now;
-	/* peer NULL: a group's read mark, told on the group's own topic. */
-	if(peer) snprintf(tl, sizeof(tl), "u/%s", peer);
-	im_work__emit(r->w, im_work__event(r->w, peer ? tl : r->tl, &ev));
+	im_work__emit(r->w, im_work__event(r->w, peer ? tl : r->t->name, &ev));
 	return IM_ROW_NEXT;
 }
 
 static int read_moved(struct im__worker *w, struct im__tl *tl, const char *user, uint64_t cursor)
 {
 	/* The store calls tell_reader only when the mark moved, to cursor. */
-	struct readers r = {w, user, tl->name, cursor, im_now_ms()};
+	struct readers r = {w, tl, user, cursor, im_now_ms()};
 	uint64_t before, after;
 
 	if(w->st.ops->read_mark(&w->st, tl, user, cursor, &before, &after, tell_reader, &r) != MOSQ_ERR_SUCCESS){

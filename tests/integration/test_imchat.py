@@ -402,7 +402,7 @@ def test_conversations_command(make_broker):
     send(b, "carol", "alice", "psst")
     assert imchat(b, "carol", "recall", "alice", "3").returncode == 0            # u/alice #3, #4 the recall
     assert conversations(b, "alice") == [
-        ("u/carol", 2, None, 4, "carol", "(recall)", "(no preview)"),
+        ("u/carol", 1, None, 4, "carol", "(recall)", "(no preview)"),   # the recall is not one more to read
         ("g/team", 2, None, 2, "carol", "", "hi team"),
         ("u/bob", 2, None, 2, "bob", "", "from bob 2")]
     # alice's device reads up to her #2 and answers bob: bob sees how far she read

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <mosquitto.h>
@@ -540,6 +541,18 @@ static void groups(struct im__store *st)
 	CHECK_STR(nm.v[1], "room");
 	CHECK_EQ(st->ops->each_group(st, group_row, &all), MOSQ_ERR_SUCCESS);
 	CHECK_EQ(all.n, 3);
+	/* Counts for the membership limits, each up to upto (0: all). */
+	{
+		const char *who[] = {"alice", "zed", "yan", "bob"};
+		uint32_t n[4];
+
+		CHECK_EQ(st->ops->group_counts(st, who, 4, false, 0, n), MOSQ_ERR_SUCCESS);
+		CHECK(n[0] == 2 && n[1] == 1 && n[2] == 0 && n[3] == 0);
+		CHECK_EQ(st->ops->group_counts(st, who, 4, true, 0, n), MOSQ_ERR_SUCCESS);
+		CHECK(n[0] == 2 && n[1] == 1 && n[2] == 0 && n[3] == 0);
+		CHECK_EQ(st->ops->group_counts(st, who, 1, false, 1, n), MOSQ_ERR_SUCCESS);
+		CHECK_EQ(n[0], 1);
+	}
 	CHECK_STR(all.name[0], "Aardvark");
 	CHECK_EQ(all.members[0], 1);
 	CHECK_STR(all.name[2], "room");
@@ -661,7 +674,7 @@ static long long unread(struct im__store *st, const char *owner, const char *tl)
 {
 	struct convs k = {.only = tl};
 
-	if(st->ops->conversations(st, owner, 100, 0, NULL, conv_row, &k) != MOSQ_ERR_SUCCESS || k.n != 1) return -1;
+	if(st->ops->conversations(st, owner, 100, 0, NULL, im_now_ms(), conv_row, &k) != MOSQ_ERR_SUCCESS || k.n != 1) return -1;
 	return (long long)k.unread[0];
 }
 
@@ -756,8 +769,9 @@ static void conversations(struct im__store *st)
 	CHECK_EQ(note(st, "carl", "dora", 3, 3000, "dora", "how are you", 1), MOSQ_ERR_SUCCESS);
 	CHECK_EQ(note(st, NULL, "room", 3, 2500, "bob", "in the room", 0), MOSQ_ERR_SUCCESS);
 	cv.only = "u/dora";
-	CHECK_EQ(st->ops->conversations(st, "carl", 100, 0, NULL, conv_row, &cv), MOSQ_ERR_SUCCESS);
-	CHECK(cv.n == 1 && cv.unread[0] == 2 && cv.last_seq[0] == 3 && cv.ts[0] == 3000 && !strcmp(cv.preview[0], "how are you"));
+	CHECK_EQ(st->ops->conversations(st, "carl", 100, 0, NULL, im_now_ms(), conv_row, &cv), MOSQ_ERR_SUCCESS);
+	/* seq 3 was recalled above: sync returns no body, so no preview. */
+	CHECK(cv.n == 1 && cv.unread[0] == 2 && cv.last_seq[0] == 3 && cv.ts[0] == 3000 && !strcmp(cv.preview[0], "(none)"));
 	CHECK_EQ(st->ops->has_conv(st, "carl", "dora", &yes), MOSQ_ERR_SUCCESS);
 	CHECK(yes);
 	CHECK_EQ(st->ops->has_conv(st, "carl", "zoe", &yes), MOSQ_ERR_SUCCESS);
@@ -773,42 +787,421 @@ static void conversations(struct im__store *st)
 	CHECK(before == 1 && after == 1 && peers.n == 0);
 	CHECK_EQ(read_mark(st, "u/carl", "carl", 4, &before, &after, &peers), MOSQ_ERR_SUCCESS);
 	CHECK(before == 1 && after == 4 && peers.n == 1);
-	CHECK_EQ(unread(st, "carl", "u/dora"), 0); /* 3 (the recalled one) and 4 (its edit) counted, never below 0 */
+	CHECK_EQ(unread(st, "carl", "u/dora"), 0); /* 3 (the recalled one) counted, not 4 (its edit) */
 	peers.n = 0;
 	CHECK_EQ(read_mark(st, "u/carl", "dora", 2, &before, &after, &peers), MOSQ_ERR_SUCCESS);
 	CHECK(before == 0 && after == 2 && peers.n == 0); /* not dora's inbox: no counts */
 	CHECK_EQ(read_mark(st, "u/dora", "dora", 4, &before, &after, &peers), MOSQ_ERR_SUCCESS);
 	CHECK_EQ(unread(st, "dora", "u/carl"), 0);
-	CHECK_EQ(st->ops->reads_of(st, carl, NULL, mark_row, &k), MOSQ_ERR_SUCCESS);
-	CHECK(k.n == 2 && !strcmp(k.user[0], "carl") && k.seq[0] == 4 && !strcmp(k.user[1], "dora") && k.seq[1] == 2);
+	/* carl sees his own mark and head; dora his mark as far as it passed
+	 * her messages (1, 3, and the edit 4), and her last noted one (3). */
+	CHECK_EQ(st->ops->reads_of(st, carl, "carl", mark_row, &k, &seq), MOSQ_ERR_SUCCESS);
+	CHECK(k.n == 1 && !strcmp(k.user[0], "carl") && k.seq[0] == 4 && seq == carl->head);
 	k.n = 0;
-	CHECK_EQ(st->ops->reads_of(st, carl, "dora", mark_row, &k), MOSQ_ERR_SUCCESS);
-	CHECK(k.n == 1 && k.seq[0] == 2);
+	CHECK_EQ(st->ops->reads_of(st, carl, "dora", mark_row, &k, &seq), MOSQ_ERR_SUCCESS);
+	CHECK(k.n == 1 && !strcmp(k.user[0], "carl") && k.seq[0] == 4 && seq == 3);
 
 	/* The list: carl's conversation with dora and the group room (carl a
 	 * member), latest first, paged strictly before a (ts, timeline). */
 	CHECK_EQ(change(st, IM_GROUP_CREATE, "room", "bob", carl_in, 1, &seq), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(note(st, NULL, "room", 3, 2500, "bob", "in the room", 0), MOSQ_ERR_SUCCESS); /* as after every change */
 	CHECK_EQ(note(st, "carl", "eli", 9, 2500, "eli", "same ts", 1), MOSQ_ERR_SUCCESS);
 	memset(&cv, 0, sizeof(cv));
-	CHECK_EQ(st->ops->conversations(st, "carl", 10, 0, NULL, conv_row, &cv), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->conversations(st, "carl", 10, 0, NULL, im_now_ms(), conv_row, &cv), MOSQ_ERR_SUCCESS);
 	CHECK_EQ(cv.n, 3);
 	CHECK_STR(cv.name[0], "u/dora");
-	CHECK(cv.last_seq[0] == 3 && cv.unread[0] == 0 && cv.peer_read[0] == 4 && !strcmp(cv.preview[0], "how are you"));
+	/* dora's mark (4) as far as it passed carl's messages in u/dora: 2. */
+	CHECK(cv.last_seq[0] == 3 && cv.unread[0] == 0 && cv.peer_read[0] == 2 && !strcmp(cv.preview[0], "(none)"));
 	CHECK_STR(cv.name[1], "u/eli");   /* ts 2500 both: "u/eli" > "g/room" */
 	CHECK_EQ(cv.peer_read[1], 0);
-	CHECK_STR(cv.name[2], "g/room");
-	CHECK(cv.last_seq[2] == 3 && cv.unread[2] == 3 && !strcmp(cv.preview[2], "in the room"));
+	CHECK_STR(cv.name[2], "g/room");  /* noted at seq 3, which g/room does not hold: no preview */
+	CHECK(cv.last_seq[2] == 3 && cv.unread[2] == 3 && !strcmp(cv.preview[2], "(none)"));
 	memset(&cv, 0, sizeof(cv));
-	CHECK_EQ(st->ops->conversations(st, "carl", 1, 2500, "u/eli", conv_row, &cv), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->conversations(st, "carl", 1, 2500, "u/eli", im_now_ms(), conv_row, &cv), MOSQ_ERR_SUCCESS);
 	CHECK(cv.n == 1 && !strcmp(cv.name[0], "g/room"));
 	memset(&cv, 0, sizeof(cv));
-	CHECK_EQ(st->ops->conversations(st, "carl", 2, 0, NULL, conv_row, &cv), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->conversations(st, "carl", 2, 0, NULL, im_now_ms(), conv_row, &cv), MOSQ_ERR_SUCCESS);
 	CHECK_EQ(cv.n, 2);
 	CHECK_EQ(read_mark(st, "g/room", "carl", 2, &before, &after, &peers), MOSQ_ERR_SUCCESS);
 	memset(&cv, 0, sizeof(cv));
-	CHECK_EQ(st->ops->conversations(st, "carl", 10, 2500, "u/eli", conv_row, &cv), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->conversations(st, "carl", 10, 2500, "u/eli", im_now_ms(), conv_row, &cv), MOSQ_ERR_SUCCESS);
 	CHECK(cv.n == 1 && cv.unread[0] == 1);
 	CHECK(seqs_whole(st, "u/carl") && seqs_whole(st, "u/dora"));
+}
+
+/* ---- conversations, second round (issue #20) ---- */
+
+enum { RECALL = 8 };
+
+/* One batch of the worker's work for a direct message: the message and the
+ * sender's copy, and both sides of the conversation noted (the recipient's
+ * counting it unread unless it is an edit or a recall). Its seq in u/<to>. */
+static uint64_t dm(struct im__store *st, const char *from, const char *to, const char *body, uint32_t flags,
+		int64_t expires_ms)
+{
+	char tt[IM_TL_MAX + 1], ft[IM_TL_MAX + 1];
+	struct im__tl *t, *f;
+	struct im__appended d = {0};
+	struct im__msg m;
+	int rc;
+
+	snprintf(tt, sizeof(tt), "u/%s", to);
+	snprintf(ft, sizeof(ft), "u/%s", from);
+	rc = st->ops->begin(st);
+	t = timeline(st, tt, true);
+	f = timeline(st, ft, true);
+	m = msg(from, tt, NULL, body);
+	m.flags = flags;
+	m.expires_ms = expires_ms;
+	if(rc == MOSQ_ERR_SUCCESS) rc = t && f ? st->ops->append(st, t, f, &m, &d) : MOSQ_ERR_UNKNOWN;
+	if(rc == MOSQ_ERR_SUCCESS) rc = st->ops->note_last(st, to, from, d.seq, m.ts_ms, from, flags, body, (flags & (EDIT | RECALL)) ? 0 : 1);
+	if(rc == MOSQ_ERR_SUCCESS) rc = st->ops->note_last(st, from, to, d.own_seq, m.ts_ms, from, flags, body, 0);
+	CHECK_EQ(finish(st, rc), MOSQ_ERR_SUCCESS);
+	return d.seq;
+}
+
+/* The same for a group message, or (flags SYSTEM) a membership change. */
+static uint64_t gm(struct im__store *st, const char *group, const char *from, const char *body, uint32_t flags,
+		int64_t ts, int64_t expires_ms)
+{
+	char tn[IM_TL_MAX + 1];
+	struct im__tl *t;
+	struct im__appended d = {0};
+	struct im__msg m;
+	int rc;
+
+	snprintf(tn, sizeof(tn), "g/%s", group);
+	rc = st->ops->begin(st);
+	t = timeline(st, tn, true);
+	m = msg(from, tn, NULL, body);
+	m.flags = flags;
+	m.expires_ms = expires_ms;
+	if(ts) m.ts_ms = ts;
+	if(rc == MOSQ_ERR_SUCCESS) rc = t ? st->ops->append(st, t, NULL, &m, &d) : MOSQ_ERR_UNKNOWN;
+	if(rc == MOSQ_ERR_SUCCESS) rc = st->ops->note_last(st, NULL, group, d.seq, m.ts_ms, from, flags, body, 0);
+	CHECK_EQ(finish(st, rc), MOSQ_ERR_SUCCESS);
+	return d.seq;
+}
+
+/* A membership change as the worker makes it: the change, then its
+ * notice noted in the list. */
+static void member_change(struct im__store *st, enum im_group_op op, const char *group, const char *actor,
+		char *const *users, size_t n, int64_t ts)
+{
+	uint64_t seq;
+	int rc;
+
+	CHECK_EQ(change(st, op, group, actor, users, n, &seq), MOSQ_ERR_SUCCESS);
+	rc = st->ops->begin(st);
+	if(rc == MOSQ_ERR_SUCCESS) rc = st->ops->note_last(st, NULL, group, seq, ts ? ts : im_now_ms(), actor, SYSTEM, NULL, 0);
+	CHECK_EQ(finish(st, rc), MOSQ_ERR_SUCCESS);
+}
+
+static struct convs list(struct im__store *st, const char *owner, int64_t now_ms)
+{
+	struct convs k = {0};
+
+	CHECK_EQ(st->ops->conversations(st, owner, 8, 0, NULL, now_ms, conv_row, &k), MOSQ_ERR_SUCCESS);
+	return k;
+}
+
+static int entry(const struct convs *k, const char *tl)
+{
+	int i;
+
+	for(i = 0; i < k->n; i++) if(!strcmp(k->name[i], tl)) return i;
+	CHECK(!"the entry is listed");
+	return 0;
+}
+
+/* A read mark tells a writer only how far its own messages were read, and
+ * a group's marks are its current members'. */
+static void marks_tell_writers_their_own(struct im__store *st)
+{
+	struct names peers = {0};
+	struct marks k = {0};
+	struct im__tl *bob;
+	struct convs cv;
+	uint64_t before, after, head;
+	char *bea[] = {"bea"}, *both[] = {"bea", "cid"};
+	int i;
+
+	CHECK_EQ(dm(st, "mallory", "bob", "hi bob", 0, 0), 1);
+	for(i = 0; i < 3; i++) CHECK_EQ(dm(st, "alice", "bob", "a", 0, 0), (uint64_t)(2 + i));
+	dm(st, "bob", "alice", "hi alice", 0, 0);                       /* bob's copy: u/bob 5 */
+	CHECK_EQ(dm(st, "alice", "bob", "a3", 0, 0), 6);
+	CHECK_EQ(read_mark(st, "u/bob", "bob", 4, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	CHECK(after == 4 && peers.n == 2);
+	if((bob = timeline(st, "u/bob", false)) == NULL) return;
+	CHECK_EQ(st->ops->reads_of(st, bob, "mallory", mark_row, &k, &head), MOSQ_ERR_SUCCESS);
+	CHECK(k.n == 1 && !strcmp(k.user[0], "bob") && k.seq[0] == 1 && head == 1);
+	k.n = 0;
+	CHECK_EQ(st->ops->reads_of(st, bob, "alice", mark_row, &k, &head), MOSQ_ERR_SUCCESS);
+	CHECK(k.n == 1 && k.seq[0] == 4 && head == 6);
+	k.n = 0;
+	CHECK_EQ(st->ops->reads_of(st, bob, "bob", mark_row, &k, &head), MOSQ_ERR_SUCCESS);
+	CHECK(k.n == 1 && k.seq[0] == 4 && head == 6);
+	k.n = 0;
+	CHECK_EQ(st->ops->reads_of(st, bob, "carol", mark_row, &k, &head), MOSQ_ERR_SUCCESS);
+	CHECK(k.n == 0 && head == 0);
+	cv = list(st, "mallory", im_now_ms());
+	CHECK_EQ(cv.peer_read[entry(&cv, "u/bob")], 1);
+	cv = list(st, "alice", im_now_ms());
+	CHECK_EQ(cv.peer_read[entry(&cv, "u/bob")], 4);
+	/* bob reads on past alice's last: she sees it, mallory nothing new. */
+	CHECK_EQ(read_mark(st, "u/bob", "bob", 6, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	k.n = 0;
+	CHECK_EQ(st->ops->reads_of(st, bob, "alice", mark_row, &k, &head), MOSQ_ERR_SUCCESS);
+	CHECK(k.n == 1 && k.seq[0] == 6);
+	k.n = 0;
+	CHECK_EQ(st->ops->reads_of(st, bob, "mallory", mark_row, &k, &head), MOSQ_ERR_SUCCESS);
+	CHECK(k.n == 1 && k.seq[0] == 1 && head == 1);
+
+	/* A removed member's mark is no longer shown. */
+	member_change(st, IM_GROUP_CREATE, "crew", "ann", both, 2, 0);
+	CHECK_EQ(read_mark(st, "g/crew", "bea", 1, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(read_mark(st, "g/crew", "cid", 1, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	member_change(st, IM_GROUP_REMOVE, "crew", "ann", bea, 1, 0);
+	k.n = 0;
+	CHECK_EQ(st->ops->reads_of(st, timeline(st, "g/crew", false), "ann", mark_row, &k, &head), MOSQ_ERR_SUCCESS);
+	CHECK(k.n == 1 && !strcmp(k.user[0], "cid") && head == 2);
+}
+
+/* Edits and recalls are not messages to read: in a direct conversation
+ * and in a group, the unread count leaves them out, before and after the
+ * reader's mark moves. */
+static void unread_leaves_out_edits(struct im__store *st)
+{
+	struct names peers = {0};
+	uint64_t before, after;
+	struct convs cv;
+	char *dan[] = {"dan"};
+
+	dm(st, "ann", "dan", "one", 0, 0);                              /* 1 */
+	dm(st, "ann", "dan", "one!", EDIT, 0);                          /* 2 */
+	dm(st, "ann", "dan", "two", 0, 0);                              /* 3 */
+	dm(st, "ann", "dan", "", RECALL, 0);                            /* 4 */
+	CHECK_EQ(unread(st, "dan", "u/ann"), 2);
+	CHECK_EQ(read_mark(st, "u/dan", "dan", 2, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(unread(st, "dan", "u/ann"), 1);
+	CHECK_EQ(read_mark(st, "u/dan", "dan", 4, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(unread(st, "dan", "u/ann"), 0);
+
+	member_change(st, IM_GROUP_CREATE, "club", "ann", dan, 1, 0);      /* 1 */
+	gm(st, "club", "ann", "g one", 0, 0, 0);                        /* 2 */
+	gm(st, "club", "ann", "g one!", EDIT, 0, 0);                    /* 3 */
+	gm(st, "club", "ann", "g two", 0, 0, 0);                        /* 4 */
+	gm(st, "club", "ann", "", RECALL, 0, 0);                        /* 5 */
+	cv = list(st, "dan", im_now_ms());
+	CHECK_EQ(cv.unread[entry(&cv, "g/club")], 3);                   /* the notice, two messages */
+	/* A first mark, then one that moves on. */
+	CHECK_EQ(read_mark(st, "g/club", "dan", 3, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	cv = list(st, "dan", im_now_ms());
+	CHECK_EQ(cv.unread[entry(&cv, "g/club")], 1);
+	gm(st, "club", "ann", "g two!", EDIT, 0, 0);                    /* 6 */
+	cv = list(st, "dan", im_now_ms());
+	CHECK_EQ(cv.unread[entry(&cv, "g/club")], 1);
+	CHECK_EQ(read_mark(st, "g/club", "dan", 6, &before, &after, &peers), MOSQ_ERR_SUCCESS);
+	gm(st, "club", "ann", "g three", 0, 0, 0);                      /* 7 */
+	cv = list(st, "dan", im_now_ms());
+	CHECK_EQ(cv.unread[entry(&cv, "g/club")], 1);
+}
+
+/* A preview is shown only while sync would return its message: not once
+ * it expired, nor once retention removed it (which erases it at rest). */
+static void previews_follow_messages(struct im__store *st)
+{
+	int64_t soon = im_now_ms() + 60000;
+	struct convs cv;
+	char *fay[] = {"fay"};
+
+	dm(st, "eve", "fay", "PIN 4711", 0, soon);
+	member_change(st, IM_GROUP_CREATE, "vault", "eve", fay, 1, 0);
+	gm(st, "vault", "eve", "PIN 4711", 0, 0, soon);
+	cv = list(st, "fay", im_now_ms());
+	CHECK_STR(cv.preview[entry(&cv, "u/eve")], "PIN 4711");
+	CHECK_STR(cv.preview[entry(&cv, "g/vault")], "PIN 4711");
+	cv = list(st, "fay", soon);
+	CHECK_STR(cv.preview[entry(&cv, "u/eve")], "(none)");
+	CHECK_STR(cv.preview[entry(&cv, "g/vault")], "(none)");
+	cv = list(st, "eve", soon);                                     /* her copy expired too */
+	CHECK_STR(cv.preview[entry(&cv, "u/fay")], "(none)");
+
+	/* Retention by count: gil's message leaves u/hal, not u/gil. */
+	dm(st, "gil", "hal", "PIN 4711", 0, 0);
+	dm(st, "ida", "hal", "one", 0, 0);
+	dm(st, "ida", "hal", "two", 0, 0);
+	gm(st, "safe", "gil", "PIN 4711", 0, 1000, 0);                  /* ancient */
+	CHECK(sweep(st, 5000, 2, 1000) > 0);
+	cv = list(st, "hal", im_now_ms());
+	CHECK_STR(cv.preview[entry(&cv, "u/gil")], "(none)");
+	CHECK_STR(cv.preview[entry(&cv, "u/ida")], "two");
+	cv = list(st, "gil", im_now_ms());
+	CHECK_STR(cv.preview[entry(&cv, "u/hal")], "PIN 4711");
+	CHECK_EQ(peek(st, "SELECT count(*) FROM convs WHERE owner = 'hal' AND preview IS NOT NULL"), 1);   /* ida's */
+	CHECK_EQ(peek(st, "SELECT count(*) FROM group_last WHERE grp = 'safe' AND preview IS NOT NULL"), 0);
+}
+
+/* Pages of the list across direct conversations, groups of a few (noted
+ * per member), and larger groups (ordered when listed), with groups moving
+ * between the two; and a page's cost, whatever the number of groups. */
+struct page_rows { int n; char tl[256][IM_TL_MAX + 1]; int64_t ts[256]; };
+
+static enum im_row page_row(void *ctx, const struct im__conv *c)
+{
+	struct page_rows *p = ctx;
+
+	if(p->n < 256){
+		snprintf(p->tl[p->n], sizeof(p->tl[0]), "%c/%s", c->kind, c->name);
+		p->ts[p->n++] = c->last_ts;
+	}
+	return IM_ROW_NEXT;
+}
+
+/* Every entry of owner's list, 3 per page; true if latest first, each once. */
+static int whole_list(struct im__store *st, const char *owner)
+{
+	struct page_rows all = {0}, p;
+	int i, j, pages = 0;
+
+	do{
+		memset(&p, 0, sizeof(p));
+		CHECK_EQ(st->ops->conversations(st, owner, 3, all.n ? all.ts[all.n - 1] : 0, all.n ? all.tl[all.n - 1] : NULL,
+				im_now_ms(), page_row, &p), MOSQ_ERR_SUCCESS);
+		for(i = 0; i < p.n && all.n < 256; i++){
+			snprintf(all.tl[all.n], sizeof(all.tl[0]), "%s", p.tl[i]);
+			all.ts[all.n++] = p.ts[i];
+		}
+	}while(p.n == 3 && ++pages < 100);
+	for(i = 1; i < all.n; i++){
+		if(all.ts[i] > all.ts[i - 1] || (all.ts[i] == all.ts[i - 1] && strcmp(all.tl[i], all.tl[i - 1]) >= 0)) return -1;
+		for(j = 0; j < i; j++) if(!strcmp(all.tl[i], all.tl[j])) return -1;
+	}
+	return all.n;
+}
+
+static double now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+static double page_us(struct im__store *st, const char *owner)
+{
+	struct page_rows p = {0};
+	double t0 = now_us();
+
+	CHECK_EQ(st->ops->conversations(st, owner, 51, 0, NULL, im_now_ms(), page_row, &p), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(p.n, 51);
+	return now_us() - t0;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Medians of pages of 50 for each owner, asked in turns. */
+static void pages_us(struct im__store *st, const char *const *owners, int n, double *median)
+{
+	double t[4][21];
+	int i, k;
+
+	for(i = 0; i < n; i++) page_us(st, owners[i]);          /* warm */
+	for(k = 0; k < 21; k++){
+		for(i = 0; i < n; i++) t[i][k] = page_us(st, owners[i]);
+	}
+	for(i = 0; i < n; i++){
+		qsort(t[i], 21, sizeof(double), cmp_double);
+		median[i] = t[i][10];
+	}
+}
+
+/* n groups of two made by ann with user, in batches of 100, each change
+ * and its notice as the worker makes them. */
+static void groups_with(struct im__store *st, const char *user, const char *prefix, int n)
+{
+	char name[IM_NAME_MAX + 1], tn[IM_TL_MAX + 1], *who[] = {(char *)user};
+	struct im__tl *t;
+	struct im__msg m;
+	uint64_t seq;
+	int i, rc = MOSQ_ERR_SUCCESS;
+
+	for(i = 0; i < n && rc == MOSQ_ERR_SUCCESS; i++){
+		if(i % 100 == 0) rc = st->ops->begin(st);
+		snprintf(name, sizeof(name), "%s%05d", prefix, i);
+		snprintf(tn, sizeof(tn), "g/%s", name);
+		t = timeline(st, tn, true);
+		m = msg("ann", tn, NULL, "{}");
+		m.flags = SYSTEM;
+		if(rc == MOSQ_ERR_SUCCESS) rc = t ? st->ops->group_change(st, IM_GROUP_CREATE, name, "ann", who, 1, t, &m, &seq) : MOSQ_ERR_UNKNOWN;
+		if(rc == MOSQ_ERR_SUCCESS) rc = st->ops->note_last(st, NULL, name, seq, m.ts_ms, "ann", SYSTEM, NULL, 0);
+		if(rc != MOSQ_ERR_SUCCESS || i % 100 == 99 || i == n - 1) rc = finish(st, rc);
+	}
+	CHECK_EQ(rc, MOSQ_ERR_SUCCESS);
+}
+
+static void pages_whatever_the_groups(struct im__store *st)
+{
+	char many[IM_STORE_FAN_MAX + 2][IM_NAME_MAX + 1], *users[IM_STORE_FAN_MAX + 2], *pam[] = {"pam"};
+	const char *owners[] = {"few", "lot"};
+	double before[1], after[2];
+	int64_t at = im_now_ms() + 100000; /* later than anything before, one ms apart */
+	int i;
+
+	/* pam: 4 direct conversations, 3 groups of two, and one that grows
+	 * past IM_STORE_FAN_MAX members and shrinks back. */
+	for(i = 0; i < IM_STORE_FAN_MAX + 2; i++){
+		snprintf(many[i], sizeof(many[i]), "m%02d", i);
+		users[i] = many[i];
+	}
+	dm(st, "pam", "qui", "1", 0, 0);
+	member_change(st, IM_GROUP_CREATE, "g1", "ann", pam, 1, 0);
+	dm(st, "rob", "pam", "2", 0, 0);
+	member_change(st, IM_GROUP_CREATE, "big", "ann", pam, 1, 0);
+	member_change(st, IM_GROUP_CREATE, "g2", "ann", pam, 1, 0);
+	dm(st, "pam", "sue", "3", 0, 0);
+	member_change(st, IM_GROUP_CREATE, "g3", "ann", pam, 1, 0);
+	gm(st, "g1", "ann", "g1 again", 0, ++at, 0);
+	dm(st, "tom", "pam", "4", 0, 0);
+	CHECK_EQ(whole_list(st, "pam"), 8);
+	member_change(st, IM_GROUP_ADD, "big", "ann", users, IM_STORE_FAN_MAX + 2, ++at);
+	CHECK_EQ(peek(st, "SELECT fan FROM group_last WHERE grp = 'big'"), 0);
+	CHECK_EQ(whole_list(st, "pam"), 8);
+	gm(st, "g2", "ann", "g2 again", 0, ++at, 0);
+	gm(st, "big", "ann", "big again", 0, ++at, 0);
+	CHECK_EQ(whole_list(st, "pam"), 8);
+	CHECK_EQ(list(st, "pam", im_now_ms()).n, 8);
+	CHECK_STR(list(st, "pam", im_now_ms()).name[0], "g/big");
+	CHECK_STR(list(st, "m00", im_now_ms()).name[0], "g/big");      /* a member who joined a larger group */
+	member_change(st, IM_GROUP_REMOVE, "big", "ann", users, IM_STORE_FAN_MAX + 2, ++at);
+	CHECK_EQ(peek(st, "SELECT fan FROM group_last WHERE grp = 'big'"), 1);
+	gm(st, "g3", "ann", "g3 again", 0, ++at, 0);
+	CHECK_EQ(whole_list(st, "pam"), 8);
+	CHECK_STR(list(st, "pam", im_now_ms()).name[0], "g/g3");
+	CHECK_STR(list(st, "pam", im_now_ms()).name[1], "g/big");
+
+	/* The cost of a page of 50: few is in 5 groups, lot in 2,000; both
+	 * wrote to 50 people, before lot's groups were made. Asked in turns,
+	 * so that the machine's load falls on both alike. */
+	for(i = 0; i < 50; i++){
+		char to[16];
+
+		snprintf(to, sizeof(to), "p%02d", i);
+		dm(st, "few", to, "x", 0, 0);
+		dm(st, "lot", to, "x", 0, 0);
+	}
+	groups_with(st, "few", "few", 5);
+	pages_us(st, owners, 1, before);
+	groups_with(st, "lot", "lot", 2000);
+	pages_us(st, owners, 2, after);
+	printf("# %s: a page of 50: in 5 of 5 groups %.0f us; in 5 of 2,005 %.0f us; in 2,000 %.0f us\n",
+			be->name, before[0], after[0], after[1]);
+	CHECK(after[1] < 3 * after[0]);
 }
 
 static const struct { const char *name; void (*fn)(struct im__store *st); } tests[] = {
@@ -822,6 +1215,10 @@ static const struct { const char *name; void (*fn)(struct im__store *st); } test
 	{"contacts", contacts},
 	{"identity", identity},
 	{"conversations", conversations},
+	{"marks_tell_writers_their_own", marks_tell_writers_their_own},
+	{"unread_leaves_out_edits", unread_leaves_out_edits},
+	{"previews_follow_messages", previews_follow_messages},
+	{"pages_whatever_the_groups", pages_whatever_the_groups},
 };
 
 void store_suite(const struct store_backend *backend, int *checks, int *failed)

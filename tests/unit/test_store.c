@@ -15,7 +15,7 @@
 #include "store_suite.h"
 #include "tap.h"
 
-#define SCHEMA_VERSION 7   /* schema/NNN_*.sql: the last NNN */
+#define SCHEMA_VERSION 8   /* schema/NNN_*.sql: the last NNN */
 
 static char path[256];
 

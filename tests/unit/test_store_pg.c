@@ -36,7 +36,7 @@
 extern char stub_last_log[1024]; /* stubs.c: the last line logged */
 int stub_log_has(const char *needle); /* stubs.c: ... contains needle, safely across threads */
 
-#define SCHEMA_VERSION 7   /* schema/pg/NNN_*.sql: the last NNN */
+#define SCHEMA_VERSION 8   /* schema/pg/NNN_*.sql: the last NNN */
 
 static struct pg_server primary;
 static char uri[256];

@@ -93,53 +93,94 @@ static const struct { const char *types; const char *sql; } stmts[PG_NSTMT] = {
 	[PG_ERASE_EDITS] = {"88", "UPDATE messages SET body = '', key_id = 0, raw_len = 0, flags = (flags & ~2) | 32"
 		" WHERE tl = $1 AND ref_seq = $2 AND (flags & 4) <> 0"},
 	/* unread moves by one atomic addition (several nodes may note the same
-	 * conversation); the last message only ever moves to a higher seq. */
-	[PG_CONV_NOTE] = {"tt88t8t8", "INSERT INTO convs(owner, peer, last_seq, last_ts, last_sender, last_flags, preview, unread)"
-		" VALUES($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (owner, peer) DO UPDATE SET"
+	 * conversation); the last message only ever moves to a higher seq. The
+	 * recipient's side (sender = peer) also keeps where the peer's last
+	 * message is. */
+	[PG_CONV_NOTE] = {"tt88t8t8", "INSERT INTO convs(owner, peer, last_seq, last_ts, last_sender, last_flags, preview, unread,"
+		" sent_seq) VALUES($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $5 = $2 THEN $3 ELSE 0 END)"
+		" ON CONFLICT (owner, peer) DO UPDATE SET"
 		" last_seq = greatest(convs.last_seq, excluded.last_seq),"
 		" last_ts = CASE WHEN excluded.last_seq >= convs.last_seq THEN excluded.last_ts ELSE convs.last_ts END,"
 		" last_sender = CASE WHEN excluded.last_seq >= convs.last_seq THEN excluded.last_sender ELSE convs.last_sender END,"
 		" last_flags = CASE WHEN excluded.last_seq >= convs.last_seq THEN excluded.last_flags ELSE convs.last_flags END,"
 		" preview = CASE WHEN excluded.last_seq >= convs.last_seq THEN excluded.preview ELSE convs.preview END,"
-		" unread = convs.unread + excluded.unread"},
-	[PG_GROUP_NOTE] = {"t88t8t", "INSERT INTO group_last(grp, last_seq, last_ts, last_sender, last_flags, preview)"
-		" VALUES($1, $2, $3, $4, $5, $6) ON CONFLICT (grp) DO UPDATE SET"
-		" last_seq = excluded.last_seq, last_ts = excluded.last_ts, last_sender = excluded.last_sender,"
-		" last_flags = excluded.last_flags, preview = excluded.preview WHERE excluded.last_seq >= group_last.last_seq"},
+		" unread = convs.unread + excluded.unread,"
+		" sent_seq = greatest(convs.sent_seq, excluded.sent_seq)"},
+	/* A group counts its edits and recalls (not messages to read); a group
+	 * of a few notes the activity in its members' rows in the same round
+	 * trip: whether it does (fan) and how many rows it wrote (conv.c). */
+	[PG_GROUP_NOTE] = {"t88t8t", "WITH g AS (INSERT INTO group_last(grp, last_seq, last_ts, last_sender, last_flags, preview, edits)"
+		"   VALUES($1, $2, $3, $4, $5, $6, CASE WHEN ($5 & 12) <> 0 THEN 1 ELSE 0 END) ON CONFLICT (grp) DO UPDATE SET"
+		"   last_seq = greatest(group_last.last_seq, excluded.last_seq),"
+		"   last_ts = CASE WHEN excluded.last_seq >= group_last.last_seq THEN excluded.last_ts ELSE group_last.last_ts END,"
+		"   last_sender = CASE WHEN excluded.last_seq >= group_last.last_seq THEN excluded.last_sender ELSE group_last.last_sender END,"
+		"   last_flags = CASE WHEN excluded.last_seq >= group_last.last_seq THEN excluded.last_flags ELSE group_last.last_flags END,"
+		"   preview = CASE WHEN excluded.last_seq >= group_last.last_seq THEN excluded.preview ELSE group_last.preview END,"
+		"   edits = group_last.edits + excluded.edits RETURNING fan),"
+		" f AS (UPDATE members SET last_ts = $3 WHERE grp = $1 AND (SELECT fan FROM g) = 1 RETURNING 1)"
+		" SELECT (SELECT fan FROM g), (SELECT count(*) FROM f)"},
 	/* The read mark as it is, its row locked (made if absent): another
 	 * node moving the same mark waits, so each message is counted read
 	 * once. ON CONFLICT DO UPDATE reads the latest committed row, not the
 	 * statement's snapshot. */
 	[PG_READ_LOCK] = {"8t", "INSERT INTO reads(tl, usr, seq) VALUES($1, $2, 0)"
-		" ON CONFLICT (tl, usr) DO UPDATE SET seq = reads.seq RETURNING seq"},
-	[PG_READ_SET] = {"8t8", "UPDATE reads SET seq = greatest(seq, $3) WHERE tl = $1 AND usr = $2"},
+		" ON CONFLICT (tl, usr) DO UPDATE SET seq = reads.seq RETURNING seq, edits"},
+	[PG_READ_SET] = {"8t88", "UPDATE reads SET seq = greatest(seq, $3), edits = $4 WHERE tl = $1 AND usr = $2"},
 	/* The peers whose messages the user just read in its own inbox, their
-	 * unread counts lowered in the same statement. */
-	[PG_READ_UNREAD] = {"888t", "WITH r AS (SELECT sender, count(*) AS n FROM messages WHERE tl = $1 AND seq > $2 AND seq <= $3"
-		"   AND copy = 0 AND (flags & 1) = 0 AND sender <> $4 GROUP BY sender),"
-		" u AS (UPDATE convs c SET unread = greatest(c.unread - r.n, 0) FROM r WHERE c.owner = $4 AND c.peer = r.sender)"
+	 * unread counts (not edits or recalls) lowered and how far the user
+	 * read them moved in the same statement. */
+	[PG_READ_UNREAD] = {"888t", "WITH r AS (SELECT sender, count(*) FILTER (WHERE (flags & 12) = 0) AS n, max(seq) AS top"
+		"   FROM messages WHERE tl = $1 AND seq > $2 AND seq <= $3 AND copy = 0 AND (flags & 1) = 0 AND sender <> $4"
+		"   GROUP BY sender),"
+		" u AS (UPDATE convs c SET unread = greatest(c.unread - r.n, 0), read_seq = greatest(c.read_seq, r.top)"
+		"   FROM r WHERE c.owner = $4 AND c.peer = r.sender)"
 		" SELECT sender FROM r ORDER BY sender"},
-	[PG_READS_ALL] = {"8", "SELECT usr, seq FROM reads WHERE tl = $1 ORDER BY usr"},
+	[PG_READS_MEMBERS] = {"8t", "SELECT r.usr, r.seq FROM reads r JOIN members m ON m.grp = $2 AND m.usr = r.usr"
+		" WHERE r.tl = $1 ORDER BY r.usr"},
 	[PG_READS_ONE] = {"8t", "SELECT usr, seq FROM reads WHERE tl = $1 AND usr = $2"},
 	[PG_CONV_HAS] = {"tt", "SELECT 1 FROM convs WHERE owner = $1 AND peer = $2"},
-	/* Direct conversations and groups, each read in its index order up to
-	 * the page's end, merged: the latest first, ties by timeline name
-	 * descending ("u/x" after "g/x"), strictly before ($2, $3) if $3. */
-	[PG_CONV_LIST] = {"t8t8", "SELECT kind, name, last_seq, last_ts, last_sender, last_flags, preview, unread, peer_read FROM ("
-		" (SELECT 'u'::text AS kind, c.peer AS name, c.last_seq, c.last_ts, c.last_sender, c.last_flags, c.preview, c.unread,"
-		"   coalesce((SELECT r.seq FROM reads r JOIN timelines t ON t.id = r.tl WHERE t.name = 'u/' || c.peer AND r.usr = c.peer), 0)"
-		"   AS peer_read, ('u/' || c.peer) COLLATE \"C\" AS tl"
-		"   FROM convs c WHERE c.owner = $1"
-		"   AND ($3 IS NULL OR c.last_ts < $2 OR (c.last_ts = $2 AND ('u/' || c.peer) COLLATE \"C\" < $3))"
+	/* Direct conversations, groups that note each member's row, and larger
+	 * groups, each read in its order up to the page's end (the first two
+	 * an index range from ($2, $3) down; $2 is the largest ts there is on
+	 * a first page), merged: the latest first, ties by timeline name
+	 * descending ("u/x" after "g/x"). A preview only while sync returns its
+	 * message at $5; unread in a group: the seqs after the mark less the
+	 * edits and recalls there. */
+	[PG_CONV_LIST] = {"t8t88", "SELECT kind, name, last_seq, last_ts, last_sender, last_flags, preview, unread, peer_read FROM ("
+		" (SELECT 'u'::text AS kind, c.peer AS name, c.last_seq, c.last_ts, c.last_sender, c.last_flags,"
+		"   CASE WHEN c.preview IS NOT NULL AND EXISTS(SELECT 1 FROM messages x"
+		"     WHERE x.tl = (SELECT id FROM timelines WHERE name = 'u/' || $1) AND x.seq = c.last_seq"
+		"     AND (x.expires_ms = 0 OR x.expires_ms > $5) AND (x.flags & 32) = 0) THEN c.preview END AS preview,"
+		"   c.unread, coalesce((SELECT p.read_seq FROM convs p WHERE p.owner = c.peer AND p.peer = $1), 0) AS peer_read,"
+		"   ('u/' || c.peer) COLLATE \"C\" AS tl"
+		"   FROM convs c WHERE c.owner = $1 AND c.last_ts <= $2 AND (c.last_ts < $2 OR ('u/' || c.peer) COLLATE \"C\" < $3)"
 		"   ORDER BY c.last_ts DESC, c.peer DESC LIMIT $4)"
 		" UNION ALL"
-		" (SELECT 'g', g.grp, g.last_seq, g.last_ts, g.last_sender, g.last_flags, g.preview,"
-		"   greatest(g.last_seq - coalesce((SELECT r.seq FROM reads r JOIN timelines t ON t.id = r.tl"
-		"     WHERE t.name = 'g/' || g.grp AND r.usr = $1), 0), 0), 0::bigint, ('g/' || g.grp) COLLATE \"C\""
-		"   FROM members m JOIN group_last g ON g.grp = m.grp WHERE m.usr = $1"
-		"   AND ($3 IS NULL OR g.last_ts < $2 OR (g.last_ts = $2 AND ('g/' || g.grp) COLLATE \"C\" < $3))"
-		"   ORDER BY g.last_ts DESC, g.grp DESC LIMIT $4)"
+		" (SELECT 'g', g.grp, g.last_seq, g.last_ts, g.last_sender, g.last_flags,"
+		"   CASE WHEN g.preview IS NOT NULL AND EXISTS(SELECT 1 FROM messages x WHERE x.tl = t.id AND x.seq = g.last_seq"
+		"     AND (x.expires_ms = 0 OR x.expires_ms > $5) AND (x.flags & 32) = 0) THEN g.preview END,"
+		"   greatest(g.last_seq - coalesce(r.seq, 0) - (g.edits - coalesce(r.edits, 0)), 0), 0::bigint,"
+		"   ('g/' || g.grp) COLLATE \"C\""
+		"   FROM ((SELECT g.* FROM members m JOIN group_last g ON g.grp = m.grp WHERE m.usr = $1 AND m.last_ts >= 0"
+		"       AND m.last_ts <= $2 AND (m.last_ts < $2 OR ('g/' || m.grp) COLLATE \"C\" < $3)"
+		"       ORDER BY m.last_ts DESC, m.grp DESC LIMIT $4)"
+		"     UNION ALL"
+		"     (SELECT g.* FROM members m JOIN group_last g ON g.grp = m.grp WHERE m.usr = $1 AND m.last_ts = -1"
+		"       AND g.last_ts <= $2 AND (g.last_ts < $2 OR ('g/' || g.grp) COLLATE \"C\" < $3)"
+		"       ORDER BY g.last_ts DESC, g.grp DESC LIMIT $4)) g"
+		"   LEFT JOIN timelines t ON t.name = 'g/' || g.grp LEFT JOIN reads r ON r.tl = t.id AND r.usr = $1)"
 		") x ORDER BY last_ts DESC, tl DESC LIMIT $4"},
+	/* A group's activity in its members' rows (conv.c). */
+	[PG_GROUP_FAN_TS] = {"t8", "UPDATE members SET last_ts = $2 WHERE grp = $1"},
+	[PG_GROUP_UNFAN] = {"t", "UPDATE members SET last_ts = -1 WHERE grp = $1 AND last_ts <> -1"},
+	[PG_GROUP_FAN_SET] = {"t8", "UPDATE group_last SET fan = $2 WHERE grp = $1"},
+	[PG_GROUP_SIZE] = {"t", "SELECT count(*) FROM members WHERE grp = $1"},
+	[PG_COUNT_EDITS] = {"888", "SELECT count(*) FROM messages WHERE tl = $1 AND seq > $2 AND seq <= $3 AND (flags & 12) <> 0"},
+	[PG_GROUP_EDITS] = {"t", "SELECT edits FROM group_last WHERE grp = $1"},
+	[PG_CONV_PEER_READ] = {"tt", "SELECT read_seq, sent_seq FROM convs WHERE owner = $1 AND peer = $2"},
+	/* Retention takes the previews of what it removes along (trim.c). */
+	[PG_TRIM_PREVIEW_U] = {"t8", "UPDATE convs SET preview = NULL WHERE owner = $1 AND last_seq < $2 AND preview IS NOT NULL"},
+	[PG_TRIM_PREVIEW_G] = {"t8", "UPDATE group_last SET preview = NULL WHERE grp = $1 AND last_seq < $2 AND preview IS NOT NULL"},
 };
 
 #define OID_INT8 20

@@ -8,7 +8,11 @@
  *   -n per read (one UPDATE lowering it by the messages now read), never
  *   below 0. Both happen while the batch holds the owner's inbox row lock
  *   (an append takes it; read_mark takes it too), so the writers of one
- *   owner's conversation rows take turns and never deadlock on them.
+ *   owner's conversation rows take turns and never deadlock on them. How
+ *   far the owner read each peer (read_seq) moves in that same UPDATE.
+ * - a group's rows (group_last, its members' last_ts) are written under
+ *   the group's timeline row lock, which its messages and membership
+ *   changes take before them.
  * - a read mark only goes up, and the one being moved is locked first
  *   (read_lock), so two devices acknowledging on two nodes count each
  *   message read once: the second sees the first's mark as "before".
@@ -83,6 +87,9 @@ int im_pg__note_last(struct im__store *st, const char *owner, const char *peer, 
 {
 	struct im__pg *s = im_pg(st);
 	struct im__pgq q = {0};
+	PGresult *r;
+	int64_t n;
+	bool fan;
 
 	s->wrote = true;
 	if(owner) im_pgq__text(&q, owner, -1);
@@ -92,8 +99,36 @@ int im_pg__note_last(struct im__store *st, const char *owner, const char *peer, 
 	im_pgq__text(&q, sender, -1);
 	im_pgq__i64(&q, flags);
 	im_pgq__text(&q, preview, -1);
-	if(owner) im_pgq__i64(&q, unread_add);
-	return im_pg__exec(s, owner ? PG_CONV_NOTE : PG_GROUP_NOTE, &q, "noting a conversation");
+	if(owner){
+		im_pgq__i64(&q, unread_add);
+		return im_pg__exec(s, PG_CONV_NOTE, &q, "noting a conversation");
+	}
+	if((r = im_pg__run(s, PG_GROUP_NOTE, &q, "noting a group")) == NULL) return MOSQ_ERR_UNKNOWN;
+	fan = PQntuples(r) == 1 && im_pg__int(r, 0, 0);
+	n = PQntuples(r) == 1 ? im_pg__int(r, 0, 1) : 0;
+	PQclear(r);
+	/* A group of at most IM_STORE_FAN_MAX members notes its activity in
+	 * each member's row (done above). Past that its rows say -1 (listed
+	 * apart; after a membership change, the new members' too), and after a
+	 * change that leaves half of it, per member again. All under the
+	 * group's row lock, which its messages and changes take first. */
+	memset(&q, 0, sizeof(q));
+	im_pgq__text(&q, peer, -1);
+	if(fan){
+		if(n <= IM_STORE_FAN_MAX) return MOSQ_ERR_SUCCESS;
+		if(im_pg__exec(s, PG_GROUP_UNFAN, &q, "noting a group's members") != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+	}else{
+		if((flags & IM_STORE_FLAG_SYSTEM) == 0) return MOSQ_ERR_SUCCESS;
+		if((r = im_pg__run(s, PG_GROUP_SIZE, &q, "counting a group's members")) == NULL) return MOSQ_ERR_UNKNOWN;
+		n = PQntuples(r) == 1 ? im_pg__int(r, 0, 0) : 0;
+		PQclear(r);
+		if(n > IM_STORE_FAN_MAX / 2) return im_pg__exec(s, PG_GROUP_UNFAN, &q, "noting a group's members");
+		im_pgq__i64(&q, ts);
+		if(im_pg__exec(s, PG_GROUP_FAN_TS, &q, "noting a group's members") != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+		q.n = 1;
+	}
+	im_pgq__i64(&q, !fan);
+	return im_pg__exec(s, PG_GROUP_FAN_SET, &q, "noting a group's size");
 }
 
 /* The row lock of tl, as an append takes it (nothing if held already). */
@@ -115,12 +150,60 @@ static int lock_timeline(struct im__pg *s, struct im__tl *tl)
 	return MOSQ_ERR_SUCCESS;
 }
 
+/* The first column of a one-row statement (0 if no row). */
+static int one_int(struct im__pg *s, enum im_pg_stmt id, const struct im__pgq *q, const char *what, int64_t *out)
+{
+	PGresult *r = im_pg__run(s, id, q, what);
+
+	if(r == NULL) return MOSQ_ERR_UNKNOWN;
+	*out = PQntuples(r) == 1 ? im_pg__int(r, 0, 0) : 0;
+	PQclear(r);
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* Edits and recalls in tl after `after`, up to `upto`. */
+static int count_edits(struct im__pg *s, struct im__tl *tl, uint64_t after, int64_t upto, int64_t *n)
+{
+	struct im__pgq q = {0};
+
+	im_pgq__i64(&q, tl->id);
+	im_pgq__i64(&q, (int64_t)after);
+	im_pgq__i64(&q, upto);
+	return one_int(s, PG_COUNT_EDITS, &q, "counting edits", n);
+}
+
+/* A member's mark in a group counts the edits and recalls at or below it:
+ * from its last mark on, or for a first mark, the group's count less
+ * those after it (a first mark is mostly near the head). */
+static int edits_at(struct im__pg *s, struct im__tl *tl, uint64_t before, int64_t before_edits, uint64_t seq,
+		int64_t *out)
+{
+	struct im__pgq q = {0};
+	int64_t n = 0, all = 0;
+
+	*out = 0;
+	if(tl->name[0] != 'g') return MOSQ_ERR_SUCCESS;
+	if(before){
+		if(count_edits(s, tl, before, (int64_t)seq, &n) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+		*out = before_edits + n;
+		return MOSQ_ERR_SUCCESS;
+	}
+	im_pgq__text(&q, tl->name + 2, -1);
+	if(one_int(s, PG_GROUP_EDITS, &q, "reading a group's edits", &all) != MOSQ_ERR_SUCCESS
+			|| count_edits(s, tl, seq, INT64_MAX, &n) != MOSQ_ERR_SUCCESS){
+		return MOSQ_ERR_UNKNOWN;
+	}
+	*out = all > n ? all - n : 0;
+	return MOSQ_ERR_SUCCESS;
+}
+
 int im_pg__read_mark(struct im__store *st, struct im__tl *tl, const char *user, uint64_t seq,
 		uint64_t *before, uint64_t *after, im_store__name_fn fn, void *ctx)
 {
 	struct im__pg *s = im_pg(st);
 	struct im__pgq q = {0};
 	bool own = tl->name[0] == 'u' && !strcmp(tl->name + 2, user);
+	int64_t before_edits, edits;
 	PGresult *r;
 	int i, rc = MOSQ_ERR_SUCCESS;
 
@@ -134,10 +217,13 @@ int im_pg__read_mark(struct im__store *st, struct im__tl *tl, const char *user, 
 	r = im_pg__run(s, PG_READ_LOCK, &q, "reading a read mark");
 	if(r == NULL) return MOSQ_ERR_UNKNOWN;
 	*before = (uint64_t)im_pg__int(r, 0, 0);
+	before_edits = im_pg__int(r, 0, 1);
 	PQclear(r);
 	*after = *before;
 	if(seq <= *before) return MOSQ_ERR_SUCCESS;
+	if(edits_at(s, tl, *before, before_edits, seq, &edits) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
 	im_pgq__i64(&q, (int64_t)seq);
+	im_pgq__i64(&q, edits);
 	if(im_pg__exec(s, PG_READ_SET, &q, "moving a read mark") != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
 	*after = seq;
 	if(!own) return MOSQ_ERR_SUCCESS;
@@ -158,17 +244,35 @@ int im_pg__read_mark(struct im__store *st, struct im__tl *tl, const char *user, 
 	return rc;
 }
 
-int im_pg__reads_of(struct im__store *st, struct im__tl *tl, const char *user, im_store__mark_fn fn, void *ctx)
+int im_pg__reads_of(struct im__store *st, struct im__tl *tl, const char *reader, im_store__mark_fn fn, void *ctx,
+		uint64_t *head)
 {
 	struct im__pg *s = im_pg(st);
 	struct im__pgq q = {0};
+	bool group = tl->name[0] == 'g';
 	enum im_row row = IM_ROW_NEXT;
 	PGresult *r;
 	int i;
 
+	*head = 0;
+	if(!group && strcmp(tl->name + 2, reader)){
+		/* Another user's inbox: its owner's mark as far as it passed
+		 * reader's messages, and where reader's last one is, kept on the
+		 * owner's side of their conversation. */
+		im_pgq__text(&q, tl->name + 2, -1);
+		im_pgq__text(&q, reader, -1);
+		if((r = im_pg__run(s, PG_CONV_PEER_READ, &q, "reading a read mark")) == NULL) return MOSQ_ERR_UNKNOWN;
+		if(PQntuples(r) == 1){
+			*head = (uint64_t)im_pg__int(r, 0, 1);
+			if(im_pg__int(r, 0, 0) > 0) row = fn(ctx, tl->name + 2, (uint64_t)im_pg__int(r, 0, 0));
+		}
+		PQclear(r);
+		return row == IM_ROW_ERROR ? MOSQ_ERR_NOMEM : MOSQ_ERR_SUCCESS;
+	}
+	*head = tl->head;
 	im_pgq__i64(&q, tl->id);
-	if(user) im_pgq__text(&q, user, -1);
-	r = im_pg__run(s, user ? PG_READS_ONE : PG_READS_ALL, &q, "reading read marks");
+	im_pgq__text(&q, group ? tl->name + 2 : reader, -1);
+	r = im_pg__run(s, group ? PG_READS_MEMBERS : PG_READS_ONE, &q, "reading read marks");
 	if(r == NULL) return MOSQ_ERR_UNKNOWN;
 	for(i = 0; i < PQntuples(r) && row == IM_ROW_NEXT; i++){
 		row = fn(ctx, im_pg__text(r, i, 0), (uint64_t)im_pg__int(r, i, 1));
@@ -194,7 +298,7 @@ int im_pg__has_conv(struct im__store *st, const char *owner, const char *peer, b
 }
 
 int im_pg__conversations(struct im__store *st, const char *owner, uint32_t limit, int64_t before_ts,
-		const char *before_tl, im_store__conv_fn fn, void *ctx)
+		const char *before_tl, int64_t now_ms, im_store__conv_fn fn, void *ctx)
 {
 	struct im__pg *s = im_pg(st);
 	struct im__pgq q = {0};
@@ -204,9 +308,10 @@ int im_pg__conversations(struct im__store *st, const char *owner, uint32_t limit
 	int i;
 
 	im_pgq__text(&q, owner, -1);
-	im_pgq__i64(&q, before_ts);
+	im_pgq__i64(&q, before_tl ? before_ts : INT64_MAX);
 	im_pgq__text(&q, before_tl, -1);
 	im_pgq__i64(&q, limit);
+	im_pgq__i64(&q, now_ms);
 	r = im_pg__run(s, PG_CONV_LIST, &q, "listing conversations");
 	if(r == NULL) return MOSQ_ERR_UNKNOWN;
 	for(i = 0; i < PQntuples(r) && row == IM_ROW_NEXT; i++){

@@ -149,6 +149,48 @@ int im_pg__groups_of(struct im__store *st, const char *user, im_store__name_fn f
 	return row == IM_ROW_ERROR ? MOSQ_ERR_NOMEM : MOSQ_ERR_SUCCESS;
 }
 
+/* One round trip for all the users ("\n"-separated: names hold no control
+ * characters), each counted through members_by_user up to upto rows (an
+ * owner is always a member). Not prepared: group changes are rare. */
+int im_pg__group_counts(struct im__store *st, const char *const *users, size_t n, bool owned, uint32_t upto,
+		uint32_t *counts)
+{
+	static const char *const sql[2] = {
+		"SELECT (SELECT count(*) FROM (SELECT 1 FROM members WHERE usr = t.u LIMIT $2::int8) x)"
+		" FROM unnest(string_to_array($1::text, E'\n') COLLATE \"C\") WITH ORDINALITY AS t(u, i) ORDER BY t.i",
+		"SELECT (SELECT count(*) FROM (SELECT 1 FROM members m JOIN groups g ON g.name = m.grp"
+		" WHERE m.usr = t.u AND g.owner = t.u LIMIT $2::int8) x)"
+		" FROM unnest(string_to_array($1::text, E'\n') COLLATE \"C\") WITH ORDINALITY AS t(u, i) ORDER BY t.i",
+	};
+	struct im__pg *s = im_pg(st);
+	struct im__pgq q = {0};
+	size_t i, len = 0;
+	char *names;
+	PGresult *r;
+	int rc = MOSQ_ERR_SUCCESS;
+
+	if(n == 0) return MOSQ_ERR_SUCCESS;
+	for(i = 0; i < n; i++) len += strlen(users[i]) + 1;
+	if((names = im_malloc(len)) == NULL) return MOSQ_ERR_NOMEM;
+	for(i = 0, len = 0; i < n; i++){
+		if(i) names[len++] = '\n';
+		memcpy(names + len, users[i], strlen(users[i]));
+		len += strlen(users[i]);
+	}
+	im_pgq__text(&q, names, (int)len);
+	im_pgq__i64(&q, upto ? (int64_t)upto : INT64_MAX);
+	r = im_pg__adhoc(s, sql[owned], &q, "counting users' groups");
+	free(names);
+	if(r == NULL) return MOSQ_ERR_UNKNOWN;
+	if(PQntuples(r) != (int)n){
+		im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: counting users' groups: %d rows for %zu users.", PQntuples(r), n);
+		rc = MOSQ_ERR_UNKNOWN;
+	}
+	for(i = 0; rc == MOSQ_ERR_SUCCESS && i < n; i++) counts[i] = (uint32_t)im_pg__int(r, (int)i, 0);
+	PQclear(r);
+	return rc;
+}
+
 /* Rows come ordered by group: members are gathered until the name changes. */
 int im_pg__each_group(struct im__store *st, im_store__group_fn fn, void *ctx)
 {

@@ -33,7 +33,9 @@ enum im_pg_stmt {
 	PG_TRIM_LIST, PG_TRIM_SCAN, PG_TRIM_FIRST, PG_TRIM_DELETE,
 	PG_PEER_SET, PG_TL_LOCK, PG_PRELOCK,
 	PG_MSG_LOOKUP, PG_MSG_AMEND, PG_ERASE_EDITS, PG_CONV_NOTE, PG_GROUP_NOTE,
-	PG_READ_LOCK, PG_READ_SET, PG_READ_UNREAD, PG_READS_ALL, PG_READS_ONE, PG_CONV_HAS, PG_CONV_LIST,
+	PG_READ_LOCK, PG_READ_SET, PG_READ_UNREAD, PG_READS_MEMBERS, PG_READS_ONE, PG_CONV_HAS, PG_CONV_LIST,
+	PG_GROUP_FAN_TS, PG_GROUP_UNFAN, PG_GROUP_FAN_SET, PG_GROUP_SIZE, PG_COUNT_EDITS, PG_GROUP_EDITS, PG_CONV_PEER_READ,
+	PG_TRIM_PREVIEW_U, PG_TRIM_PREVIEW_G,
 	PG_NSTMT
 };
 
@@ -158,6 +160,8 @@ struct im__group *im_pg__group(struct im__store *st, const char *name, size_t le
 int im_pg__group_change(struct im__store *st, enum im_group_op op, const char *group, const char *actor,
 		char *const *users, size_t n, struct im__tl *tl, const struct im__msg *sys, uint64_t *seq);
 int im_pg__groups_of(struct im__store *st, const char *user, im_store__name_fn fn, void *ctx);
+int im_pg__group_counts(struct im__store *st, const char *const *users, size_t n, bool owned, uint32_t upto,
+		uint32_t *counts);
 int im_pg__each_group(struct im__store *st, im_store__group_fn fn, void *ctx);
 int im_pg__wrote(struct im__store *st, const char *writer, const char *reader, bool *first);
 int im_pg__each_wrote(struct im__store *st, im_store__pair_fn fn, void *ctx);
@@ -170,10 +174,11 @@ int im_pg__note_last(struct im__store *st, const char *owner, const char *peer, 
 		const char *sender, uint32_t flags, const char *preview, int unread_add);
 int im_pg__read_mark(struct im__store *st, struct im__tl *tl, const char *user, uint64_t seq,
 		uint64_t *before, uint64_t *after, im_store__name_fn fn, void *ctx);
-int im_pg__reads_of(struct im__store *st, struct im__tl *tl, const char *user, im_store__mark_fn fn, void *ctx);
+int im_pg__reads_of(struct im__store *st, struct im__tl *tl, const char *reader, im_store__mark_fn fn, void *ctx,
+		uint64_t *head);
 int im_pg__has_conv(struct im__store *st, const char *owner, const char *peer, bool *yes);
 int im_pg__conversations(struct im__store *st, const char *owner, uint32_t limit, int64_t before_ts,
-		const char *before_tl, im_store__conv_fn fn, void *ctx);
+		const char *before_tl, int64_t now_ms, im_store__conv_fn fn, void *ctx);
 
 /* trim.c */
 int im_pg__trim_step(struct im__store *st, int64_t cutoff_ms, int64_t keep, uint32_t budget,

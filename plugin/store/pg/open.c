@@ -465,6 +465,7 @@ static const struct im__store_ops pg_ops = {
 	.group = im_pg__group,
 	.group_change = im_pg__group_change,
 	.groups_of = im_pg__groups_of,
+	.group_counts = im_pg__group_counts,
 	.each_group = im_pg__each_group,
 	.wrote = im_pg__wrote,
 	.each_wrote = im_pg__each_wrote,

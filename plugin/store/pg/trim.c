@@ -73,6 +73,17 @@ static int keep_from(struct im__pg *s, const struct trim_row *t, int64_t cutoff_
 	return MOSQ_ERR_SUCCESS;
 }
 
+/* A conversation's preview goes with its message, in the same
+ * transaction: the list never keeps, nor shows, a body retention removed. */
+static int trim_previews(struct im__pg *s, const struct trim_row *t, uint64_t new_first)
+{
+	struct im__pgq q = {0};
+
+	im_pgq__text(&q, t->name + 2, -1);
+	im_pgq__i64(&q, (int64_t)new_first);
+	return im_pg__exec(s, t->name[0] == 'g' ? PG_TRIM_PREVIEW_G : PG_TRIM_PREVIEW_U, &q, "retention previews");
+}
+
 /* Rows deleted, or -1. */
 static int trim_one(struct im__store *st, const struct trim_row *t, uint64_t new_first)
 {
@@ -92,6 +103,10 @@ static int trim_one(struct im__store *st, const struct trim_row *t, uint64_t new
 		PQclear(r);
 		r = im_pg__run(s, PG_TRIM_DELETE, &q, "retention delete");
 		if(r) n = atoi(PQcmdTuples(r));
+		if(r && trim_previews(s, t, new_first) != MOSQ_ERR_SUCCESS){
+			PQclear(r);
+			r = NULL;
+		}
 	}
 	PQclear(r);
 	if(r == NULL || im_pg__tx(st, "COMMIT") != MOSQ_ERR_SUCCESS){

@@ -27,6 +27,11 @@ int im_sqlite__prepare_group(struct im__sqlite *s)
 		{&s->mem_insert, "INSERT OR IGNORE INTO members(grp, user, joined_ms) VALUES(?1, ?2, ?3)"},
 		{&s->mem_delete, "DELETE FROM members WHERE grp = ?1 AND user = ?2"},
 		{&s->grp_of_user, "SELECT grp FROM members WHERE user = ?1 ORDER BY grp"},
+		/* Both through members_by_user: at most ?2 index entries of the
+		 * user (an owner is always a member), whatever the number of groups. */
+		{&s->grp_count_member, "SELECT count(*) FROM (SELECT 1 FROM members WHERE user = ?1 LIMIT ?2)"},
+		{&s->grp_count_owned, "SELECT count(*) FROM (SELECT 1 FROM members m JOIN groups g ON g.name = m.grp"
+			" WHERE m.user = ?1 AND g.owner = ?1 LIMIT ?2)"},
 		{&s->grp_all, "SELECT g.name, g.owner, m.user FROM groups g JOIN members m ON m.grp = g.name ORDER BY g.name"},
 		{&s->wrote_insert, "INSERT OR IGNORE INTO wrote(writer, reader, since_ms) VALUES(?1, ?2, ?3)"},
 		{&s->wrote_all, "SELECT writer, reader FROM wrote"},
@@ -151,6 +156,25 @@ int im_sqlite__groups_of(struct im__store *st, const char *user, im_store__name_
 	sqlite3_reset(s->grp_of_user);
 	if(r == IM_ROW_ERROR) return MOSQ_ERR_NOMEM;
 	if(r == IM_ROW_NEXT && rc != SQLITE_DONE) return im_sqlite__fail(s, "listing groups");
+	return MOSQ_ERR_SUCCESS;
+}
+
+int im_sqlite__group_counts(struct im__store *st, const char *const *users, size_t n, bool owned, uint32_t upto,
+		uint32_t *counts)
+{
+	struct im__sqlite *s = im_sqlite(st);
+	sqlite3_stmt *q = owned ? s->grp_count_owned : s->grp_count_member;
+	size_t i;
+	int rc;
+
+	for(i = 0; i < n; i++){
+		sqlite3_bind_text(q, 1, users[i], -1, SQLITE_STATIC);
+		sqlite3_bind_int64(q, 2, upto ? (sqlite3_int64)upto : -1);
+		rc = sqlite3_step(q);
+		counts[i] = rc == SQLITE_ROW ? (uint32_t)sqlite3_column_int64(q, 0) : 0;
+		sqlite3_reset(q);
+		if(rc != SQLITE_ROW) return im_sqlite__fail(s, "counting a user's groups");
+	}
 	return MOSQ_ERR_SUCCESS;
 }
 

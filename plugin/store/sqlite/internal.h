@@ -49,14 +49,16 @@ struct im__sqlite {
 	sqlite3_stmt *tl_get, *tl_insert, *tl_set_first;
 	sqlite3_stmt *msg_insert, *msg_dedup, *msg_range;
 	sqlite3_stmt *cursor_get, *cursor_set;
-	sqlite3_stmt *trim_list, *trim_scan, *trim_delete;
+	sqlite3_stmt *trim_list, *trim_scan, *trim_delete, *trim_preview_u, *trim_preview_g;
 	struct im__map groups;      /* name -> struct im__group *, loaded lazily */
 	sqlite3_stmt *grp_get, *grp_members, *grp_insert, *mem_insert, *mem_delete, *grp_of_user, *grp_all, *mem_all;
+	sqlite3_stmt *grp_count_member, *grp_count_owned;
 	sqlite3_stmt *wrote_insert, *wrote_all;
 	/* conv.c */
 	bool scrub;                 /* bodies were erased: truncate the WAL after the commit */
 	sqlite3_stmt *msg_lookup, *msg_amend, *msg_erase_edits, *conv_note, *group_note, *read_get, *read_set, *read_senders, *conv_unread;
-	sqlite3_stmt *reads_all, *reads_one, *conv_has, *conv_list, *conv_groups, *conv_peer_read;
+	sqlite3_stmt *reads_members, *reads_one, *conv_has, *conv_list, *conv_groups, *conv_groups_big, *conv_peer_read;
+	sqlite3_stmt *group_fan_ts, *group_unfan, *group_fan_set, *group_size, *count_edits, *group_edits;
 	struct im__map wrote_seen;  /* "writer\nreader" pairs known written */
 };
 
@@ -100,6 +102,8 @@ struct im__group *im_sqlite__group(struct im__store *st, const char *name, size_
 int im_sqlite__group_change(struct im__store *st, enum im_group_op op, const char *group, const char *actor,
 		char *const *users, size_t n, struct im__tl *tl, const struct im__msg *sys, uint64_t *seq);
 int im_sqlite__groups_of(struct im__store *st, const char *user, im_store__name_fn fn, void *ctx);
+int im_sqlite__group_counts(struct im__store *st, const char *const *users, size_t n, bool owned, uint32_t upto,
+		uint32_t *counts);
 int im_sqlite__each_group(struct im__store *st, im_store__group_fn fn, void *ctx);
 int im_sqlite__wrote(struct im__store *st, const char *writer, const char *reader, bool *first);
 int im_sqlite__each_wrote(struct im__store *st, im_store__pair_fn fn, void *ctx);
@@ -114,10 +118,11 @@ int im_sqlite__note_last(struct im__store *st, const char *owner, const char *pe
 		const char *sender, uint32_t flags, const char *preview, int unread_add);
 int im_sqlite__read_mark(struct im__store *st, struct im__tl *tl, const char *user, uint64_t seq,
 		uint64_t *before, uint64_t *after, im_store__name_fn fn, void *ctx);
-int im_sqlite__reads_of(struct im__store *st, struct im__tl *tl, const char *user, im_store__mark_fn fn, void *ctx);
+int im_sqlite__reads_of(struct im__store *st, struct im__tl *tl, const char *reader, im_store__mark_fn fn, void *ctx,
+		uint64_t *head);
 int im_sqlite__has_conv(struct im__store *st, const char *owner, const char *peer, bool *yes);
 int im_sqlite__conversations(struct im__store *st, const char *owner, uint32_t limit, int64_t before_ts,
-		const char *before_tl, im_store__conv_fn fn, void *ctx);
+		const char *before_tl, int64_t now_ms, im_store__conv_fn fn, void *ctx);
 
 /* trim.c */
 int im_sqlite__prepare_trim(struct im__sqlite *s);

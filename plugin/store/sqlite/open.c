@@ -347,6 +347,7 @@ static const struct im__store_ops sqlite_ops = {
 	.group = im_sqlite__group,
 	.group_change = im_sqlite__group_change,
 	.groups_of = im_sqlite__groups_of,
+	.group_counts = im_sqlite__group_counts,
 	.each_group = im_sqlite__each_group,
 	.wrote = im_sqlite__wrote,
 	.each_wrote = im_sqlite__each_wrote,

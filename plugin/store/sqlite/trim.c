@@ -9,6 +9,9 @@
  * than the cutoff is deleted. Server times grow with seq (they are taken
  * when the message is acknowledged, in journal order), so that prefix is
  * what is expired; a clock that jumped back only keeps a few rows longer.
+ *
+ * A conversation's preview goes with its message, in the same transaction:
+ * the list never keeps, nor shows, a body that retention removed.
  */
 #include <stdio.h>
 #include <string.h>
@@ -26,6 +29,8 @@ int im_sqlite__prepare_trim(struct im__sqlite *s)
 			" first_seq FROM timelines WHERE id > ?1 ORDER BY id LIMIT 64"},
 		{&s->trim_scan, "SELECT seq, ts_ms FROM messages WHERE tl = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3"},
 		{&s->trim_delete, "DELETE FROM messages WHERE tl = ?1 AND seq < ?2"},
+		{&s->trim_preview_u, "UPDATE convs SET preview = NULL WHERE owner = ?1 AND last_seq < ?2 AND preview IS NOT NULL"},
+		{&s->trim_preview_g, "UPDATE group_last SET preview = NULL WHERE grp = ?1 AND last_seq < ?2 AND preview IS NOT NULL"},
 	};
 	size_t i;
 
@@ -89,6 +94,7 @@ static int keep_from(struct im__sqlite *s, const struct trim_row *t, int64_t cut
 static int trim_one(struct im__store *st, const struct trim_row *t, uint64_t new_first)
 {
 	struct im__sqlite *s = im_sqlite(st);
+	sqlite3_stmt *pv = t->name[0] == 'g' ? s->trim_preview_g : s->trim_preview_u;
 	struct im__tl *c;
 	int n;
 
@@ -98,8 +104,11 @@ static int trim_one(struct im__store *st, const struct trim_row *t, uint64_t new
 	sqlite3_bind_int64(s->tl_set_first, 1, t->id);
 	sqlite3_bind_int64(s->tl_set_first, 2, (sqlite3_int64)new_first);
 	sqlite3_bind_int64(s->tl_set_first, 3, (sqlite3_int64)t->head);
+	sqlite3_bind_text(pv, 1, t->name + 2, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(pv, 2, (sqlite3_int64)new_first);
 	if(im_sqlite__step(s, s->trim_delete, "retention delete") != MOSQ_ERR_SUCCESS
 			|| (n = sqlite3_changes(s->db), im_sqlite__step(s, s->tl_set_first, "retention first_seq")) != MOSQ_ERR_SUCCESS
+			|| im_sqlite__step(s, pv, "retention previews") != MOSQ_ERR_SUCCESS
 			|| im_sqlite__step(s, s->commit, "COMMIT") != MOSQ_ERR_SUCCESS){
 		if(!sqlite3_get_autocommit(s->db)) im_sqlite__step(s, s->rollback, "ROLLBACK");
 		return -1;
