@@ -86,8 +86,15 @@ def test_replayed_typing_and_read_events_are_not_delivered_again(make_broker, en
     # READ, bob (on C) acks alice's DM: the event goes to alice (on A).
     al.publish("im/u/" + bob, b"hello", qos=1, cmid="m1")
     heard = len(tap.messages(".u." + alice))
-    r = bo.request("ack", pb.Ack(timeline="u/" + bob, seq=1), response_type=pb.AckResponse)
-    assert r.status == pb.OK, r
+    # Acknowledged on A means journaled on A: stored (and so ackable on C)
+    # a moment later. Ask until the store has it.
+    acked = []
+
+    def ack_taken():
+        r = bo.request("ack", pb.Ack(timeline="u/" + bob, seq=1), response_type=pb.AckResponse)
+        acked.append(r)
+        return r.status == pb.OK
+    assert wait_until(ack_taken), acked[-1]
     reads = []
     assert wait_until(lambda: reads.extend(events(al, "im/e/u/" + alice)) or reads), "no READ event reached broker A"
     assert reads[0].event.kind == pb.Event.READ and reads[0].event.user == bob
