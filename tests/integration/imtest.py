@@ -171,22 +171,53 @@ class Broker:
     def start(self, expect_fail=False, preexec_fn=None):
         self.write_conf()
         self.log = open(self.log_path, "ab")
+        since = self.log.tell()
         self.proc = subprocess.Popen([MOSQUITTO, "-c", self.conf], stdout=self.log,
                                      stderr=subprocess.STDOUT, env=self.env(),
                                      preexec_fn=preexec_fn)
         deadline = time.time() + 20
+        # ctest runs tests in parallel: another test's broker may take the
+        # port between free_port() and this bind. Then this one exits with
+        # "Address already in use" while the port answers: a listener is
+        # ours only once this start's log says it opened it and runs. On a
+        # first start a new port is picked; on a restart the port must stay
+        # (clients use it).
+        listening = "listen socket on port %d." % self.port
+        first = not getattr(self, "_started", False)
+
+        def ours():
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                text = f.read().decode("utf-8", "replace")
+            at = text.find(listening)
+            return at >= 0 and text.find(" running", at) >= 0
         while time.time() < deadline:
             if self.proc.poll() is not None:
+                if first and not expect_fail and "Address already in use" in self.read_log():
+                    self.port = free_port()
+                    listening = "listen socket on port %d." % self.port
+                    self.write_conf()
+                    since = self.log.tell()
+                    self.proc = subprocess.Popen([MOSQUITTO, "-c", self.conf], stdout=self.log,
+                                                 stderr=subprocess.STDOUT, env=self.env(),
+                                                 preexec_fn=preexec_fn)
+                    continue
                 if expect_fail:
                     return self.proc.returncode
                 raise RuntimeError("broker exited (%s):\n%s" % (self.proc.returncode, self.read_log()))
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    if expect_fail:
-                        raise RuntimeError("broker started but was expected to fail")
-                    return 0
+                    pass
             except OSError:
                 time.sleep(0.05)
+                continue
+            if not ours():
+                time.sleep(0.05)
+                continue
+            if expect_fail:
+                raise RuntimeError("broker started but was expected to fail")
+            self._started = True
+            return 0
         raise RuntimeError("broker did not listen:\n" + self.read_log())
 
     def read_log(self):

@@ -42,10 +42,18 @@ static struct pg_server primary;
 static char uri[256];
 static PGconn *admin;
 
+/* A node of the races. Their batches append without prelock (the worker
+ * always prelocks), so a batch can wait, through the connection that
+ * makes new timelines apart from the batch, on the other node's batch
+ * while that one waits on it: a wait across two connections of one
+ * client, which PostgreSQL's deadlock detector cannot see. lock_timeout
+ * (msg.c names it as the knob) fails such a batch, and it is retried. */
 static int open_node(struct im__store *st, const char *node)
 {
-	struct im__store_pg_options o = {.conninfo = uri, .node_id = node, .synchronous_commit = "on"};
+	char conninfo[sizeof(uri) + 64];
+	struct im__store_pg_options o = {.conninfo = conninfo, .node_id = node, .synchronous_commit = "on"};
 
+	snprintf(conninfo, sizeof(conninfo), "%s%soptions=-c%%20lock_timeout%%3D3000", uri, strchr(uri, '?') ? "&" : "?");
 	return im_store__open_pg(st, &o);
 }
 
