@@ -120,8 +120,11 @@ def test_conversations_flood_without_reading_is_bounded(make_broker):
     print("conversations flood: %d requests for %d-byte pages, never read: broker RSS +%.1f MiB; %s"
           % (total, page_bytes, grown, probe.summary()))
     # Before: every page was queued for her: +126 MiB here, +171 MiB in the issue.
-    bound = 96 if SANITIZE else 48
-    assert grown < bound, "broker RSS grew by %.1f MiB for a client that reads nothing" % grown
+    # Under ASan freed memory stays resident in its quarantine (256 MiB by
+    # default): the bound is asserted in the plain pass, the ASan pass
+    # checks what it is for (no error, no leak) and the latency.
+    if not SANITIZE:
+        assert grown < 48, "broker RSS grew by %.1f MiB for a client that reads nothing" % grown
     assert max(probe.delays) < 5.0, probe.summary()
     s.close()
     watch.close()
@@ -153,8 +156,8 @@ def test_refusals_to_a_client_that_never_reads_are_bounded(make_broker):
           % (total, grown, probe.summary()))
     log = b.read_log()
     assert log.count('client "mallory-refused" asks faster than it reads its replies') == 1
-    bound = 96 if SANITIZE else 40
-    assert grown < bound, "broker RSS grew by %.1f MiB for refusals nobody reads" % grown
+    if not SANITIZE:   # see above: ASan's quarantine
+        assert grown < 40, "broker RSS grew by %.1f MiB for refusals nobody reads" % grown
     s.close()
     watch.close()
     probe.close()
