@@ -57,10 +57,20 @@ def _load_pb2():
 pb = _load_pb2()
 
 
+_given_ports = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on now, and never one this process handed out
+    before: the kernel may give the same free port twice in a row (a NATS
+    node once got its neighbour's cluster port and died)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _given_ports:
+            _given_ports.add(port)
+            return port
 
 
 def decode_frame(payload):
