@@ -89,6 +89,33 @@ static void emit_members(struct im__worker *w, enum im_group_op op, const char *
 	im_work__emit(w, d);
 }
 
+/* Membership news on each user's own event topic (PROTOCOL.md 11.1): a
+ * device learns at once that it should subscribe to or leave the group,
+ * without polling `list`. Queued after the view's change (emit_members),
+ * so a subscription made on the news is allowed. */
+static void tell_members(struct im__worker *w, const char *tl_name, uint64_t seq, int64_t now, bool member,
+		char *const *users, size_t n)
+{
+	Im__V1__Event ev = IM__V1__EVENT__INIT;
+	char topic_tl[IM_TL_MAX + 1];
+	size_t i;
+
+	ev.has_kind = 1;
+	ev.kind = IM__V1__EVENT__KIND__MEMBERSHIP;
+	ev.timeline = (char *)tl_name;
+	ev.has_seq = 1;
+	ev.seq = seq;
+	ev.has_ts_ms = 1;
+	ev.ts_ms = now;
+	ev.has_member = 1;
+	ev.member = member;
+	for(i = 0; i < n; i++){
+		ev.user = users[i];
+		snprintf(topic_tl, sizeof(topic_tl), "u/%s", users[i]);
+		im_work__emit(w, im_work__event(w, topic_tl, &ev));
+	}
+}
+
 static int apply(struct im__worker *w, const struct im__job *j, enum im_group_op op, const char *owner,
 		char *const *users, size_t n)
 {
@@ -143,10 +170,15 @@ static int apply(struct im__worker *w, const struct im__job *j, enum im_group_op
 			all[0] = (char *)j->user;
 			if(n) memcpy(all + 1, users, n * sizeof(char *));
 			emit_members(w, IM_GROUP_CREATE, r->group, owner, all, n + 1);
+			tell_members(w, tl_name, seq, m.ts_ms, true, all, n + 1);
 			free(all);
 		}
 	}else{
-		emit_members(w, op, r->group, owner, op == IM_GROUP_LEAVE ? actor : users, op == IM_GROUP_LEAVE ? 1 : n);
+		char *const *who = op == IM_GROUP_LEAVE ? actor : users;
+		size_t n_who = op == IM_GROUP_LEAVE ? 1 : n;
+
+		emit_members(w, op, r->group, owner, who, n_who);
+		tell_members(w, tl_name, seq, m.ts_ms, op == IM_GROUP_ADD, who, n_who);
 	}
 	im_work__emit(w, im_work__frame(w, tl_name, &m, body, body_len));
 	free(body);

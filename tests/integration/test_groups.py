@@ -287,3 +287,55 @@ def test_fanout_to_a_thousand_subscribed_members(make_broker):
     for s in socks:
         s.close()
     owner.close()
+
+
+def _membership_news(client, topic, n):
+    """The next n events on topic (frames of the groups the client reads
+    may come between them: skipped). What came during a request first."""
+    client.back.extend(client.stash)
+    client.stash.clear()
+    out = []
+    deadline = time.monotonic() + WAIT
+    while len(out) < n and time.monotonic() < deadline:
+        for m in client.get_n(1, timeout=max(0.1, deadline - time.monotonic())):
+            if m.topic != topic:
+                assert m.topic.startswith("im/g/"), m.topic
+                continue
+            h, body = decode_frame(m.payload)
+            assert (h.seq, body) == (0, b"")                     # an event: no seq, no body
+            e = h.event
+            out.append((e.kind, e.user, e.timeline, e.seq, e.member))
+    return out
+
+
+def test_membership_news_on_the_users_own_event_topic(make_broker):
+    # A device hears at once that it was put in a group (and can subscribe
+    # and sync it) or taken out, without polling `list` (PROTOCOL.md 11.1).
+    b = make_broker()
+    alice = Client(b, "alice").connect()
+    bob = Client(b, "bob", client_id="bob-dev").connect()
+    carol = Client(b, "carol", client_id="carol-dev").connect()
+    for c, u in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+        assert c.subscribe("im/e/u/" + u)[0] < 0x80
+    M = pb.Event.MEMBERSHIP
+    assert group(alice, "create", "crew", ["bob"]).seq == 1
+    assert _membership_news(bob, "im/e/u/bob", 1) == [(M, "bob", "g/crew", 1, True)]
+    assert _membership_news(alice, "im/e/u/alice", 1) == [(M, "alice", "g/crew", 1, True)]
+    # On the news, bob's subscription is allowed and his sync has the change.
+    assert bob.subscribe("im/g/crew")[0] < 0x80
+    frames, _ = sync_all(bob, "g/crew")
+    assert [h.seq for h, _ in frames] == [1]
+    assert group(alice, "add", "crew", ["carol"]).seq == 2
+    assert _membership_news(carol, "im/e/u/carol", 1) == [(M, "carol", "g/crew", 2, True)]
+    assert group(alice, "remove", "crew", ["bob"]).seq == 3
+    assert _membership_news(bob, "im/e/u/bob", 1) == [(M, "bob", "g/crew", 3, False)]
+    assert group(carol, "leave", "crew").seq == 4
+    assert _membership_news(carol, "im/e/u/carol", 1) == [(M, "carol", "g/crew", 4, False)]
+    # Nobody else heard any of it: news goes to the user concerned only.
+    # And a refused change tells nobody anything.
+    assert group(bob, "add", "crew", ["dave"]).status != pb.OK
+    for c in (alice, bob, carol):
+        late = c.stash + c.drain()
+        assert [m.topic for m in late if m.topic.startswith("im/e/")] == []
+    for c in (alice, bob, carol):
+        c.close()
