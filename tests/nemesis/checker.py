@@ -60,11 +60,11 @@ FIELDS = ("t", "proc", "user", "dev", "kind", "cmid", "to", "body_hash",
           "qos", "ref_seq", "change", "timeline", "seq", "duplicate",
           "status", "store_id", "own_seq", "sender", "flags", "peer_seq",
           "head_seq", "first_seq", "action", "target", "phase", "broker",
-          "session_present", "allowed", "reader", "moderator")
+          "session_present", "allowed", "reader", "moderator", "rid", "op")
 Rec = collections.namedtuple("Rec", FIELDS + ("src",))
 _SHARED = frozenset(("proc", "user", "dev", "kind", "cmid", "to",
                      "body_hash", "timeline", "sender", "change", "action",
-                     "target", "broker", "reader", "phase"))
+                     "target", "broker", "reader", "phase", "op"))
 _SHARED_IDX = tuple(i for i, f in enumerate(FIELDS) if f in _SHARED)
 
 
@@ -197,6 +197,7 @@ class Report:
         self.anomalies = []
         self.stats = collections.Counter()     # what was (not) checked
         self.notes = []
+        self.liveness = None                   # Liveness, if requests were recorded
         self.where = lambda src: None
 
     @property
@@ -229,6 +230,7 @@ class Report:
                 "faults": dict(sorted(self.faults.items())),
                 "anomalies_by_kind": self.by_kind(),
                 "anomalies": out, "stats": dict(sorted(self.stats.items())),
+                "liveness": self.liveness.to_json() if self.liveness else None,
                 "notes": self.notes}
 
     def text(self, max_per_kind=20):
@@ -242,6 +244,8 @@ class Report:
         L.append("checked:")
         for k, n in sorted(self.stats.items()):
             L.append("  %-50s %9d" % (k, n))
+        if self.liveness is not None:
+            L.extend(self.liveness.text())
         for n in self.notes[:20]:
             L.append("note: " + n)
         if len(self.notes) > 20:
@@ -864,7 +868,151 @@ def check(records):
                             "while it may not read it" % (
                                 r.proc, r.user, r.timeline, r.seq),
                             [bad, r]))
+    if rep.ops[H.REQUEST]:
+        rep.liveness = liveness(recs)
     return rep
+
+
+# -- liveness -----------------------------------------------------------
+
+STALL_S = 10.0          # a request unanswered this long on a live connection
+
+
+class Wait:
+    """One request: how long its client waited, on the connection it was
+    sent on, and what the nemesis was doing meanwhile."""
+    __slots__ = ("req", "reply", "start", "end", "why", "broker", "faults")
+
+    def __init__(self, req, reply, end, why, broker):
+        self.req = req
+        self.reply = reply
+        self.start = req.t or 0.0
+        self.end = end
+        self.why = why          # "answered", "reconnected", "end of history"
+        self.broker = broker
+        self.faults = []
+
+    @property
+    def seconds(self):
+        return max(0.0, self.end - self.start)
+
+
+class Liveness:
+    """How long the plugin took to answer requests, and where it was
+    silent.  Not anomalies: the promise of PROTOCOL.md is about what is
+    stored and delivered, not when; a runner decides what it tolerates
+    (run.py prints it, and fails only with --max-silence)."""
+
+    def __init__(self, waits, threshold):
+        self.waits = waits
+        self.threshold = threshold
+        self.stalls = sorted((w for w in waits if w.seconds >= threshold),
+                             key=lambda w: -w.seconds)
+
+    def longest(self):
+        return max((w.seconds for w in self.waits), default=0.0)
+
+    def _latencies(self):
+        return sorted(w.seconds for w in self.waits if w.why == "answered")
+
+    def summary(self):
+        lat = self._latencies()
+
+        def pct(q):
+            return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
+        return {"requests": len(self.waits),
+                "answered": len(lat),
+                "unanswered_reconnected": sum(w.why == "reconnected"
+                                              for w in self.waits),
+                "unanswered_at_end": sum(w.why == "end of history"
+                                         for w in self.waits),
+                "p50_s": pct(0.5), "p99_s": pct(0.99),
+                "max_answered_s": lat[-1] if lat else None,
+                "stall_threshold_s": self.threshold,
+                "stalls": len(self.stalls),
+                "longest_stall_s": self.stalls[0].seconds
+                if self.stalls else 0.0}
+
+    def _wait_json(self, w):
+        return {"proc": w.req.proc, "rid": w.req.rid, "op": w.req.op,
+                "broker": w.broker, "t": w.start,
+                "seconds": round(w.seconds, 3), "ended": w.why,
+                "faults": ["%s %s" % f for f in w.faults]}
+
+    def to_json(self):
+        d = self.summary()
+        d["longest"] = [self._wait_json(w) for w in self.stalls[:10]]
+        return d
+
+    def text(self):
+        s = self.summary()
+        L = ["liveness: %d requests, %d answered (p50 %s, p99 %s, max %s), "
+             "%d unanswered before a reconnect, %d at the end" % (
+                 s["requests"], s["answered"], _secs(s["p50_s"]),
+                 _secs(s["p99_s"]), _secs(s["max_answered_s"]),
+                 s["unanswered_reconnected"], s["unanswered_at_end"])]
+        L.append("  stalls (a request waited %.0f s or more on one "
+                 "connection): %d%s" % (
+                     self.threshold, s["stalls"],
+                     ", the longest %.1f s" % s["longest_stall_s"]
+                     if self.stalls else ""))
+        for w in self.stalls[:5]:
+            L.append("    %.1f s  %s %s %s on %s, %s; faults meanwhile: %s" % (
+                w.seconds, w.req.proc, w.req.op, w.req.rid, w.broker, w.why,
+                ", ".join("%s %s" % f for f in w.faults) or "none"))
+        return L
+
+
+def _secs(v):
+    return "-" if v is None else "%.3f s" % v
+
+
+def liveness(recs, threshold=STALL_S):
+    """Pairs each `request` with its `reply` (same process and rid).  A
+    request's wait ends at its reply, at its process's next `connect` (the
+    connection it was sent on is gone; the client asks again on the new
+    one), or at the process's last record.  Each wait is annotated with
+    the faults that overlapped it."""
+    by_proc = collections.defaultdict(list)
+    for r in recs:
+        by_proc[r.proc].append(r)
+    fault_iv = []               # (start, end, action, target)
+    open_f = {}
+    t_last = max((r.t or 0.0) for r in recs) if recs else 0.0
+    for r in recs:
+        if r.kind != H.FAULT:
+            continue
+        k = (r.action, r.target)
+        if r.phase == "start":
+            open_f.setdefault(k, []).append(r.t or 0.0)
+        elif open_f.get(k):
+            fault_iv.append((open_f[k].pop(0), r.t or 0.0) + k)
+    for k, ts in open_f.items():
+        for t0 in ts:
+            fault_iv.append((t0, t_last) + k)
+    waits = []
+    for proc, rs in by_proc.items():
+        broker = None
+        open_req = {}           # rid -> (request, broker)
+        end_t = rs[-1].t or 0.0
+        for r in rs:
+            if r.kind == H.CONNECT:
+                for req, b in open_req.values():
+                    waits.append(Wait(req, None, r.t or 0.0, "reconnected", b))
+                open_req.clear()
+                broker = r.broker
+            elif r.kind == H.REQUEST and r.rid is not None:
+                open_req[r.rid] = (r, broker)
+            elif r.kind == H.REPLY and r.rid in open_req:
+                req, b = open_req.pop(r.rid)
+                waits.append(Wait(req, r, r.t or 0.0, "answered", b))
+        for req, b in open_req.values():
+            waits.append(Wait(req, None, end_t, "end of history", b))
+    live = Liveness(waits, threshold)
+    for w in live.stalls[:50]:
+        w.faults = sorted({(a, tg) for (s0, s1, a, tg) in fault_iv
+                           if s0 < w.end and s1 > w.start}, key=str)
+    return live
 
 
 def _forbidden(r, fl, procs):

@@ -46,11 +46,13 @@ FINAL = "final"        # after the heal phase: a full sync from 0 is done
 FAULT = "fault"        # a nemesis action starts or ends
 MAY_READ = "may_read"  # a membership fact: who may read a group
 CONNECT = "connect"    # the client's MQTT connection (re)started
+REQUEST = "request"    # a request (sync, ack, ...) was published
+REPLY = "reply"        # the answer to a request arrived
 
 SEND_KINDS = (SEND, EDIT, RECALL)
 FRAME_KINDS = (LIVE, SYNCED)
 KINDS = (SEND, EDIT, RECALL, ACK, RECEIPT, LIVE, SYNCED, HEAD, FINAL, FAULT,
-         MAY_READ, CONNECT)
+         MAY_READ, CONNECT, REQUEST, REPLY)
 
 # Header.flags bits (proto/im.proto, HeaderFlag).  Duplicated here rather
 # than imported from generated protobuf code: the checker must run with a
@@ -221,6 +223,19 @@ class Recorder:
         return self._write(FINAL, {"timeline": timeline, "head_seq": head_seq,
                                    "store_id": store_id,
                                    "first_seq": first_seq}, t)
+
+    # -- requests (liveness) ----------------------------------------------
+
+    def request(self, rid, op, t=None):
+        """A request published on im/req/...: `rid` its correlation data
+        (as a string), `op` what it asks ("sync", "ack", ...).  With the
+        matching `reply` the checker measures how long the plugin took to
+        answer, and how long it stayed silent."""
+        return self._write(REQUEST, {"rid": rid, "op": op}, t)
+
+    def reply(self, rid, status=0, t=None):
+        """The answer to request `rid` arrived, with its im.v1.Status."""
+        return self._write(REPLY, {"rid": rid, "status": status}, t)
 
     # -- facts ------------------------------------------------------------
 
