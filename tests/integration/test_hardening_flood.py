@@ -136,7 +136,8 @@ def test_refusals_to_a_client_that_never_reads_are_bounded(make_broker):
     it reads: 200,000 malformed requests at QoS 0, never read. Before,
     every one was answered and held for her. Now the answers given at once
     have a budget too (reply_bytes_rate): beyond it her requests are
-    dropped, said once in the log, and the broker grows by little."""
+    dropped, said once an episode in the log, and the broker grows by
+    little."""
     b = make_broker({"nonim_acl": "allow"})
     probe = DmProbe(b)
     watch = Client(b, "watch").connect()
@@ -155,7 +156,12 @@ def test_refusals_to_a_client_that_never_reads_are_bounded(make_broker):
     print("refusal flood: %d malformed requests, never read: broker RSS +%.1f MiB; %s"
           % (total, grown, probe.summary()))
     log = b.read_log()
-    assert log.count('client "mallory-refused" asks faster than it reads its replies') == 1
+    # Said once per episode, not per dropped request: on a slow broker (the
+    # ASan pass) the flood is read slower than her budget refills, and it
+    # can come in two or three episodes; 200,000 requests must not give
+    # more than a handful of lines.
+    said = log.count('client "mallory-refused" asks faster than it reads its replies')
+    assert 1 <= said <= 5, said
     if not SANITIZE:   # see above: ASan's quarantine
         assert grown < 40, "broker RSS grew by %.1f MiB for refusals nobody reads" % grown
     s.close()
