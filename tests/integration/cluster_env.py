@@ -137,6 +137,54 @@ class PgPair:
     def promote(self):
         self._ctl(self.standby, "-w", "promote")
 
+    # -- for the nemesis (tests/nemesis/cluster.py) --------------------------
+
+    def start_node(self, node):
+        """Starts a node again on its folder and port (after a kill)."""
+        self._ctl(node, "-w", "start")
+
+    def node_pids(self, node):
+        """The postmaster's PID and its children's (backends, walsender,
+        startup...): a whole server to kill or stop."""
+        pid = node.pid()
+        if not pid or not _alive(pid):
+            return []
+        return [pid] + _children(pid)
+
+    def is_sync(self):
+        """True if the primary has a synchronous standby streaming."""
+        try:
+            out = self.psql(self.primary, "SELECT sync_state FROM pg_stat_replication")
+        except subprocess.SubprocessError:
+            return False
+        return "sync" in out.split()
+
+    def rebuild_standby(self, port=None, name=None):
+        """After a promotion: the promoted standby becomes the primary, and
+        a fresh standby is made from it (pg_basebackup) on `port` (a free
+        one if None), then made synchronous. The dead primary's folder is
+        left where it is (stop() removes the base)."""
+        old = self.primary
+        self.primary = self.standby
+        p = self.primary
+        self._rebuilds = getattr(self, "_rebuilds", 0) + 1
+        s = PgNode(self.base, name or "standby%d" % self._rebuilds, port or free_port())
+        self.as_pg.run([os.path.join(self.bin, "pg_basebackup"), "-h", "127.0.0.1", "-p", str(p.port),
+                        "-U", "postgres", "-D", s.dir, "-R", "-X", "stream", "--no-sync", "-c", "fast"],
+                       timeout=3 * WAIT)
+        with open(os.path.join(s.dir, "postgresql.auto.conf"), "a") as f:
+            f.write("\nport = %d\nprimary_conninfo = 'host=127.0.0.1 port=%d user=postgres application_name=standby'\n"
+                    % (s.port, p.port))
+        self.as_pg.own(s.dir)
+        self._ctl(s, "-w", "start")
+        self.standby = s
+        self.nodes = [p, s]
+        self.retired = getattr(self, "retired", []) + [old]
+        self.psql(p, "ALTER SYSTEM SET synchronous_standby_names = 'standby'")
+        self.psql(p, "SELECT pg_reload_conf()")
+        assert wait_until(self.is_sync, timeout=3 * WAIT), "the new standby never became synchronous"
+        return s
+
     def stop(self):
         for n in self.nodes:
             pid = n.pid()
@@ -146,6 +194,26 @@ class PgPair:
                 except subprocess.SubprocessError:
                     os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _children(pid):
+    """Every descendant of pid, from /proc."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        kids.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k)
+    return out
 
 
 def _alive(pid):
@@ -164,8 +232,11 @@ def _alive(pid):
 class NatsCluster:
     """n nats-server processes routed to each other."""
 
-    def __init__(self, n=3):
+    def __init__(self, n=3, no_advertise=False):
         self.base = tempfile.mkdtemp(prefix="im-cluster-nats-")
+        # no_advertise: clients learn no other server from INFO, so a client
+        # that reaches the cluster through a proxy stays behind it.
+        self.no_advertise = no_advertise
         self.nodes = [{"port": free_port(), "cport": free_port(), "mport": free_port(), "proc": None} for _ in range(n)]
 
     def _start_node(self, i):
@@ -174,7 +245,8 @@ class NatsCluster:
         log = open(os.path.join(self.base, "nats%d.log" % i), "ab")
         node["proc"] = subprocess.Popen([nats_bin(), "-a", "127.0.0.1", "-p", str(node["port"]),
                                          "-m", str(node["mport"]), "--cluster_name", "im-test",
-                                         "--cluster", "nats://127.0.0.1:%d" % node["cport"], "--routes", routes],
+                                         "--cluster", "nats://127.0.0.1:%d" % node["cport"], "--routes", routes]
+                                        + (["--no_advertise"] if self.no_advertise else []),
                                         stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
@@ -199,6 +271,14 @@ class NatsCluster:
     @property
     def servers(self):
         return ",".join("nats://127.0.0.1:%d" % n["port"] for n in self.nodes)
+
+    def start_node(self, i):
+        """Starts node i again on its ports (after stop_node)."""
+        self._start_node(i)
+
+    def pid(self, i):
+        p = self.nodes[i]["proc"]
+        return p.pid if p is not None and p.poll() is None else None
 
     def stop_node(self, i):
         p = self.nodes[i]["proc"]

@@ -16,6 +16,18 @@ Started by run.py, one process per client, and steered by it:
 - the file <ctl>/final: sync every timeline it may read from 0 to its head,
   write a `final` record for each, disconnect and exit 0.
 
+Brokers: `--ports P1,P2,...` (or one `--port`). The client starts on
+`--first` (an index) and, when two connection attempts in a row fail or
+it has been without a connection for `--switch-after` seconds, moves to
+the next port in the list: a device reconnecting to another broker of the
+cluster (PROTOCOL.md 12, "Changing broker"). Its `connect` records name the
+port it is connected to.
+
+Every request it publishes (a sync page, an ack) is recorded as `request`
+(rid = its correlation data, op) and its answer as `reply` (rid, status):
+the checker measures from them how long the plugin took to answer, and
+where it was silent.
+
 Threads: paho's network thread records what arrives (connect, live,
 synced, head, receipt: in the order it arrives, which is what the checker
 relies on) and queues events; the main thread owns every piece of state
@@ -169,6 +181,13 @@ class Client:
         self.quiet_written = False
         self.rtopic = "nem/%s/r" % self.cid
         self.stopic = "nem/%s/s" % self.cid
+        self.atopic = "nem/%s/a" % self.cid
+        self.nreq = 0              # makes every request's rid unique
+        self.ports = a.ports
+        self.port_idx = a.first % len(a.ports)
+        self.down_since = time.monotonic()
+        self.fails = 0             # attempts failed on this port in a row
+        self.switches = 0
         self.last_ack_round = 0.0
         self.last_resend = 0.0
         self.next_action = time.monotonic() + 0.5
@@ -176,7 +195,8 @@ class Client:
         self.drops_done = 0
         self.stats = {"sent": 0, "resent": 0, "live": 0, "synced": 0,
                       "receipts": 0, "bad_frames": 0, "edits": 0,
-                      "recalls": 0, "drops": 0, "syncs": 0, "too_many": 0}
+                      "recalls": 0, "drops": 0, "syncs": 0, "too_many": 0,
+                      "acks": 0, "replies": 0}
 
         c = NemClient(client_id=self.cid, protocol=mqtt.MQTTv5)
         c.rc_hook = self._rc_hook
@@ -184,6 +204,7 @@ class Client:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_connect_fail = self._on_connect_fail
         # Below the broker's Receive Maximum (Mosquitto's
         # max_inflight_messages, 20): paho 1.6 ignores the one CONNACK
         # gives, and a publish beyond it is refused with 0x97 (quota
@@ -208,12 +229,18 @@ class Client:
     def _connected(self, c, flags, rc):
         code = getattr(rc, "value", rc)
         if code != 0:
+            self.ev.put(("connect_fail",))
             return
         sp = bool(flags.get("session present"))
+        # The port this connection went to (paho's may already name the
+        # next one: the main thread moves it).
+        try:
+            port = c.socket().getpeername()[1]
+        except (OSError, AttributeError):
+            port = c._port
         # Written here, before paho reads the next packet: every frame after
         # this line came on the new connection.
-        self.rec.connect(broker="127.0.0.1:%d" % self.a.port,
-                         session_present=sp)
+        self.rec.connect(broker="127.0.0.1:%d" % port, session_present=sp)
         subs = [("im/u/" + self.user, 1)]
         subs += [("im/g/" + g, 1) for g in self.groups]
         c.subscribe(subs)
@@ -221,6 +248,26 @@ class Client:
 
     def _on_disconnect(self, c, u, rc, props=None):
         self.ev.put(("disconnected", getattr(rc, "value", rc)))
+
+    def _on_connect_fail(self, c, u):
+        self.ev.put(("connect_fail",))
+
+    def _request(self, rid, op):
+        """Records a request about to be published (history's `request`
+        record; the generic writer if this history.py has no method)."""
+        fn = getattr(self.rec, "request", None)
+        if fn is not None:
+            fn(rid, op)
+        else:
+            self.rec._write("request", {"rid": rid, "op": op})
+
+    def _reply(self, rid, status):
+        fn = getattr(self.rec, "reply", None)
+        if fn is not None:
+            fn(rid, status=status)
+        else:
+            self.rec._write("reply", {"rid": rid, "status": status})
+        self.stats["replies"] += 1
 
     def _on_message(self, c, u, m):
         try:
@@ -283,6 +330,7 @@ class Client:
             cd = getattr(m.properties, "CorrelationData", None)
             corr = cd.decode() if cd else ""
             status = _opt(b, "status") or 0
+            self._reply(corr, status)
             seqs = []
             sid = _opt(b, "store_id")
             if status == 0:
@@ -303,7 +351,16 @@ class Client:
             self.ev.put(("batch", corr, status, _opt(b, "retry_after_ms"),
                          bool(b.has_more), _opt(b, "head_seq") or 0,
                          _opt(b, "first_seq"), sid, seqs))
-        # Anything else (ack replies, $CONTROL/.../response): not recorded.
+        elif t == self.atopic:
+            r = pb.AckResponse()
+            try:
+                r.ParseFromString(m.payload)
+                status = _opt(r, "status") or 0
+            except Exception:
+                status = -1
+            cd = getattr(m.properties, "CorrelationData", None)
+            self._reply(cd.decode() if cd else "", status)
+        # Anything else ($CONTROL/.../response): not recorded.
 
     # -- the main thread ---------------------------------------------------
 
@@ -410,7 +467,11 @@ class Client:
         tl.sync_retry_at = None
         p = Properties(PacketTypes.PUBLISH)
         p.ResponseTopic = self.stopic
-        p.CorrelationData = ("%d|%s|%d" % (self.gen, tl.name, after)).encode()
+        # gen|timeline|after|n: n makes a retried request's rid a new one.
+        self.nreq += 1
+        rid = "%d|%s|%d|%d" % (self.gen, tl.name, after, self.nreq)
+        p.CorrelationData = rid.encode()
+        self._request(rid, "sync")
         req = pb.SyncRequest(timeline=tl.name, after_seq=after)
         self.c.publish("$CONTROL/im/v1/sync", req.SerializeToString(), qos=1,
                        properties=p)
@@ -441,6 +502,7 @@ class Client:
         k = e[0]
         if k == "connected":
             self.connected = True
+            self.fails = 0
             self.conn_no += 1
             self.gen += 1
             # 7 step 1 and 4: sync every timeline from `last` (from 0 once
@@ -458,7 +520,13 @@ class Client:
                 # the others' final syncs would be in no final view.
                 self.resend_unreceipted()
         elif k == "disconnected":
+            if self.connected:
+                self.down_since = time.monotonic()
+            else:
+                self.fails += 1     # an attempt that never got a CONNACK
             self.connected = False
+        elif k == "connect_fail":
+            self.fails += 1
         elif k == "rc":
             _, name, mid, code = e
             cmid = self.mids.get(mid)
@@ -507,7 +575,7 @@ class Client:
     def on_batch(self, corr, status, retry_ms, has_more, head, first_seq,
                  sid, seqs):
         try:
-            gen, name, after = corr.split("|")
+            gen, name, after, _n = corr.split("|")
             gen = int(gen)
             after = int(after)
         except ValueError:
@@ -548,8 +616,15 @@ class Client:
         if tl.last > tl.acked and self.connected:
             tl.acked = tl.last
             req = pb.Ack(timeline=tl.name, seq=tl.last)
+            self.nreq += 1
+            rid = "ack|%s|%d|%d" % (tl.name, tl.last, self.nreq)
+            p = Properties(PacketTypes.PUBLISH)
+            p.ResponseTopic = self.atopic
+            p.CorrelationData = rid.encode()
+            self._request(rid, "ack")
             self.c.publish("$CONTROL/im/v1/ack", req.SerializeToString(),
-                           qos=1)
+                           qos=1, properties=p)
+            self.stats["acks"] += 1
 
     def drop(self):
         """SIGUSR1: close the socket without DISCONNECT."""
@@ -561,6 +636,20 @@ class Client:
             s.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def maybe_switch(self, now):
+        """Another broker when this one failed two attempts in a row or
+        has been unreachable for --switch-after seconds: paho's own
+        reconnect loop takes the new port at its next attempt."""
+        if self.connected or len(self.ports) < 2:
+            return
+        if self.fails < 2 and now - self.down_since < self.a.switch_after:
+            return
+        self.port_idx = (self.port_idx + 1) % len(self.ports)
+        self.c._port = self.ports[self.port_idx]
+        self.fails = 0
+        self.down_since = now
+        self.switches += 1
 
     def ctl(self, name):
         return os.path.exists(os.path.join(self.a.ctl, name))
@@ -579,7 +668,8 @@ class Client:
                    and not tl.held for tl in self.tls.values())
 
     def run(self):
-        self.c.connect_async("127.0.0.1", self.a.port, keepalive=self.a.keepalive,
+        self.c.connect_async("127.0.0.1", self.ports[self.port_idx],
+                             keepalive=self.a.keepalive,
                              clean_start=False,
                              properties=self._connect_props())
         self.c.loop_start()
@@ -598,6 +688,7 @@ class Client:
             except queue.Empty:
                 pass
             now = time.monotonic()
+            self.maybe_switch(now)
             while self.drops_done < _drop_requested[0]:
                 self.drops_done += 1
                 self.drop()
@@ -671,10 +762,11 @@ class Client:
         self.rec.close()
         no_receipt = sum(1 for pm in self.pending.values()
                          if pm.receipt is None)
-        print("%s: %s, without receipt %d, connections %d" % (
-            self.proc, " ".join("%s=%d" % kv for kv in
-                                sorted(self.stats.items())),
-            no_receipt, self.conn_no))
+        print("%s: %s, without receipt %d, connections %d, broker "
+              "switches %d" % (
+                  self.proc, " ".join("%s=%d" % kv for kv in
+                                      sorted(self.stats.items())),
+                  no_receipt, self.conn_no, self.switches))
         sys.stdout.flush()
 
 
@@ -685,7 +777,13 @@ def main(argv=None):
     ap.add_argument("--client-id", required=True)
     ap.add_argument("--users", required=True, help="all users, comma-separated")
     ap.add_argument("--groups", default="", help="this user's groups")
-    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--port", type=int, help="one broker's port")
+    ap.add_argument("--ports", help="brokers' ports, comma-separated "
+                    "(the cluster): moves to the next when one fails")
+    ap.add_argument("--first", type=int, default=0,
+                    help="index in --ports of the broker to start on")
+    ap.add_argument("--switch-after", type=float, default=3.0,
+                    help="seconds without a connection before moving on")
     ap.add_argument("--history", required=True, help="folder of the .jsonl")
     ap.add_argument("--ctl", required=True, help="folder of control files")
     ap.add_argument("--pb-dir", required=True, help="folder of im_pb2.py")
@@ -695,6 +793,12 @@ def main(argv=None):
     ap.add_argument("--keepalive", type=int, default=4)
     ap.add_argument("--final-timeout", type=int, default=90)
     a = ap.parse_args(argv)
+    if a.ports:
+        a.ports = [int(x) for x in a.ports.split(",") if x]
+    elif a.port:
+        a.ports = [a.port]
+    else:
+        ap.error("--port or --ports is required")
     global pb
     sys.path.insert(0, a.pb_dir)
     import im_pb2

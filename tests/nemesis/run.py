@@ -4,6 +4,12 @@
     run.py --short                      # 3 fixed seeds, about 3 minutes
     run.py --seed S --duration D        # one run, D seconds of faults
     run.py --long                       # 30 minutes of runs, random seeds
+    run.py --cluster --short            # the cluster: 2 fixed seeds, ~4 minutes
+    run.py --cluster --seed S --duration D
+
+--cluster runs three brokers on PostgreSQL (a primary and a synchronous
+standby) and a three-node NATS cluster, with TCP proxies between them
+(tests/nemesis/cluster.py has its nemesis).
 
 One run: a real mosquitto with the built plugin (IM_PLUGIN, else
 build-nem/mosquitto_im.so) on 127.0.0.1 and a free port, its config and
@@ -63,6 +69,8 @@ SHORT_SEEDS = (1, 2, 3)
 SHORT_DURATION = 40
 LONG_TOTAL = 30 * 60
 LONG_DURATION = 120
+CLUSTER_SHORT_SEEDS = (1, 2)
+CLUSTER_SHORT_DURATION = 60
 
 
 class NemBroker(imtest.Broker):
@@ -89,6 +97,9 @@ def log(msg):
 
 
 class Run:
+    mode_name = ""
+    repeat_flags = ""
+
     def __init__(self, seed, duration, clients=6, users=4, groups=3,
                  rate=8.0, keep=False):
         self.seed = seed
@@ -115,6 +126,8 @@ class Run:
         self.nem = H.Recorder(os.path.join(self.hist, "nemesis.jsonl"),
                               H.NEMESIS, None, None)
         self.faults = {"kill": 0, "pause": 0, "pause+kill": 0, "disconnect": 0}
+        self.kept_what = ("histories in history/, broker log and data in "
+                          "broker/, client logs in logs/")
         self.errors = []
 
     # -- the system ------------------------------------------------------
@@ -162,6 +175,10 @@ class Run:
         log("groups: " + ", ".join("%s=%s" % (g, "+".join(m)) for g, m in
                                    sorted(self.membership.items())))
 
+    def client_broker_args(self, i):
+        """The client.py arguments naming client i's broker(s)."""
+        return ["--port", str(self.broker.port)]
+
     def start_clients(self):
         pbdir = os.path.dirname(os.path.abspath(imtest.pb.__file__))
         users = self.users()
@@ -174,10 +191,10 @@ class Run:
                     "--proc", proc, "--user", user,
                     "--client-id", "nem-%s" % proc,
                     "--users", ",".join(users), "--groups", ",".join(groups),
-                    "--port", str(self.broker.port), "--history", self.hist,
+                    "--history", self.hist,
                     "--ctl", self.ctl, "--pb-dir", pbdir,
                     "--seed", str(self.rnd.getrandbits(32)),
-                    "--rate", str(self.rate)]
+                    "--rate", str(self.rate)] + self.client_broker_args(i)
             out = open(os.path.join(self.logs, proc + ".log"), "wb")
             self.procs[proc] = subprocess.Popen(args, stdout=out,
                                                 stderr=subprocess.STDOUT)
@@ -301,23 +318,31 @@ class Run:
                 self.broker.proc = None
                 self.broker.start()
 
+    def nemeses(self):
+        """The nemesis threads' bodies, each called with a Random of its own."""
+        return [self.broker_faults, self.client_faults]
+
+    def healed(self):
+        return "broker pid %d" % self.broker.pid()
+
     def run(self):
-        log("seed %d, duration %d s, %d clients, %d users, run dir %s" % (
-            self.seed, self.duration, self.nclients, self.nusers, self.dir))
+        log("%sseed %d, duration %d s, %d clients, %d users, run dir %s" % (
+            self.mode_name, self.seed, self.duration, self.nclients,
+            self.nusers, self.dir))
         t0 = time.monotonic()
         self.start_broker()
         self.setup_groups()
         self.start_clients()
         log("clients ready in %.1f s; faults for %d s" % (
             time.monotonic() - t0, self.duration))
-        threads = [self._thread(self.broker_faults, random.Random(self.rnd.getrandbits(64))),
-                   self._thread(self.client_faults, random.Random(self.rnd.getrandbits(64)))]
+        threads = [self._thread(fn, random.Random(self.rnd.getrandbits(64)))
+                   for fn in self.nemeses()]
         self.stop.wait(self.duration)
         self.stop.set()
         for t in threads:
-            t.join(timeout=60)
+            t.join(timeout=120)
         self.heal()
-        log("heal: broker pid %d; clients re-send what has no Receipt" % self.broker.pid())
+        log("heal: %s; clients re-send what has no Receipt" % self.healed())
         open(os.path.join(self.ctl, "heal"), "w").close()
         not_quiet = self.wait_files(".quiet", 90, "quiet (every message with a Receipt)")
         if not_quiet:
@@ -366,9 +391,9 @@ class Run:
                 print("  " + ln)
 
 
-def one(seed, duration, keep=False, **kw):
+def one(seed, duration, keep=False, cls=Run, max_silence=None, **kw):
     """One run; True if it found nothing wrong."""
-    r = Run(seed, duration, keep=keep, **kw)
+    r = cls(seed, duration, keep=keep, **kw)
     ok = False
     try:
         r.run()
@@ -384,20 +409,31 @@ def one(seed, duration, keep=False, **kw):
         rep = r.check()
     except Exception as e:
         r.errors.append("checker: %r" % e)
+    if hasattr(r, "answers_by_fault"):
+        try:
+            for ln in r.answers_by_fault():
+                print(ln)
+        except Exception as e:
+            print("answers under faults: %r" % e)
+    live = getattr(rep, "liveness", None) if rep is not None else None
+    if live is not None and max_silence is not None and live.stalls \
+            and live.longest() > max_silence:
+        r.errors.append("a request waited %.1f s for its answer (--max-silence %g)"
+                        % (live.longest(), max_silence))
     for e in r.errors:
         log("ERROR " + e)
     ok = rep is not None and rep.ok and not r.errors
     if ok:
         log("seed %d: OK" % seed)
     else:
-        log("seed %d: FAILED (%s); re-run: %s --seed %d --duration %d" % (
+        log("seed %d: FAILED (%s); re-run: %s %s %s--seed %d --duration %d" % (
             seed, "anomalies: %s" % rep.by_kind() if rep is not None and not rep.ok
-            else "the run did not complete", os.path.join(HERE, "run.py"), seed, duration))
+            else "; ".join(r.errors) or "the run did not complete", PY,
+            os.path.join(HERE, "run.py"), r.repeat_flags, seed, duration))
     if ok and not keep:
         shutil.rmtree(r.dir, ignore_errors=True)
     else:
-        log("run dir kept: %s (histories in history/, broker log and data "
-            "in broker/, client logs in logs/)" % r.dir)
+        log("run dir kept: %s (%s)" % (r.dir, r.kept_what))
     return ok
 
 
@@ -405,13 +441,21 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     m = ap.add_mutually_exclusive_group()
     m.add_argument("--short", action="store_true",
-                   help="seeds %s, %d s each (about 3 minutes)" % (
-                       ",".join(map(str, SHORT_SEEDS)), SHORT_DURATION))
+                   help="single broker: seeds %s, %d s each (about 3 minutes); "
+                   "with --cluster: seeds %s, %d s each (about 4 minutes)" % (
+                       ",".join(map(str, SHORT_SEEDS)), SHORT_DURATION,
+                       ",".join(map(str, CLUSTER_SHORT_SEEDS)), CLUSTER_SHORT_DURATION))
     m.add_argument("--long", action="store_true",
-                   help="30 minutes of %d s runs with random seeds" % LONG_DURATION)
+                   help="30 minutes of %d s runs with random seeds (--total "
+                   "to change)" % LONG_DURATION)
+    ap.add_argument("--cluster", action="store_true",
+                    help="3 brokers on PostgreSQL primary + synchronous "
+                    "standby and 3 NATS nodes, behind TCP proxies")
     ap.add_argument("--seed", type=int, help="one run with this seed")
     ap.add_argument("--duration", type=int, default=60,
                     help="seconds of faults in one run (default 60)")
+    ap.add_argument("--total", type=int, default=LONG_TOTAL // 60,
+                    help="--long: minutes in all (default %d)" % (LONG_TOTAL // 60))
     ap.add_argument("--clients", type=int, default=6)
     ap.add_argument("--users", type=int, default=4)
     ap.add_argument("--groups", type=int, default=3)
@@ -419,6 +463,10 @@ def main(argv=None):
                     help="messages a second per client")
     ap.add_argument("--keep", action="store_true",
                     help="keep the run dir even when the run is clean")
+    ap.add_argument("--max-silence", type=float, default=None,
+                    help="fail a run in which a request waited longer than "
+                    "this many seconds for its answer on one connection "
+                    "(default: liveness is reported, never fails a run)")
     a = ap.parse_args(argv)
     if not os.path.exists(PLUGIN):
         print("no plugin at %s: build it (cmake -S %s -B %s/build-nem "
@@ -427,22 +475,35 @@ def main(argv=None):
                   PLUGIN, ROOT, ROOT, ROOT), file=sys.stderr)
         return 2
     kw = dict(clients=a.clients, users=a.users, groups=a.groups, rate=a.rate,
-              keep=a.keep)
+              keep=a.keep, max_silence=a.max_silence)
+    seeds, short_dur = SHORT_SEEDS, SHORT_DURATION
+    flags = ""
+    if a.cluster:
+        # cluster.py imports this module as "run": the one already loaded.
+        sys.modules.setdefault("run", sys.modules[__name__])
+        import cluster
+        why = cluster.missing()
+        if why:
+            print("cluster mode cannot run here: %s" % why, file=sys.stderr)
+            return 2
+        kw["cls"] = cluster.ClusterRun
+        seeds, short_dur = CLUSTER_SHORT_SEEDS, CLUSTER_SHORT_DURATION
+        flags = "--cluster "
     failed = []
     try:
         if a.short:
-            for s in SHORT_SEEDS:
-                if not one(s, SHORT_DURATION, **kw):
+            for s in seeds:
+                if not one(s, short_dur, **kw):
                     failed.append(s)
-            dur = SHORT_DURATION
+            dur = short_dur
         elif a.long:
-            t_end = time.monotonic() + LONG_TOTAL
+            t_end = time.monotonic() + a.total * 60
             n = 0
             dur = LONG_DURATION
             # Bounded: no run starts that could not end by the deadline
             # (a run is its duration plus up to about 4 minutes of setup,
             # heal and final syncs in the worst case; usually 20 s).
-            while time.monotonic() + dur + 30 < t_end and n < 50:
+            while time.monotonic() + dur + 30 < t_end and n < 1000:
                 s = random.SystemRandom().randrange(1, 2 ** 31)
                 n += 1
                 if not one(s, dur, **kw):
@@ -456,8 +517,8 @@ def main(argv=None):
         shutil.rmtree(os.path.dirname(os.path.abspath(imtest.pb.__file__)),
                       ignore_errors=True)
     if failed:
-        print("FAILED seeds: %s; re-run one with: %s --seed S --duration %d" % (
-            ", ".join(map(str, failed)), os.path.join(HERE, "run.py"), dur))
+        print("FAILED seeds: %s; re-run one with: %s %s %s--seed S --duration %d" % (
+            ", ".join(map(str, failed)), PY, os.path.join(HERE, "run.py"), flags, dur))
         return 1
     print("all runs clean")
     return 0
