@@ -169,6 +169,7 @@ static void set_defaults(struct im__config *cfg)
 	cfg->batch_gather_us = 1000;
 	cfg->backlog_max = 64ULL * 1024 * 1024;
 	cfg->journal_rotate_seconds = 60;
+	cfg->store_timeout = 5;
 	cfg->client_id_guard = true;
 }
 
@@ -210,6 +211,7 @@ static const struct int_opt {
 	INT_OPT("batch_gather_us", batch_gather_us, 0, 100000),
 	INT_OPT("backlog_max", backlog_max, 1024 * 1024, INT64_MAX),
 	INT_OPT("journal_rotate_seconds", journal_rotate_seconds, 1, 86400),
+	INT_OPT("store_timeout", store_timeout, 0, 3600),
 };
 
 static int parse_int_opt(struct im__config *cfg, const struct int_opt *o, const char *value)

@@ -61,6 +61,7 @@ struct im__config {
 	uint32_t batch_gather_us;   /* under a steady stream, a batch waits this long for company; 0 = never */
 	uint64_t backlog_max;       /* journal bytes not yet stored before publishes are refused */
 	uint32_t journal_rotate_seconds; /* a non-empty segment older than this is closed (so it can be cut) */
+	uint32_t store_timeout;     /* seconds a batch may take before the store counts as stalled; 0 = never */
 	char *nats_servers;         /* owned; cluster mode when set */
 	bool client_id_guard;       /* token login: a client id stays with its first user */
 	int store;                  /* enum im_store_kind */

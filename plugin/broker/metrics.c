@@ -17,6 +17,7 @@
 #include "base/stats.h"
 #include "broker/metrics.h"
 #include "broker/plugin.h"
+#include "broker/stall.h"
 #include "worker/worker.h"
 
 /* Percentile of a histogram, and resets it. */
@@ -91,6 +92,8 @@ void im_metrics__publish(struct im__plugin *p)
 		{"store/commit_us_p50", "commit_us_p50", b50},
 		{"store/commit_us_p99", "commit_us_p99", b99},
 		{"store/backlog_bytes", "backlog_bytes", backlog},
+		{"store/stalled", "store_stalled_s", im_stall__seconds(p, im_mono_us())},
+		{"store/stalls", "store_stalls", p->stalls},
 		{"store/queue_us_p99", "queue_us_p99", q99},
 		{"store/ship_us_p50", "ship_us_p50", s50},
 		{"store/ship_us_p99", "ship_us_p99", s99},

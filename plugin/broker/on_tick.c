@@ -20,6 +20,7 @@
 #include "broker/metrics.h"
 #include "broker/on_tick.h"
 #include "broker/plugin.h"
+#include "broker/stall.h"
 #include "cluster/cluster.h"
 #include "journal/journal.h"
 #include "worker/worker.h"
@@ -45,6 +46,7 @@ int im_tick__cb(int event, void *event_data, void *userdata)
 	}
 	im_worker__ticked(p->worker);
 	im_deliver__drain(p);
+	im_stall__tick(p, im_mono_us());
 	now = im_now_ms();
 	im_cluster__tick(p->cluster, now);
 	im_deliver__tick(p, now);

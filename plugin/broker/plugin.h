@@ -50,6 +50,11 @@ struct im__plugin {
 	int64_t next_metrics_ms;
 	int64_t last_backlog_log_ms;
 	struct im__cluster *cluster;    /* cluster mode (nats_servers), else NULL */
+	/* [B] The store stalled (broker/stall.c): the worker's busy_since of
+	 * the batch that passed store_timeout, 0 when none. */
+	int64_t stalled_since_us;
+	const char *stalled_doing;
+	uint64_t stalls, stall_answers;
 };
 
 #endif

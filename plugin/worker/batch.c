@@ -234,12 +234,14 @@ int im_work__run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 		bytes = 0;
 		t0 = im_mono_us();
 		if(attempt == 0 && jobs->queued_us) im_stats__hist(w->metrics->queue_hist, t0 - jobs->queued_us);
+		im_work__doing(w, "BEGIN");
 		rc = w->st.ops->begin(&w->st);
 		if(rc == MOSQ_ERR_SUCCESS && attempt > 0 && (jobs = drop_applied(w, jobs, &n)) == NULL){
 			w->st.ops->rollback(&w->st);
 			last_lsn = w->st.applied_lsn;   /* for the marker */
 			break;
 		}
+		im_work__doing(w, "the batch's statements");
 		if(rc == MOSQ_ERR_SUCCESS && w->st.ops->prelock) rc = prelock_batch(w, jobs, n);
 		for(j = jobs; j && rc == MOSQ_ERR_SUCCESS; j = j->next){
 			rc = run_job(w, j);
@@ -248,6 +250,7 @@ int im_work__run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 				bytes += j->len;
 			}
 		}
+		im_work__doing(w, "COMMIT");
 		if(rc == MOSQ_ERR_SUCCESS) rc = w->st.ops->commit(&w->st, last_lsn);
 		else w->st.ops->rollback(&w->st);
 		im_stats__hist(w->metrics->commit_hist, im_mono_us() - t0);
@@ -264,6 +267,7 @@ int im_work__run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 			im_job__free_list(jobs);
 			return MOSQ_ERR_UNKNOWN;
 		}
+		im_work__doing(w, "retrying after a store error");
 		pthread_mutex_lock(&w->mu);
 		if(!w->stop){
 			struct timespec until;

@@ -43,6 +43,8 @@ struct im__worker {
 	int64_t pending_us;             /* [mu] since when completions wait undrained */
 	int64_t tick_us;                /* the broker thread's last tick (atomic) */
 	int64_t submit_us;              /* when the broker thread last queued a job (atomic) */
+	int64_t busy_us;                /* since when on the current batch, 0 between (atomic) */
+	const char *doing;              /* what in it: a static string (atomic) */
 
 	/* Worker-owned. */
 	struct im__store st;
@@ -66,10 +68,17 @@ struct im__worker {
 	int64_t gathered_for;           /* queued_us of the first job a batch waited for */
 };
 
-/* Completion builders (emit.c). done_new allocates a completion with
- * extra bytes of data; done_str copies a string into it. */
-struct im__done *im_work__done(enum im_done_kind kind, size_t extra);
-const char *im_work__str(struct im__done *d, size_t *used, const char *s);
+/* Completion builders (worker/job.h), under the worker's names. */
+static inline struct im__done *im_work__done(enum im_done_kind kind, size_t extra)
+{
+	return im_done__new(kind, extra);
+}
+
+static inline const char *im_work__str(struct im__done *d, size_t *used, const char *s)
+{
+	return im_done__str(d, used, s);
+}
+
 /* Queues d for after the batch's commit. */
 void im_work__emit(struct im__worker *w, struct im__done *d);
 /* A reply to the job's requester with a packed protobuf message. */
@@ -77,6 +86,12 @@ void im_work__reply(struct im__worker *w, const struct im__job *j, const Protobu
 /* Completions not drained after this long: wake the broker thread again
  * (worker.c, batch.c). */
 #define IM_WORK_REPOKE_US 1000
+/* What the worker is doing, for the broker thread's stall watch. */
+static inline void im_work__doing(struct im__worker *w, const char *what)
+{
+	__atomic_store_n(&w->doing, what, __ATOMIC_RELAXED);
+}
+
 /* The store failed: the batch is rolled back and tried again. */
 #define IM_WORK_RETRY MOSQ_ERR_UNKNOWN
 

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <protobuf-c/protobuf-c.h>
+
 #include "base/defs.h"
 
 struct im__config;
@@ -149,5 +151,17 @@ struct im__done {
 	int64_t ready_us;           /* when the worker handed it over (metrics: deliver/handoff_us) */
 	_Alignas(8) char data[];    /* MEMBERS keeps its pointer array here */
 };
+
+/* Completions are built by the worker, and by the broker thread when it
+ * answers requests the worker cannot get to (a stalled store). */
+/* A completion with extra bytes of data after it (zeroed); NULL without
+ * memory. */
+struct im__done *im_done__new(enum im_done_kind kind, size_t extra);
+/* Copies s into d's data at *used (which moves on); s NULL gives NULL. */
+const char *im_done__str(struct im__done *d, size_t *used, const char *s);
+/* The reply completion to j's requester carrying msg, packed (on its
+ * Response Topic with its Correlation Data). NULL: no reply wanted (a
+ * request without a route) or no memory (logged). */
+struct im__done *im_job__reply(const struct im__job *j, const ProtobufCMessage *msg, bool sync_reply);
 
 #endif

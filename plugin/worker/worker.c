@@ -119,6 +119,48 @@ void im_worker__wait_idle(struct im__worker *w)
 	pthread_mutex_unlock(&w->mu);
 }
 
+int64_t im_worker__busy(const struct im__worker *w, const char **doing)
+{
+	if(w == NULL) return 0;
+	if(doing) *doing = __atomic_load_n(&w->doing, __ATOMIC_RELAXED);
+	return __atomic_load_n(&w->busy_us, __ATOMIC_ACQUIRE);
+}
+
+static bool withdrawable(const struct im__job *j)
+{
+	switch(j->kind){
+		case IM_JOB_SYNC: case IM_JOB_ACK: case IM_JOB_GROUP: case IM_JOB_READS: case IM_JOB_CONVS: case IM_JOB_STATUS:
+			return j->to.client_id != NULL;
+		default:
+			return false;
+	}
+}
+
+struct im__job *im_worker__withdraw(struct im__worker *w)
+{
+	struct im__job *out = NULL, **ot = &out, **pp, *j;
+
+	if(w == NULL) return NULL;
+	pthread_mutex_lock(&w->mu);
+	for(pp = &w->head; (j = *pp) != NULL;){
+		if(!withdrawable(j)){
+			pp = &j->next;
+			continue;
+		}
+		*pp = j->next;
+		j->next = NULL;
+		*ot = j;
+		ot = &j->next;
+		w->queued--;
+		w->finished++;
+	}
+	/* The tail may have been taken. */
+	for(w->tail = &w->head; *w->tail; w->tail = &(*w->tail)->next);
+	pthread_cond_broadcast(&w->idle_cv);
+	pthread_mutex_unlock(&w->mu);
+	return out;
+}
+
 void im_worker__ticked(struct im__worker *w)
 {
 	if(w) __atomic_store_n(&w->tick_us, im_mono_us(), __ATOMIC_RELAXED);
@@ -169,7 +211,11 @@ static void housekeeping(struct im__worker *w, int64_t now)
 	}
 	if((cfg->retention_seconds == 0 && cfg->retention_messages == 0) || now < w->next_trim_ms) return;
 	if(cfg->retention_seconds) cutoff = now - cfg->retention_seconds * 1000;
+	/* A trim step is a transaction too: watched like a batch. */
+	__atomic_store_n(&w->busy_us, im_mono_us(), __ATOMIC_RELEASE);
+	im_work__doing(w, "a retention trim step");
 	rows = w->st.ops->trim_step(&w->st, cutoff, cfg->retention_messages, cfg->trim_batch, &w->trim_cursor, &done);
+	__atomic_store_n(&w->busy_us, 0, __ATOMIC_RELEASE);
 	if(rows > 0) IM_STAT_ADD(w->metrics->trimmed, rows);
 	/* A failed step is tried again later from where it stopped. Between
 	 * steps of one sweep the queue goes first (the loop checks it). */
@@ -310,7 +356,9 @@ static void *run(void *arg)
 		if(w->head == NULL) w->tail = &w->head;
 		w->queued -= (uint32_t)n;
 		pthread_mutex_unlock(&w->mu);
+		__atomic_store_n(&w->busy_us, im_mono_us(), __ATOMIC_RELEASE);
 		im_work__run_batch(w, jobs, n);
+		__atomic_store_n(&w->busy_us, 0, __ATOMIC_RELEASE);
 		now = im_now_ms();
 		if(now - w->last_cut_ms >= CUT_INTERVAL_MS || now >= w->next_trim_ms) housekeeping(w, now);
 		pthread_mutex_lock(&w->mu);

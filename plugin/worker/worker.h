@@ -59,6 +59,16 @@ size_t im_worker__drain(struct im__worker *w, void (*fn)(void *ctx, struct im__d
 void im_worker__ticked(struct im__worker *w);
 /* Bytes of journaled records not yet stored (0 for NULL). */
 uint64_t im_worker__backlog(const struct im__worker *w);
+/* Since when (im_mono_us) the worker has been on the batch it is on, and
+ * what it is doing there (a static string: "COMMIT", "a retry pause after
+ * a store error", ...); 0 when it is between batches. A batch that
+ * takes longer than store_timeout is a stalled store (broker/stall.c). */
+int64_t im_worker__busy(const struct im__worker *w, const char **doing);
+/* Takes the queued requests out of the queue (sync, ack, group, reads,
+ * conversations, and answers waiting their turn), in order, linked by
+ * next: the broker thread answers them itself while the store is
+ * stalled. Messages, repairs and options stay. They count as done. */
+struct im__job *im_worker__withdraw(struct im__worker *w);
 /* Waits until every job submitted so far is done (the inline mode, for a
  * broker that sends no ticks). */
 void im_worker__wait_idle(struct im__worker *w);

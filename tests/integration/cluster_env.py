@@ -151,6 +151,23 @@ class PgPair:
             return []
         return [pid] + _children(pid)
 
+    def kill_node(self, node):
+        """SIGKILL a whole server: its postmaster stopped first (it forks
+        no new child while we look), then it and every child; returns once
+        all are gone, so it can be started again on its folder and port."""
+        pid = node.pid()
+        if not pid or not _alive(pid):
+            return
+        os.kill(pid, signal.SIGSTOP)
+        pids = self.node_pids(node)
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert wait_until(lambda: not any(_alive(p) for p in pids), timeout=WAIT), \
+            "PostgreSQL at :%d did not die" % node.port
+
     def is_sync(self):
         """True if the primary has a synchronous standby streaming."""
         try:

@@ -350,16 +350,6 @@ class ClusterRun(R.Run):
         _signal(pids, signal.SIGSTOP)
         return pids
 
-    def _kill_server(self, node):
-        pid = node.pid()
-        if not pid:
-            return
-        os.kill(pid, signal.SIGSTOP)      # no new children while we look
-        pids = self.pg.node_pids(node)
-        _signal(pids, signal.SIGKILL)
-        if not imtest.wait_until(lambda: not any(CE._alive(p) for p in pids), timeout=30):
-            raise RuntimeError("PostgreSQL at :%d did not die" % node.port)
-
     def pause_pg(self, rnd):
         length = rnd.uniform(0.3, 6.0)
         node = self.pg.primary
@@ -377,7 +367,7 @@ class ClusterRun(R.Run):
         down = rnd.uniform(1.0, 14.0)
         node = self.pg.standby
         self._begin("kill", "pg-standby", " :%d, down %.1f s" % (node.port, down))
-        self._kill_server(node)
+        self.pg.kill_node(node)
         self._sleep(down)
         self.pg.start_node(node)
         if not imtest.wait_until(self.pg.is_sync, timeout=60):
@@ -389,7 +379,7 @@ class ClusterRun(R.Run):
         self.promoted = True
         self._begin("kill-promote", "pg-primary",
                     " :%d, promote :%d" % (old.port, self.pg.standby.port))
-        self._kill_server(old)
+        self.pg.kill_node(old)
         self.pg.promote()
         self._sleep(rnd.uniform(0.5, 3.0))    # a while with no standby at all
         # The new standby on the dead primary's port if it is free (every

@@ -1,0 +1,74 @@
+"""Issue #22: a store that stalls says so.
+
+A commit that hangs (the synchronous standby is gone: PostgreSQL waits for
+it forever) used to make the plugin answer no request at all, with no log
+line. Now, once one batch has taken longer than plugin_opt_store_timeout,
+the broker logs a WARNING, shows it in $SYS/broker/im/store/stalled, and
+answers the requests waiting behind it INTERNAL "store stalled" (they
+change nothing); messages are still acknowledged from the journal and,
+when the standby is back, stored and delivered once, in order.
+
+One broker on its own PostgreSQL primary with a synchronous standby
+(cluster_env.PgPair; no NATS needed)."""
+import pytest
+
+from cluster_env import PgPair, missing
+from imtest import WAIT, Client, decode_frame, pb, sync_all, wait_log, wait_until
+from test_limits import Metrics
+
+pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
+
+TIMEOUT_S = 1
+
+
+def _sync_raw(client, timeline, timeout=None):
+    """A sync request; the decoded SyncBatch (a bare Response decodes as
+    one: status and reason are fields 1 and 2 of every reply)."""
+    return client.request("sync", pb.SyncRequest(timeline=timeline), response_type=pb.SyncBatch,
+                          timeout=timeout)
+
+
+def test_a_lost_synchronous_standby_is_said_and_nothing_is_lost(make_broker):
+    pg = PgPair(standby=True).start()
+    try:
+        b = make_broker({"store": "postgresql", "pg_conninfo": pg.uri, "store_timeout": TIMEOUT_S,
+                         "metrics_interval": 1, "nonim_acl": "allow"})
+        metrics = Metrics(b)
+        alice = Client(b, "alice", client_id="alice-1", v5=True).connect()
+        bob = Client(b, "bob", client_id="bob-1", v5=True).connect()
+        assert bob.subscribe("im/u/bob") == [1]
+        alice.publish("im/u/bob", b"before", cmid="c0")
+        assert decode_frame(bob.get().payload)[1] == b"before"
+
+        # The standby goes: every commit now waits for it.
+        pg.kill_node(pg.standby)
+        sent = [b"while-%d" % i for i in range(20)]
+        for i, body in enumerate(sent):
+            # Acknowledged from the journal: the promise does not wait.
+            alice.publish("im/u/bob", body, qos=1 + i % 2, cmid="c%d" % (i + 1))
+
+        # Requests are answered, INTERNAL with the reason, within about the
+        # timeout (not left silent until the standby returns).
+        r = _sync_raw(bob, "u/bob")
+        assert r.status == pb.INTERNAL and "store stalled" in r.reason, (r.status, r.reason)
+        r = bob.request("ack", pb.Ack(timeline="u/bob", seq=1), response_type=pb.AckResponse)
+        assert r.status == pb.INTERNAL and "store stalled" in r.reason
+        wait_log(b, "im: store: stalled")
+        assert "synchronous standby" in b.read_log()
+        assert wait_until(lambda: metrics.get("store/stalled") >= 1), "store/stalled not shown"
+        assert metrics.get("store/stalls") == 1
+
+        # The standby returns: everything acknowledged arrives once, in order.
+        pg.start_node(pg.standby)
+        got = [decode_frame(m.payload) for m in bob.get_n(len(sent), timeout=3 * WAIT)]
+        assert [body for _, body in got] == sent
+        assert [h.seq for h, _ in got] == list(range(2, 2 + len(sent)))
+        wait_log(b, "im: store: moving again")
+        assert wait_until(lambda: metrics.get("store/stalled") == 0)
+        frames, batch = sync_all(bob, "u/bob")
+        assert [body for _, body in frames] == [b"before"] + sent
+        assert bob.none()
+        for c in (alice, bob, metrics.c):
+            c.close()
+    finally:
+        pg.stop()
