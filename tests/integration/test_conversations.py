@@ -142,6 +142,8 @@ def test_typing_reaches_only_who_is_online_and_stores_nothing(make_broker):
     assert frames == [] and batch.head_seq == 0
     # In a group: to its members; not from a stranger.
     create_group(alice, "g1", ["bob"])
+    h, _ = next_frame(bob, "im/e/u/bob")            # the news that he is in it (11.1)
+    assert (h.event.kind, h.event.timeline, h.event.member) == (pb.Event.MEMBERSHIP, "g/g1", True)
     bob.subscribe("im/e/g/g1")
     assert request(alice, "typing", pb.TypingRequest(timeline="g/g1"), response_type=pb.Response).status == pb.OK
     h, _ = next_frame(bob, "im/e/g/g1")
