@@ -116,8 +116,11 @@ static void tell_members(struct im__worker *w, const char *tl_name, uint64_t seq
 	}
 }
 
+/* apply: n users named by the request; the news (tell_members) goes to
+ * the n_news of them whose membership it changes (an add names users who
+ * may be members already, a remove users who may not be). */
 static int apply(struct im__worker *w, const struct im__job *j, enum im_group_op op, const char *owner,
-		char *const *users, size_t n)
+		char *const *users, size_t n, char *const *news, size_t n_news)
 {
 	const struct im__group_req *r = &j->u.group;
 	Im__V1__GroupResponse gr = IM__V1__GROUP_RESPONSE__INIT;
@@ -178,7 +181,8 @@ static int apply(struct im__worker *w, const struct im__job *j, enum im_group_op
 		size_t n_who = op == IM_GROUP_LEAVE ? 1 : n;
 
 		emit_members(w, op, r->group, owner, who, n_who);
-		tell_members(w, tl_name, seq, m.ts_ms, op == IM_GROUP_ADD, who, n_who);
+		if(op == IM_GROUP_LEAVE) tell_members(w, tl_name, seq, m.ts_ms, false, actor, 1);
+		else tell_members(w, tl_name, seq, m.ts_ms, op == IM_GROUP_ADD, news, n_news);
 	}
 	im_work__emit(w, im_work__frame(w, tl_name, &m, body, body_len));
 	free(body);
@@ -366,7 +370,8 @@ static int limits(struct im__worker *w, const struct im__job *j, const struct im
 }
 
 /* A create (g NULL) or an add to g, within the membership limits. */
-static int grow(struct im__worker *w, const struct im__job *j, const struct im__group *g, char *const *users)
+static int grow(struct im__worker *w, const struct im__job *j, const struct im__group *g, char *const *users,
+		char *const *news, size_t n_news)
 {
 	char why[IM_NAME_MAX + 160];
 	Im__V1__Status st;
@@ -377,8 +382,20 @@ static int grow(struct im__worker *w, const struct im__job *j, const struct im__
 		reply_status(w, j, st, why);
 		return MOSQ_ERR_SUCCESS;
 	}
-	if(g == NULL) return apply(w, j, IM_GROUP_CREATE, j->user, users, j->u.group.n);
-	return apply(w, j, IM_GROUP_ADD, g->owner, users, j->u.group.n);
+	if(g == NULL) return apply(w, j, IM_GROUP_CREATE, j->user, users, j->u.group.n, NULL, 0);
+	return apply(w, j, IM_GROUP_ADD, g->owner, users, j->u.group.n, news, n_news);
+}
+
+/* Of users, those who are (member true) or are not members of g: whose
+ * membership an add or a remove changes. Into out (room for n). */
+static size_t changed(const struct im__group *g, char *const *users, size_t n, bool member, char **out)
+{
+	size_t i, k = 0;
+
+	for(i = 0; i < n; i++){
+		if((im_map__get(&g->members, users[i], strlen(users[i])) != NULL) == member) out[k++] = users[i];
+	}
+	return k;
 }
 
 static bool is_admin(const struct im__worker *w, const char *user)
@@ -394,7 +411,7 @@ static bool is_admin(const struct im__worker *w, const char *user)
 int im_work__group(struct im__worker *w, struct im__job *j)
 {
 	const struct im__group_req *r = &j->u.group;
-	char **users = NULL;
+	char **users = NULL, **news = NULL;
 	struct im__group *g;
 	bool admin, owner, err;
 	size_t i;
@@ -407,7 +424,10 @@ int im_work__group(struct im__worker *w, struct im__job *j)
 	owner = g && !strcmp(g->owner, j->user);
 	if(r->n){
 		users = im_calloc(r->n, sizeof(char *));
-		if(users == NULL){
+		news = im_calloc(r->n, sizeof(char *));
+		if(users == NULL || news == NULL){
+			free(users);
+			free(news);
 			reply_status(w, j, IM__V1__STATUS__INTERNAL, "out of memory");
 			return MOSQ_ERR_SUCCESS;
 		}
@@ -417,7 +437,7 @@ int im_work__group(struct im__worker *w, struct im__job *j)
 	if(!strcmp(r->op, "create")){
 		if(g) reply_status(w, j, IM__V1__STATUS__CONFLICT, "group already exists");
 		else if(r->n + 1 > w->cfg.max_group_members) reply_status(w, j, IM__V1__STATUS__TOO_LARGE, "more members than plugin_opt_max_group_members");
-		else rc = grow(w, j, NULL, users);
+		else rc = grow(w, j, NULL, users, NULL, 0);
 	}else if(g == NULL){
 		reply_status(w, j, IM__V1__STATUS__NOT_FOUND, "no such group");
 	}else if(!strcmp(r->op, "info")){
@@ -426,20 +446,21 @@ int im_work__group(struct im__worker *w, struct im__job *j)
 	}else if(!strcmp(r->op, "leave")){
 		if(!im_map__get(&g->members, j->user, strlen(j->user))) reply_status(w, j, IM__V1__STATUS__NOT_FOUND, "not a member");
 		else if(owner) reply_status(w, j, IM__V1__STATUS__CONFLICT, "the owner cannot leave the group");
-		else rc = apply(w, j, IM_GROUP_LEAVE, g->owner, NULL, 0);
+		else rc = apply(w, j, IM_GROUP_LEAVE, g->owner, NULL, 0, NULL, 0);
 	}else if(!owner && !admin){
 		reply_status(w, j, IM__V1__STATUS__FORBIDDEN, "only the owner or an admin may change members");
 	}else if(!strcmp(r->op, "remove")){
 		for(i = 0; i < r->n && strcmp(r->members[i], g->owner); i++);
 		if(i < r->n) reply_status(w, j, IM__V1__STATUS__BAD_REQUEST, "the owner cannot be removed");
-		else rc = apply(w, j, IM_GROUP_REMOVE, g->owner, users, r->n);
+		else rc = apply(w, j, IM_GROUP_REMOVE, g->owner, users, r->n, news, changed(g, users, r->n, true, news));
 	}else{ /* add */
 		if(g->members.count + r->n > w->cfg.max_group_members){
 			reply_status(w, j, IM__V1__STATUS__TOO_LARGE, "more members than plugin_opt_max_group_members");
 		}else{
-			rc = grow(w, j, g, users);
+			rc = grow(w, j, g, users, news, changed(g, users, r->n, false, news));
 		}
 	}
 	free(users);
+	free(news);
 	return rc;
 }
