@@ -9,7 +9,7 @@ pkgs=(build-essential cmake pkg-config
       libpq-dev postgresql
       libnats-dev nats-server
       clang libclang-rt-14-dev openssl
-      python3-paho-mqtt python3-protobuf python3-pytest
+      python3-paho-mqtt python3-protobuf python3-pytest python3-pip python3-setuptools
       lintian
       prometheus-mqtt-exporter
       chromium)

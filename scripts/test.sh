@@ -16,7 +16,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 jobs=$(nproc)
-# The chat page's packages, exactly as package-lock.json pins them.
+# The JavaScript packages, exactly as their package-lock.json pin them.
+# The npm client package first: examples/web depends on it (file:), and
+# its `prepare` step makes src/proto.js from proto/im.proto.
+(cd clients/js && npm ci --no-audit --no-fund)
 (cd examples/web && npm ci --no-audit --no-fund)
 
 summary=$(mktemp)

@@ -1,8 +1,9 @@
 // The chat page: conversations (direct messages grouped by peer, and
 // groups) ordered by last activity, with unread counts; live messages with
 // their seq, ticks on mine (sending, sent, stored, read), edits and recalls
-// of mine, "typing…"; sending with a cmid. The protocol work is in im.js.
-import { ImClient, loadProto } from '/im.js';
+// of mine, "typing…"; sending with a cmid. The protocol work is in the
+// mosquitto-im package (clients/js); im.js makes the page's client.
+import { pageClient } from '/im.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -11,6 +12,7 @@ const LOGIN_KEY = 'imweb/login';
 const TYPING_EVERY_MS = 3000;   // "typing" again while typing goes on (the plugin allows 2 a second)
 const TYPING_IDLE_MS = 5000;    // no key for this long: "stopped"
 const TYPING_SHOWN_MS = 7000;   // someone's "typing" is shown this long unless renewed
+const CONVS_LIMIT = 200;        // conversations asked for on connect (the plugin's page maximum)
 
 let client = null;
 let me = '';
@@ -52,7 +54,7 @@ function unread(c) {
   if (!c.msgs.length && c.serverUnread) return c.serverUnread;
   let n = c.msgs.filter((m) => m.seq > c.readSeq && m.sender !== me).length;
   if (c.kind === 'g') {
-    const t = client.tls.get(c.timeline);
+    const t = client.timelineState(c.timeline);
     if (t && t.head > t.last) n += t.head - t.last;  // known by `group list`, not synced yet
   }
   return n;
@@ -174,10 +176,8 @@ function renderConvs() {
 // A message of mine is changed where it was sent, by its seq there: a
 // group's; for a direct message the peer's inbox, my copy's peerSeq (a
 // note to myself has no copy).
-function changeTarget(m) {
-  if (m.timeline.startsWith('g/') || !m.to || m.to === client.me) return { timeline: m.timeline, ref: m.seq };
-  return { timeline: m.to, ref: m.peerSeq };
-}
+const changeTarget = (m) => client.target(m);
+const report = (e) => { $('error').textContent = e.message; };
 
 // sending (not acknowledged yet) → sent (the broker has it) → stored (it
 // has its seq) → read: for a direct message, the peer read its inbox up to
@@ -213,8 +213,8 @@ function button(cls, label, fn) {
 function msgElement(m, pending) {
   const li = document.createElement('li');
   const mine = m.sender === me && !m.system;
-  const changing = !pending && mine && client.outbox.find((o) => o.change
-    && o.timeline === changeTarget(m).timeline && o.ref === changeTarget(m).ref);
+  const changing = !pending && mine && client.pendingSends().find((o) => o.change
+    && o.timeline === changeTarget(m).timeline && o.ref === changeTarget(m).seq);
   li.className = 'msg' + (m.sender === me ? ' mine' : '') + (m.system ? ' system' : '') + (pending ? ' pending' : '')
     + (m.recalled ? ' recalled' : '') + (m.edited && !m.recalled ? ' edited' : '') + (changing ? ' changing' : '');
   li.dataset.tl = m.timeline;
@@ -239,11 +239,15 @@ function msgElement(m, pending) {
   text.textContent = textOf(m);
   li.append(meta, text);
   if (mine) li.append(tick(m, pending));
-  if (mine && !pending && !m.recalled && !changing && changeTarget(m).ref) {
+  if (mine && !pending && !m.recalled && !changing && changeTarget(m).seq) {
     const actions = document.createElement('span');
     actions.className = 'actions';
     actions.append(button('edit', 'edit', () => startEdit(m)),
-      button('recall', 'recall', () => { const t = changeTarget(m); client.recall(t.timeline, t.ref); renderMessages(); }));
+      button('recall', 'recall', () => {
+        const t = changeTarget(m);
+        client.recall(t.timeline, t.seq).catch(report);
+        renderMessages();
+      }));
     li.append(actions);
   }
   return li;
@@ -255,7 +259,7 @@ function renderMessages() {
   ol.textContent = '';
   if (!active) return;
   for (const m of active.msgs) ol.append(msgElement(m, false));
-  for (const o of client.outbox.filter((x) => x.timeline === active.timeline && !x.change)) {
+  for (const o of client.pendingSends().filter((x) => x.timeline === active.timeline && !x.change)) {
     ol.append(msgElement({ ...o, sender: me }, true));
   }
   if (atEnd || !editing) ol.scrollTop = ol.scrollHeight;
@@ -303,12 +307,12 @@ function markRead() {
 // conversation: a message in one not opened yet keeps the mark before it,
 // never past it).
 function ackSeen() {
-  for (const t of client.tls.values()) {
-    let upTo = t.shownSeq;
-    for (const m of t.msgs) {
+  for (const name of client.timelines()) {
+    let upTo = client.timelineState(name).shown;
+    for (const m of client.messages(name)) {
       if (m.sender !== me && m.seq > (convs.get(convKeyOf(m))?.readSeq || 0)) { upTo = m.seq - 1; break; }
     }
-    client.seen(t.name, upTo);
+    client.seen(name, upTo);
   }
 }
 
@@ -325,70 +329,78 @@ async function start(login) {
   convs = new Map();
   active = null;
   typers.clear();
-  const proto = await loadProto();
-  client = new ImClient({ url: login.url, user: login.user, password: login.password, proto });
+  client = pageClient(login);
   window.imClient = client;                      // for the browser's console (and tests/e2e)
-  // what this browser already showed (kept with `last` in localStorage)
-  for (const t of client.tls.values()) {
-    if (t.name.startsWith('g/')) conv('g:' + t.name.slice(2));
-    for (const m of t.msgs) addMessage(m);
-  }
-  client.addEventListener('message', (e) => {
-    addMessage(e.detail);
-    const c = conv(convKeyOf(e.detail));
-    typers.get(c.key)?.delete(e.detail.sender);   // it was sent: no longer typing
+  client.on('message', (m) => {
+    addMessage(m);
+    const c = conv(convKeyOf(m));
+    typers.get(c.key)?.delete(m.sender);         // it was sent: no longer typing
     markRead();
     if (c === active) { renderMessages(); renderTyping(); }
     renderConvs();
   });
   // an edit or recall of a message shown: the message object itself changed
-  client.addEventListener('change', (e) => {
-    const c = conv(convKeyOf(e.detail.msg));
-    c.lastAt = Math.max(c.lastAt, e.detail.header.tsMs || 0);
-    if (editing === e.detail.msg && e.detail.msg.recalled) cancelEdit();
+  const changed = (msg, tsMs) => {
+    if (!msg) return;                            // not kept here: nothing to change
+    const c = conv(convKeyOf(msg));
+    c.lastAt = Math.max(c.lastAt, tsMs || 0);
+    if (editing === msg && msg.recalled) cancelEdit();
     if (c === active) { renderMessages(); ackSeen(); }
     renderConvs();
+  };
+  client.on('edit', (e) => changed(e.message, e.edit.tsMs));
+  client.on('recall', (e) => changed(e.message, e.recall.tsMs));
+  client.on('read', () => { if (active) renderMessages(); });
+  client.on('typing', (e) => onTyping(e));
+  client.on('outbox', () => { if (active) renderMessages(); });
+  // On each connection, the server's list: conversations this browser never
+  // saw, the order of the latest activity, a preview, the unread count of
+  // those with no messages here.
+  client.on('connect', () => {
+    client.conversations({ limit: CONVS_LIMIT }).then(({ conversations }) => {
+      for (const s of conversations) {
+        const c = conv(keyOf(s.timeline));
+        c.lastAt = Math.max(c.lastAt, s.lastTsMs);
+        c.preview = s.lastPreview || '';
+        c.serverUnread = s.unread;
+      }
+      renderConvs();
+    }).catch((e) => { if (e.code !== 'DISCONNECTED') report(e); });
   });
-  client.addEventListener('read', () => { if (active) renderMessages(); });
-  client.addEventListener('typing', (e) => onTyping(e.detail));
-  client.addEventListener('outbox', () => { if (active) renderMessages(); });
-  // The server's list: conversations this browser never saw, the order of
-  // the latest activity, a preview, the unread count of those with no
-  // messages here.
-  client.addEventListener('conversations', (e) => {
-    for (const s of e.detail) {
-      const c = conv(keyOf(s.timeline));
-      c.lastAt = Math.max(c.lastAt, s.lastTsMs);
-      c.preview = s.lastPreview || '';
-      c.serverUnread = s.unread;
-    }
-    renderConvs();
-  });
-  client.addEventListener('groups', (e) => {
-    for (const g of e.detail) conv('g:' + g.name);
+  client.on('groups', (groups) => {
+    for (const g of groups) conv('g:' + g.name);
     for (const c of [...convs.values()]) {
-      if (c.kind === 'g' && !e.detail.some((g) => g.name === c.name)) convs.delete(c.key);
+      if (c.kind === 'g' && !groups.some((g) => g.name === c.name)) convs.delete(c.key);
     }
     renderConvs();
   });
-  client.addEventListener('receipt', () => { if (active) renderMessages(); });
-  client.addEventListener('status', (e) => {
-    $('status').textContent = e.detail.text;
-    $('status').dataset.state = e.detail.state;
-    if (e.detail.state === 'refused') {
-      sessionStorage.removeItem(LOGIN_KEY);
-      showLogin(e.detail.text);
-    }
-    if (e.detail.state === 'online') ackSeen();
+  // added to a group (it shows up at once), or removed from one
+  client.on('membership', (e) => {
+    if (e.member) conv('g:' + e.group);
+    else if (active?.key !== 'g:' + e.group) convs.delete('g:' + e.group);
+    renderConvs();
   });
-  client.addEventListener('error', (e) => { $('error').textContent = e.detail; });
-  client.addEventListener('gap', (e) => {
-    $('error').textContent = `${e.detail.timeline}: messages ${e.detail.from}..${e.detail.to} were removed by retention`;
+  client.on('receipt', (r) => {
+    if (r.status !== 0) $('error').textContent = `message refused: ${r.status} ${r.reason}`;
+    if (active) renderMessages();
+  });
+  client.on('status', (e) => {
+    $('status').textContent = e.text;
+    $('status').dataset.state = e.state;
+    if (e.state === 'refused') {
+      sessionStorage.removeItem(LOGIN_KEY);
+      showLogin(e.text);
+    }
+    if (e.state === 'online') ackSeen();
+  });
+  client.on('error', report);
+  client.on('gap', (e) => {
+    $('error').textContent = `${e.timeline}: messages ${e.from}..${e.to} were removed by retention`;
   });
   // The server's history was replaced: what is shown counted seqs of a store
   // that is gone. Clear it (and the read marks); the messages the new store
   // holds arrive again from seq 1.
-  client.addEventListener('reset', () => {
+  client.on('reset', () => {
     for (const c of convs.values()) {
       c.msgs = [];
       c.readSeq = 0;
@@ -405,13 +417,18 @@ async function start(login) {
   $('login-view').hidden = true;
   $('chat-view').hidden = false;
   $('notice').hidden = true;
+  await client.start();
+  // what this browser already showed (kept with `last` in localStorage)
+  for (const name of client.timelines()) {
+    if (name.startsWith('g/')) conv('g:' + name.slice(2));
+    for (const m of client.messages(name)) addMessage(m);
+  }
   renderConvs();
-  client.start();
 }
 
 function showLogin(error) {
   stopTyping();
-  client?.stop();
+  client?.close();
   client = null;
   $('chat-view').hidden = true;
   $('login-view').hidden = false;
@@ -433,10 +450,10 @@ $('compose').onsubmit = (ev) => {
   stopTyping();
   if (editing) {
     const t = changeTarget(editing);
-    if (text !== editing.text) client.edit(t.timeline, t.ref, text);
+    if (text !== editing.text) client.edit(t.timeline, t.seq, text).catch(report);
     cancelEdit();
   } else {
-    client.send(active.timeline, text);
+    client.send(active.timeline, text).catch(report);
     $('text').value = '';
   }
   renderMessages();
@@ -457,7 +474,7 @@ $('newgroup').onsubmit = async (ev) => {
   const name = $('gname').value.trim();
   const members = $('gmembers').value.split(/[\s,]+/).filter(Boolean);
   try {
-    await client.group('create', name, members);
+    await client.groups.create(name, members);
     $('gname').value = $('gmembers').value = '';
     conv('g:' + name);
     open('g:' + name);

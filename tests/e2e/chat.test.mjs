@@ -5,11 +5,14 @@
 // a broker killed and restarted while alice sends, one restarted on a fresh
 // database (a new store id: the pages start over), and the conversation
 // features: read ticks, typing, an edit and a recall, read by N in a group.
+// The page runs on the mosquitto-im npm package (clients/js), as served by
+// examples/web/serve.js.
 //
 //   IM_PLUGIN=build/mosquitto_im.so node --test tests/e2e/chat.test.mjs
 //
 // Needs Debian's chromium (/usr/bin/chromium) and `npm ci` in examples/web
-// (playwright-core drives the system Chromium; it downloads nothing).
+// and in clients/js (playwright-core drives the system Chromium; it
+// downloads nothing).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -31,12 +34,16 @@ const ART = resolve(process.env.IM_E2E_ARTIFACTS || join(TMP, 'artifacts'));
 
 for (const [what, path, hint] of [['the plugin', PLUGIN, 'build it, or set IM_PLUGIN'],
   ['chromium', CHROMIUM, 'scripts/deps.sh installs Debian\'s chromium'],
-  ['playwright-core', PW, 'run `npm ci` in examples/web (scripts/test.sh does)']]) {
+  ['playwright-core', PW, 'run `npm ci` in examples/web (scripts/test.sh does)'],
+  ['the mosquitto-im package\'s schema', join(ROOT, 'clients/js/src/proto.js'),
+    'run `npm ci` in clients/js (scripts/test.sh does)']]) {
   if (!existsSync(path)) throw new Error(`${what} not found at ${path}: ${hint}`);
 }
 const { chromium } = await import(pathToFileURL(PW).href);
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// the plugin tells a user added to a group (Event.member, PROTOCOL.md 11.1)
+const MEMBERSHIP = /optional bool member = 7;/.test(readFileSync(join(ROOT, 'proto/im.proto'), 'utf8'));
 
 function freePort() {
   return new Promise((res, rej) => {
@@ -351,8 +358,8 @@ test('a read receipt, typing, an edit and a recall between the two pages', async
     null, { timeout: 15000 });
   // not read: bob's page has it but acks only up to what he saw
   assert.deepEqual(await bob.evaluate(() => {
-    const t = imClient.tls.get('u/bob');
-    return [t.shownSeq, t.seen];
+    const t = imClient.timelineState('u/bob');
+    return [t.shown, t.seen];
   }), [2, 1]);
   assert.equal((await msgAt(alice, 2)).tick, 'stored');
   assert.equal(await bob.$eval('#convs li', (e) => e.dataset.conv), 'u:alice');   // the latest activity first
@@ -411,6 +418,8 @@ test('a read receipt, typing, an edit and a recall between the two pages', async
   await alice.fill('#gmembers', 'bob');
   await click(alice, '#newgroup button');
   await alice.waitForSelector('#convs li[data-conv="g:crew"].active');
+  // membership news: bob's page follows the group at once, no reload needed
+  if (MEMBERSHIP) await bob.waitForSelector('#convs li[data-conv="g:crew"]', { timeout: 15000 });
   await say(alice, 'g1');                                   // g/crew #2 (#1: the group's creation)
   await waitMsg(alice, 2, { text: 'g1', tick: 'stored' }, 'alice\'s group message stored');
   await (await use(bob)).reload();                          // asks for its groups now, not in 10 s
@@ -421,4 +430,22 @@ test('a read receipt, typing, an edit and a recall between the two pages', async
     '✓✓ 1 | read by bob');
   for (const p of [alice, bob]) assert.equal(await p.textContent('#error'), '');
   assert.deepEqual(errors, []);
+});
+
+test('the package\'s browser stores: IndexedDB and localStorage keep the client\'s state', async () => {
+  const [alice] = ctx.pages();
+  const got = await (await use(alice)).evaluate(async () => {
+    const { IndexedDBStore, LocalStorageStore } = await import('mosquitto-im');
+    const out = {};
+    for (const [name, s] of [['idb', new IndexedDBStore('im-e2e')], ['ls', new LocalStorageStore('im-e2e/')]]) {
+      await s.set('tl/u/x', { last: 2, msgs: [{ seq: 2, text: 'kept' }] });
+      await s.set('gone', 1);
+      await s.delete('gone');
+      out[name] = [await s.get('tl/u/x'), await s.get('gone') ?? null];
+      await s.close?.();
+    }
+    return out;
+  });
+  const want = [{ last: 2, msgs: [{ seq: 2, text: 'kept' }] }, null];
+  assert.deepEqual(got, { idb: want, ls: want });
 });
