@@ -247,9 +247,9 @@ static void submit_anchor(struct im__order *o, struct im__order_tl *e)
  * starts after the head as the worker sees it now: the worker reads it
  * before any sync the new device sends (they queue behind), so what the
  * device's first sync does not return is delivered live. Frames that
- * arrive meanwhile wait, and are delivered too (im_order__repaired). A
- * state this broker kept from its own messages is stale (it heard nobody
- * else's): it starts over. */
+ * arrive meanwhile wait; those past the head are delivered then
+ * (im_order__repaired). A state this broker kept from its own messages
+ * is stale (it heard nobody else's): it starts over. */
 void im_order__anchor(struct im__order *o, const char *tl)
 {
 	struct im__order_tl *e = im_map__get(&o->tls, tl, strlen(tl));
@@ -277,19 +277,21 @@ void im_order__repaired(struct im__order *o, const char *tl, uint64_t reached, b
 			return;
 		}
 		e->anchoring = false;
-		/* Frames held meanwhile were heard after this broker subscribed:
-		 * live for the device that brought the interest, even those
-		 * committed before the worker got round to reading the head
-		 * (under load, many). Delivery starts at the first of them,
-		 * unless it lies further back than a hold's worth: that one is
-		 * no live frame but an old one replayed on NATS. */
-		while(e->held && e->held->seq + HOLD_MAX <= reached){
+		/* Live delivery starts after the head. Frames held meanwhile at
+		 * or below it are the device's first sync's (it queued behind
+		 * this read): delivering them live as well once let a frame that
+		 * NATS carried late (a publisher behind a partition, its buffer
+		 * flushed on heal) reach a device after newer ones it had from
+		 * its session: a seq 63 below one it had, on one connection,
+		 * against PROTOCOL.md 5.1 (the nemesis found it, seed
+		 * 1802864005). */
+		while(e->held && e->held->seq <= reached){
 			d = e->held;
 			e->held = d->next;
 			e->n_held--;
+			IM_STAT_ADD(o->metrics->cluster_duplicates, 1);
 			free(d);
 		}
-		if(e->held && e->held->seq - 1 < reached) reached = e->held->seq - 1;
 		if(reached > e->last) e->last = reached;
 		if(e->last > e->want) e->want = e->last;
 		release(o, e, 0);

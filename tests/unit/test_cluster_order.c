@@ -342,8 +342,9 @@ static void hold_bound(void)
 	im_order__free(&o);
 }
 
-/* A device comes online here: delivery starts at the store's head, or at
- * the first frame heard meanwhile. */
+/* A device comes online here: delivery starts after the store's head;
+ * what was heard meanwhile at or below it is the device's first sync's
+ * (a frame NATS carried late must not reach it after newer ones). */
 static void anchoring(void)
 {
 	struct im__order o;
@@ -366,20 +367,25 @@ static void anchoring(void)
 	im_order__tick(&o, T0 + 4 + TAIL_CHECK_MS);
 	CHECK_EQ(h.n_rep, 1);
 	CHECK_EQ(h.n_pub, 0);
-	/* The head was 2003 when read: 2001..2003 were committed before, but
-	 * 2001 and 2002 were heard here after subscribing: live. */
+	/* The head was 2003 when read: 2001, 2002 and the old 5 are the
+	 * device's sync's, not live. */
 	im_order__repaired(&o, "u/a", head, true, true, T0 + 4 + TAIL_CHECK_MS + 1);
-	CHECK(published(2, S(2001), S(2002)));
-	/* 2003 (lost on the way) and 2005 remain: a repair from 2002. */
+	CHECK_EQ(h.n_pub, 0);
+	CHECK_EQ(metrics.cluster_duplicates, 3);
+	/* 2005 waits for 2004 (lost on the way): a repair from the head. */
 	im_order__tick(&o, T0 + 4 + TAIL_CHECK_MS + 1 + GAP_GRACE_MS);
 	CHECK_EQ(h.n_rep, 2);
 	CHECK(!h.rep[1].anchor);
-	CHECK_EQ(h.rep[1].after, 2002);
+	CHECK_EQ(h.rep[1].after, 2003);
 	CHECK_EQ(h.rep[1].upto, 2005);
-	repair_frames(&o, "u/a", 2003, 2005, T0 + 1100);
+	repair_frames(&o, "u/a", 2004, 2005, T0 + 1100);
 	im_order__repaired(&o, "u/a", 2005, true, false, T0 + 1101);
-	CHECK(published(5, S(2001), S(2002), S(2003), S(2004), S(2005)));
-	CHECK_EQ(metrics.cluster_duplicates, 1); /* the repair's 2005 */
+	CHECK(published(2, S(2004), S(2005)));
+	CHECK_EQ(metrics.cluster_duplicates, 4); /* and the repair's 2005 */
+	/* A frame NATS carried late, below what was delivered: dropped. */
+	in(&o, "u/a", 2002, T0 + 1102);
+	CHECK_EQ(h.n_pub, 2);
+	CHECK_EQ(metrics.cluster_duplicates, 5);
 	im_order__free(&o);
 }
 
