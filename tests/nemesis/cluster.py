@@ -94,6 +94,14 @@ KINDS = [
 ]
 
 
+# run.py --faults: only these kinds (None: all of KINDS).
+ONLY = None
+
+
+def kinds():
+    return [(k, w) for k, w in KINDS if ONLY is None or k in ONLY]
+
+
 def missing():
     return CE.missing()
 
@@ -222,7 +230,8 @@ class ClusterRun(R.Run):
             self.faults[action] += 1
 
     def scheduler(self, rnd):
-        first = [k for k, _ in KINDS]
+        ks = kinds()
+        first = [k for k, _ in ks]
         rnd.shuffle(first)
         active = []
         while not self._sleep(rnd.uniform(0.5, 3.0)):
@@ -231,7 +240,7 @@ class ClusterRun(R.Run):
                 continue
             from_first = bool(first)
             kind = first.pop(0) if first else rnd.choices(
-                [k for k, _ in KINDS], [w for _, w in KINDS])[0]
+                [k for k, _ in ks], [w for _, w in ks])[0]
             plan = self.plan(kind, rnd)
             if plan is None:
                 continue
@@ -302,7 +311,21 @@ class ClusterRun(R.Run):
         (and noted: a broker that cannot start under a fault)."""
         b = self.brokers[i]
         try:
-            b.start()
+            try:
+                b.start()
+            except RuntimeError as e:
+                if "Address already in use" not in str(e).splitlines()[-1]:
+                    raise
+                # While the broker was down its port, from the ephemeral
+                # range, became some connection's local port (a long run
+                # makes thousands). Its clients reach it through its proxy
+                # only: it moves to a new port and the proxy follows.
+                old = b.port
+                b.port = imtest.free_port()
+                log("n%d: port %d taken meanwhile, moving to %d" % (i, old, b.port))
+                b.start()
+                cp = self.proxies[(i, "clients")]
+                cp.retarget(cp.routes[0].port, b.port)
         except RuntimeError as e:
             first = str(e).splitlines()[0]
             self.notes.append("n%d did not start under faults: %s" % (i, first))
@@ -369,10 +392,26 @@ class ClusterRun(R.Run):
         self._begin("kill", "pg-standby", " :%d, down %.1f s" % (node.port, down))
         self.pg.kill_node(node)
         self._sleep(down)
-        self.pg.start_node(node)
+        self._start_pg(node)
         if not imtest.wait_until(self.pg.is_sync, timeout=60):
             self.errors.append("the standby did not become synchronous again")
         self._end("kill", "pg-standby")
+
+    def _start_pg(self, node, tries=5):
+        """pg_ctl start, again after a pause if it fails (a killed server's
+        port or shared memory not yet released): its output is logged."""
+        for k in range(tries):
+            try:
+                self.pg.start_node(node)
+                return
+            except subprocess.CalledProcessError as e:
+                out = (e.output or b"").decode("utf-8", "replace").strip().splitlines()
+                log("PostgreSQL :%d did not start (%s)%s" % (
+                    node.port, out[-1] if out else "no output",
+                    "; again" if k + 1 < tries else ""))
+                if k + 1 == tries:
+                    raise
+                time.sleep(1 + k)
 
     def kill_promote(self, rnd):
         old = self.pg.primary

@@ -463,6 +463,12 @@ def main(argv=None):
                     help="messages a second per client")
     ap.add_argument("--keep", action="store_true",
                     help="keep the run dir even when the run is clean")
+    ap.add_argument("--faults", default=None,
+                    help="--cluster: only these fault kinds, comma-separated "
+                    "(cluster.py KINDS: kill-broker, pause-broker, pause-pg, "
+                    "kill-promote, kill-standby, pause-nats, stop-nats, cut-pg, "
+                    "cut-nats, cut-clients, disk-full); client disconnects "
+                    "always run")
     ap.add_argument("--max-silence", type=float, default=None,
                     help="fail a run in which a request waited longer than "
                     "this many seconds for its answer on one connection "
@@ -487,8 +493,15 @@ def main(argv=None):
             print("cluster mode cannot run here: %s" % why, file=sys.stderr)
             return 2
         kw["cls"] = cluster.ClusterRun
+        if a.faults:
+            cluster.ONLY = set(a.faults.split(","))
+            unknown = cluster.ONLY - {k for k, _ in cluster.KINDS}
+            if unknown:
+                print("unknown fault kind(s): %s" % ", ".join(sorted(unknown)), file=sys.stderr)
+                return 2
+            cluster.ClusterRun.repeat_flags += "--faults %s " % a.faults
         seeds, short_dur = CLUSTER_SHORT_SEEDS, CLUSTER_SHORT_DURATION
-        flags = "--cluster "
+        flags = cluster.ClusterRun.repeat_flags
     failed = []
     try:
         if a.short:
