@@ -18,6 +18,10 @@ const REPLY = { group: 'GroupResponse', typing: 'Response', reads: 'ReadsRespons
 const utf8 = new TextDecoder();
 const utf8enc = new TextEncoder();
 
+// Messages re-sent at once after a connect; one more per Receipt, up to
+// maxInflight.
+const START_WINDOW = 10;
+
 const DEFAULTS = {
   prefix: 'im',
   keep: 1000,             // messages kept per timeline (and persisted with `last`)
@@ -25,7 +29,7 @@ const DEFAULTS = {
   ackDelayMs: 1000,       // seen() is acked this long after (one ack per timeline)
   replyTimeoutMs: 10000,
   syncLimit: 500,         // frames asked for per sync batch (the plugin caps it)
-  maxInflight: 100,       // messages sent and waiting for their Receipt at once
+  maxInflight: 100,       // messages sent and waiting for their Receipt at once (at most)
   sessionExpiry: 3600,    // seconds the broker keeps the persistent session after a disconnect
   flushMs: 100,           // state is written to the store at most this often
   reconnectPeriod: 1000,
@@ -270,8 +274,11 @@ export class ImClient extends Emitter {
     // the groups I am in now (membership news is missed while offline)
     this.#bg(this.#listGroups());
     for (const t of tls) if (t.name.startsWith('g/')) this.reads(t.name).catch(() => {});
-    // 4. re-send every message without a Receipt, with its cmid
+    // 4. re-send every message without a Receipt, with its cmid: a few at
+    // first, more as Receipts come (a link that keeps dropping must not
+    // spend each short connection re-sending the whole window).
     for (const m of this.outbox) m.conn = 0;
+    this.window = Math.min(START_WINDOW, this.o.maxInflight);
     this.#pump();
     this.#checkCaughtUp();
   }
@@ -777,8 +784,9 @@ export class ImClient extends Emitter {
     if (!this.connected) return;
     let n = 0;
     for (const m of this.outbox) if (m.conn === this.conn) n++;
+    const limit = Math.min(this.window ?? START_WINDOW, this.o.maxInflight);
     for (const m of this.outbox) {
-      if (n >= this.o.maxInflight) break;
+      if (n >= limit) break;
       if (m.conn === this.conn) continue;
       m.conn = this.conn;
       n++;
@@ -816,6 +824,7 @@ export class ImClient extends Emitter {
   #settle(cmid, receipt, error) {
     const i = this.outbox.findIndex((m) => m.cmid === cmid);
     if (i < 0) return;
+    if (receipt) this.window = Math.min(this.o.maxInflight, (this.window ?? START_WINDOW) + 1);
     const [m] = this.outbox.splice(i, 1);
     this.#dirty('outbox');
     const w = this.waiters.get(cmid);

@@ -56,10 +56,18 @@ test('1000 messages through a link that drops every 0.5 s, with a broker restart
 
   const receipts = [];
   const sends = [];
-  for (let i = 0; i < N; i++) sends.push(alice.send('u/bob', 'm' + i).then((r) => receipts.push(r)));
-  // the broker restarts once a third has arrived
-  await waitFor(() => got.phone.length >= N / 3, 120000, () => `phone has ${got.phone.length}`);
-  await b.restart();
+  // Ten rounds of 100, each after the link dropped again: the drops fall
+  // inside the transfer however fast this machine is; the broker restarts
+  // after the third round has arrived.
+  for (let k = 0; k < 10; k++) {
+    const drops = link.drops;
+    for (let i = k * 100; i < (k + 1) * 100; i++) sends.push(alice.send('u/bob', 'm' + i).then((r) => receipts.push(r)));
+    if (k === 3) {
+      await waitFor(() => got.phone.length >= 300, 120000, () => `phone has ${got.phone.length}`);
+      await b.restart();
+    }
+    await waitFor(() => link.drops > drops, 20000, () => `the link did not drop (${link.drops})`);
+  }
   await waitFor(() => receipts.length === N, 240000,
     () => `${receipts.length} receipts, alice pending ${alice.pendingSends().length}, drops ${link.drops}`);
   await Promise.all(sends);
@@ -85,9 +93,11 @@ test('1000 messages through a link that drops every 0.5 s, with a broker restart
     assert.equal(bySeq.get(r.seq), got.phone.find((m) => m.cmid === r.cmid).text);
   }
   assert.equal(new Set(receipts.map((r) => r.seq)).size, N);
-  assert.ok(link.drops >= 4, `the link dropped (${link.drops} times)`);
-  // the phone acked as it went: its cursor is at the head
-  await waitFor(async () => (await phone.ack('u/bob', 0)).cursor === got.phone.at(-1).seq, 20000, 'phone cursor');
+  assert.ok(link.drops >= 10, `the link dropped (${link.drops} times)`);
+  // the phone acked as it went: its cursor is at the head (an ack the
+  // link cut before its answer is asked again)
+  await waitFor(async () => (await phone.ack('u/bob', 0).catch(() => ({}))).cursor === got.phone.at(-1).seq,
+    20000, 'phone cursor');
   t.diagnostic(`${link.drops} drops, ${link.connections} connections through the link`);
   for (const c of [alice, phone, laptop]) assert.deepEqual(c.errors, []);
 });
