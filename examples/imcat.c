@@ -20,8 +20,9 @@
 
 #include <mosquitto.h>
 
-#include "base/limits.h"
-#include "codec/frame.h"
+#include <mosquitto-im/client.h>
+
+#include "im.pb-c.h"
 #include "im_print.h"
 
 static int json;
@@ -71,31 +72,35 @@ static void json_change(uint32_t flags)
 }
 
 /* An event frame (seq 0, on <prefix>/e/<timeline>): who read how far, who
- * is typing. */
-static void print_event(const Im__V1__Header *h, const char *indent)
+ * is typing, who joined. */
+static void print_event(const struct mim_frame *f, const char *indent)
 {
-	const Im__V1__Event *e = h->event;
-	bool read = e->kind == IM__V1__EVENT__KIND__READ, typing = e->kind == IM__V1__EVENT__KIND__TYPING;
+	const struct mim_message *h = &f->msg;
+	bool read = f->event_kind == 1, typing = f->event_kind == 2, member = f->event_kind == 3;
 
 	if(json){
 		printf("{");
 		json_str("timeline", h->timeline ? h->timeline : "", h->timeline ? strlen(h->timeline) : 0);
 		printf(",\"seq\":0");
 		json_field("from", h->sender);
-		printf(",\"ts_ms\":%" PRId64 ",\"event\":{\"kind\":\"%s\"", h->ts_ms, read ? "read" : typing ? "typing" : "unknown");
-		json_field("user", e->user);
-		json_field("timeline", e->timeline);
-		if(e->has_seq) printf(",\"seq\":%" PRIu64, e->seq);
-		if(e->has_typing || typing) printf(",\"typing\":%s", !e->has_typing || e->typing ? "true" : "false");
-		printf(",\"ts_ms\":%" PRId64 "}}\n", e->ts_ms);
+		printf(",\"ts_ms\":%" PRId64 ",\"event\":{\"kind\":\"%s\"", h->ts_ms,
+				read ? "read" : typing ? "typing" : member ? "membership" : "unknown");
+		json_field("user", f->event_user);
+		json_field("timeline", f->event_timeline);
+		if(f->has_event_seq) printf(",\"seq\":%" PRIu64, f->event_seq);
+		if(f->event_has_typing || typing) printf(",\"typing\":%s", !f->event_has_typing || f->event_typing ? "true" : "false");
+		if(member) printf(",\"member\":%s", f->event_member ? "true" : "false");
+		printf(",\"ts_ms\":%" PRId64 "}}\n", f->event_ts_ms);
 		return;
 	}
 	printf("%s%s event ", indent, h->timeline ? h->timeline : "?");
-	print_time(e->has_ts_ms ? e->ts_ms : h->ts_ms);
-	printf(" %s: ", e->user ? e->user : "?");
-	if(read) printf("read %s up to #%" PRIu64 "\n", e->timeline ? e->timeline : "?", e->seq);
-	else if(typing) printf("%s in %s\n", !e->has_typing || e->typing ? "typing" : "stopped typing", e->timeline ? e->timeline : "?");
-	else printf("event of kind %d\n", (int)e->kind);
+	print_time(f->event_ts_ms ? f->event_ts_ms : h->ts_ms);
+	printf(" %s: ", f->event_user ? f->event_user : "?");
+	if(read) printf("read %s up to #%" PRIu64 "\n", f->event_timeline ? f->event_timeline : "?", f->event_seq);
+	else if(typing) printf("%s in %s\n", !f->event_has_typing || f->event_typing ? "typing" : "stopped typing",
+			f->event_timeline ? f->event_timeline : "?");
+	else if(member) printf("%s %s\n", f->event_member ? "joined" : "left", f->event_timeline ? f->event_timeline : "?");
+	else printf("event of kind %d\n", f->event_kind);
 }
 
 static void print_body(const uint8_t *b, size_t n)
@@ -115,16 +120,17 @@ static void print_body(const uint8_t *b, size_t n)
 	}
 }
 
-/* Returns 0 if buf was a frame and was printed. */
+/* Returns 0 if buf was a frame and was printed (decoded by the client
+ * library: libmosquitto-im-client's mim_frame_parse). */
 static int print_frame(const uint8_t *buf, size_t len, const char *indent)
 {
-	Im__V1__Header *h;
-	const uint8_t *body;
-	size_t blen;
+	struct mim_frame *f = mim_frame_parse(buf, len);
+	const struct mim_message *h;
 
-	if(im_frame__decode(buf, len, NULL, &h, &body, &blen) != MOSQ_ERR_SUCCESS) return -1;
-	if(h->event){
-		print_event(h, indent);
+	if(f == NULL) return -1;
+	h = &f->msg;
+	if(f->event_kind){
+		print_event(f, indent);
 	}else if(json){
 		printf("{");
 		json_str("timeline", h->timeline ? h->timeline : "", h->timeline ? strlen(h->timeline) : 0);
@@ -137,16 +143,10 @@ static int print_frame(const uint8_t *buf, size_t len, const char *indent)
 		if(h->body_omitted) printf(",\"body_omitted\":true,\"body_len\":%u", h->body_len);
 		if(h->flags) printf(",\"flags\":%u", h->flags);
 		json_change(h->flags);
-		if(h->has_ref_seq) printf(",\"ref_seq\":%" PRIu64, h->ref_seq);
-		if(h->has_peer_seq) printf(",\"peer_seq\":%" PRIu64, h->peer_seq);
+		if(h->ref_seq) printf(",\"ref_seq\":%" PRIu64, h->ref_seq);
+		if(h->peer_seq) printf(",\"peer_seq\":%" PRIu64, h->peer_seq);
 		putchar(',');
-		if(h->flags & IM__V1__HEADER_FLAG__FLAG_COMPRESSED){
-			uint8_t *raw = im_frame__inflate(body, blen, h->raw_len);
-			json_str("body", raw ? (const char *)raw : "", raw ? h->raw_len : 0);
-			free(raw);
-		}else{
-			json_str("body", (const char *)body, blen);
-		}
+		json_str("body", h->body ? (const char *)h->body : "", h->body ? h->len : 0);
 		printf("}\n");
 	}else{
 		printf("%s%s #%" PRIu64 " ", indent, h->timeline ? h->timeline : "?", h->seq);
@@ -154,22 +154,15 @@ static int print_frame(const uint8_t *buf, size_t len, const char *indent)
 		printf(" %s", h->sender ? h->sender : "?");
 		if(h->to && h->timeline && strcmp(h->to, h->timeline)) printf(" -> %s", h->to);
 		if(h->cmid) printf(" [%s]", h->cmid);
-		if(h->flags & IM__V1__HEADER_FLAG__FLAG_SYSTEM) printf(" (system)");
+		if(h->flags & MIM_FLAG_SYSTEM) printf(" (system)");
 		im_print_change(h->flags, h->ref_seq);
 		printf(": ");
-		if(h->body_omitted){
-			printf("<%u bytes, sync to read>", h->body_len);
-		}else if(h->flags & IM__V1__HEADER_FLAG__FLAG_COMPRESSED){
-			uint8_t *raw = im_frame__inflate(body, blen, h->raw_len);
-			if(raw) print_body(raw, h->raw_len);
-			else printf("<%zu bytes that do not inflate>", blen);
-			free(raw);
-		}else{
-			print_body(body, blen);
-		}
+		if(h->body_omitted) printf("<%u bytes, sync to read>", h->body_len);
+		else if(f->not_inflated) printf("<%zu bytes that do not inflate>", f->wire_body_len);
+		else print_body(h->body, h->len);
 		printf("\n");
 	}
-	im__v1__header__free_unpacked(h, NULL);
+	mim_frame_free(f);
 	return 0;
 }
 

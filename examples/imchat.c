@@ -18,7 +18,7 @@
  * random UUID as im-cmid, a Response Topic for the im.v1.Receipt; after a
  * lost connection the message is re-sent with the same cmid until the
  * Receipt arrives, so it is stored exactly once. `listen` runs the
- * reference client (examples/client): sync before live, gaps filled,
+ * client library (clients/c, libmosquitto-im-client): sync before live, gaps filled,
  * duplicates dropped, acks, a state file; when the server's store was
  * replaced it prints a line saying so and starts over from seq 1. It also
  * prints the others' read marks and typing, and edits and recalls as the
@@ -42,10 +42,13 @@
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
 
-#include "client/im_client.h"
-#include "base/limits.h"
-#include "codec/frame.h"
+#include <mosquitto-im/client.h>
+
+#include "im.pb-c.h"
 #include "im_print.h"
+
+#define IM_NAME_MAX 64                 /* PROTOCOL.md 1 */
+#define IM_TL_MAX (IM_NAME_MAX + 2)    /* u/<name>, g/<name> */
 
 #define RECEIPT_TOPIC "$CONTROL/im/v1/receipt"
 
@@ -106,14 +109,15 @@ static void print_time(int64_t ms, bool date)
 	fputs(ts, stdout);
 }
 
-static void print_msg(void *ud, const Im__V1__Header *h, const uint8_t *body, size_t len)
+static void print_msg(void *ud, const struct mim_message *h)
 {
-	size_t i;
+	size_t i, len = h->len;
+	const uint8_t *body = h->body;
 	const char *me_tl = ud;
 
 	print_time(h->ts_ms, false);
 	printf(" %s #%" PRIu64 " %s", h->timeline ? h->timeline : "?", h->seq, h->sender ? h->sender : "?");
-	if(h->flags & IM__V1__HEADER_FLAG__FLAG_SYSTEM){
+	if(h->flags & MIM_FLAG_SYSTEM){
 		printf(" (system)");
 	}else if(me_tl && h->to && h->timeline && !strcmp(h->timeline, me_tl) && strcmp(h->to, me_tl)){
 		/* my own copy of a message I sent: name the peer */
@@ -504,9 +508,7 @@ static int cmd_history(const char *tl_arg)
 	char tl[IM_TL_MAX + 1], me[IM_TL_MAX + 1];
 	uint64_t after = 0;
 	Im__V1__SyncBatch *b;
-	Im__V1__Header *h;
-	const uint8_t *body;
-	size_t i, blen;
+	size_t i;
 	long shown = 0;
 
 	/* "u/bob", "g/team", or a bare name: a group if it is not me */
@@ -529,21 +531,18 @@ static int cmd_history(const char *tl_arg)
 					b->first_seq - 1);
 		}
 		for(i = 0; i < b->n_frames; i++){
-			if(im_frame__decode(b->frames[i].data, b->frames[i].len, NULL, &h, &body, &blen) != MOSQ_ERR_SUCCESS) continue;
-			if(h->flags & IM__V1__HEADER_FLAG__FLAG_COMPRESSED){
-				/* deflated by the plugin (compress_min_bytes); listen gets
-				 * bodies inflated by im_client already */
-				uint8_t *raw = im_frame__inflate(body, blen, h->raw_len);
+			/* the library's frame reader: bodies deflated by the plugin
+			 * (compress_min_bytes) come inflated */
+			struct mim_frame *f = mim_frame_parse(b->frames[i].data, b->frames[i].len);
 
-				if(raw) print_msg(me, h, raw, h->raw_len);
-				else fprintf(stderr, "imchat: %s #%" PRIu64 ": a compressed body that does not inflate\n", tl, h->seq);
-				free(raw);
-			}else{
-				print_msg(me, h, body, blen);
+			if(f == NULL){
+				fprintf(stderr, "imchat: %s: a frame this imchat cannot read (or that does not inflate)\n", tl);
+				continue;
 			}
-			after = h->seq;
+			print_msg(me, &f->msg);
+			after = f->msg.seq;
 			shown++;
-			im__v1__header__free_unpacked(h, NULL);
+			mim_frame_free(f);
 		}
 		if(!b->has_more || b->n_frames == 0){
 			im__v1__sync_batch__free_unpacked(b, NULL);
@@ -682,22 +681,22 @@ static void through_copy(char tl[IM_TL_MAX + 1], uint64_t *ref)
 	struct sess s;
 	char me[IM_TL_MAX + 1];
 	Im__V1__SyncBatch *b;
-	Im__V1__Header *h;
-	const uint8_t *body;
-	size_t blen;
+	struct mim_frame *f = NULL;
+	const struct mim_message *h;
 
 	snprintf(me, sizeof(me), "u/%s", opt.user);
 	if(strcmp(tl, me)) return;
 	sess_open(&s);
 	b = sync_once(&s, me, *ref - 1, 1);
-	if(b->n_frames == 0 || im_frame__decode(b->frames[0].data, b->frames[0].len, NULL, &h, &body, &blen) != MOSQ_ERR_SUCCESS){
+	if(b->n_frames == 0 || (f = mim_frame_parse(b->frames[0].data, b->frames[0].len)) == NULL){
 		die("no message #%" PRIu64 " in %s", *ref, me);
 	}
-	if(h->seq == *ref && h->sender && !strcmp(h->sender, opt.user) && h->to && strcmp(h->to, me) && h->has_peer_seq){
+	h = &f->msg;
+	if(h->seq == *ref && h->sender && !strcmp(h->sender, opt.user) && h->to && strcmp(h->to, me) && h->peer_seq){
 		snprintf(tl, IM_TL_MAX + 1, "%s", h->to);
 		*ref = h->peer_seq;
 	}
-	im__v1__header__free_unpacked(h, NULL);
+	mim_frame_free(f);
 	im__v1__sync_batch__free_unpacked(b, NULL);
 	sess_close(&s);
 }
@@ -806,12 +805,29 @@ static int cmd_conversations(void)
 
 /* ---- listen ---- */
 
-static struct im_client *g_client;
+static volatile sig_atomic_t g_stop;
+static long g_shown;
+static int64_t g_last_ms;
 
 static void on_signal(int sig)
 {
 	(void)sig;
-	if(g_client) im_client_stop(g_client);
+	g_stop = 1;
+}
+
+static void print_listened(void *ud, const struct mim_message *m)
+{
+	print_msg(ud, m);
+	g_shown++;
+	g_last_ms = now_ms();
+}
+
+/* Edits and recalls are messages with seqs of their own: shown as such,
+ * naming the seq they change. */
+static void print_change(void *ud, const struct mim_message *m, const struct mim_message *orig)
+{
+	(void)orig;
+	print_listened(ud, m);
 }
 
 /* The reference client forgot every seq and delivers again from seq 1 (-v
@@ -819,15 +835,29 @@ static void on_signal(int sig)
 /* Others' read marks and typing ("HH:MM:SS u/bob bob read up to #3",
  * "HH:MM:SS u/alice alice is typing"); mine (from another device) are not
  * news. A mark learned on connect has no time: now. */
-static void print_event(void *ud, const Im__V1__Event *ev)
+static void print_read(void *ud, const struct mim_read *r)
 {
 	(void)ud;
-	if(ev->user == NULL || !strcmp(ev->user, opt.user)) return;
-	print_time(ev->ts_ms, false);
-	printf(" %s %s ", ev->timeline ? ev->timeline : "?", ev->user);
-	if(ev->kind == IM__V1__EVENT__KIND__READ) printf("read up to #%" PRIu64 "\n", ev->seq);
-	else puts(!ev->has_typing || ev->typing ? "is typing" : "stopped typing");
+	if(r->user == NULL || !strcmp(r->user, opt.user)) return;
+	print_time(r->ts_ms, false);
+	printf(" %s %s read up to #%" PRIu64 "\n", r->timeline, r->user, r->seq);
 	fflush(stdout);
+}
+
+static void print_typing(void *ud, const struct mim_typing *t)
+{
+	(void)ud;
+	if(!strcmp(t->user, opt.user)) return;
+	print_time(t->ts_ms, false);
+	printf(" %s %s %s\n", t->timeline, t->user, t->typing ? "is typing" : "stopped typing");
+	fflush(stdout);
+}
+
+static void on_error(void *ud, int result, const char *what)
+{
+	(void)ud;
+	(void)result;
+	fprintf(stderr, "imchat: %s\n", what);
 }
 
 static void on_reset(void *ud, uint64_t old_id, uint64_t new_id)
@@ -843,31 +873,38 @@ static int cmd_listen(void)
 {
 	struct sess s;
 	Im__V1__GroupResponse *r;
-	struct im_client_options o = {0};
-	const char **groups;
+	struct mim_options o;
+	struct mim_client *c;
 	char idbuf[160], host[64] = "", me[IM_TL_MAX + 1];
 	size_t i;
 	int rc;
 
 	/* One request first: a clear error if the broker, the login or the
-	 * plugin is missing, and the groups to follow. */
+	 * plugin is missing. The client then follows the groups itself (the
+	 * list on every connect, and the membership news while it runs). */
 	sess_open(&s);
 	r = group_request(&s, "list", NULL, NULL, 0);
 	sess_close(&s);
-	groups = calloc(r->n_groups + 1, sizeof(*groups));
-	if(groups == NULL) die("out of memory");
-	for(i = 0; i < r->n_groups; i++) groups[i] = r->groups[i]->name;
 
+	mim_options_init(&o);
 	o.host = opt.host;
 	o.port = opt.port;
 	o.user = opt.user;
 	o.password = opt.password;
 	o.cafile = opt.cafile;
 	o.state_path = default_state_path();
-	o.groups = groups;
 	o.verbose = opt.verbose;
-	o.on_reset = on_reset;
-	o.on_event = print_event;
+	o.save_interval_ms = 0;      /* the state file after every message: a killed listen resumes exactly */
+	o.cb.on_message = print_listened;
+	o.cb.on_edit = print_change;
+	o.cb.on_recall = print_change;
+	o.cb.on_read = print_read;
+	o.cb.on_typing = print_typing;
+	/* membership: the group's system message says it (its first line) */
+	o.cb.on_reset = on_reset;
+	o.cb.on_error = on_error;
+	snprintf(me, sizeof(me), "u/%s", opt.user);
+	o.userdata = me;
 	if(opt.client_id){
 		o.client_id = opt.client_id;
 	}else{
@@ -876,22 +913,28 @@ static int cmd_listen(void)
 		snprintf(idbuf, sizeof(idbuf), "imchat-%s@%s", opt.user, host);
 		o.client_id = idbuf;
 	}
-	snprintf(me, sizeof(me), "u/%s", opt.user);
-	g_client = im_client_new(&o, print_msg, me);
-	if(g_client == NULL) die("cannot create the client (bad options?)");
+	c = mim_new(&o, &rc);
+	if(c == NULL) die("cannot create the client: %s", mim_strerror(rc));
 	if(opt.verbose){
 		fprintf(stderr, "imchat: listening as %s (client id %s, state %s) to u/%s", opt.user, o.client_id,
 				o.state_path, opt.user);
-		for(i = 0; i < r->n_groups; i++) fprintf(stderr, " g/%s", groups[i]);
+		for(i = 0; i < r->n_groups; i++) fprintf(stderr, " g/%s", r->groups[i]->name);
 		fputc('\n', stderr);
 	}
+	im__v1__group_response__free_unpacked(r, NULL);
+	if(mim_connect(c) != MIM_OK) die("cannot connect to %s:%d: %s", opt.host, opt.port, strerror(errno));
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
-	rc = im_client_run(g_client, opt.max_msgs, opt.idle_s * 1000);
-	im_client_free(g_client);
-	im__v1__group_response__free_unpacked(r, NULL);
-	free(groups);
-	return rc == 0 ? 0 : 1;
+	g_last_ms = now_ms();
+	rc = MIM_OK;
+	while(!g_stop){
+		rc = mim_loop(c, 100);
+		if(rc != MIM_OK) break;
+		if(opt.max_msgs && g_shown >= opt.max_msgs) break;
+		if(opt.idle_s && mim_caught_up(c) && now_ms() - g_last_ms > (int64_t)opt.idle_s * 1000) break;
+	}
+	mim_destroy(c);
+	return rc == MIM_OK ? 0 : 1;
 }
 
 /* ---- main ---- */

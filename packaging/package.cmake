@@ -1,5 +1,7 @@
-# The Debian package, mosquitto-im_<version>_<arch>.deb, with CPack's DEB
-# generator. scripts/package.sh configures a build tree with -DIM_DEB=ON and
+# The Debian packages, with CPack's DEB generator, one per install component:
+#   mosquitto-im_<version>_<arch>.deb                  (component main)
+#   libmosquitto-im-client1_<version>_<arch>.deb       (mimclient: the .so.1)
+#   libmosquitto-im-client-dev_<version>_<arch>.deb    (mimclient-dev: headers, .so, .a, .pc) scripts/package.sh configures a build tree with -DIM_DEB=ON and
 # the prefix /usr and runs cpack there; other build trees skip all this.
 #
 # Contents (the install() rules in CMakeLists.txt, plus what follows):
@@ -34,6 +36,19 @@ if(_rc)
 endif()
 install(FILES ${CMAKE_SOURCE_DIR}/packaging/copyright ${CMAKE_BINARY_DIR}/packaging/changelog.gz
         DESTINATION ${IM_DOC_INSTALL_DIR})
+# Each library package has its own doc folder with copyright and changelog
+# (policy 12.5, lintian: no-copyright-file).
+foreach(_pkg libmosquitto-im-client1 libmosquitto-im-client-dev)
+  if(_pkg STREQUAL "libmosquitto-im-client1")
+    set(_comp mimclient)
+  else()
+    set(_comp mimclient-dev)
+  endif()
+  install(FILES ${CMAKE_SOURCE_DIR}/packaging/copyright ${CMAKE_BINARY_DIR}/packaging/changelog.gz
+          DESTINATION ${CMAKE_INSTALL_DATAROOTDIR}/doc/${_pkg} COMPONENT ${_comp})
+endforeach()
+install(FILES ${CMAKE_SOURCE_DIR}/clients/c/README.md DESTINATION ${CMAKE_INSTALL_DATAROOTDIR}/doc/libmosquitto-im-client-dev
+        COMPONENT mimclient-dev)
 file(WRITE ${CMAKE_BINARY_DIR}/packaging/conffiles
      "${CMAKE_INSTALL_FULL_SYSCONFDIR}/mosquitto/conf.d/mosquitto-im.conf\n")
 
@@ -67,4 +82,54 @@ set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
     ${CMAKE_SOURCE_DIR}/packaging/postinst
     ${CMAKE_SOURCE_DIR}/packaging/postrm)
 set(CPACK_DEBIAN_PACKAGE_CONTROL_STRICT_PERMISSION ON)
+
+# One package per component; the plugin package keeps its name and fields.
+set(CPACK_DEB_COMPONENT_INSTALL ON)
+set(CPACK_COMPONENTS_ALL main mimclient mimclient-dev)
+set(CPACK_DEBIAN_MAIN_PACKAGE_NAME mosquitto-im)
+set(CPACK_DEBIAN_MAIN_FILE_NAME DEB-DEFAULT)
+set(CPACK_DEBIAN_MAIN_PACKAGE_SECTION net)
+# The broker dependency and the maintainer scripts are the plugin's only.
+# (imcat and imchat link the client library: found in the build tree by
+# dpkg-shlibdeps, named here with this very version.)
+set(CPACK_DEBIAN_MAIN_PACKAGE_DEPENDS "${CPACK_DEBIAN_PACKAGE_DEPENDS}, libmosquitto-im-client1 (= ${PROJECT_VERSION})")
+set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS_PRIVATE_DIRS ${CMAKE_BINARY_DIR}/clients/c)
+set(CPACK_DEBIAN_MAIN_PACKAGE_CONTROL_EXTRA ${CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA})
+unset(CPACK_DEBIAN_PACKAGE_DEPENDS)
+unset(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA)
+set(CPACK_COMPONENT_MAIN_DESCRIPTION "${CPACK_PACKAGE_DESCRIPTION_SUMMARY}\n${CPACK_PACKAGE_DESCRIPTION}")
+# Each component's description starts with its own synopsis: CPack would
+# put this summary on top of every package's (lintian:
+# description-synopsis-is-duplicated), so it is left at CPack's default.
+unset(CPACK_PACKAGE_DESCRIPTION_SUMMARY)
+# The shared library: its shlibs, symbols and ldconfig trigger files are in
+# packaging/libclient/ (CPack 3.25 makes shlibs only for every component at
+# once, with ldconfig in maintainer scripts, which lintian refuses). The
+# symbols file lists every exported mim_* function; a new one is added
+# with the version that adds it.
+set(CPACK_DEBIAN_MIMCLIENT_PACKAGE_NAME libmosquitto-im-client1)
+set(CPACK_DEBIAN_MIMCLIENT_FILE_NAME DEB-DEFAULT)
+set(CPACK_DEBIAN_MIMCLIENT_PACKAGE_SECTION libs)
+set(CPACK_DEBIAN_MIMCLIENT_PACKAGE_CONTROL_EXTRA ${CMAKE_SOURCE_DIR}/packaging/libclient/shlibs
+    ${CMAKE_SOURCE_DIR}/packaging/libclient/symbols ${CMAKE_SOURCE_DIR}/packaging/libclient/triggers)
+set(CPACK_COMPONENT_MIMCLIENT_DESCRIPTION "mosquitto-im client library
+libmosquitto-im-client runs the mosquitto-im client algorithm on top of
+libmosquitto: every message of a user's inbox and groups delivered once
+and in order across reconnects and restarts, messages sent stored exactly
+once, receipts, read marks, typing, edits, recalls and groups.
+.
+This package contains the shared library.")
+set(CPACK_DEBIAN_MIMCLIENT-DEV_PACKAGE_NAME libmosquitto-im-client-dev)
+set(CPACK_DEBIAN_MIMCLIENT-DEV_FILE_NAME DEB-DEFAULT)
+set(CPACK_DEBIAN_MIMCLIENT-DEV_PACKAGE_SECTION libdevel)
+set(CPACK_DEBIAN_MIMCLIENT-DEV_PACKAGE_SHLIBDEPS OFF)
+# The static library needs these at link time (pkg-config --static).
+set(CPACK_DEBIAN_MIMCLIENT-DEV_PACKAGE_DEPENDS
+    "libmosquitto-im-client1 (= ${PROJECT_VERSION}), libmosquitto-dev, libprotobuf-c-dev, zlib1g-dev")
+set(CPACK_COMPONENT_MIMCLIENT-DEV_DESCRIPTION "mosquitto-im client library (development files)
+libmosquitto-im-client runs the mosquitto-im client algorithm on top of
+libmosquitto (see libmosquitto-im-client1).
+.
+This package contains the header, the static library and the pkg-config
+file mosquitto-im-client.")
 include(CPack)

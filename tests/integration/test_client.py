@@ -1,4 +1,4 @@
-"""The reference client (examples/client, imrecv): resume, dedup, gaps,
+"""The reference client (clients/c, through imrecv): resume, dedup, gaps,
 on a network that drops, a store that was replaced, TOO_MANY."""
 import os
 import re

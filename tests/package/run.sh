@@ -2,13 +2,18 @@
 # The Debian package, end to end, on this machine (scripts/test.sh runs it
 # after ctest; root only, since it installs the package):
 #
-#   build it (scripts/package.sh), lintian (no errors), apt-get install it,
+#   build it (scripts/package.sh: mosquitto-im and the client library's
+#   libmosquitto-im-client1 and libmosquitto-im-client-dev), lintian (no
+#   errors) on each, apt-get install them,
 #   enable the conf.d snippet (a copy with '#' removed from its "#plugin"
 #   lines) plus a listener on a free 127.0.0.1 port, start Debian's
 #   `mosquitto -c /etc/mosquitto/mosquitto.conf` (it drops to user
 #   mosquitto), bob subscribes, goes offline, alice writes to him with
 #   mosquitto_pub, bob's mosquitto_sub gets the frame and /usr/bin/imcat
-#   prints it; stop the broker by its PID, purge the package, check that
+#   prints it; a program outside the tree is compiled against the installed
+#   library with `pkg-config --cflags --libs mosquitto-im-client` (and
+#   statically, --static) and sends alice's message to bob, who receives it
+#   through the library; stop the broker by its PID, purge the packages, check that
 #   nothing it installed and nothing this script started is left.
 #
 # It leaves a system mosquitto alone: if one is running (its pid file names
@@ -56,7 +61,7 @@ cleanup() {
   local p
   for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
   rm -f "$testconf"
-  [ "$installed" = 1 ] && dpkg --purge mosquitto-im >/dev/null 2>&1
+  [ "$installed" = 1 ] && dpkg --purge mosquitto-im libmosquitto-im-client-dev libmosquitto-im-client1 >/dev/null 2>&1
   if [ -f "$tmp/persist.db" ]; then cp -p "$tmp/persist.db" "$persist"; else rm -f "$persist"; fi
   [ "$had_log" = 1 ] || rm -f "$syslog"
   if [ "$made_run_dir" = 1 ]; then rm -f /run/mosquitto/mosquitto.pid; rmdir /run/mosquitto 2>/dev/null || true; fi
@@ -76,15 +81,29 @@ until_ok() {
 deb=$(scripts/package.sh | tail -n 1)
 [ -f "$deb" ] || fail "scripts/package.sh made no .deb"
 deb=$(realpath "$deb")
-lintian --fail-on error "$deb" >"$tmp/lintian.txt" 2>&1 || { cat "$tmp/lintian.txt" >&2; fail "lintian reports errors"; }
-grep -v "running with root privileges" "$tmp/lintian.txt" | sed 's/^/  /' || true
-echo "package test: $(basename "$deb"): lintian $(grep -c '^E:' "$tmp/lintian.txt") errors," \
-  "$(grep -c '^W:' "$tmp/lintian.txt") warnings"
+version=$(dpkg-deb -f "$deb" Version)
+arch=$(dpkg-deb -f "$deb" Architecture)
+libdeb=$(dirname "$deb")/libmosquitto-im-client1_${version}_${arch}.deb
+devdeb=$(dirname "$deb")/libmosquitto-im-client-dev_${version}_${arch}.deb
+[ -f "$libdeb" ] && [ -f "$devdeb" ] || fail "no $libdeb or $devdeb next to $deb"
+debs=("$deb" "$libdeb" "$devdeb")
+for d in "${debs[@]}"; do
+  lintian --fail-on error "$d" >"$tmp/lintian.txt" 2>&1 || { cat "$tmp/lintian.txt" >&2; fail "lintian reports errors in $d"; }
+  grep -v "running with root privileges" "$tmp/lintian.txt" | sed 's/^/  /' || true
+  echo "package test: $(basename "$d"): lintian $(grep -c '^E:' "$tmp/lintian.txt") errors," \
+    "$(grep -c '^W:' "$tmp/lintian.txt") warnings"
+done
 
 # 2. Install it.
 installed=1
-DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$deb" >"$tmp/apt.txt" 2>&1 ||
-  { cat "$tmp/apt.txt" >&2; fail "apt-get install $deb"; }
+DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${debs[@]}" >"$tmp/apt.txt" 2>&1 ||
+  { cat "$tmp/apt.txt" >&2; fail "apt-get install ${debs[*]}"; }
+libdir=/usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH)
+libdir_rel=${libdir#/usr}
+for f in "$libdir/libmosquitto-im-client.so.1" "$libdir/libmosquitto-im-client.so" "$libdir/libmosquitto-im-client.a" \
+         "$libdir/pkgconfig/mosquitto-im-client.pc" /usr/include/mosquitto-im/client.h; do
+  [ -e "$f" ] || fail "$f is not installed"
+done
 for f in "$plugin" "$snippet" /usr/bin/imcat /usr/bin/imchat /usr/bin/imstore /usr/bin/imtoken \
          /usr/share/doc/mosquitto-im/copyright /usr/share/doc/mosquitto-im/changelog.gz; do
   [ -e "$f" ] || fail "$f is not installed"
@@ -132,6 +151,70 @@ echo "package test: bob got: $(cat "$tmp/chat.txt")"
 grep -q "^u/bob #1 .* alice: hello from the package test\$" "$tmp/chat.txt" || fail "imcat printed something else"
 [ "$(stat -c %U /var/lib/mosquitto-im/im.db)" = mosquitto ] || fail "the store is not /var/lib/mosquitto-im/im.db of user mosquitto"
 
+# 5b. A program outside the tree, built against the installed library as
+# its README says (pkg-config), shared and static: alice sends, bob's
+# device receives through the library, each waiting on a deadline.
+mkdir "$tmp/app"
+cat >"$tmp/app/app.c" <<'APP'
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <mosquitto-im/client.h>
+
+static int got, receipt = -1;
+static void on_msg(void *ud, const struct mim_message *m)
+{
+	(void)ud;
+	if(m->outgoing) return;
+	printf("%s #%llu %s: %.*s\n", m->timeline, (unsigned long long)m->seq, m->sender, (int)m->len, (const char *)m->body);
+	got = 1;
+}
+static void on_receipt(void *ud, const struct mim_receipt *r) { (void)ud; receipt = r->status; }
+static struct mim_client *open_user(const char *user, int port)
+{
+	struct mim_options o;
+
+	mim_options_init(&o);
+	o.port = port;
+	o.user = user;
+	o.cb.on_message = on_msg;
+	return mim_new(&o, NULL);
+}
+int main(int argc, char **argv)
+{
+	int port = atoi(argv[1]);
+	struct mim_client *bob = open_user("bob", port), *alice = open_user("alice", port);
+	time_t end = time(NULL) + 30;
+
+	if(!bob || !alice || mim_version(NULL, NULL, NULL) != MOSQUITTO_IM_CLIENT_VERSION) return 2;
+	mim_connect(bob);
+	mim_connect(alice);
+	mim_send(alice, "bob", "hello through the library", 25, NULL, on_receipt, NULL, NULL);
+	while((!got || receipt != MIM_OK) && time(NULL) < end){
+		mim_loop(alice, 20);
+		mim_loop(bob, 20);
+	}
+	mim_destroy(alice);
+	mim_destroy(bob);
+	return got && receipt == MIM_OK ? 0 : 1;
+}
+APP
+sed -i 's/#include <string.h>/#include <string.h>\n#include <stdlib.h>/' "$tmp/app/app.c"
+# shellcheck disable=SC2046
+cc -Wall -o "$tmp/app/app" "$tmp/app/app.c" $(pkg-config --cflags --libs mosquitto-im-client) ||
+  fail "the outside program does not compile against the installed library"
+linked=$(ldd "$tmp/app/app")     # (not piped into grep -q: pipefail and SIGPIPE)
+grep -Eq "libmosquitto-im-client\.so\.1 => (/usr)?$libdir_rel/libmosquitto-im-client\.so\.1 " <<<"$linked" ||
+  fail "the program does not use the installed library: $linked"
+# shellcheck disable=SC2046
+cc -Wall -o "$tmp/app/app-static" "$tmp/app/app.c" $(pkg-config --cflags mosquitto-im-client) \
+  "$libdir/libmosquitto-im-client.a" $(pkg-config --libs --static mosquitto-im-client | sed 's/-lmosquitto-im-client//') ||
+  fail "the outside program does not link the static library"
+timeout "$(left)" "$tmp/app/app" "$port" >"$tmp/app.txt" || { cat "$tmp/broker.log" >&2; fail "the outside program failed"; }
+grep -q "^u/bob #[0-9]* alice: hello through the library\$" "$tmp/app.txt" || fail "the program printed: $(cat "$tmp/app.txt")"
+timeout "$(left)" "$tmp/app/app-static" "$port" >/dev/null || fail "the statically linked program failed"
+echo "package test: a program built with pkg-config mosquitto-im-client: $(cat "$tmp/app.txt")"
+
 # 6. Stop the broker by its PID.
 kill -TERM "$broker"
 stopped() { ! kill -0 "$broker" 2>/dev/null; }
@@ -139,9 +222,11 @@ until_ok "the broker to stop" stopped
 wait "$broker" || true
 
 # 7. Purge; nothing of the package, nothing started here, is left.
-dpkg --purge mosquitto-im >"$tmp/purge.txt" 2>&1 || { cat "$tmp/purge.txt" >&2; fail "dpkg --purge"; }
+dpkg --purge mosquitto-im libmosquitto-im-client-dev libmosquitto-im-client1 >"$tmp/purge.txt" 2>&1 ||
+  { cat "$tmp/purge.txt" >&2; fail "dpkg --purge"; }
 installed=0
-for f in "$plugin" "$snippet" /usr/bin/imcat /var/lib/mosquitto-im; do
+for f in "$plugin" "$snippet" /usr/bin/imcat /var/lib/mosquitto-im "$libdir/libmosquitto-im-client.so.1" \
+         /usr/include/mosquitto-im; do
   [ ! -e "$f" ] || fail "$f is left after purge"
 done
 for p in "${pids[@]}"; do
@@ -149,4 +234,4 @@ for p in "${pids[@]}"; do
 done
 jobs -pr >"$tmp/jobs"
 [ ! -s "$tmp/jobs" ] || fail "background jobs left: $(tr '\n' ' ' <"$tmp/jobs")"
-echo "package test: passed (installed, chatted through $plugin, purged)"
+echo "package test: passed (installed 3 packages, chatted through $plugin and the client library, purged)"
