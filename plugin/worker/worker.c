@@ -295,6 +295,24 @@ static bool gather(struct im__worker *w)
 	return true;
 }
 
+/* Reads and writes go in batches of their own. A read in a batch that
+ * writes answers only after its COMMIT (what it read may be rolled back
+ * with it), and a COMMIT can hang (a synchronous standby gone): the reads
+ * queued behind it are answered "store stalled" by the broker thread
+ * (broker/stall.c), but those inside it would wait for the standby (the
+ * nemesis measured 33 s). A read-only transaction commits at once. */
+static bool reads_only(const struct im__job *j)
+{
+	switch(j->kind){
+		case IM_JOB_SYNC: case IM_JOB_READS: case IM_JOB_CONVS: case IM_JOB_REPAIR: case IM_JOB_STATUS:
+			return true;
+		case IM_JOB_GROUP:
+			return !strcmp(j->u.group.op, "list") || !strcmp(j->u.group.op, "info");
+		default:
+			return false;
+	}
+}
+
 static void *run(void *arg)
 {
 	struct im__worker *w = arg;
@@ -347,7 +365,8 @@ static void *run(void *arg)
 			pthread_mutex_lock(&w->mu);
 			continue;
 		}
-		for(n = 0, jt = &w->head; *jt && n < w->cfg.batch_max && (*jt)->kind != IM_JOB_OPTIONS; jt = &(*jt)->next){
+		for(n = 0, jt = &w->head; *jt && n < w->cfg.batch_max && (*jt)->kind != IM_JOB_OPTIONS
+				&& reads_only(*jt) == reads_only(jobs); jt = &(*jt)->next){
 			took(w, *jt);
 			n++;
 		}

@@ -48,7 +48,23 @@ def test_a_lost_synchronous_standby_is_said_and_nothing_is_lost(make_broker):
             alice.publish("im/u/bob", body, qos=1 + i % 2, cmid="c%d" % (i + 1))
 
         # Requests are answered, INTERNAL with the reason, within about the
-        # timeout (not left silent until the standby returns).
+        # timeout (not left silent until the standby returns): also syncs
+        # asked in the same instant as messages (a read never shares the
+        # hung COMMIT of a batch that writes).
+        carol = Client(b, "carol", client_id="carol-1", v5=True).connect()
+        burst = [carol.publish("im/u/bob", b"burst-%d" % i, cmid="b%d" % i, wait=False) for i in range(10)]
+        for k in range(5):
+            carol.c.publish("$CONTROL/im/v1/sync", pb.SyncRequest(timeline="u/carol").SerializeToString(), qos=1)
+        answers = [m for m in carol.get_n(5, timeout=6 * TIMEOUT_S + WAIT)
+                   if m.topic == "$CONTROL/im/v1/sync/response"]
+        assert len(answers) == 5, "%d of 5 syncs answered while the standby is down" % len(answers)
+        for m in answers:
+            r = pb.SyncBatch()
+            r.ParseFromString(m.payload)
+            assert r.status == pb.INTERNAL and "store stalled" in r.reason, (r.status, r.reason)
+        for info in burst:
+            assert carol.wait_published(info), "the journal stopped acknowledging"
+        sent += [b"burst-%d" % i for i in range(10)]
         r = _sync_raw(bob, "u/bob")
         assert r.status == pb.INTERNAL and "store stalled" in r.reason, (r.status, r.reason)
         r = bob.request("ack", pb.Ack(timeline="u/bob", seq=1), response_type=pb.AckResponse)
@@ -68,7 +84,7 @@ def test_a_lost_synchronous_standby_is_said_and_nothing_is_lost(make_broker):
         frames, batch = sync_all(bob, "u/bob")
         assert [body for _, body in frames] == [b"before"] + sent
         assert bob.none()
-        for c in (alice, bob, metrics.c):
+        for c in (alice, bob, carol, metrics.c):
             c.close()
     finally:
         pg.stop()
