@@ -436,7 +436,7 @@ static void interest(struct im__cluster *c, const char *tl, int delta)
 	/* 0 -> 1 subscribes, 1 -> 0 unsubscribes. */
 	if(!((delta > 0 && n == delta) || (delta < 0 && n == 0))) return;
 	if(im_cwire__subject(subject, sizeof(subject), c->root, tl) == 0) return;
-	if(delta > 0) im_order__anchor(&c->order, tl);
+	if(delta > 0) im_order__anchor(&c->order, tl, im_now_ms());
 	if((o = op_new(delta > 0 ? OP_SUB : OP_UNSUB, subject, tl, NULL, 0)) != NULL) enqueue(c, o);
 }
 

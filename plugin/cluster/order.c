@@ -36,6 +36,7 @@ struct im__order_tl {
 	int64_t idle_ms;        /* checked since */
 	bool repairing;
 	bool anchoring;         /* waiting to learn the head: where live delivery starts */
+	int64_t since_ms;       /* anchoring since (wall clock): frames stored before are sync's */
 	bool in_gaps;
 	int list;               /* 0 none, 1 pending check, 2 idle */
 	struct im__order_tl *prev, *next;        /* in its list */
@@ -247,10 +248,10 @@ static void submit_anchor(struct im__order *o, struct im__order_tl *e)
  * starts after the head as the worker sees it now: the worker reads it
  * before any sync the new device sends (they queue behind), so what the
  * device's first sync does not return is delivered live. Frames that
- * arrive meanwhile wait; those past the head are delivered then
+ * arrive meanwhile wait, and those stored from now on are delivered too
  * (im_order__repaired). A state this broker kept from its own messages
  * is stale (it heard nobody else's): it starts over. */
-void im_order__anchor(struct im__order *o, const char *tl)
+void im_order__anchor(struct im__order *o, const char *tl, int64_t wall_ms)
 {
 	struct im__order_tl *e = im_map__get(&o->tls, tl, strlen(tl));
 
@@ -258,6 +259,7 @@ void im_order__anchor(struct im__order *o, const char *tl)
 	if(e) forget(o, e);
 	if((e = entry(o, tl, 1)) == NULL) return;
 	e->anchoring = true;
+	e->since_ms = wall_ms;
 	submit_anchor(o, e);
 }
 
@@ -277,21 +279,25 @@ void im_order__repaired(struct im__order *o, const char *tl, uint64_t reached, b
 			return;
 		}
 		e->anchoring = false;
-		/* Live delivery starts after the head. Frames held meanwhile at
-		 * or below it are the device's first sync's (it queued behind
-		 * this read): delivering them live as well once let a frame that
-		 * NATS carried late (a publisher behind a partition, its buffer
-		 * flushed on heal) reach a device after newer ones it had from
-		 * its session: a seq 63 below one it had, on one connection,
-		 * against PROTOCOL.md 5.1 (the nemesis found it, seed
-		 * 1802864005). */
-		while(e->held && e->held->seq <= reached){
-			d = e->held;
+		/* Frames held meanwhile that were stored after the device came
+		 * online here are live for it, even those committed before the
+		 * worker got round to reading the head (under load, many):
+		 * delivery starts at the first of them. Those stored before it
+		 * came online are its first sync's: NATS can carry a frame
+		 * seconds late (a stopped NATS node resumed), and delivered live
+		 * now it would follow newer ones the device already had from
+		 * its session (the nemesis found it: seed 1802864005). So are
+		 * those further back than a hold's worth (a replay). By the
+		 * storing broker's clock: a skew only moves a frame between
+		 * live and sync, which returns every one at or below the head. */
+		while((d = e->held) != NULL && d->seq <= reached
+				&& (d->seq + HOLD_MAX <= reached || (d->ts_ms && d->ts_ms < e->since_ms))){
 			e->held = d->next;
 			e->n_held--;
 			IM_STAT_ADD(o->metrics->cluster_duplicates, 1);
 			free(d);
 		}
+		if(e->held && e->held->seq - 1 < reached) reached = e->held->seq - 1;
 		if(reached > e->last) e->last = reached;
 		if(e->last > e->want) e->want = e->last;
 		release(o, e, 0);

@@ -60,8 +60,10 @@ void im_order__free(struct im__order *o);
  * (a duplicate, or from NATS for a timeline this broker does not hear).
  * Takes d. */
 void im_order__deliver(struct im__order *o, struct im__done *d, int64_t now_ms);
-/* This broker starts to hear tl: live delivery starts at the store's head. */
-void im_order__anchor(struct im__order *o, const char *tl);
+/* This broker starts to hear tl: live delivery starts at the store's head,
+ * or at a frame heard meanwhile that was stored after wall_ms (the wall
+ * clock now, im_now_ms(); frames carry the storing broker's). */
+void im_order__anchor(struct im__order *o, const char *tl, int64_t wall_ms);
 /* The store's answer to a repair (reached: the last seq it covered) or to
  * an anchor (reached: the head). */
 void im_order__repaired(struct im__order *o, const char *tl, uint64_t reached, bool ok, bool anchor, int64_t now_ms);

@@ -44,6 +44,7 @@
 #include "base/siphash.h"
 #include "base/util.h"
 #include "cluster/wire.h"
+#include "codec/frame.h"
 #include "codec/route.h"
 #include "worker/job.h"
 
@@ -276,6 +277,10 @@ static struct im__done *decode_frame(struct rd *r, const char *prefix, bool even
 	if(plen) memcpy(d->data + used, r->p, plen);
 	d->payload = d->data + used;
 	d->len = plen;
+	/* When it was sequenced: the order filter tells a frame stored after
+	 * a device came online from one NATS carried late (payload raw: 0,
+	 * unknown). */
+	if(!event) d->ts_ms = im_frame__ts(d->payload, plen);
 	return d;
 }
 

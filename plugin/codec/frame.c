@@ -153,7 +153,8 @@ static const uint8_t *varint(const uint8_t *b, const uint8_t *end, uint64_t *v)
 	return NULL;
 }
 
-bool im_frame__peek(const uint8_t *buf, size_t len, const char **tl, size_t *tl_len, uint64_t *seq)
+/* The header's timeline (field 1), seq (2) and ts_ms (4), read in place. */
+static bool scan(const uint8_t *buf, size_t len, const char **tl, size_t *tl_len, uint64_t *seq, int64_t *ts)
 {
 	const uint8_t *h, *end;
 	uint64_t key, v;
@@ -162,6 +163,7 @@ bool im_frame__peek(const uint8_t *buf, size_t len, const char **tl, size_t *tl_
 	*tl = NULL;
 	*tl_len = 0;
 	*seq = 0;
+	*ts = 0;
 	if(buf == NULL || len < IM_FRAME_FIXED || buf[0] != 'I' || buf[1] != 'M' || buf[2] != IM_FRAME_VERSION) return false;
 	hl = ((size_t)buf[3] << 8) | buf[4];
 	if(hl > len - IM_FRAME_FIXED) return false;
@@ -173,6 +175,7 @@ bool im_frame__peek(const uint8_t *buf, size_t len, const char **tl, size_t *tl_
 			case 0:
 				if((h = varint(h, end, &v)) == NULL) return false;
 				if((key >> 3) == 2) *seq = v;
+				if((key >> 3) == 4) *ts = (int64_t)v;
 				break;
 			case 1: if(end - h < 8) return false; h += 8; break;
 			case 5: if(end - h < 4) return false; h += 4; break;
@@ -188,4 +191,21 @@ bool im_frame__peek(const uint8_t *buf, size_t len, const char **tl, size_t *tl_
 		}
 	}
 	return *tl != NULL;
+}
+
+bool im_frame__peek(const uint8_t *buf, size_t len, const char **tl, size_t *tl_len, uint64_t *seq)
+{
+	int64_t ts;
+
+	return scan(buf, len, tl, tl_len, seq, &ts);
+}
+
+int64_t im_frame__ts(const uint8_t *buf, size_t len)
+{
+	const char *tl;
+	size_t tl_len;
+	uint64_t seq;
+	int64_t ts;
+
+	return scan(buf, len, &tl, &tl_len, &seq, &ts) ? ts : 0;
 }

@@ -40,6 +40,9 @@ bool im_frame__verify(const uint8_t *buf, size_t len, const uint8_t key[16]);
 /* Reads the timeline (field 1, pointing into buf) and seq of a frame's
  * header without unpacking it. False if buf is not a frame with a
  * timeline. */
+/* Header.ts_ms of a frame (when it was sequenced), 0 if absent or not a
+ * frame. */
+int64_t im_frame__ts(const uint8_t *buf, size_t len);
 bool im_frame__peek(const uint8_t *buf, size_t len, const char **tl, size_t *tl_len, uint64_t *seq);
 
 /* Splits a frame. On success (MOSQ_ERR_SUCCESS) *hdr is an unpacked header

@@ -97,6 +97,7 @@ struct im__done *im_work__frame(struct im__worker *w, const char *tl, const stru
 	d->cmid = im_work__str(d, &used, m->cmid);
 	d->ctype = im_work__str(d, &used, m->content_type);
 	d->seq = m->seq;
+	d->ts_ms = m->ts_ms;
 	if(m->expires_ms){
 		left = (m->expires_ms - m->ts_ms) / 1000;
 		d->expiry_s = left < 1 ? 1 : left > UINT32_MAX ? UINT32_MAX : (uint32_t)left;

@@ -125,6 +125,7 @@ struct im__done {
 	const char *topic;
 	const char *timeline, *sender, *cmid, *ctype;
 	uint64_t seq;
+	int64_t ts_ms;              /* when it was sequenced (Header.ts_ms), 0 if unknown */
 	uint32_t expiry_s;          /* v5 Message Expiry Interval, 0 = none */
 	bool event;                 /* an event frame (<prefix>/e/...): no seq, QoS 0, no properties */
 	bool repair;                /* read back for a cluster repair: not news, not shipped */
