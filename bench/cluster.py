@@ -323,7 +323,9 @@ class Bench:
                 super().write_conf()
                 with open(self.conf) as f:
                     text = f.read()
-                text = text.replace("log_type all\n", "log_type error\nlog_type warning\nlog_type notice\n")
+                # information: imtest's start() waits for the "listen socket" line.
+                text = text.replace("log_type all\n", "log_type error\nlog_type warning\nlog_type notice\n"
+                                    "log_type information\n")
                 with open(self.conf, "w") as f:
                     f.write(text + "set_tcp_nodelay true\n")
 
@@ -399,6 +401,8 @@ class Bench:
                 "-p", str(b.port), "-P", str(b.proc.pid), "-T", tag, "-t", str(self.a.imbench_timeout)]
         if b.kind != "plain":
             args.append("--frame")
+            if self.a.imbench_cmid:
+                args.append("--cmid")
         roots = self.pg_roots(b.kind)
         c0 = tree_cpu_us(roots) if roots else None
         with open(os.path.join(self.logs, "imbench.log"), "ab") as log:
@@ -427,7 +431,11 @@ class Bench:
     def part1(self):
         a = self.a
         kinds = ["plain", "sqlite", "pg"] + ([] if a.no_standby else ["pgsb"])
+        if a.kinds:
+            kinds = [k for k in a.kinds.split(",") if k]
         workloads = [(1, 1), (1, 10), (2, 1), (2, 10)] if not a.quick else [(1, 1), (2, 10)]
+        if a.workloads:
+            workloads = [tuple(int(x) for x in w.split("x")) for w in a.workloads.split(",") if w]
         self.say("part 1: %s x %s, %d msgs, %d rounds" % (kinds, ["q%d-%dp" % w for w in workloads], a.msgs, a.rounds))
         tag = 0
         for wi, (qos, pairs) in enumerate(workloads):
@@ -805,6 +813,9 @@ def main():
     ap.add_argument("--outage-after", type=float, default=None, help="part 4: seconds of load after it is up (default 10, quick 6)")
     ap.add_argument("--only", default="1,2,3,4", help="parts to run, e.g. 1 or 2,3 (2 and 3 are the same runs)")
     ap.add_argument("--no-standby", action="store_true", help="part 1 without the pg+standby broker")
+    ap.add_argument("--kinds", help="part 1: brokers to compare, e.g. sqlite,pgsb (default plain,sqlite,pg,pgsb)")
+    ap.add_argument("--workloads", help="part 1: QoSxPAIRS list, e.g. 1x1,2x10 (default all four; quick 1x1,2x10)")
+    ap.add_argument("--imbench-cmid", action="store_true", help="part 1: every publish with an im-cmid (MQTT v5)")
     ap.add_argument("--no-single", action="store_true", help="parts 2/3 without the single-broker references")
     ap.add_argument("--no-cmid", action="store_true", help="parts 2-4: publish without im-cmid (then a batch whose"
                     " COMMIT answer is lost is stored twice)")

@@ -54,6 +54,7 @@
 #include <unistd.h>
 
 #include <mosquitto.h>
+#include <mqtt_protocol.h>
 
 #include "im.pb-c.h"
 
@@ -79,6 +80,7 @@ static struct {
 	int broker_pid;
 	const char *tag;    /* makes user names / client ids unique per run */
 	int nodelay;        /* TCP_NODELAY on the clients' sockets */
+	int cmid;           /* senders speak MQTT v5 and give each publish an im-cmid (the dedup path) */
 	int verbose;
 	const char *phase;  /* catchup-sync: NULL (both), "publish" or "sync" */
 	int port2;          /* ping: a second broker, 0 = none */
@@ -450,6 +452,7 @@ static struct client *client_new(enum role role, int idx, const char *id, const 
 	if(c->m == NULL) die("mosquitto_new failed");
 	mosquitto_username_pw_set(c->m, c->user, NULL);
 	mosquitto_int_option(c->m, MOSQ_OPT_SEND_MAXIMUM, opt.window > 0 ? opt.window : 20);
+	if(opt.cmid && role == R_SENDER) mosquitto_int_option(c->m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
 	if(opt.nodelay) mosquitto_int_option(c->m, MOSQ_OPT_TCP_NODELAY, 1);
 	mosquitto_connect_callback_set(c->m, on_connect);
 	mosquitto_disconnect_callback_set(c->m, on_disconnect);
@@ -532,7 +535,20 @@ static int publish_one(struct client *c)
 	bh.idx = (uint64_t)c->sent;
 	bh.stamp = now_ns();
 	memcpy(body_buf, &bh, sizeof(bh));
-	rc = mosquitto_publish(c->m, NULL, c->topic, opt.body_len, body_buf, opt.qos, false);
+	if(opt.cmid){
+		/* Unique per run (the tag), per sender and per message. */
+		mosquitto_property *props = NULL;
+		char cmid[64];
+
+		snprintf(cmid, sizeof(cmid), "%s-%d-%ld", opt.tag, c->idx, c->sent);
+		if(mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, "im-cmid", cmid) != MOSQ_ERR_SUCCESS){
+			return MOSQ_ERR_NOMEM;
+		}
+		rc = mosquitto_publish_v5(c->m, NULL, c->topic, opt.body_len, body_buf, opt.qos, false, props);
+		mosquitto_property_free_all(&props);
+	}else{
+		rc = mosquitto_publish(c->m, NULL, c->topic, opt.body_len, body_buf, opt.qos, false);
+	}
 	if(rc != MOSQ_ERR_SUCCESS) return rc;
 	c->sent++;
 	pace_sent++;
@@ -1051,6 +1067,7 @@ static void usage(void)
 			"  -T TAG         makes user names and client ids unique (default 0)\n"
 			"  -P PID         broker pid: report broker CPU per message\n"
 			"  --frame        payloads are mosquitto-im frames (plugin loaded)\n"
+			"  --cmid         dm: senders use MQTT v5 and an im-cmid per publish\n"
 			"  --nodelay      TCP_NODELAY on the client sockets\n"
 			"  --phase P      catchup-sync: publish | sync (one half only)\n"
 			"  --port2 PORT   ping: a second broker, pinged in turn with the first\n"
@@ -1074,6 +1091,7 @@ int main(int argc, char **argv)
 		if(!strcmp(a, "--frame")){ opt.frame = 1; continue; }
 		if(!strcmp(a, "-v")){ opt.verbose = 1; continue; }
 		if(!strcmp(a, "--nodelay")){ opt.nodelay = 1; continue; }
+		if(!strcmp(a, "--cmid")){ opt.cmid = 1; continue; }
 		if(v == NULL) usage();
 		i++;
 		if(!strcmp(a, "-h")) opt.host = v;

@@ -231,6 +231,16 @@ struct im__store_ops {
 	 * is skipped. The entries are then current and locked. NULL for a
 	 * backend with one writer (SQLite locks the whole file per batch). */
 	int (*prelock)(struct im__store *st, const char *const *names, const bool *create, size_t n);
+	/* Optional (NULL: the backend asks per message). Called by the worker
+	 * right after prelock with the (sender, cmid) of the batch's messages
+	 * that have one (repeats allowed): looks them all up in one statement,
+	 * so that dedup and append answer those pairs without asking the
+	 * database again (a repeat later in the batch sees the first). A pair
+	 * that another broker stores after this call and before the commit
+	 * fails the commit (the retry finds it stored); prelock's locks make
+	 * that rare (a sender's direct messages share its inbox's lock, a
+	 * group's messages the group's). Added for issue #22. */
+	int (*dedup_batch)(struct im__store *st, const char *const *senders, const char *const *cmids, size_t n);
 	/* Drops one group (name NULL: every group) from a per-node cache that
 	 * another node may have made stale: the next use reloads it. NULL for
 	 * a backend with one writer, whose cache is always right. */

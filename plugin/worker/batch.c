@@ -154,16 +154,22 @@ static int prelock_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 	struct lock_name *l = im_malloc(2 * n * sizeof(*l));
 	const char **names = im_malloc(2 * n * sizeof(*names));
 	bool *create = im_malloc(2 * n * sizeof(*create));
+	const char **senders = im_malloc(n * sizeof(*senders));
+	const char **cmids = im_malloc(n * sizeof(*cmids));
 	struct im__job *j;
 	struct im__rec r;
-	size_t k = 0, u = 0, i;
+	size_t k = 0, u = 0, i, c = 0;
 	int rc = MOSQ_ERR_SUCCESS;
 
-	if(l && names && create){
+	if(l && names && create && senders && cmids){
 		for(j = jobs; j; j = j->next){
 			if(j->kind == IM_JOB_MSG && im_rec__decode(j->data, j->len, &r)){
 				l[k++] = (struct lock_name){r.to, false};
 				if(r.own[0]) l[k++] = (struct lock_name){r.own, true};
+				if(r.cmid[0]){
+					senders[c] = r.sender;
+					cmids[c++] = r.cmid;
+				}
 			}else if(j->kind == IM_JOB_ACK && j->u.ack.timeline[0] == 'u' && !strcmp(j->u.ack.timeline + 2, j->user)){
 				l[k++] = (struct lock_name){j->u.ack.timeline, false};
 			}
@@ -178,10 +184,14 @@ static int prelock_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 			create[u++] = l[i].create;
 		}
 		rc = w->st.ops->prelock(&w->st, names, create, u);
+		/* Under the locks: the batch's cmids looked up at once. */
+		if(rc == MOSQ_ERR_SUCCESS && c && w->st.ops->dedup_batch) rc = w->st.ops->dedup_batch(&w->st, senders, cmids, c);
 	}
 	im_free(l);
 	im_free(names);
 	im_free(create);
+	im_free(senders);
+	im_free(cmids);
 	return rc;
 }
 

@@ -1204,6 +1204,257 @@ static void pages_whatever_the_groups(struct im__store *st)
 	CHECK(after[1] < 3 * after[0]);
 }
 
+/* ---- one batch of many operations (issue #22) ----
+ * A backend may keep a batch's writes until its commit (PostgreSQL writes
+ * them behind, a few statements per batch): whatever it holds, the batch's
+ * own operations see it as written, and a rollback leaves nothing. */
+
+static uint32_t flags_of(struct im__store *st, const char *tl, uint64_t seq)
+{
+	struct im__msg_ref r;
+	bool found = false;
+
+	if(st->ops->lookup(st, timeline(st, tl, false), seq, &found, &r) != MOSQ_ERR_SUCCESS || !found) return 0xFFFFFFFFu;
+	return r.flags;
+}
+
+/* The worker's DM inside an open batch: append, both sides noted. */
+static int dm_in(struct im__store *st, const char *from, const char *to, const char *cmid, const char *body,
+		uint32_t flags, uint64_t ref, uint64_t own_ref, struct im__appended *d)
+{
+	char tt[IM_TL_MAX + 1], ft[IM_TL_MAX + 1];
+	struct im__tl *t, *f;
+	struct im__msg m;
+	int rc;
+
+	snprintf(tt, sizeof(tt), "u/%s", to);
+	snprintf(ft, sizeof(ft), "u/%s", from);
+	t = timeline(st, tt, true);
+	f = timeline(st, ft, true);
+	m = msg(from, tt, cmid, body);
+	m.flags = flags;
+	m.ref_seq = ref;
+	m.own_ref_seq = own_ref;
+	if(flags & RECALL){
+		m.body = "";
+		m.body_len = 0;
+	}
+	rc = t && f ? st->ops->append(st, t, f, &m, d) : MOSQ_ERR_UNKNOWN;
+	if(rc != MOSQ_ERR_SUCCESS || d->duplicate) return rc;
+	rc = st->ops->note_last(st, to, from, d->seq, m.ts_ms, from, flags, (flags & RECALL) ? NULL : body,
+			(flags & (EDIT | RECALL)) ? 0 : 1);
+	if(rc == MOSQ_ERR_SUCCESS) rc = st->ops->note_last(st, from, to, d->own_seq, m.ts_ms, from, flags,
+			(flags & RECALL) ? NULL : body, 0);
+	return rc;
+}
+
+static void batch_edits_its_own(struct im__store *st)
+{
+	struct im__appended d, e;
+	struct im__msg_ref ref;
+	struct collect c;
+	bool found = false, more;
+
+	CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(dm_in(st, "amy", "bo", NULL, "first", 0, 0, 0, &d), MOSQ_ERR_SUCCESS);
+	CHECK(d.seq == 1 && d.own_seq == 1);
+	/* The message is found where it waits, with its pair. */
+	CHECK_EQ(st->ops->lookup(st, timeline(st, "u/bo", false), 1, &found, &ref), MOSQ_ERR_SUCCESS);
+	CHECK(found && !ref.copy && ref.peer_seq == 1 && !strcmp(ref.sender, "amy"));
+	CHECK_EQ(st->ops->lookup(st, timeline(st, "u/amy", false), 1, &found, &ref), MOSQ_ERR_SUCCESS);
+	CHECK(found && ref.copy && ref.peer_seq == 1);
+	/* Edited in the same batch, both rows, and the edit appended. */
+	CHECK_EQ(st->ops->amend(st, timeline(st, "u/bo", false), 1, "edited", 6, 0, EDITED), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->amend(st, timeline(st, "u/amy", false), 1, "edited", 6, 0, EDITED), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(dm_in(st, "amy", "bo", "e1", "edited", EDIT, 1, 1, &e), MOSQ_ERR_SUCCESS);
+	CHECK(!e.duplicate && e.seq == 2 && e.own_seq == 2);
+	/* A second message, edited (with a cmid), then recalled: the recall
+	 * takes the body of its edit along, where it waits. */
+	CHECK_EQ(dm_in(st, "amy", "bo", NULL, "second", 0, 0, 0, &d), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(d.seq, 3);
+	CHECK_EQ(st->ops->amend(st, timeline(st, "u/bo", false), 3, "second'", 7, 0, EDITED), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(dm_in(st, "amy", "bo", "e2", "second'", EDIT, 3, 3, &e), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(e.seq, 4);
+	CHECK_EQ(dm_in(st, "amy", "bo", NULL, "third", 0, 0, 0, &d), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->amend(st, timeline(st, "u/bo", false), 5, "third'", 6, 0, EDITED), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(dm_in(st, "amy", "bo", NULL, "third'", EDIT, 5, 5, &e), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(e.seq, 6);
+	CHECK_EQ(st->ops->amend(st, timeline(st, "u/bo", false), 3, NULL, 0, 0, RECALLED), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->amend(st, timeline(st, "u/amy", false), 3, NULL, 0, 0, RECALLED), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(dm_in(st, "amy", "bo", "r2", "", RECALL, 3, 3, &e), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(e.seq, 7);
+	/* The edit's cmid again, in the batch: the original's values. */
+	CHECK_EQ(dm_in(st, "amy", "bo", "e1", "edited", EDIT, 1, 1, &e), MOSQ_ERR_SUCCESS);
+	CHECK(e.duplicate && e.seq == 2 && e.own_seq == 2);
+	/* A read in the batch sees it all. */
+	CHECK_EQ(range(st, timeline(st, "u/bo", false), 0, 20, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 7);
+	CHECK_STR(c.bodies[0], "edited");
+	CHECK_STR(c.bodies[2], "");
+	CHECK_STR(c.bodies[3], "");
+	CHECK_STR(c.bodies[4], "third'");
+	CHECK_EQ(st->ops->commit(st, 0), MOSQ_ERR_SUCCESS);
+
+	CHECK(seqs_whole(st, "u/bo") && seqs_whole(st, "u/amy"));
+	CHECK_EQ(range(st, timeline(st, "u/bo", false), 0, 20, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 7);
+	CHECK_STR(c.bodies[0], "edited");
+	CHECK_STR(c.bodies[1], "edited");
+	CHECK_STR(c.bodies[2], "");
+	CHECK_STR(c.bodies[3], "");         /* the recalled message's edit */
+	CHECK_STR(c.bodies[4], "third'");
+	CHECK_STR(c.bodies[5], "third'");   /* an edit of a message not recalled keeps its body */
+	CHECK_EQ(c.refs[1], 1);
+	CHECK_EQ(c.refs[6], 3);
+	CHECK_EQ(range(st, timeline(st, "u/amy", false), 0, 20, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 7);
+	CHECK_STR(c.bodies[0], "edited");
+	CHECK_STR(c.bodies[2], "");
+	CHECK_EQ(flags_of(st, "u/bo", 1), EDITED);
+	CHECK_EQ(flags_of(st, "u/amy", 1), EDITED);
+	CHECK_EQ(flags_of(st, "u/bo", 3), EDITED | RECALLED);  /* flags are ORed in */
+	CHECK_EQ(flags_of(st, "u/bo", 4), EDIT | RECALLED);
+	CHECK_EQ(flags_of(st, "u/bo", 6), EDIT);
+	CHECK(paired(st, "u/bo", "u/amy", 7));
+	/* Three messages to read, the edits and the recall not. */
+	CHECK_EQ(unread(st, "bo", "u/amy"), 3);
+	CHECK_EQ(unread(st, "amy", "u/bo"), 0);
+	CHECK_EQ(peek(st, "SELECT count(*) FROM messages WHERE cmid = 'e1'"), 2);
+}
+
+static void batch_rollback_leaves_nothing(struct im__store *st)
+{
+	struct im__appended d;
+	struct im__tl *t;
+	struct collect c;
+	bool more;
+
+	CHECK_EQ(dm(st, "cy", "di", "before", 0, 0), 1);
+	CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(dm_in(st, "cy", "di", NULL, "gone 1", 0, 0, 0, &d), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(d.seq, 2);
+	CHECK_EQ(dm_in(st, "cy", "di", "k1", "gone 2", 0, 0, 0, &d), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(d.seq, 3);
+	CHECK_EQ(dm_in(st, "di", "cy", NULL, "gone 3", 0, 0, 0, &d), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->amend(st, timeline(st, "u/di", false), 1, "gone edit", 9, 0, EDITED), MOSQ_ERR_SUCCESS);
+	st->ops->rollback(st);
+	/* As if the batch never ran: its seqs, its cmid, its counts. */
+	CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(dm_in(st, "cy", "di", "k1", "kept", 0, 0, 0, &d), MOSQ_ERR_SUCCESS);
+	CHECK(!d.duplicate && d.seq == 2 && d.own_seq == 2);
+	CHECK_EQ(st->ops->commit(st, 0), MOSQ_ERR_SUCCESS);
+	t = timeline(st, "u/di", false);
+	CHECK(t && t->head == 2);
+	CHECK(seqs_whole(st, "u/di") && seqs_whole(st, "u/cy"));
+	CHECK_EQ(range(st, t, 0, 20, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 2);
+	CHECK_STR(c.bodies[0], "before");
+	CHECK_STR(c.bodies[1], "kept");
+	CHECK_EQ(flags_of(st, "u/di", 1), 0);
+	CHECK_EQ(unread(st, "di", "u/cy"), 2);
+	CHECK_EQ(unread(st, "cy", "u/di"), 0);
+	CHECK_EQ(peek(st, "SELECT count(*) FROM messages WHERE body = 'gone 1' OR body = 'gone 2' OR body = 'gone 3'"), 0);
+}
+
+/* Reads in the middle of a batch: a read mark counts what the batch
+ * stored and noted before it, the list shows it. */
+static void batch_reads_what_it_wrote(struct im__store *st)
+{
+	struct im__appended d;
+	struct names peers = {0};
+	uint64_t before = 0, after = 0;
+	struct convs k;
+	bool yes = false;
+
+	CHECK_EQ(dm(st, "ed", "flo", "one", 0, 0), 1);
+	CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(dm_in(st, "ed", "flo", NULL, "two", 0, 0, 0, &d), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(dm_in(st, "ed", "flo", NULL, "three", 0, 0, 0, &d), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(d.seq, 3);
+	CHECK_EQ(st->ops->has_conv(st, "flo", "ed", &yes), MOSQ_ERR_SUCCESS);
+	CHECK(yes);
+	CHECK_EQ(st->ops->read_mark(st, timeline(st, "u/flo", false), "flo", 2, &before, &after, name_row, &peers),
+			MOSQ_ERR_SUCCESS);
+	CHECK(before == 0 && after == 2);
+	CHECK(peers.n == 1 && !strcmp(peers.v[0], "ed"));
+	/* Noted after the read: counted after it. */
+	CHECK_EQ(dm_in(st, "ed", "flo", NULL, "four", 0, 0, 0, &d), MOSQ_ERR_SUCCESS);
+	memset(&k, 0, sizeof(k));
+	k.only = "u/ed";
+	CHECK_EQ(st->ops->conversations(st, "flo", 8, 0, NULL, im_now_ms(), conv_row, &k), MOSQ_ERR_SUCCESS);
+	CHECK(k.n == 1 && k.unread[0] == 2 && k.last_seq[0] == 4);
+	CHECK_STR(k.preview[0], "four");
+	/* A new conversation in the batch, seen at once. */
+	CHECK_EQ(dm_in(st, "gus", "flo", NULL, "hi", 0, 0, 0, &d), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->has_conv(st, "flo", "gus", &yes), MOSQ_ERR_SUCCESS);
+	CHECK(yes);
+	CHECK_EQ(st->ops->commit(st, 0), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(unread(st, "flo", "u/ed"), 2);
+	CHECK_EQ(unread(st, "flo", "u/gus"), 1);
+	CHECK(seqs_whole(st, "u/flo") && seqs_whole(st, "u/ed") && seqs_whole(st, "u/gus"));
+}
+
+/* A backend that looks a batch's cmids up at once (dedup_batch, called by
+ * the worker after prelock) answers from that as append would have. */
+static void batch_dedup_at_once(struct im__store *st)
+{
+	const char *senders[] = {"hal", "hal", "hal", "ivy"};
+	const char *cmids[] = {"n1", "old", "n1", "n1"};
+	struct im__appended d, e;
+	struct collect c;
+	bool more;
+	int pass;
+
+	CHECK_EQ(dm(st, "hal", "jo", "old one", 0, 0), 1);
+	CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(dm_in(st, "hal", "jo", "old", "stored", 0, 0, 0, &d), MOSQ_ERR_SUCCESS);
+	CHECK(!d.duplicate && d.seq == 2);
+	CHECK_EQ(st->ops->commit(st, 0), MOSQ_ERR_SUCCESS);
+	if(st->ops->dedup_batch == NULL) return;
+	/* Twice: the first batch rolled back, as a failed batch is, leaves
+	 * nothing the second could mistake for a repeat. */
+	for(pass = 0; pass < 2; pass++){
+		CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+		CHECK_EQ(st->ops->dedup_batch(st, senders, cmids, 4), MOSQ_ERR_SUCCESS);
+		CHECK_EQ(st->ops->dedup(st, "hal", "n1", &e), MOSQ_ERR_SUCCESS);
+		CHECK(!e.duplicate);
+		CHECK_EQ(st->ops->dedup(st, "hal", "old", &e), MOSQ_ERR_SUCCESS);
+		CHECK(e.duplicate && e.seq == 2 && e.own_seq == 2);
+		CHECK_STR(e.timeline, "u/jo");
+		CHECK_EQ(dm_in(st, "hal", "jo", "n1", "new", 0, 0, 0, &d), MOSQ_ERR_SUCCESS);
+		CHECK(!d.duplicate && d.seq == 3 && d.own_seq == 3);
+		/* Repeated in the batch (to someone else, too): the first's values. */
+		CHECK_EQ(dm_in(st, "hal", "kim", "n1", "again", 0, 0, 0, &e), MOSQ_ERR_SUCCESS);
+		CHECK(e.duplicate && e.seq == 3 && e.own_seq == 3);
+		CHECK_STR(e.timeline, "u/jo");
+		CHECK_EQ(st->ops->dedup(st, "hal", "n1", &e), MOSQ_ERR_SUCCESS);
+		CHECK(e.duplicate && e.seq == 3);
+		CHECK_EQ(dm_in(st, "hal", "jo", "old", "old again", 0, 0, 0, &e), MOSQ_ERR_SUCCESS);
+		CHECK(e.duplicate && e.seq == 2 && e.own_seq == 2);
+		/* Another sender's n1 is another message. */
+		CHECK_EQ(dm_in(st, "ivy", "jo", "n1", "ivy's", 0, 0, 0, &e), MOSQ_ERR_SUCCESS);
+		CHECK(!e.duplicate && e.seq == 4 && e.own_seq == 1);
+		/* A cmid the batch did not list is asked as usual. */
+		CHECK_EQ(dm_in(st, "hal", "jo", "n2", "unlisted", 0, 0, 0, &e), MOSQ_ERR_SUCCESS);
+		CHECK(!e.duplicate && e.seq == 5);
+		if(pass == 0) st->ops->rollback(st);
+		else CHECK_EQ(st->ops->commit(st, 0), MOSQ_ERR_SUCCESS);
+	}
+	CHECK(seqs_whole(st, "u/jo") && seqs_whole(st, "u/hal") && seqs_whole(st, "u/ivy"));
+	CHECK_EQ(timeline(st, "u/kim", false) ? (long long)timeline(st, "u/kim", false)->head : 0, 0);
+	CHECK_EQ(range(st, timeline(st, "u/jo", false), 0, 20, &c, &more), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(c.n, 5);
+	CHECK_STR(c.bodies[2], "new");
+	CHECK_STR(c.bodies[3], "ivy's");
+	CHECK_EQ(peek(st, "SELECT count(*) FROM messages WHERE sender = 'hal' AND cmid = 'n1'"), 2); /* and its copy */
+	/* After the commit, a later batch finds it stored. */
+	CHECK_EQ(st->ops->begin(st), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(st->ops->dedup_batch(st, senders, cmids, 1), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(dm_in(st, "hal", "jo", "n1", "third time", 0, 0, 0, &e), MOSQ_ERR_SUCCESS);
+	CHECK(e.duplicate && e.seq == 3 && e.own_seq == 3);
+	CHECK_EQ(st->ops->commit(st, 0), MOSQ_ERR_SUCCESS);
+}
+
 static const struct { const char *name; void (*fn)(struct im__store *st); } tests[] = {
 	{"append_and_dedup", append_and_dedup},
 	{"timeline_rollback", timeline_rollback},
@@ -1219,6 +1470,10 @@ static const struct { const char *name; void (*fn)(struct im__store *st); } test
 	{"unread_leaves_out_edits", unread_leaves_out_edits},
 	{"previews_follow_messages", previews_follow_messages},
 	{"pages_whatever_the_groups", pages_whatever_the_groups},
+	{"batch_edits_its_own", batch_edits_its_own},
+	{"batch_rollback_leaves_nothing", batch_rollback_leaves_nothing},
+	{"batch_reads_what_it_wrote", batch_reads_what_it_wrote},
+	{"batch_dedup_at_once", batch_dedup_at_once},
 };
 
 void store_suite(const struct store_backend *backend, int *checks, int *failed)

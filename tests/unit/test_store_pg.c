@@ -682,6 +682,44 @@ static void dedup_race(bool sealed, bool first_commits)
 	}
 }
 
+/* A batch's cmids looked up at once (dedup_batch) say "new"; another node
+ * stores one of them (to another timeline: no lock in common) before this
+ * batch commits. The unique index fails the commit, nothing of the batch
+ * stays, and the retry, looking again, answers "duplicate" with the other
+ * node's values: still once per (sender, cmid). */
+static void dedup_batch_race(void)
+{
+	const char *senders[] = {"uma"}, *cmids[] = {"dup"};
+	struct im__appended d;
+	struct im__tl *t1 = timeline(&a, "g/batch-one", true), *t2 = timeline(&b, "g/batch-two", true);
+	struct im__msg m;
+
+	CHECK(t1 && t2);
+	CHECK_EQ(a.ops->begin(&a), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(a.ops->dedup_batch(&a, senders, cmids, 1), MOSQ_ERR_SUCCESS);
+	m = msg("uma", "g/batch-one", "dup", "from a");
+	CHECK_EQ(a.ops->append(&a, t1, NULL, &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK(!d.duplicate && d.seq == 1);
+	/* b stores the same (sender, cmid) and commits first. */
+	m = msg("uma", "g/batch-two", "dup", "from b");
+	CHECK_EQ(append(&b, t2, NULL, &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK(!d.duplicate && d.seq == 1);
+	CHECK(a.ops->commit(&a, 0) != MOSQ_ERR_SUCCESS);
+	CHECK(stub_log_has("23505"));
+	/* The worker's retry. */
+	CHECK_EQ(a.ops->begin(&a), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(a.ops->dedup_batch(&a, senders, cmids, 1), MOSQ_ERR_SUCCESS);
+	t1 = timeline(&a, "g/batch-one", false);
+	m = msg("uma", "g/batch-one", "dup", "from a");
+	CHECK_EQ(a.ops->append(&a, t1, NULL, &m, &d), MOSQ_ERR_SUCCESS);
+	CHECK(d.duplicate && d.seq == 1);
+	CHECK_STR(d.timeline, "g/batch-two");
+	CHECK_EQ(a.ops->commit(&a, 0), MOSQ_ERR_SUCCESS);
+	CHECK_EQ(sql_int("SELECT count(*) FROM messages WHERE sender = 'uma' AND cmid = 'dup'"), 1);
+	CHECK_EQ(count_tl("g/batch-one", ""), 0);
+	CHECK(gap_free("g/batch-one") && gap_free("g/batch-two"));
+}
+
 /* Two devices of one user acknowledge on two nodes at once: node a has
  * moved the mark (open transaction), node b's move waits for it and then
  * counts only what a did not: unread is exact, not decremented twice. */
@@ -1212,6 +1250,7 @@ int main(int argc, char **argv)
 	dedup_race(false, true);
 	dedup_race(false, false);
 	dedup_race(true, true);
+	dedup_batch_race();
 	killed_connection();
 	lost_commit();
 	migrations();

@@ -14,38 +14,52 @@
 #include "store/pg/internal.h"
 
 /* ---- statements ----
- * Types: 8 int8, t text, b bytea (all sent binary). */
+ * Types: 8 int8, t text, b bytea, I int8[], T text[], B bytea[] (all sent
+ * binary). */
 
 static const struct { const char *types; const char *sql; } stmts[PG_NSTMT] = {
 	[PG_TL_GET] = {"t", "SELECT id, head, first_seq FROM timelines WHERE name = $1"},
-	/* One copy in one round trip: take the next seq (locking the timeline's
-	 * row until the transaction ends) unless $13 (the cmid to check, or
-	 * NULL) was already stored by this sender, and insert. A concurrent
-	 * insert of the same (sender, cmid, copy) by another node makes this
-	 * one wait for that transaction, then skip: head comes back without a
-	 * seq and the caller gives the seq back. */
-	[PG_PUT] = {"88tttt888b88t88",
-		"WITH h AS (UPDATE timelines SET head = head + 1 WHERE id = $1"
-		"   AND ($13::text IS NULL OR NOT EXISTS (SELECT 1 FROM messages WHERE sender = $3 AND cmid = $13))"
-		"   RETURNING head),"
-		" i AS (INSERT INTO messages(tl, seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, copy, body, key_id, raw_len,"
-		"   ref_seq, peer_seq)"
-		"   SELECT $1, h.head, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $14, $15 FROM h"
-		"   ON CONFLICT (sender, cmid, copy) WHERE cmid IS NOT NULL DO NOTHING RETURNING seq)"
-		" SELECT (SELECT head FROM h), (SELECT seq FROM i)"},
-	/* The same in two steps, for sealed bodies (the seal binds the seq). */
-	[PG_TAKE] = {"8tt", "UPDATE timelines SET head = head + 1 WHERE id = $1"
-		" AND ($3::text IS NULL OR NOT EXISTS (SELECT 1 FROM messages WHERE sender = $2 AND cmid = $3)) RETURNING head"},
-	[PG_INSERT] = {"888tttt888b8888",
+	/* A message with a cmid claims (sender, cmid) at once, not at commit:
+	 * its original row is inserted now (at the seq the buffer gave it),
+	 * unless this sender stored that cmid already. Another node storing
+	 * the same (sender, cmid) meanwhile makes this insert wait for its
+	 * transaction, then skip (no row back: the caller answers
+	 * "duplicate"), as the unique index decides who was first. */
+	[PG_CLAIM] = {"888tttt88b8888",
 		"INSERT INTO messages(tl, seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, copy, body, key_id, raw_len,"
-		" ref_seq, peer_seq) VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+		" ref_seq, peer_seq) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $13, $14"
+		" WHERE NOT EXISTS (SELECT 1 FROM messages WHERE sender = $4 AND cmid = $5)"
 		" ON CONFLICT (sender, cmid, copy) WHERE cmid IS NOT NULL DO NOTHING RETURNING seq"},
-	/* Giving a seq back is safe: the transaction still holds the row lock
-	 * it took with the seq, so nobody took one after it. */
-	[PG_UNTAKE] = {"88", "UPDATE timelines SET head = head - 1 WHERE id = $1 AND head = $2"},
-	[PG_UNPUT] = {"88", "DELETE FROM messages WHERE tl = $1 AND seq = $2"},
+	/* The write-behind buffer (msg.c), one statement per table for the
+	 * whole batch: its rows, the heads it moved (each from the value read
+	 * with the row lock: any other count of rows changed is a bug, and
+	 * the batch fails), and its direct conversations, one row each. A
+	 * cmid repeated against a row stored meanwhile by another node (its
+	 * claim cannot see: a copy, or another timeline) fails the insert,
+	 * so the batch, whose retry answers "duplicate". */
+	[PG_WB_ROWS] = {"IIITTTTIIIBIIII",
+		"INSERT INTO messages(tl, seq, ts_ms, sender, cmid, peer, ctype, flags, expires_ms, copy, body, key_id, raw_len,"
+		" ref_seq, peer_seq) SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"},
+	[PG_WB_HEADS] = {"III", "UPDATE timelines t SET head = u.head FROM unnest($1, $2, $3) AS u(id, head, old)"
+		" WHERE t.id = u.id AND t.head = u.old"},
+	/* unread moves by one atomic addition (several nodes may note the same
+	 * conversation); the last message only ever moves to a higher seq; the
+	 * recipient's side also keeps where the peer's last message is. */
+	[PG_WB_CONVS] = {"TTIITITII", "INSERT INTO convs(owner, peer, last_seq, last_ts, last_sender, last_flags, preview, unread,"
+		" sent_seq) SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+		" ON CONFLICT (owner, peer) DO UPDATE SET"
+		" last_seq = greatest(convs.last_seq, excluded.last_seq),"
+		" last_ts = CASE WHEN excluded.last_seq >= convs.last_seq THEN excluded.last_ts ELSE convs.last_ts END,"
+		" last_sender = CASE WHEN excluded.last_seq >= convs.last_seq THEN excluded.last_sender ELSE convs.last_sender END,"
+		" last_flags = CASE WHEN excluded.last_seq >= convs.last_seq THEN excluded.last_flags ELSE convs.last_flags END,"
+		" preview = CASE WHEN excluded.last_seq >= convs.last_seq THEN excluded.preview ELSE convs.preview END,"
+		" unread = convs.unread + excluded.unread,"
+		" sent_seq = greatest(convs.sent_seq, excluded.sent_seq)"},
 	[PG_DEDUP] = {"tt", "SELECT m.copy, m.seq, m.ts_ms, t.name FROM messages m JOIN timelines t ON t.id = m.tl"
 		" WHERE m.sender = $1 AND m.cmid = $2"},
+	/* A batch's (sender, cmid) pairs at once (msg.c, dedup_batch). */
+	[PG_DEDUP_MANY] = {"TT", "SELECT m.sender, m.cmid, m.copy, m.seq, m.ts_ms, t.name FROM unnest($1, $2) AS k(sender, cmid)"
+		" JOIN messages m ON m.sender = k.sender AND m.cmid = k.cmid JOIN timelines t ON t.id = m.tl"},
 	/* The rows and the timeline's head and first, from one snapshot. */
 	[PG_RANGE] = {"888", "SELECT t.head, t.first_seq, m.seq, m.ts_ms, m.sender, m.cmid, m.peer, m.ctype, m.flags,"
 		" m.expires_ms, m.body, m.key_id, m.raw_len, m.ref_seq, m.peer_seq FROM timelines t LEFT JOIN LATERAL"
@@ -75,12 +89,12 @@ static const struct { const char *types; const char *sql; } stmts[PG_NSTMT] = {
 	[PG_TRIM_FIRST] = {"88", "UPDATE timelines SET first_seq = $2 WHERE id = $1 AND first_seq < $2 AND $2 <= head + 1"
 		" RETURNING first_seq"},
 	[PG_TRIM_DELETE] = {"88", "DELETE FROM messages WHERE tl = $1 AND seq < $2"},
-	/* A direct message's first row learns the other row's seq (when it
-	 * could not be known before the second row took it). */
-	[PG_PEER_SET] = {"888", "UPDATE messages SET peer_seq = $3 WHERE tl = $1 AND seq = $2"},
 	/* The lock an append takes, without appending (a read mark in the
 	 * user's own inbox: see conv.c). */
 	[PG_TL_LOCK] = {"8", "SELECT head, first_seq FROM timelines WHERE id = $1 FOR NO KEY UPDATE"},
+	/* A direct message's two timelines, locked in id order (two nodes
+	 * appending alice->bob and bob->alice at once take them alike). */
+	[PG_TL_LOCK_TWO] = {"88", "SELECT id, head, first_seq FROM timelines WHERE id IN ($1, $2) ORDER BY id FOR NO KEY UPDATE"},
 	/* A batch's timelines ("\n"-separated names), locked in name order
 	 * (the row locks are taken in the order the rows come out of the sort). */
 	[PG_PRELOCK] = {"t", "SELECT id, head, first_seq, name FROM timelines"
@@ -92,20 +106,6 @@ static const struct { const char *types; const char *sql; } stmts[PG_NSTMT] = {
 	/* A recall takes the bodies of the message's edits with it. */
 	[PG_ERASE_EDITS] = {"88", "UPDATE messages SET body = '', key_id = 0, raw_len = 0, flags = (flags & ~2) | 32"
 		" WHERE tl = $1 AND ref_seq = $2 AND (flags & 4) <> 0"},
-	/* unread moves by one atomic addition (several nodes may note the same
-	 * conversation); the last message only ever moves to a higher seq. The
-	 * recipient's side (sender = peer) also keeps where the peer's last
-	 * message is. */
-	[PG_CONV_NOTE] = {"tt88t8t8", "INSERT INTO convs(owner, peer, last_seq, last_ts, last_sender, last_flags, preview, unread,"
-		" sent_seq) VALUES($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $5 = $2 THEN $3 ELSE 0 END)"
-		" ON CONFLICT (owner, peer) DO UPDATE SET"
-		" last_seq = greatest(convs.last_seq, excluded.last_seq),"
-		" last_ts = CASE WHEN excluded.last_seq >= convs.last_seq THEN excluded.last_ts ELSE convs.last_ts END,"
-		" last_sender = CASE WHEN excluded.last_seq >= convs.last_seq THEN excluded.last_sender ELSE convs.last_sender END,"
-		" last_flags = CASE WHEN excluded.last_seq >= convs.last_seq THEN excluded.last_flags ELSE convs.last_flags END,"
-		" preview = CASE WHEN excluded.last_seq >= convs.last_seq THEN excluded.preview ELSE convs.preview END,"
-		" unread = convs.unread + excluded.unread,"
-		" sent_seq = greatest(convs.sent_seq, excluded.sent_seq)"},
 	/* A group counts its edits and recalls (not messages to read); a group
 	 * of a few notes the activity in its members' rows in the same round
 	 * trip: whether it does (fan) and how many rows it wrote (conv.c). */
@@ -186,6 +186,9 @@ static const struct { const char *types; const char *sql; } stmts[PG_NSTMT] = {
 #define OID_INT8 20
 #define OID_TEXT 25
 #define OID_BYTEA 17
+#define OID_INT8_ARRAY 1016
+#define OID_TEXT_ARRAY 1009
+#define OID_BYTEA_ARRAY 1001
 
 static void stmt_name(char *out, size_t cap, int id)
 {
@@ -217,6 +220,87 @@ void im_pgq__bytes(struct im__pgq *q, const void *p, size_t len)
 	q->len[q->n] = (int)len;
 	q->fmt[q->n] = 1;
 	q->n++;
+}
+
+/* Arrays in the binary format array_recv reads: ndim (1), whether any
+ * element is NULL, the element type, the length and lower bound (1) of
+ * the dimension, then each element as its length (-1: NULL) and bytes. */
+#define ARR_HEAD 20
+
+static void be32_at(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+static uint8_t *arr_room(struct im__pgarr *a, size_t n)
+{
+	uint8_t *p;
+
+	if(a->nomem || im_buf__reserve(&a->b, a->used + n) != MOSQ_ERR_SUCCESS){
+		a->nomem = true;
+		return NULL;
+	}
+	p = a->b.data + a->used;
+	a->used += n;
+	return p;
+}
+
+void im_pgarr__start(struct im__pgarr *a, unsigned elem)
+{
+	uint8_t *p;
+
+	a->used = 0;
+	a->n = 0;
+	a->nulls = false;
+	a->nomem = false;
+	if((p = arr_room(a, ARR_HEAD)) == NULL) return;
+	be32_at(p, 1);
+	be32_at(p + 8, elem);
+	be32_at(p + 16, 1);
+}
+
+void im_pgarr__i64(struct im__pgarr *a, int64_t v)
+{
+	uint8_t *p = arr_room(a, 12);
+	uint64_t u = (uint64_t)v;
+	int i;
+
+	if(p == NULL) return;
+	be32_at(p, 8);
+	for(i = 0; i < 8; i++) p[4 + i] = (uint8_t)(u >> (56 - 8 * i));
+	a->n++;
+}
+
+void im_pgarr__bytes(struct im__pgarr *a, const void *data, ptrdiff_t len)
+{
+	uint8_t *p = arr_room(a, 4 + (len > 0 ? (size_t)len : 0));
+
+	if(p == NULL) return;
+	be32_at(p, len < 0 ? 0xFFFFFFFFu : (uint32_t)len);
+	if(len > 0) memcpy(p + 4, data, (size_t)len);
+	if(len < 0) a->nulls = true;
+	a->n++;
+}
+
+int im_pgarr__param(struct im__pgarr *a, struct im__pgq *q)
+{
+	if(a->nomem || a->used > INT32_MAX) return MOSQ_ERR_NOMEM;
+	be32_at(a->b.data + 4, a->nulls);
+	be32_at(a->b.data + 12, a->n);
+	q->v[q->n] = (const char *)a->b.data;
+	q->len[q->n] = (int)a->used;
+	q->fmt[q->n] = 1;
+	q->n++;
+	return MOSQ_ERR_SUCCESS;
+}
+
+void im_pgarr__free(struct im__pgarr *a)
+{
+	im_buf__free(&a->b);
+	memset(a, 0, sizeof(*a));
 }
 
 int64_t im_pg__int(const PGresult *r, int row, int col)
@@ -274,6 +358,79 @@ PGresult *im_pg__run(struct im__pg *s, enum im_pg_stmt id, const struct im__pgq 
 	pg_fail(s, r, what);
 	PQclear(r);
 	return NULL;
+}
+
+/* Pipeline mode: the statements go out together and their answers come
+ * back together, one round trip. After a failed statement the server
+ * skips the rest (PGRES_PIPELINE_ABORTED) up to the sync; the
+ * transaction is then aborted, as after any failed statement. */
+int im_pg__run_many(struct im__pg *s, const enum im_pg_stmt *ids, const struct im__pgq *const *qs, int n,
+		long *rows, const char *what)
+{
+	PGresult *r;
+	ExecStatusType rs;
+	char name[16];
+	int i, rc = MOSQ_ERR_SUCCESS;
+	bool failed = false;
+
+	if(s->conn == NULL || s->broken){
+		im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: %s: not connected (a reconnect follows at the next batch).", what);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	if(!PQenterPipelineMode(s->conn)){
+		pg_fail(s, NULL, what);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	for(i = 0; i < n; i++){
+		stmt_name(name, sizeof(name), ids[i]);
+		if(!PQsendQueryPrepared(s->conn, name, qs[i]->n, qs[i]->v, qs[i]->len, qs[i]->fmt, 1)) break;
+	}
+	if(i < n || !PQpipelineSync(s->conn)){
+		/* Not all sent: the connection is in trouble; start it over. */
+		pg_fail(s, NULL, what);
+		s->broken = true;
+		PQexitPipelineMode(s->conn);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	for(i = 0; i < n; i++){
+		r = PQgetResult(s->conn);
+		rs = PQresultStatus(r);
+		if(r == NULL){
+			/* The connection went away mid-answer. */
+			pg_fail(s, NULL, what);
+			s->broken = true;
+			return MOSQ_ERR_UNKNOWN;
+		}
+		if(rs == PGRES_TUPLES_OK || rs == PGRES_COMMAND_OK){
+			if(rows) rows[i] = atol(PQcmdTuples(r));
+		}else if(rs != PGRES_PIPELINE_ABORTED || !failed){
+			if(!failed) pg_fail(s, r, what);
+			failed = true;
+			rc = MOSQ_ERR_UNKNOWN;
+		}
+		PQclear(r);
+		/* Each statement's results end with a NULL. */
+		while((r = PQgetResult(s->conn)) != NULL && PQresultStatus(r) != PGRES_PIPELINE_SYNC) PQclear(r);
+		if(r) {
+			PQclear(r);
+			s->broken = true;   /* a sync before all answers: out of step */
+			return MOSQ_ERR_UNKNOWN;
+		}
+	}
+	r = PQgetResult(s->conn);
+	if(PQresultStatus(r) != PGRES_PIPELINE_SYNC){
+		PQclear(r);
+		pg_fail(s, NULL, what);
+		s->broken = true;
+		return MOSQ_ERR_UNKNOWN;
+	}
+	PQclear(r);
+	if(!PQexitPipelineMode(s->conn)){
+		pg_fail(s, NULL, what);
+		s->broken = true;
+		return MOSQ_ERR_UNKNOWN;
+	}
+	return rc;
 }
 
 int im_pg__exec(struct im__pg *s, enum im_pg_stmt id, const struct im__pgq *q, const char *what)
@@ -393,7 +550,14 @@ int im_pg__prepare_all(struct im__pg *s)
 	for(i = 0; i < PG_NSTMT; i++){
 		n = (int)strlen(stmts[i].types);
 		for(j = 0; j < n; j++){
-			types[j] = stmts[i].types[j] == '8' ? OID_INT8 : stmts[i].types[j] == 'b' ? OID_BYTEA : OID_TEXT;
+			switch(stmts[i].types[j]){
+				case '8': types[j] = OID_INT8; break;
+				case 'b': types[j] = OID_BYTEA; break;
+				case 'I': types[j] = OID_INT8_ARRAY; break;
+				case 'T': types[j] = OID_TEXT_ARRAY; break;
+				case 'B': types[j] = OID_BYTEA_ARRAY; break;
+				default: types[j] = OID_TEXT; break;
+			}
 		}
 		stmt_name(name, sizeof(name), i);
 		r = PQprepare(s->conn, name, stmts[i].sql, n, types);
@@ -529,10 +693,12 @@ int im_pg__create_timeline(struct im__pg *s, const char *name, size_t len)
 	}
 }
 
-/* Remembers t as touched by the open transaction (its row lock is held). */
+/* Remembers t as locked by the open transaction (its row lock is held),
+ * with the head the database has, which the buffer's rows continue. */
 void im_pg__touch(struct im__pg *s, struct im__tl *t)
 {
 	if(im_pg__tle(t)->lock_gen == s->gen) return;
 	im_pg__tle(t)->lock_gen = s->gen;
+	im_pg__tle(t)->db_head = t->head;
 	im_cache__touch(&s->touched, t);
 }

@@ -2,7 +2,12 @@
  * Conversations (PostgreSQL backend): edits and recalls of stored
  * messages, read marks, and the conversation list. The same meaning as
  * store/sqlite/conv.c; what differs is that several brokers (nodes) do
- * this at once, so every counter moves by one atomic statement:
+ * this at once, so every counter moves by one atomic statement, and that
+ * a batch's direct-conversation notes and the messages it stored wait in
+ * the write-behind buffer (msg.c) until its commit, or until a statement
+ * here reads what they change (read marks, reads_of, has_conv, the
+ * list: each sends the buffer first); edits and recalls change a message
+ * of the same batch where it waits:
  *
  * - unread: +1 per message (note_last's upsert adds to the row it finds),
  *   -n per read (one UPDATE lowering it by the messages now read), never
@@ -34,10 +39,20 @@ int im_pg__lookup(struct im__store *st, struct im__tl *tl, uint64_t seq, bool *f
 {
 	struct im__pg *s = im_pg(st);
 	struct im__pgq q = {0};
+	struct im__pg_row *w;
 	PGresult *r;
 
 	memset(out, 0, sizeof(*out));
 	*found = false;
+	/* A message of this batch is still in the buffer. */
+	if((w = im_pg__wb_find(s, tl->id, seq)) != NULL){
+		*found = true;
+		snprintf(out->sender, sizeof(out->sender), "%s", (const char *)im_pg__wb_at(s, w->sender));
+		out->flags = w->flags;
+		out->peer_seq = w->peer_seq;
+		out->copy = w->copy;
+		return MOSQ_ERR_SUCCESS;
+	}
 	im_pgq__i64(&q, tl->id);
 	im_pgq__i64(&q, (int64_t)seq);
 	r = im_pg__run(s, PG_MSG_LOOKUP, &q, "looking a message up");
@@ -59,8 +74,10 @@ int im_pg__amend(struct im__store *st, struct im__tl *tl, uint64_t seq, const vo
 	struct im__pg *s = im_pg(st);
 	struct im__pgq q = {0};
 	const void *b = body ? body : "";
-	size_t n = body ? len : 0;
+	size_t n = body ? len : 0, i;
 	uint16_t key_id = 0;
+	struct im__pg_row *w;
+	ptrdiff_t off;
 
 	/* An edit is sealed for its (timeline, seq) like any body. */
 	if(body && st->crypt && im_crypt__seal(st->crypt, tl->name, seq, body, len, &b, &n, &key_id) != MOSQ_ERR_SUCCESS){
@@ -68,18 +85,97 @@ int im_pg__amend(struct im__store *st, struct im__tl *tl, uint64_t seq, const vo
 		return MOSQ_ERR_UNKNOWN;
 	}
 	s->wrote = true;
-	im_pgq__i64(&q, tl->id);
-	im_pgq__i64(&q, (int64_t)seq);
-	im_pgq__bytes(&q, b, n);
-	im_pgq__i64(&q, key_id);
-	im_pgq__i64(&q, body ? raw_len : 0);
-	im_pgq__i64(&q, flags);
-	if(im_pg__exec(s, PG_MSG_AMEND, &q, "changing a message") != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+	if((w = im_pg__wb_find(s, tl->id, seq)) != NULL){
+		/* Changed where it waits: the buffer (the old body stays in the
+		 * arena, unsent). */
+		if((off = im_pg__wb_put(s, b, n, false)) == -2){
+			im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: out of memory changing a message.");
+			return MOSQ_ERR_NOMEM;
+		}
+		w->body = off;
+		w->body_len = n;
+		w->key_id = key_id;
+		w->raw_len = body ? raw_len : 0;
+		w->flags = (w->flags & ~2u) | flags;
+	}else{
+		im_pgq__i64(&q, tl->id);
+		im_pgq__i64(&q, (int64_t)seq);
+		im_pgq__bytes(&q, b, n);
+		im_pgq__i64(&q, key_id);
+		im_pgq__i64(&q, body ? raw_len : 0);
+		im_pgq__i64(&q, flags);
+		if(im_pg__exec(s, PG_MSG_AMEND, &q, "changing a message") != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+	}
 	if(body) return MOSQ_ERR_SUCCESS;
+	/* A recall: its edits, in the buffer and (with a cmid, claimed) in
+	 * the table. */
+	for(i = 0; i < s->wb.n; i++){
+		w = &s->wb.rows[i];
+		if(w->tl != tl->id || w->ref_seq != seq || (w->flags & 4) == 0) continue;
+		w->body_len = 0;
+		w->key_id = 0;
+		w->raw_len = 0;
+		w->flags = (w->flags & ~2u) | 32;
+	}
 	memset(&q, 0, sizeof(q));
 	im_pgq__i64(&q, tl->id);
 	im_pgq__i64(&q, (int64_t)seq);
 	return im_pg__exec(s, PG_ERASE_EDITS, &q, "erasing edits");
+}
+
+/* A direct conversation's note, folded into the batch's row for (owner,
+ * peer), sent at the commit (or before a read of the rows) as the upsert
+ * of each would have left it: the latest message (the highest seq; ties:
+ * the later note), the unread added up, the peer's last message. */
+static int note_conv(struct im__pg *s, const char *owner, const char *peer, uint64_t seq, int64_t ts,
+		const char *sender, uint32_t flags, const char *preview, int unread_add)
+{
+	struct im__pg_wb *wb = &s->wb;
+	struct im__pg_note *n;
+	char key[2 * IM_NAME_MAX + 2];
+	int kl = snprintf(key, sizeof(key), "%s\n%s", owner, peer);
+	uintptr_t at;
+	ptrdiff_t o_sender, o_preview;
+	bool fresh;
+
+	if(kl <= 0 || (size_t)kl >= sizeof(key)) kl = (int)sizeof(key) - 1;
+	at = (uintptr_t)im_map__get(&wb->by_conv, key, (size_t)kl);
+	fresh = at == 0;
+	if(fresh){
+		if(wb->nn == wb->ncap){
+			size_t cap = wb->ncap ? wb->ncap * 2 : 32;
+			struct im__pg_note *v = realloc(wb->notes, cap * sizeof(*v));
+			if(v == NULL) goto nomem;
+			wb->notes = v;
+			wb->ncap = cap;
+		}
+		n = &wb->notes[wb->nn];
+		memset(n, 0, sizeof(*n));
+		if((n->owner = im_pg__wb_put(s, owner, strlen(owner), true)) < 0
+				|| (n->peer = im_pg__wb_put(s, peer, strlen(peer), true)) < 0
+				|| im_map__put(&wb->by_conv, key, (size_t)kl, (void *)(uintptr_t)(wb->nn + 1)) != MOSQ_ERR_SUCCESS){
+			goto nomem;
+		}
+		wb->nn++;
+	}else{
+		n = &wb->notes[at - 1];
+	}
+	if(fresh || seq >= n->seq){
+		o_sender = im_pg__wb_put(s, sender, strlen(sender), true);
+		o_preview = preview ? im_pg__wb_put(s, preview, strlen(preview), true) : -1;
+		if(o_sender < 0 || o_preview == -2) goto nomem;
+		n->seq = seq;
+		n->ts = ts;
+		n->sender = o_sender;
+		n->flags = flags;
+		n->preview = o_preview;
+	}
+	n->unread += unread_add;
+	if(!strcmp(sender, peer) && seq > n->sent_seq) n->sent_seq = seq;
+	return MOSQ_ERR_SUCCESS;
+nomem:
+	im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: out of memory noting a conversation.");
+	return MOSQ_ERR_NOMEM;
 }
 
 int im_pg__note_last(struct im__store *st, const char *owner, const char *peer, uint64_t seq, int64_t ts,
@@ -92,17 +188,13 @@ int im_pg__note_last(struct im__store *st, const char *owner, const char *peer, 
 	bool fan;
 
 	s->wrote = true;
-	if(owner) im_pgq__text(&q, owner, -1);
+	if(owner) return note_conv(s, owner, peer, seq, ts, sender, flags, preview, unread_add);
 	im_pgq__text(&q, peer, -1);
 	im_pgq__i64(&q, (int64_t)seq);
 	im_pgq__i64(&q, ts);
 	im_pgq__text(&q, sender, -1);
 	im_pgq__i64(&q, flags);
 	im_pgq__text(&q, preview, -1);
-	if(owner){
-		im_pgq__i64(&q, unread_add);
-		return im_pg__exec(s, PG_CONV_NOTE, &q, "noting a conversation");
-	}
 	if((r = im_pg__run(s, PG_GROUP_NOTE, &q, "noting a group")) == NULL) return MOSQ_ERR_UNKNOWN;
 	fan = PQntuples(r) == 1 && im_pg__int(r, 0, 0);
 	n = PQntuples(r) == 1 ? im_pg__int(r, 0, 1) : 0;
@@ -209,6 +301,9 @@ int im_pg__read_mark(struct im__store *st, struct im__tl *tl, const char *user, 
 
 	*before = *after = 0;
 	s->wrote = true;
+	/* It counts the messages it read and lowers the counts the batch's
+	 * notes raised: both must be in the tables first. */
+	if(im_pg__flush(s) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
 	/* In its own inbox the user's conversation rows change: take the lock
 	 * every other writer of them holds (the inbox's), first. */
 	if(own && lock_timeline(s, tl) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
@@ -255,6 +350,7 @@ int im_pg__reads_of(struct im__store *st, struct im__tl *tl, const char *reader,
 	int i;
 
 	*head = 0;
+	if(im_pg__flush(s) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
 	if(!group && strcmp(tl->name + 2, reader)){
 		/* Another user's inbox: its owner's mark as far as it passed
 		 * reader's messages, and where reader's last one is, kept on the
@@ -288,6 +384,7 @@ int im_pg__has_conv(struct im__store *st, const char *owner, const char *peer, b
 	PGresult *r;
 
 	*yes = false;
+	if(im_pg__flush(s) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
 	im_pgq__text(&q, owner, -1);
 	im_pgq__text(&q, peer, -1);
 	r = im_pg__run(s, PG_CONV_HAS, &q, "looking a conversation up");
@@ -307,6 +404,7 @@ int im_pg__conversations(struct im__store *st, const char *owner, uint32_t limit
 	PGresult *r;
 	int i;
 
+	if(im_pg__flush(s) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
 	im_pgq__text(&q, owner, -1);
 	im_pgq__i64(&q, before_tl ? before_ts : INT64_MAX);
 	im_pgq__text(&q, before_tl, -1);

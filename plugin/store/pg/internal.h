@@ -2,9 +2,10 @@
  * The PostgreSQL backend's private state (cluster mode), shared by the
  * files of store/pg/: open.c (open, migrations, identity, transactions:
  * the top, which fills the ops table), conn.c (connections, statements:
- * the bottom), msg.c (timelines, append, range, cursors), group.c
- * (groups, contacts), conv.c (edits, recalls, read marks, the
- * conversation list) and trim.c (retention). Worker thread only.
+ * the bottom), msg.c (timelines, append and the batch's write-behind
+ * buffer, range, cursors), group.c (groups, contacts), conv.c (edits,
+ * recalls, read marks, the conversation list) and trim.c (retention).
+ * Worker thread only.
  *
  * Several brokers (nodes) write one database at once. What keeps that
  * correct is PostgreSQL's, not this file's: the row lock an append takes on
@@ -18,6 +19,7 @@
 
 #include <libpq-fe.h>
 
+#include "base/util.h"
 #include "store/cache.h"
 #include "store/store.h"
 #include "store/pg/open.h"
@@ -25,14 +27,14 @@
 /* Prepared statements, one table (conn.c) in this order. */
 enum im_pg_stmt {
 	PG_TL_GET,
-	PG_PUT, PG_TAKE, PG_INSERT, PG_UNTAKE, PG_UNPUT, PG_DEDUP, PG_RANGE,
+	PG_CLAIM, PG_WB_ROWS, PG_WB_HEADS, PG_WB_CONVS, PG_DEDUP, PG_DEDUP_MANY, PG_RANGE,
 	PG_CURSOR_GET, PG_CURSOR_SET,
 	PG_NODE_GET, PG_NODE_COMMIT, PG_META_PUT,
 	PG_GRP_LOAD, PG_GRP_INSERT, PG_MEM_INSERT, PG_MEM_DELETE, PG_GRP_OF_USER, PG_GRP_ALL,
 	PG_WROTE_INSERT, PG_WROTE_ALL,
 	PG_TRIM_LIST, PG_TRIM_SCAN, PG_TRIM_FIRST, PG_TRIM_DELETE,
-	PG_PEER_SET, PG_TL_LOCK, PG_PRELOCK,
-	PG_MSG_LOOKUP, PG_MSG_AMEND, PG_ERASE_EDITS, PG_CONV_NOTE, PG_GROUP_NOTE,
+	PG_TL_LOCK, PG_TL_LOCK_TWO, PG_PRELOCK,
+	PG_MSG_LOOKUP, PG_MSG_AMEND, PG_ERASE_EDITS, PG_GROUP_NOTE,
 	PG_READ_LOCK, PG_READ_SET, PG_READ_UNREAD, PG_READS_MEMBERS, PG_READS_ONE, PG_CONV_HAS, PG_CONV_LIST,
 	PG_GROUP_FAN_TS, PG_GROUP_UNFAN, PG_GROUP_FAN_SET, PG_GROUP_SIZE, PG_COUNT_EDITS, PG_GROUP_EDITS, PG_CONV_PEER_READ,
 	PG_TRIM_PREVIEW_U, PG_TRIM_PREVIEW_G,
@@ -51,10 +53,73 @@ struct im__pgq {
 	uint64_t ints[IM_PG_MAX_PARAMS];
 };
 
+/* An array parameter (int8[], text[], bytea[]) in PostgreSQL's binary
+ * array format, built one element at a time; reused across batches. */
+struct im__pgarr {
+	struct im__buf b;
+	size_t used;
+	uint32_t n;
+	bool nulls;
+	bool nomem;
+};
+
 /* A cached timeline: this header, then the struct im__tl the seam hands
  * out (one allocation; im_pg__tle finds the header from the entry). */
 struct im__pg_tle {
 	uint64_t lock_gen;      /* the transaction (s->gen) that holds its row lock */
+	uint64_t db_head;       /* while locked: head as the database has it (the buffer moves t->head) */
+	uint64_t wb_gen;        /* the transaction whose buffer holds rows of it */
+};
+
+/* A message row the open transaction stored but has not sent yet. Its
+ * strings and body live in the buffer's arena (offsets: the arena moves as
+ * it grows; -1: NULL). */
+struct im__pg_row {
+	int64_t tl;
+	uint64_t seq, ref_seq, peer_seq;
+	int64_t ts_ms, expires_ms;
+	uint32_t flags, raw_len;
+	int key_id, copy;
+	ptrdiff_t sender, cmid, peer, ctype, body;
+	size_t body_len;
+};
+
+/* A direct conversation's notes of the open transaction, folded into one
+ * (owner, peer) row: the latest message, the unread added, where the
+ * peer's last message is. */
+struct im__pg_note {
+	ptrdiff_t owner, peer, sender, preview;
+	uint64_t seq, sent_seq;
+	int64_t ts, unread;
+	uint32_t flags;
+};
+
+/* What dedup_batch found of one (sender, cmid), and what this batch
+ * stored under it since. */
+struct im__pg_seen {
+	bool stored;
+	uint64_t seq, own_seq;
+	int64_t ts_ms;
+	ptrdiff_t timeline;     /* arena offset */
+};
+
+/* The open transaction's writes that wait for its commit (or for a read
+ * that must see them): msg.c and conv.c fill it, im_pg__flush sends it.
+ * Dropped on rollback: the worker retries a batch from its jobs. */
+struct im__pg_wb {
+	struct im__buf arena;
+	size_t used;
+	struct im__pg_row *rows;
+	size_t n, cap;
+	struct im__pg_note *notes;
+	size_t nn, ncap;
+	struct im__map by_conv;     /* "owner\npeer" -> note index + 1 */
+	struct im__pg_seen *seen;   /* (sender, cmid) looked up by dedup_batch */
+	size_t ns, scap;
+	struct im__map by_cmid;     /* "sender\ncmid" -> seen index + 1 */
+	struct im__tl **tls;        /* timelines whose head moved in the buffer */
+	size_t ntl, tlcap;
+	struct im__pgarr col[15 + 3 + 9];   /* the flush's array parameters: rows, heads, conversations */
 };
 
 struct im__pg {
@@ -78,6 +143,7 @@ struct im__pg {
 	struct im__touched touched; /* heads taken by the open transaction */
 	struct im__map groups;      /* name -> struct im__group *, loaded lazily */
 	struct im__map wrote_seen;  /* "writer\nreader" pairs known written */
+	struct im__pg_wb wb;        /* the open transaction's unsent writes */
 };
 
 static inline struct im__pg *im_pg(struct im__store *st) { return st->be; }
@@ -99,6 +165,20 @@ extern void (*im_pg__commit_hook)(PGconn *conn, bool sent);
 
 /* conn.c: parameters, running statements, reading results. */
 void im_pgq__i64(struct im__pgq *q, int64_t v);
+/* Arrays: start (elem: OID of the element type), add elements (bytes
+ * with len < 0: NULL), then hand it to q. MOSQ_ERR_NOMEM from param if an
+ * element could not be added. */
+void im_pgarr__start(struct im__pgarr *a, unsigned elem);
+void im_pgarr__i64(struct im__pgarr *a, int64_t v);
+void im_pgarr__bytes(struct im__pgarr *a, const void *p, ptrdiff_t len);
+int im_pgarr__param(struct im__pgarr *a, struct im__pgq *q);
+void im_pgarr__free(struct im__pgarr *a);
+/* Runs n prepared statements in one round trip (libpq's pipeline mode):
+ * each must succeed; rows[i] (if not NULL) receives how many rows
+ * statement i changed. On failure the connection's transaction is aborted
+ * and the failure logged as what. */
+int im_pg__run_many(struct im__pg *s, const enum im_pg_stmt *ids, const struct im__pgq *const *qs, int n,
+		long *rows, const char *what);
 /* s == NULL sends SQL NULL; len < 0: strlen(s). */
 void im_pgq__text(struct im__pgq *q, const char *s, int len);
 void im_pgq__bytes(struct im__pgq *q, const void *p, size_t len);
@@ -129,7 +209,8 @@ int im_pg__ensure(struct im__store *st);
 /* BEGIN/COMMIT/ROLLBACK outside a batch (retention), reconnecting first if
  * needed. */
 int im_pg__tx(struct im__store *st, const char *sql);
-/* Remembers t as appended to by the open transaction (its lock is held). */
+/* Remembers t as locked by the open transaction; its head as read with
+ * the lock is the database's (db_head). */
 void im_pg__touch(struct im__pg *s, struct im__tl *t);
 
 /* Makes the timeline's row (if absent) and commits it at once. */
@@ -144,9 +225,23 @@ int im_pg__append(struct im__store *st, struct im__tl *to, struct im__tl *own, c
 /* Appends one row (copy 0) at the next seq of t, for a group's system
  * message: *seq is the seq. */
 int im_pg__append_one(struct im__store *st, struct im__tl *t, const struct im__msg *m, uint64_t *seq);
+/* The write-behind buffer (msg.c). flush: sends what it holds (before a
+ * statement that must see it, and at commit); wb_find: the buffered row
+ * (tl, seq) or NULL; wb_drop: forgets it all (a rollback); wb_free: close. */
+int im_pg__flush(struct im__pg *s);
+/* The same, with one more statement after the buffer's in the same round
+ * trip (the commit's record of the node's position): *tail_rows, the rows
+ * it changed. */
+int im_pg__flush_then(struct im__pg *s, enum im_pg_stmt tail, const struct im__pgq *tq, long *tail_rows);
+struct im__pg_row *im_pg__wb_find(struct im__pg *s, int64_t tl, uint64_t seq);
+void *im_pg__wb_at(struct im__pg *s, ptrdiff_t off);
+ptrdiff_t im_pg__wb_put(struct im__pg *s, const void *p, size_t len, bool nul);
+void im_pg__wb_drop(struct im__pg *s);
+void im_pg__wb_free(struct im__pg *s);
 int im_pg__range(struct im__store *st, struct im__tl *tl, uint64_t after, uint32_t limit, int64_t now_ms,
 		im_store__row_fn fn, void *ctx, bool *more);
 int im_pg__dedup(struct im__store *st, const char *sender, const char *cmid, struct im__appended *out);
+int im_pg__dedup_batch(struct im__store *st, const char *const *senders, const char *const *cmids, size_t n);
 int im_pg__prelock(struct im__store *st, const char *const *names, const bool *create, size_t n);
 int im_pg__cursor_get(struct im__store *st, struct im__tl *tl, const char *user, const char *client_id, uint64_t *seq);
 int im_pg__cursor_set(struct im__store *st, struct im__tl *tl, const char *user, const char *client_id,

@@ -1,24 +1,41 @@
 /*
- * Timelines, append, range and cursors (PostgreSQL backend).
+ * Timelines, append and the batch's write-behind buffer, range and
+ * cursors (PostgreSQL backend).
  *
- * Seqs: an append takes the next seq of a timeline with UPDATE ... SET
- * head = head + 1 RETURNING head, in the batch's transaction. The row lock
- * that takes is held until the batch ends, so the brokers writing one
- * timeline take turns and seqs stay gap-free; a rolled-back batch gives its
- * seqs back with everything else. A direct message's two rows take their
- * two locks in timeline id order, so two brokers appending alice->bob and
+ * Seqs: a timeline's row is locked (SELECT ... FOR NO KEY UPDATE: the
+ * worker's prelock at the batch's start, or the first append to it) and
+ * the lock is held until the batch ends, so the brokers writing one
+ * timeline take turns and seqs stay gap-free; the head read with the lock
+ * is exact. An append then gives the next seqs from that head in memory
+ * and keeps the rows in the write-behind buffer (struct im__pg_wb); the
+ * commit sends the whole batch in one round trip (pipeline mode): one
+ * INSERT of every row (unnest of arrays), one UPDATE of the heads it moved,
+ * one upsert of its direct conversations (conv.c folds them per owner and
+ * peer), then the node's position, then COMMIT. A rolled-back batch drops
+ * the buffer and gives its seqs back with everything else (the entries are
+ * re-read: struct im__tl). A direct message's two rows take their two
+ * locks in timeline id order, so two brokers appending alice->bob and
  * bob->alice at once do not deadlock. Two batches of several messages can
  * still take locks in opposite orders: PostgreSQL then fails one of them
  * after deadlock_timeout (1 s by default) and the worker retries it; a
  * lower deadlock_timeout (superuser) or a lock_timeout (conninfo
- * options=-c lock_timeout=...) makes that cheaper.
+ * options=-c lock_timeout=...) makes that cheaper. The worker's prelock
+ * takes them all up front, in name order.
  *
- * Dedup: (sender, cmid) is looked up in the same statement that takes the
- * seq. If another broker stores the same (sender, cmid) concurrently, the
- * unique index makes one insert wait for the other's transaction and then
- * skip (ON CONFLICT DO NOTHING, no error, no savepoint); the skipped append
- * gives back the seqs it took (it still holds their locks) and answers
- * "duplicate" with the original's values.
+ * Statements that read what the buffer holds (range here; read marks,
+ * the list and the conversation rows in conv.c) send it first
+ * (im_pg__flush), so each sees the batch as if every write had gone at
+ * once: a batch of messages costs a few statements, a batch that mixes
+ * reads in one more round trip per read.
+ *
+ * Dedup: a message with a cmid claims it in one statement at append time
+ * (PG_CLAIM: its original row inserted unless this sender stored that
+ * cmid already; the sender's copy waits in the buffer). If another broker
+ * stores the same (sender, cmid) concurrently, the unique index makes one
+ * insert wait for the other's transaction and then skip (ON CONFLICT DO
+ * NOTHING, no error, no savepoint); the skipped append took no seq yet and
+ * answers "duplicate" with the original's values. A message without a
+ * cmid costs no statement until the commit.
  *
  * Heads in the cache are hints (other brokers move them): see store/store.h.
  */
@@ -161,6 +178,9 @@ static int lock_names(struct im__pg *s, const char *const *names, const bool *cr
 				break;
 			}
 		}
+		/* Held already (by an append of this transaction): its head may be
+		 * ahead of the database's, in the buffer. */
+		if(im_pg__locked(s, t)) continue;
 		t->id = im_pg__int(r, row, 0);
 		t->head = (uint64_t)im_pg__int(r, row, 1);
 		t->first = (uint64_t)im_pg__int(r, row, 2);
@@ -199,226 +219,619 @@ int im_pg__prelock(struct im__store *st, const char *const *names, const bool *c
 	return rc;
 }
 
-/* ---- append ---- */
+/* ---- the write-behind buffer ---- */
 
-enum put { PUT_OK, PUT_DUP, PUT_CONFLICT, PUT_ERR };
+#define WB_MAX_BYTES (16u << 20)
+#define WB_MAX_ROWS 8192
 
-static void q_msg_tail(struct im__pgq *q, const struct im__msg *m, int copy, const void *body, size_t body_len,
-		uint16_t key_id)
+ptrdiff_t im_pg__wb_put(struct im__pg *s, const void *p, size_t len, bool nul)
 {
-	im_pgq__text(q, m->sender, -1);
-	im_pgq__text(q, m->cmid, -1);
-	im_pgq__text(q, m->to, -1);
-	im_pgq__text(q, m->content_type, -1);
-	im_pgq__i64(q, m->flags);
-	im_pgq__i64(q, m->expires_ms);
-	im_pgq__i64(q, copy);
-	im_pgq__bytes(q, body, body_len);
-	im_pgq__i64(q, key_id);
-	im_pgq__i64(q, m->raw_len);
+	struct im__pg_wb *wb = &s->wb;
+	ptrdiff_t off = (ptrdiff_t)wb->used;
+
+	if(p == NULL) return -1;
+	if(im_buf__reserve(&wb->arena, wb->used + len + 1) != MOSQ_ERR_SUCCESS) return -2;
+	if(len) memcpy(wb->arena.data + wb->used, p, len);
+	wb->used += len;
+	if(nul) wb->arena.data[wb->used++] = '\0';
+	return off;
 }
 
-/* Stores one copy of m at the next seq of t, naming ref (the seq an edit
- * or recall changes, in t) and peer (a direct message's seq in the other
- * inbox). check: look (sender, cmid) up first (the first copy of an
- * append). PUT_OK: stored at *seq.
- * PUT_DUP: (sender, cmid) was there, nothing changed. PUT_CONFLICT:
- * another transaction stored it meanwhile; *seq was taken and must be
- * given back. */
-static enum put put_copy(struct im__store *st, struct im__tl *t, const struct im__msg *m, int copy, bool check,
-		uint64_t ref, uint64_t peer, uint64_t *seq)
+void *im_pg__wb_at(struct im__pg *s, ptrdiff_t off)
 {
-	struct im__pg *s = im_pg(st);
-	struct im__pgq q = {0};
-	const char *check_cmid = check ? m->cmid : NULL;
-	const void *body = m->body_len ? m->body : "";
-	size_t body_len = m->body_len;
-	uint16_t key_id = 0;
-	PGresult *r;
-	bool stored;
-
-	if(st->crypt == NULL){
-		im_pgq__i64(&q, t->id);
-		im_pgq__i64(&q, m->ts_ms);
-		q_msg_tail(&q, m, copy, body, body_len, 0);
-		im_pgq__text(&q, check_cmid, -1);
-		im_pgq__i64(&q, (int64_t)ref);
-		im_pgq__i64(&q, (int64_t)peer);
-		r = im_pg__run(s, PG_PUT, &q, "appending a message");
-		if(r == NULL) return PUT_ERR;
-		if(PQgetisnull(r, 0, 0)){
-			PQclear(r);
-			return PUT_DUP;
-		}
-		*seq = (uint64_t)im_pg__int(r, 0, 0);
-		stored = !PQgetisnull(r, 0, 1);
-		PQclear(r);
-		t->head = *seq;
-		im_pg__touch(s, t);
-		return stored ? PUT_OK : PUT_CONFLICT;
-	}
-	/* Sealed bodies are bound to (timeline, seq): take the seq first. */
-	im_pgq__i64(&q, t->id);
-	im_pgq__text(&q, m->sender, -1);
-	im_pgq__text(&q, check_cmid, -1);
-	r = im_pg__run(s, PG_TAKE, &q, "taking a seq");
-	if(r == NULL) return PUT_ERR;
-	if(PQntuples(r) == 0){
-		PQclear(r);
-		return PUT_DUP;
-	}
-	*seq = (uint64_t)im_pg__int(r, 0, 0);
-	PQclear(r);
-	t->head = *seq;
-	im_pg__touch(s, t);
-	if(im_crypt__seal(st->crypt, t->name, *seq, m->body, m->body_len, &body, &body_len, &key_id) != MOSQ_ERR_SUCCESS){
-		im_log(MOSQ_LOG_ERR, "im: store: cannot encrypt a message for %s.", t->name);
-		return PUT_ERR;
-	}
-	memset(&q, 0, sizeof(q));
-	im_pgq__i64(&q, t->id);
-	im_pgq__i64(&q, (int64_t)*seq);
-	im_pgq__i64(&q, m->ts_ms);
-	q_msg_tail(&q, m, copy, body, body_len, key_id);
-	im_pgq__i64(&q, (int64_t)ref);
-	im_pgq__i64(&q, (int64_t)peer);
-	r = im_pg__run(s, PG_INSERT, &q, "inserting a message");
-	if(r == NULL) return PUT_ERR;
-	stored = PQntuples(r) == 1;
-	PQclear(r);
-	return stored ? PUT_OK : PUT_CONFLICT;
+	return off < 0 ? NULL : s->wb.arena.data + off;
 }
 
-/* Gives seq of t back (and deletes its row if it was stored). */
-static int undo(struct im__pg *s, struct im__tl *t, uint64_t seq, bool stored)
+static ptrdiff_t put_str(struct im__pg *s, const char *str, bool *nomem)
 {
-	struct im__pgq q = {0};
-	PGresult *r;
-	bool ok;
+	ptrdiff_t off = str ? im_pg__wb_put(s, str, strlen(str), true) : -1;
 
-	im_pgq__i64(&q, t->id);
-	im_pgq__i64(&q, (int64_t)seq);
-	if(stored && im_pg__exec(s, PG_UNPUT, &q, "undoing an append") != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
-	r = im_pg__run(s, PG_UNTAKE, &q, "giving a seq back");
-	if(r == NULL) return MOSQ_ERR_UNKNOWN;
-	ok = strcmp(PQcmdTuples(r), "1") == 0;
-	PQclear(r);
-	if(!ok){
-		im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: %s moved while this transaction held it.", t->name);
-		return MOSQ_ERR_UNKNOWN;
+	if(off == -2) *nomem = true;
+	return off;
+}
+
+/* Emptied, keeping its slots for the next batch. */
+static void map_empty(struct im__map *m)
+{
+	size_t i;
+
+	if(m->count == 0) return;
+	for(i = 0; i < m->cap; i++){
+		im_free(m->slots[i].key);
+		m->slots[i].key = NULL;
 	}
-	t->head = seq - 1;
+	m->count = 0;
+}
+
+void im_pg__wb_drop(struct im__pg *s)
+{
+	struct im__pg_wb *wb = &s->wb;
+
+	wb->used = 0;
+	wb->n = 0;
+	wb->nn = 0;
+	wb->ntl = 0;
+	wb->ns = 0;
+	map_empty(&wb->by_conv);
+	map_empty(&wb->by_cmid);
+}
+
+void im_pg__wb_free(struct im__pg *s)
+{
+	struct im__pg_wb *wb = &s->wb;
+	size_t i;
+
+	im_buf__free(&wb->arena);
+	free(wb->rows);
+	free(wb->notes);
+	free(wb->tls);
+	free(wb->seen);
+	im_map__free(&wb->by_conv, NULL);
+	im_map__free(&wb->by_cmid, NULL);
+	for(i = 0; i < sizeof(wb->col) / sizeof(wb->col[0]); i++) im_pgarr__free(&wb->col[i]);
+	memset(wb, 0, sizeof(*wb));
+}
+
+struct im__pg_row *im_pg__wb_find(struct im__pg *s, int64_t tl, uint64_t seq)
+{
+	size_t i;
+
+	/* Rare (edits and recalls of a message of the same batch): a scan. */
+	for(i = s->wb.n; i-- > 0;){
+		if(s->wb.rows[i].tl == tl && s->wb.rows[i].seq == seq) return &s->wb.rows[i];
+	}
+	return NULL;
+}
+
+/* Notes that t's head moved in the buffer (once per transaction). */
+static int wb_moved(struct im__pg *s, struct im__tl *t)
+{
+	struct im__pg_wb *wb = &s->wb;
+	struct im__tl **v;
+
+	if(im_pg__tle(t)->wb_gen == s->gen) return MOSQ_ERR_SUCCESS;
+	if(wb->ntl == wb->tlcap){
+		size_t cap = wb->tlcap ? wb->tlcap * 2 : 16;
+		if((v = realloc(wb->tls, cap * sizeof(*v))) == NULL) return MOSQ_ERR_NOMEM;
+		wb->tls = v;
+		wb->tlcap = cap;
+	}
+	wb->tls[wb->ntl++] = t;
+	im_pg__tle(t)->wb_gen = s->gen;
 	return MOSQ_ERR_SUCCESS;
 }
 
-/* Looks (sender, cmid) up. 1 if seen (out filled), 0 if not, -1 error. */
+/* Keeps one row for the commit; body as stored (sealed if it is). */
+static int wb_row(struct im__pg *s, int64_t tl, uint64_t seq, const struct im__msg *m, int copy, const void *body,
+		size_t body_len, int key_id, uint64_t ref, uint64_t peer)
+{
+	struct im__pg_wb *wb = &s->wb;
+	struct im__pg_row *r;
+	bool nomem = false;
+
+	if(wb->n == wb->cap){
+		size_t cap = wb->cap ? wb->cap * 2 : 64;
+		struct im__pg_row *v = realloc(wb->rows, cap * sizeof(*v));
+		if(v == NULL) return MOSQ_ERR_NOMEM;
+		wb->rows = v;
+		wb->cap = cap;
+	}
+	r = &wb->rows[wb->n];
+	memset(r, 0, sizeof(*r));
+	r->tl = tl;
+	r->seq = seq;
+	r->ts_ms = m->ts_ms;
+	r->flags = m->flags;
+	r->expires_ms = m->expires_ms;
+	r->copy = copy;
+	r->key_id = key_id;
+	r->raw_len = m->raw_len;
+	r->ref_seq = ref;
+	r->peer_seq = peer;
+	r->sender = put_str(s, m->sender, &nomem);
+	r->cmid = put_str(s, m->cmid, &nomem);
+	r->peer = put_str(s, m->to, &nomem);
+	r->ctype = put_str(s, m->content_type, &nomem);
+	r->body = im_pg__wb_put(s, body_len ? body : "", body_len, false);
+	r->body_len = body_len;
+	if(nomem || r->body == -2) return MOSQ_ERR_NOMEM;
+	wb->n++;
+	return MOSQ_ERR_SUCCESS;
+}
+
+static void arr_str(struct im__pgarr *c, const char *arena, ptrdiff_t off)
+{
+	im_pgarr__bytes(c, off < 0 ? NULL : arena + off, off < 0 ? -1 : (ptrdiff_t)strlen(arena + off));
+}
+
+/* The parameters of a flush's statements: the rows, the heads they moved,
+ * the conversations. *n_heads: how many heads (the UPDATE must change
+ * exactly that many rows). */
+static int wb_params(struct im__pg *s, struct im__pgq *rows, struct im__pgq *heads, struct im__pgq *convs,
+		long *n_heads)
+{
+	static const unsigned types[27] = {
+		20, 20, 20, 25, 25, 25, 25, 20, 20, 20, 17, 20, 20, 20, 20,     /* rows */
+		20, 20, 20,                                                     /* heads */
+		25, 25, 20, 20, 25, 20, 25, 20, 20};                            /* conversations */
+	struct im__pg_wb *wb = &s->wb;
+	struct im__pgarr *c = wb->col;
+	const char *a = (const char *)wb->arena.data;
+	struct im__tl *t;
+	size_t i;
+	int j, rc = MOSQ_ERR_SUCCESS;
+
+	*n_heads = 0;
+	for(j = 0; j < 27; j++) im_pgarr__start(&c[j], types[j]);
+	for(i = 0; i < wb->n; i++){
+		const struct im__pg_row *r = &wb->rows[i];
+		im_pgarr__i64(&c[0], r->tl);
+		im_pgarr__i64(&c[1], (int64_t)r->seq);
+		im_pgarr__i64(&c[2], r->ts_ms);
+		arr_str(&c[3], a, r->sender);
+		arr_str(&c[4], a, r->cmid);
+		arr_str(&c[5], a, r->peer);
+		arr_str(&c[6], a, r->ctype);
+		im_pgarr__i64(&c[7], r->flags);
+		im_pgarr__i64(&c[8], r->expires_ms);
+		im_pgarr__i64(&c[9], r->copy);
+		im_pgarr__bytes(&c[10], a + r->body, (ptrdiff_t)r->body_len);
+		im_pgarr__i64(&c[11], r->key_id);
+		im_pgarr__i64(&c[12], r->raw_len);
+		im_pgarr__i64(&c[13], (int64_t)r->ref_seq);
+		im_pgarr__i64(&c[14], (int64_t)r->peer_seq);
+	}
+	for(i = 0; i < wb->ntl; i++){
+		t = wb->tls[i];
+		if(t->head == im_pg__tle(t)->db_head) continue;
+		im_pgarr__i64(&c[15], t->id);
+		im_pgarr__i64(&c[16], (int64_t)t->head);
+		im_pgarr__i64(&c[17], (int64_t)im_pg__tle(t)->db_head);
+		(*n_heads)++;
+	}
+	for(i = 0; i < wb->nn; i++){
+		const struct im__pg_note *n = &wb->notes[i];
+		arr_str(&c[18], a, n->owner);
+		arr_str(&c[19], a, n->peer);
+		im_pgarr__i64(&c[20], (int64_t)n->seq);
+		im_pgarr__i64(&c[21], n->ts);
+		arr_str(&c[22], a, n->sender);
+		im_pgarr__i64(&c[23], n->flags);
+		arr_str(&c[24], a, n->preview);
+		im_pgarr__i64(&c[25], n->unread);
+		im_pgarr__i64(&c[26], (int64_t)n->sent_seq);
+	}
+	for(j = 0; j < 15 && rc == MOSQ_ERR_SUCCESS; j++) rc = im_pgarr__param(&c[j], rows);
+	for(; j < 18 && rc == MOSQ_ERR_SUCCESS; j++) rc = im_pgarr__param(&c[j], heads);
+	for(; j < 27 && rc == MOSQ_ERR_SUCCESS; j++) rc = im_pgarr__param(&c[j], convs);
+	return rc;
+}
+
+/* Sends what the buffer holds and then tail (if not NULL: the commit's
+ * own statement), in one round trip, and empties the buffer. *tail_rows:
+ * the rows tail changed. On failure the transaction is aborted: the
+ * caller fails the batch. */
+int im_pg__flush_then(struct im__pg *s, enum im_pg_stmt tail, const struct im__pgq *tq, long *tail_rows)
+{
+	struct im__pg_wb *wb = &s->wb;
+	struct im__pgq q[3];
+	const struct im__pgq *qs[4];
+	enum im_pg_stmt ids[4];
+	long rows[4] = {0, 0, 0, 0}, n_heads = 0;
+	int n = 0, i_heads = -1;
+	size_t i;
+
+	memset(q, 0, sizeof(q));
+	if((wb->n || wb->nn || wb->ntl) && wb_params(s, &q[0], &q[1], &q[2], &n_heads) != MOSQ_ERR_SUCCESS){
+		im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: out of memory sending a batch.");
+		return MOSQ_ERR_NOMEM;
+	}
+	if(wb->n){
+		ids[n] = PG_WB_ROWS;
+		qs[n++] = &q[0];
+	}
+	if(n_heads){
+		i_heads = n;
+		ids[n] = PG_WB_HEADS;
+		qs[n++] = &q[1];
+	}
+	if(wb->nn){
+		ids[n] = PG_WB_CONVS;
+		qs[n++] = &q[2];
+	}
+	if(tq){
+		ids[n] = tail;
+		qs[n++] = tq;
+	}
+	if(n == 1){
+		/* One statement alone goes as usual (no pipeline to set up). */
+		PGresult *r = im_pg__run(s, ids[0], qs[0], "storing a batch");
+		if(r == NULL) return MOSQ_ERR_UNKNOWN;
+		rows[0] = atol(PQcmdTuples(r));
+		PQclear(r);
+	}else if(n > 1 && im_pg__run_many(s, ids, qs, n, rows, "storing a batch") != MOSQ_ERR_SUCCESS){
+		return MOSQ_ERR_UNKNOWN;
+	}
+	if(tq) *tail_rows = rows[n - 1];
+	if(i_heads >= 0 && rows[i_heads] != n_heads){
+		/* The row locks say this cannot be: rather fail than store a gap. */
+		im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: %ld of %ld timeline heads moved while this transaction held them.",
+				n_heads - rows[i_heads], n_heads);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	for(i = 0; i < wb->ntl; i++){
+		im_pg__tle(wb->tls[i])->db_head = wb->tls[i]->head;
+		im_pg__tle(wb->tls[i])->wb_gen = 0;
+	}
+	im_pg__wb_drop(s);
+	return MOSQ_ERR_SUCCESS;
+}
+
+int im_pg__flush(struct im__pg *s)
+{
+	return im_pg__flush_then(s, PG_NSTMT, NULL, NULL);
+}
+
+/* ---- append ---- */
+
+/* Locks the rows of the timelines (one or two) this transaction does not
+ * hold yet, in id order, and reads their heads. */
+static int lock_for_append(struct im__pg *s, struct im__tl *to, struct im__tl *own)
+{
+	struct im__tl *need[2];
+	struct im__pgq q = {0};
+	PGresult *r;
+	int n = 0, i, k, rows;
+
+	if(!im_pg__locked(s, to)) need[n++] = to;
+	if(own && own != to && !im_pg__locked(s, own)) need[n++] = own;
+	if(n == 0) return MOSQ_ERR_SUCCESS;
+	for(i = 0; i < n; i++) im_pgq__i64(&q, need[i]->id);
+	r = n == 1 ? im_pg__run(s, PG_TL_LOCK, &q, "locking a timeline")
+		: im_pg__run(s, PG_TL_LOCK_TWO, &q, "locking a message's timelines");
+	if(r == NULL) return MOSQ_ERR_UNKNOWN;
+	rows = PQntuples(r);
+	for(k = 0; k < rows; k++){
+		int64_t id = n == 1 ? need[0]->id : im_pg__int(r, k, 0);
+		int col = n == 1 ? 0 : 1;
+		for(i = 0; i < n; i++){
+			if(need[i]->id != id) continue;
+			need[i]->head = (uint64_t)im_pg__int(r, k, col);
+			need[i]->first = (uint64_t)im_pg__int(r, k, col + 1);
+			need[i]->stale = false;
+			im_pg__touch(s, need[i]);
+		}
+	}
+	PQclear(r);
+	for(i = 0; i < n; i++){
+		if(!im_pg__locked(s, need[i])){
+			im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: timeline %s vanished (its row is gone).", need[i]->name);
+			return MOSQ_ERR_UNKNOWN;
+		}
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* ---- a batch's cmids, looked up at once ---- */
+
+static int cmid_key(char *key, size_t cap, const char *sender, const char *cmid)
+{
+	int n = snprintf(key, cap, "%s\n%s", sender, cmid);
+
+	return n > 0 && (size_t)n < cap ? n : -1;
+}
+
+/* What dedup_batch knows of (sender, cmid); NULL: it was not asked. */
+static struct im__pg_seen *seen_get(struct im__pg *s, const char *sender, const char *cmid)
+{
+	char key[IM_NAME_MAX + IM_CMID_MAX + 2];
+	int n = cmid_key(key, sizeof(key), sender, cmid);
+	uintptr_t at;
+
+	if(n < 0 || s->wb.by_cmid.count == 0) return NULL;
+	at = (uintptr_t)im_map__get(&s->wb.by_cmid, key, (size_t)n);
+	return at ? &s->wb.seen[at - 1] : NULL;
+}
+
+static struct im__pg_seen *seen_put(struct im__pg *s, const char *sender, const char *cmid)
+{
+	struct im__pg_wb *wb = &s->wb;
+	char key[IM_NAME_MAX + IM_CMID_MAX + 2];
+	int n = cmid_key(key, sizeof(key), sender, cmid);
+	struct im__pg_seen *v;
+
+	if(n < 0) return NULL;  /* too long to be valid: asked one by one */
+	if((v = seen_get(s, sender, cmid)) != NULL) return v;
+	if(wb->ns == wb->scap){
+		size_t cap = wb->scap ? wb->scap * 2 : 64;
+		if((v = realloc(wb->seen, cap * sizeof(*v))) == NULL) return NULL;
+		wb->seen = v;
+		wb->scap = cap;
+	}
+	if(im_map__put(&wb->by_cmid, key, (size_t)n, (void *)(uintptr_t)(wb->ns + 1)) != MOSQ_ERR_SUCCESS) return NULL;
+	v = &wb->seen[wb->ns++];
+	memset(v, 0, sizeof(*v));
+	v->timeline = -1;
+	return v;
+}
+
+static void seen_out(struct im__pg *s, const struct im__pg_seen *v, struct im__appended *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->duplicate = true;
+	out->seq = v->seq;
+	out->own_seq = v->own_seq;
+	out->ts_ms = v->ts_ms;
+	snprintf(out->timeline, sizeof(out->timeline), "%s", (const char *)im_pg__wb_at(s, v->timeline));
+}
+
+/* One statement for the batch's pairs; those it does not find are known
+ * new until this batch stores them. Without memory for one, that pair is
+ * simply asked again when its message comes. */
+int im_pg__dedup_batch(struct im__store *st, const char *const *senders, const char *const *cmids, size_t n)
+{
+	struct im__pg *s = im_pg(st);
+	struct im__pgarr *c = s->wb.col;   /* free until the flush */
+	struct im__pgq q = {0};
+	struct im__pg_seen *v;
+	PGresult *r;
+	size_t i;
+	int k;
+
+	if(n == 0) return MOSQ_ERR_SUCCESS;
+	im_pgarr__start(&c[0], 25);
+	im_pgarr__start(&c[1], 25);
+	for(i = 0; i < n; i++){
+		im_pgarr__bytes(&c[0], senders[i], (ptrdiff_t)strlen(senders[i]));
+		im_pgarr__bytes(&c[1], cmids[i], (ptrdiff_t)strlen(cmids[i]));
+	}
+	if(im_pgarr__param(&c[0], &q) != MOSQ_ERR_SUCCESS || im_pgarr__param(&c[1], &q) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_SUCCESS;
+	r = im_pg__run(s, PG_DEDUP_MANY, &q, "dedup lookup of a batch");
+	if(r == NULL) return MOSQ_ERR_UNKNOWN;
+	/* Answers first, then the pairs not found: a pair the map cannot take
+	 * is left out (asked again at its append), never taken as new. */
+	for(k = 0; k < PQntuples(r); k++){
+		const char *tl = im_pg__text(r, k, 5);
+		if((v = seen_put(s, im_pg__text(r, k, 0), im_pg__text(r, k, 1))) == NULL) continue;
+		v->stored = true;
+		if(im_pg__int(r, k, 2)){
+			v->own_seq = (uint64_t)im_pg__int(r, k, 3);
+		}else{
+			v->seq = (uint64_t)im_pg__int(r, k, 3);
+			v->ts_ms = im_pg__int(r, k, 4);
+			v->timeline = im_pg__wb_put(s, tl, strlen(tl), true);
+		}
+	}
+	PQclear(r);
+	for(i = 0; i < s->wb.ns; i++){
+		if(s->wb.seen[i].stored && s->wb.seen[i].timeline < 0){
+			/* A copy without its original (retention, or a stored row
+			 * the map could not take): ask again at the append. */
+			s->wb.seen[i].stored = false;
+			s->wb.seen[i].timeline = -2;
+		}
+	}
+	for(i = 0; i < n; i++) seen_put(s, senders[i], cmids[i]);
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* Looks (sender, cmid) up: in the database (this transaction's claims
+ * included), then the buffer (a sender's copy waits there). 1 if seen
+ * (out filled), 0 if not, -1 error. */
 static int dedup_find(struct im__pg *s, const char *sender, const char *cmid, struct im__appended *out)
 {
 	struct im__pgq q = {0};
+	const char *a = (const char *)s->wb.arena.data;
 	PGresult *r;
-	int i;
+	size_t i;
+	int k;
 
 	memset(out, 0, sizeof(*out));
 	im_pgq__text(&q, sender, -1);
 	im_pgq__text(&q, cmid, -1);
 	r = im_pg__run(s, PG_DEDUP, &q, "dedup lookup");
 	if(r == NULL) return -1;
-	for(i = 0; i < PQntuples(r); i++){
-		if(im_pg__int(r, i, 0)){
-			out->own_seq = (uint64_t)im_pg__int(r, i, 1);
+	for(k = 0; k < PQntuples(r); k++){
+		if(im_pg__int(r, k, 0)){
+			out->own_seq = (uint64_t)im_pg__int(r, k, 1);
 		}else{
-			out->seq = (uint64_t)im_pg__int(r, i, 1);
-			out->ts_ms = im_pg__int(r, i, 2);
-			snprintf(out->timeline, sizeof(out->timeline), "%s", im_pg__text(r, i, 3));
+			out->seq = (uint64_t)im_pg__int(r, k, 1);
+			out->ts_ms = im_pg__int(r, k, 2);
+			snprintf(out->timeline, sizeof(out->timeline), "%s", im_pg__text(r, k, 3));
 			out->duplicate = true;
 		}
 	}
 	PQclear(r);
+	/* The original of a cmid is never buffered (append claims it), but
+	 * its copy is until the commit. */
+	for(i = 0; out->duplicate && i < s->wb.n; i++){
+		const struct im__pg_row *w = &s->wb.rows[i];
+		if(w->copy && w->cmid >= 0 && !strcmp(a + w->cmid, cmid) && !strcmp(a + w->sender, sender)) out->own_seq = w->seq;
+	}
 	return out->duplicate ? 1 : 0;
 }
 
 int im_pg__dedup(struct im__store *st, const char *sender, const char *cmid, struct im__appended *out)
 {
-	return dedup_find(im_pg(st), sender, cmid, out) < 0 ? MOSQ_ERR_UNKNOWN : MOSQ_ERR_SUCCESS;
+	struct im__pg *s = im_pg(st);
+	struct im__pg_seen *v = seen_get(s, sender, cmid);
+
+	if(v && v->timeline != -2){
+		if(v->stored) seen_out(s, v, out);
+		else memset(out, 0, sizeof(*out));
+		return MOSQ_ERR_SUCCESS;
+	}
+	return dedup_find(s, sender, cmid, out) < 0 ? MOSQ_ERR_UNKNOWN : MOSQ_ERR_SUCCESS;
+}
+
+/* The body of m as stored in (t, seq): sealed for it with encryption at
+ * rest. */
+static int seal(struct im__store *st, struct im__tl *t, uint64_t seq, const struct im__msg *m, const void **body,
+		size_t *len, uint16_t *key_id)
+{
+	*body = m->body_len ? m->body : "";
+	*len = m->body_len;
+	*key_id = 0;
+	if(st->crypt == NULL) return MOSQ_ERR_SUCCESS;
+	if(im_crypt__seal(st->crypt, t->name, seq, m->body, m->body_len, body, len, key_id) != MOSQ_ERR_SUCCESS){
+		im_log(MOSQ_LOG_ERR, "im: store: cannot encrypt a message for %s.", t->name);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* The original row of a message with a cmid, inserted now: 1 stored, 0
+ * (sender, cmid) was there already, -1 error. */
+static int claim(struct im__store *st, struct im__tl *t, uint64_t seq, const struct im__msg *m, uint64_t ref,
+		uint64_t peer)
+{
+	struct im__pg *s = im_pg(st);
+	struct im__pgq q = {0};
+	const void *body;
+	size_t len;
+	uint16_t key_id;
+	PGresult *r;
+	int stored;
+
+	if(seal(st, t, seq, m, &body, &len, &key_id) != MOSQ_ERR_SUCCESS) return -1;
+	im_pgq__i64(&q, t->id);
+	im_pgq__i64(&q, (int64_t)seq);
+	im_pgq__i64(&q, m->ts_ms);
+	im_pgq__text(&q, m->sender, -1);
+	im_pgq__text(&q, m->cmid, -1);
+	im_pgq__text(&q, m->to, -1);
+	im_pgq__text(&q, m->content_type, -1);
+	im_pgq__i64(&q, m->flags);
+	im_pgq__i64(&q, m->expires_ms);
+	im_pgq__bytes(&q, body, len);
+	im_pgq__i64(&q, key_id);
+	im_pgq__i64(&q, m->raw_len);
+	im_pgq__i64(&q, (int64_t)ref);
+	im_pgq__i64(&q, (int64_t)peer);
+	r = im_pg__run(s, PG_CLAIM, &q, "appending a message");
+	if(r == NULL) return -1;
+	stored = PQntuples(r) == 1;
+	PQclear(r);
+	return stored;
+}
+
+/* Buffers one row of m at seq of t. */
+static int buffer_row(struct im__store *st, struct im__tl *t, uint64_t seq, const struct im__msg *m, int copy,
+		uint64_t ref, uint64_t peer)
+{
+	const void *body;
+	size_t len;
+	uint16_t key_id;
+
+	if(seal(st, t, seq, m, &body, &len, &key_id) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+	if(wb_row(im_pg(st), t->id, seq, m, copy, body, len, key_id, ref, peer) != MOSQ_ERR_SUCCESS){
+		im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: out of memory buffering a message.");
+		return MOSQ_ERR_NOMEM;
+	}
+	return MOSQ_ERR_SUCCESS;
 }
 
 int im_pg__append(struct im__store *st, struct im__tl *to, struct im__tl *own, const struct im__msg *m,
 		struct im__appended *out)
 {
 	struct im__pg *s = im_pg(st);
-	struct im__tl *tl[2] = {to, own};
-	int copy[2] = {0, 1}, n = 1, i, j;
-	uint64_t seq[2] = {0, 0}, ref[2] = {m->ref_seq, m->own_ref_seq}, peer[2] = {0, 0};
-	enum put r = PUT_ERR;
-	struct im__pgq q = {0};
+	struct im__pg_seen *v;
+	uint64_t seq, own_seq = 0;
+	int c;
 
+	if(own == to) own = NULL;
+	if(lock_for_append(s, to, own) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+	if(wb_moved(s, to) != MOSQ_ERR_SUCCESS || (own && wb_moved(s, own) != MOSQ_ERR_SUCCESS)){
+		im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: out of memory buffering a message.");
+		return MOSQ_ERR_NOMEM;
+	}
 	s->wrote = true;
-	if(own && own != to){
-		n = 2;
-		if(own->id < to->id){
-			tl[0] = own;
-			tl[1] = to;
-			copy[0] = 1;
-			copy[1] = 0;
-			ref[0] = m->own_ref_seq;
-			ref[1] = m->ref_seq;
+	/* Both timelines are locked: their next seqs are known, and each row
+	 * names the other's. */
+	seq = to->head + 1;
+	if(own) own_seq = own->head + 1;
+	if(m->cmid && (v = seen_get(s, m->sender, m->cmid)) != NULL && v->timeline != -2){
+		/* Looked up with the batch's others (dedup_batch). */
+		if(v->stored){
+			seen_out(s, v, out);
+			return MOSQ_ERR_SUCCESS;
 		}
-		/* Each row names the other's seq. The second timeline's next seq
-		 * is known if this transaction holds its lock (prelock, or an
-		 * earlier append); if not, the first row learns it afterwards. */
-		if(im_pg__locked(s, tl[1])) peer[0] = tl[1]->head + 1;
-	}
-	for(i = 0; i < n; i++){
-		if(i == 1) peer[1] = seq[0];
-		r = put_copy(st, tl[i], m, copy[i], i == 0 && m->cmid, ref[i], peer[i], &seq[i]);
-		if(r != PUT_OK) break;
-	}
-	if(i == n && n == 2 && peer[0] != seq[1]){
-		im_pgq__i64(&q, tl[0]->id);
-		im_pgq__i64(&q, (int64_t)seq[0]);
-		im_pgq__i64(&q, (int64_t)seq[1]);
-		if(im_pg__exec(s, PG_PEER_SET, &q, "linking a message's two rows") != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
-	}
-	if(i == n){
-		memset(out, 0, sizeof(*out));
-		out->ts_ms = m->ts_ms;
-		snprintf(out->timeline, sizeof(out->timeline), "%s", to->name);
-		for(j = 0; j < n; j++){
-			if(copy[j]) out->own_seq = seq[j];
-			else out->seq = seq[j];
+		if(buffer_row(st, to, seq, m, 0, m->ref_seq, own_seq) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+		v->stored = true;
+		v->seq = seq;
+		v->own_seq = own_seq;
+		v->ts_ms = m->ts_ms;
+		if((v->timeline = im_pg__wb_put(s, to->name, to->name_len, true)) < 0){
+			im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: out of memory buffering a message.");
+			return MOSQ_ERR_NOMEM;
 		}
-		return MOSQ_ERR_SUCCESS;
-	}
-	if(r == PUT_ERR) return MOSQ_ERR_UNKNOWN;
-	if(m->cmid == NULL){
-		im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: timeline %s vanished (its row is gone).", tl[i]->name);
+	}else if(m->cmid){
+		c = claim(st, to, seq, m, m->ref_seq, own_seq);
+		if(c < 0) return MOSQ_ERR_UNKNOWN;
+		if(c == 0){
+			/* (sender, cmid) is another append's, committed (or this
+			 * batch's): this one leaves no trace. */
+			switch(dedup_find(s, m->sender, m->cmid, out)){
+				case 1: return MOSQ_ERR_SUCCESS;
+				case 0:
+					/* Seen, then gone: retention removed the original in
+					 * between. The retry decides afresh. */
+					im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: the original of (%s, %s) was not found.", m->sender, m->cmid);
+					return MOSQ_ERR_UNKNOWN;
+				default: return MOSQ_ERR_UNKNOWN;
+			}
+		}
+	}else if(buffer_row(st, to, seq, m, 0, m->ref_seq, own_seq) != MOSQ_ERR_SUCCESS){
 		return MOSQ_ERR_UNKNOWN;
 	}
-	/* (sender, cmid) is another append's, committed: this one leaves no trace. */
-	if(r == PUT_CONFLICT && undo(s, tl[i], seq[i], false) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
-	for(j = i - 1; j >= 0; j--){
-		if(undo(s, tl[j], seq[j], true) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+	to->head = seq;
+	if(own){
+		if(buffer_row(st, own, own_seq, m, 1, m->own_ref_seq, seq) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+		own->head = own_seq;
 	}
-	switch(dedup_find(s, m->sender, m->cmid, out)){
-		case 1: return MOSQ_ERR_SUCCESS;
-		case 0:
-			/* Seen, then gone: retention removed the original in between,
-			 * or the timeline row is missing. The retry decides afresh. */
-			im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: the original of (%s, %s) was not found.", m->sender, m->cmid);
-			return MOSQ_ERR_UNKNOWN;
-		default: return MOSQ_ERR_UNKNOWN;
-	}
+	memset(out, 0, sizeof(*out));
+	out->seq = seq;
+	out->own_seq = own_seq;
+	out->ts_ms = m->ts_ms;
+	snprintf(out->timeline, sizeof(out->timeline), "%s", to->name);
+	/* A very large batch (batch_max, large bodies) is sent in parts: the
+	 * memory and the statement stay bounded, and what the batch sees is
+	 * the same. */
+	if(s->wb.used > WB_MAX_BYTES || s->wb.n > WB_MAX_ROWS) return im_pg__flush(s);
+	return MOSQ_ERR_SUCCESS;
 }
 
 int im_pg__append_one(struct im__store *st, struct im__tl *t, const struct im__msg *m, uint64_t *seq)
 {
-	switch(put_copy(st, t, m, 0, false, 0, 0, seq)){
-		case PUT_OK: return MOSQ_ERR_SUCCESS;
-		case PUT_ERR: return MOSQ_ERR_UNKNOWN;
-		default:
-			im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: cannot append to %s (its row is gone, or the message's cmid is taken).", t->name);
-			return MOSQ_ERR_UNKNOWN;
+	struct im__appended a;
+
+	if(im_pg__append(st, t, NULL, m, &a) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+	if(a.duplicate){
+		im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: cannot append to %s (the message's cmid is taken).", t->name);
+		return MOSQ_ERR_UNKNOWN;
 	}
+	*seq = a.seq;
+	return MOSQ_ERR_SUCCESS;
 }
 
 /* ---- reads ---- */
@@ -435,6 +848,7 @@ int im_pg__range(struct im__store *st, struct im__tl *tl, uint64_t after, uint32
 	int i, rows, key_id, out = MOSQ_ERR_SUCCESS;
 
 	*more = false;
+	if(im_pg__flush(s) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
 	im_pgq__i64(&q, tl->id);
 	im_pgq__i64(&q, (int64_t)after);
 	im_pgq__i64(&q, (int64_t)limit + 1);

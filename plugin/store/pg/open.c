@@ -316,6 +316,7 @@ static void pg_close(struct im__store *st)
 	im_pg__cache_free(s);
 	im_pg__group_close(s);
 	im_cache__touched_free(&s->touched);
+	im_pg__wb_free(s);
 	free(s->conninfo);
 	free(s->node_id);
 	free(s);
@@ -346,6 +347,9 @@ static void txn_over(struct im__pg *s)
 	s->touched.n = 0;
 	s->wrote = false;
 	s->groups_dirty = false;
+	/* What the buffer held is the transaction's: committed with it, or
+	 * gone with it (the worker applies the batch's jobs again). */
+	im_pg__wb_drop(s);
 }
 
 static int pg_begin(struct im__store *st)
@@ -382,7 +386,7 @@ static int pg_commit(struct im__store *st, uint64_t applied_lsn)
 	struct im__pgq q = {0};
 	uint64_t no = s->commit_no;
 	uint8_t idb[8];
-	PGresult *r;
+	long node_rows = 0;
 	bool writing = s->wrote || applied_lsn || s->id_dirty;
 	int rc = MOSQ_ERR_SUCCESS;
 
@@ -393,14 +397,14 @@ static int pg_commit(struct im__store *st, uint64_t applied_lsn)
 		im_pgq__i64(&q, (int64_t)no);
 		im_pgq__i64(&q, im_now_ms());
 		im_pgq__i64(&q, (int64_t)s->token);
-		r = im_pg__run(s, PG_NODE_COMMIT, &q, "recording the applied journal position");
-		if(r && strcmp(PQcmdTuples(r), "1") != 0){
+		/* The batch's buffered writes and the node's position, in one
+		 * round trip. */
+		rc = im_pg__flush_then(s, PG_NODE_COMMIT, &q, &node_rows);
+		if(rc == MOSQ_ERR_SUCCESS && node_rows != 1){
 			im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL: another broker opened the store as node \"%s\": this one stops writing (each broker needs a node_id of its own).",
 					s->node_id);
 			rc = MOSQ_ERR_UNKNOWN;
 		}
-		if(r == NULL) rc = MOSQ_ERR_UNKNOWN;
-		PQclear(r);
 	}
 	if(rc == MOSQ_ERR_SUCCESS && s->id_dirty){
 		be64_put(idb, st->store_id);
@@ -482,5 +486,6 @@ static const struct im__store_ops pg_ops = {
 	.has_conv = im_pg__has_conv,
 	.conversations = im_pg__conversations,
 	.prelock = im_pg__prelock,
+	.dedup_batch = im_pg__dedup_batch,
 	.forget_group = pg_forget_group,
 };
