@@ -165,7 +165,10 @@ class PgPair:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        assert wait_until(lambda: not any(_alive(p) for p in pids), timeout=WAIT), \
+        # Gone, not only dead: a postmaster that init has not reaped yet
+        # still answers kill(pid, 0), and a new one on the folder refuses
+        # to start ("lock file postmaster.pid already exists").
+        assert wait_until(lambda: not any(_exists(p) for p in pids), timeout=WAIT), \
             "PostgreSQL at :%d did not die" % node.port
 
     def is_sync(self):
@@ -231,6 +234,16 @@ def _children(pid):
             out.append(k)
             todo.append(k)
     return out
+
+
+def _exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _alive(pid):
