@@ -263,7 +263,8 @@ static void check_reply(int op, const char *user, const char *resp_topic, struct
 	int status = -1, i, replies = 0;
 
 	/* Exactly one reply to the client; anything else is the system
-	 * message of a group change, from this user, to the group, or the
+	 * message of a group change, from this user, to the group, the
+	 * membership news it sends to the users it names (issue #23), or the
 	 * read-mark event an ack sends (issue #15): on im/e/, seq 0, this
 	 * user's mark. */
 	for(i = 0; i < stub_n_pubs; i++){
@@ -283,6 +284,17 @@ static void check_reply(int op, const char *user, const char *resp_topic, struct
 			FUZZ_ASSERT(h->seq == 0 && h->event != NULL);
 			FUZZ_ASSERT(h->event->kind == IM__V1__EVENT__KIND__READ);
 			FUZZ_ASSERT(h->event->user && user && !strcmp(h->event->user, user));
+			im__v1__header__free_unpacked(h, NULL);
+			continue;
+		}
+		if(op == 2 && !strncmp(d->topic, "im/e/u/", 7)){
+			/* Membership news of a group change (PROTOCOL.md 11.1): to
+			 * the user it names, on that user's own event topic. */
+			FUZZ_ASSERT(im_frame__decode(d->payload, d->len, NULL, &h, &body, &blen) == MOSQ_ERR_SUCCESS);
+			FUZZ_ASSERT(h->seq == 0 && h->event != NULL);
+			FUZZ_ASSERT(h->event->kind == IM__V1__EVENT__KIND__MEMBERSHIP && h->event->has_member);
+			FUZZ_ASSERT(h->event->user && !strcmp(h->event->user, d->topic + 7));
+			FUZZ_ASSERT(h->event->timeline && !strncmp(h->event->timeline, "g/", 2));
 			im__v1__header__free_unpacked(h, NULL);
 			continue;
 		}
