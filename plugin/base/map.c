@@ -108,6 +108,18 @@ void *im_map__del(struct im__map *m, const char *key, size_t len)
 	return val;
 }
 
+void im_map__clear(struct im__map *m)
+{
+	size_t i;
+
+	if(m->count == 0) return;
+	for(i = 0; i < m->cap; i++){
+		im_free(m->slots[i].key);
+		m->slots[i].key = NULL;
+	}
+	m->count = 0;
+}
+
 void im_map__free(struct im__map *m, void (*free_val)(void *))
 {
 	size_t i;

@@ -28,6 +28,8 @@ void *im_map__get(const struct im__map *m, const char *key, size_t len);
 int im_map__put(struct im__map *m, const char *key, size_t len, void *val);
 /* Removes key; returns its value (for the caller to free), or NULL. */
 void *im_map__del(struct im__map *m, const char *key, size_t len);
+/* Empties m, keeping its slots for reuse; values are the caller's. */
+void im_map__clear(struct im__map *m);
 /* Frees keys, and values with free_val if not NULL. */
 void im_map__free(struct im__map *m, void (*free_val)(void *));
 

@@ -30,7 +30,7 @@ static const struct { const char *types; const char *sql; } stmts[PG_NSTMT] = {
 		" ref_seq, peer_seq) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12, $13, $14"
 		" WHERE NOT EXISTS (SELECT 1 FROM messages WHERE sender = $4 AND cmid = $5)"
 		" ON CONFLICT (sender, cmid, copy) WHERE cmid IS NOT NULL DO NOTHING RETURNING seq"},
-	/* The write-behind buffer (msg.c), one statement per table for the
+	/* The write-behind buffer (wb.c), one statement per table for the
 	 * whole batch: its rows, the heads it moved (each from the value read
 	 * with the row lock: any other count of rows changed is a bug, and
 	 * the batch fails), and its direct conversations, one row each. A

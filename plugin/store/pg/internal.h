@@ -2,8 +2,8 @@
  * The PostgreSQL backend's private state (cluster mode), shared by the
  * files of store/pg/: open.c (open, migrations, identity, transactions:
  * the top, which fills the ops table), conn.c (connections, statements:
- * the bottom), msg.c (timelines, append and the batch's write-behind
- * buffer, range, cursors), group.c (groups, contacts), conv.c (edits,
+ * the bottom), msg.c (timelines, append, range, cursors), wb.c (the
+ * batch's write-behind buffer), group.c (groups, contacts), conv.c (edits,
  * recalls, read marks, the conversation list) and trim.c (retention).
  * Worker thread only.
  *
@@ -63,63 +63,14 @@ struct im__pgarr {
 	bool nomem;
 };
 
+#include "store/pg/wb.h"
+
 /* A cached timeline: this header, then the struct im__tl the seam hands
  * out (one allocation; im_pg__tle finds the header from the entry). */
 struct im__pg_tle {
 	uint64_t lock_gen;      /* the transaction (s->gen) that holds its row lock */
 	uint64_t db_head;       /* while locked: head as the database has it (the buffer moves t->head) */
-	uint64_t wb_gen;        /* the transaction whose buffer holds rows of it */
-};
-
-/* A message row the open transaction stored but has not sent yet. Its
- * strings and body live in the buffer's arena (offsets: the arena moves as
- * it grows; -1: NULL). */
-struct im__pg_row {
-	int64_t tl;
-	uint64_t seq, ref_seq, peer_seq;
-	int64_t ts_ms, expires_ms;
-	uint32_t flags, raw_len;
-	int key_id, copy;
-	ptrdiff_t sender, cmid, peer, ctype, body;
-	size_t body_len;
-};
-
-/* A direct conversation's notes of the open transaction, folded into one
- * (owner, peer) row: the latest message, the unread added, where the
- * peer's last message is. */
-struct im__pg_note {
-	ptrdiff_t owner, peer, sender, preview;
-	uint64_t seq, sent_seq;
-	int64_t ts, unread;
-	uint32_t flags;
-};
-
-/* What dedup_batch found of one (sender, cmid), and what this batch
- * stored under it since. */
-struct im__pg_seen {
-	bool stored;
-	uint64_t seq, own_seq;
-	int64_t ts_ms;
-	ptrdiff_t timeline;     /* arena offset */
-};
-
-/* The open transaction's writes that wait for its commit (or for a read
- * that must see them): msg.c and conv.c fill it, im_pg__flush sends it.
- * Dropped on rollback: the worker retries a batch from its jobs. */
-struct im__pg_wb {
-	struct im__buf arena;
-	size_t used;
-	struct im__pg_row *rows;
-	size_t n, cap;
-	struct im__pg_note *notes;
-	size_t nn, ncap;
-	struct im__map by_conv;     /* "owner\npeer" -> note index + 1 */
-	struct im__pg_seen *seen;   /* (sender, cmid) looked up by dedup_batch */
-	size_t ns, scap;
-	struct im__map by_cmid;     /* "sender\ncmid" -> seen index + 1 */
-	struct im__tl **tls;        /* timelines whose head moved in the buffer */
-	size_t ntl, tlcap;
-	struct im__pgarr col[15 + 3 + 9];   /* the flush's array parameters: rows, heads, conversations */
+	uint64_t wb_gen;        /* the transaction whose buffer holds rows of it (wb.c) */
 };
 
 struct im__pg {
@@ -225,19 +176,6 @@ int im_pg__append(struct im__store *st, struct im__tl *to, struct im__tl *own, c
 /* Appends one row (copy 0) at the next seq of t, for a group's system
  * message: *seq is the seq. */
 int im_pg__append_one(struct im__store *st, struct im__tl *t, const struct im__msg *m, uint64_t *seq);
-/* The write-behind buffer (msg.c). flush: sends what it holds (before a
- * statement that must see it, and at commit); wb_find: the buffered row
- * (tl, seq) or NULL; wb_drop: forgets it all (a rollback); wb_free: close. */
-int im_pg__flush(struct im__pg *s);
-/* The same, with one more statement after the buffer's in the same round
- * trip (the commit's record of the node's position): *tail_rows, the rows
- * it changed. */
-int im_pg__flush_then(struct im__pg *s, enum im_pg_stmt tail, const struct im__pgq *tq, long *tail_rows);
-struct im__pg_row *im_pg__wb_find(struct im__pg *s, int64_t tl, uint64_t seq);
-void *im_pg__wb_at(struct im__pg *s, ptrdiff_t off);
-ptrdiff_t im_pg__wb_put(struct im__pg *s, const void *p, size_t len, bool nul);
-void im_pg__wb_drop(struct im__pg *s);
-void im_pg__wb_free(struct im__pg *s);
 int im_pg__range(struct im__store *st, struct im__tl *tl, uint64_t after, uint32_t limit, int64_t now_ms,
 		im_store__row_fn fn, void *ctx, bool *more);
 int im_pg__dedup(struct im__store *st, const char *sender, const char *cmid, struct im__appended *out);
