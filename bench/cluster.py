@@ -253,20 +253,12 @@ def proc_cpu_us(pid):
 
 
 def tree_cpu_us(roots):
-    """CPU of the given PIDs and their children (a postmaster's backends)."""
-    roots = {p for p in roots if p}
-    total = sum(proc_cpu_us(p) for p in roots)
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid in roots:
-            total += proc_cpu_us(int(d))
-    return total
+    """CPU of the given PIDs and their descendants (a postmaster's backends)."""
+    from cluster_env import descendants
+    pids = {p for p in roots if p}
+    for r in list(pids):
+        pids.update(descendants(r))
+    return sum(proc_cpu_us(p) for p in pids)
 
 
 class Bench:

@@ -16,12 +16,13 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync,
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync,
   writeFileSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { chownForBroker } from '../../clients/js/test/helpers.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const WEB = join(ROOT, 'examples/web');
@@ -67,22 +68,6 @@ async function waitPort(port, proc, what, ms = 15000) {
     await sleep(50);
   }
   throw new Error(`${what} did not listen on ${port}`);
-}
-
-// Started as root, mosquitto becomes 'mosquitto' before it loads the
-// plugin: its folder must be writable by that user.
-function chownForBroker(dir) {
-  if (process.getuid() !== 0) return;
-  const line = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith('mosquitto:'));
-  if (!line) return;
-  const [, , uid, gid] = line.split(':').map(Number);
-  const walk = (p) => {
-    chownSync(p, uid, gid);
-    for (const e of readdirSync(p, { withFileTypes: true })) {
-      if (e.isDirectory()) walk(join(p, e.name)); else chownSync(join(p, e.name), uid, gid);
-    }
-  };
-  walk(dir);
 }
 
 const broker = { dir: join(TMP, 'broker'), proc: null };

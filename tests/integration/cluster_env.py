@@ -149,7 +149,7 @@ class PgPair:
         pid = node.pid()
         if not pid or not _alive(pid):
             return []
-        return [pid] + _children(pid)
+        return [pid] + descendants(pid)
 
     def kill_node(self, node):
         """SIGKILL a whole server: its postmaster stopped first (it forks
@@ -216,8 +216,9 @@ class PgPair:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def _children(pid):
-    """Every descendant of pid, from /proc."""
+def descendants(pid):
+    """Every descendant of pid, from /proc (bench/cluster.py counts a
+    server's CPU with it too)."""
     kids = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():

@@ -35,8 +35,9 @@ export async function waitFor(cond, ms, what) {
 }
 
 // Started as root, mosquitto becomes 'mosquitto' before it loads the
-// plugin: its folder must be writable by that user.
-function chownForBroker(dir) {
+// plugin: its folder must be writable by that user. (The browser test,
+// tests/e2e, uses it too.)
+export function chownForBroker(dir) {
   if (process.getuid?.() !== 0) return;
   const line = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith('mosquitto:'));
   if (!line) return;
