@@ -170,6 +170,7 @@ static void set_defaults(struct im__config *cfg)
 	cfg->backlog_max = 64ULL * 1024 * 1024;
 	cfg->journal_rotate_seconds = 60;
 	cfg->store_timeout = 5;
+	cfg->store_readers = 2;
 	cfg->client_id_guard = true;
 }
 
@@ -212,6 +213,7 @@ static const struct int_opt {
 	INT_OPT("backlog_max", backlog_max, 1024 * 1024, INT64_MAX),
 	INT_OPT("journal_rotate_seconds", journal_rotate_seconds, 1, 86400),
 	INT_OPT("store_timeout", store_timeout, 0, 3600),
+	INT_OPT("store_readers", store_readers, 0, 16),
 };
 
 static int parse_int_opt(struct im__config *cfg, const struct int_opt *o, const char *value)
@@ -264,6 +266,10 @@ static int parse_one(struct im__config *cfg, const char *key, const char *value)
 		if(value[0] == '\0') return bad(key, "", "a libpq connection string or URI");
 		return set_string(&cfg->pg_conninfo, value);
 	}
+	if(!strcasecmp(key, "pg_read_conninfo")){
+		if(value[0] == '\0') return bad(key, "", "a libpq connection string or URI");
+		return set_string(&cfg->pg_read_conninfo, value);
+	}
 	if(!strcasecmp(key, "node_id")){
 		if(value[0] == '\0' || strlen(value) > 64) return bad(key, value, "1 to 64 bytes, unique per broker");
 		return set_string(&cfg->node_id, value);
@@ -302,6 +308,10 @@ static int check_store(struct im__config *cfg)
 	 * broker's alone. */
 	if(cfg->nats_servers && cfg->store != IM_STORE_PG){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "im: plugin_opt_nats_servers (cluster mode) needs plugin_opt_store postgresql: brokers of a cluster share one store.");
+		return MOSQ_ERR_INVAL;
+	}
+	if(cfg->pg_read_conninfo && cfg->store != IM_STORE_PG){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "im: plugin_opt_pg_read_conninfo needs plugin_opt_store postgresql.");
 		return MOSQ_ERR_INVAL;
 	}
 	if(cfg->store != IM_STORE_PG) return MOSQ_ERR_SUCCESS;
@@ -357,6 +367,27 @@ void im_config__copy_runtime(struct im__config *dst, const struct im__config *sr
 	dst->client_id_guard = src->client_id_guard;
 }
 
+int im_config__clone(struct im__config *dst, const struct im__config *src)
+{
+	char **a;
+	size_t n = 0, i;
+
+	memset(dst, 0, sizeof(*dst));
+	im_config__copy_runtime(dst, src);
+	dst->synchronous = src->synchronous;
+	dst->page_size = src->page_size;
+	dst->presence = src->presence;
+	dst->prefix = im_strdup(src->prefix);
+	dst->prefix_len = src->prefix_len;
+	for(a = src->admins; a && *a; a++) n++;
+	dst->admins = im_calloc(n + 1, sizeof(char *));
+	if(dst->prefix == NULL || dst->admins == NULL) return MOSQ_ERR_NOMEM;
+	for(i = 0; i < n; i++){
+		if((dst->admins[i] = im_strdup(src->admins[i])) == NULL) return MOSQ_ERR_NOMEM;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
 void im_config__free_admins(struct im__config *cfg)
 {
 	char **a;
@@ -376,6 +407,9 @@ void im_config__free(struct im__config *cfg)
 	cfg->store_key_file = NULL;
 	if(cfg->pg_conninfo) memset(cfg->pg_conninfo, 0, strlen(cfg->pg_conninfo));
 	im_free(cfg->pg_conninfo);
+	if(cfg->pg_read_conninfo) memset(cfg->pg_read_conninfo, 0, strlen(cfg->pg_read_conninfo));
+	im_free(cfg->pg_read_conninfo);
+	cfg->pg_read_conninfo = NULL;
 	im_free(cfg->node_id);
 	cfg->pg_conninfo = NULL;
 	cfg->node_id = NULL;

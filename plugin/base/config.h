@@ -62,10 +62,12 @@ struct im__config {
 	uint64_t backlog_max;       /* journal bytes not yet stored before publishes are refused */
 	uint32_t journal_rotate_seconds; /* a non-empty segment older than this is closed (so it can be cut) */
 	uint32_t store_timeout;     /* seconds a batch may take before the store counts as stalled; 0 = never */
+	uint32_t store_readers;     /* reader threads (sync, lists, read marks) beside the writer; 0 = the writer reads */
 	char *nats_servers;         /* owned; cluster mode when set */
 	bool client_id_guard;       /* token login: a client id stays with its first user */
 	int store;                  /* enum im_store_kind */
 	char *pg_conninfo;          /* owned; libpq conninfo or URI (store postgresql); may hold a password: never logged */
+	char *pg_read_conninfo;     /* owned; where readers connect (a standby), NULL: pg_conninfo; never logged */
 	char *node_id;              /* owned; this broker's name in a shared store; default: the host name */
 };
 
@@ -79,5 +81,9 @@ void im_config__free_admins(struct im__config *cfg);
  * option but page_size, payload, delivery, nonim_acl. Strings, keys and
  * what shapes the store are left to the caller. */
 void im_config__copy_runtime(struct im__config *dst, const struct im__config *src);
+/* dst: what a thread of the store needs of src, its own copy: the run-time
+ * options, synchronous, page_size, presence, the prefix and the admins.
+ * On MOSQ_ERR_NOMEM dst may hold allocations: im_config__free. */
+int im_config__clone(struct im__config *dst, const struct im__config *src);
 
 #endif

@@ -96,6 +96,19 @@ int im_crypt__load(struct im__crypt *c, const char *path)
 	return MOSQ_ERR_SUCCESS;
 }
 
+int im_crypt__clone(struct im__crypt *dst, const struct im__crypt *src)
+{
+	memset(dst, 0, sizeof(*dst));
+	memcpy(dst->keys, src->keys, sizeof(dst->keys));
+	dst->n = src->n;
+	dst->ctx = EVP_CIPHER_CTX_new();
+	if(dst->ctx == NULL){
+		im_crypt__free(dst);
+		return MOSQ_ERR_NOMEM;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
 void im_crypt__free(struct im__crypt *c)
 {
 	if(c->ctx) EVP_CIPHER_CTX_free(c->ctx);

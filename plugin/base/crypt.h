@@ -25,6 +25,8 @@ struct im__crypt {
 
 /* Loads the key file. MOSQ_ERR_INVAL with a log line naming the line. */
 int im_crypt__load(struct im__crypt *c, const char *path);
+/* The same keys in a keyring of dst's own (a cipher context per thread). */
+int im_crypt__clone(struct im__crypt *dst, const struct im__crypt *src);
 void im_crypt__free(struct im__crypt *c);
 /* Seals body in for (tl, seq) with the newest key. *out points into c->buf. */
 int im_crypt__seal(struct im__crypt *c, const char *tl, uint64_t seq, const void *in, size_t len,

@@ -13,6 +13,7 @@
 #include "base/map.h"
 #include "base/stats.h"
 #include "base/util.h"
+#include "broker/stall.h"
 #include "journal/journal.h"
 
 struct im__worker;
@@ -50,11 +51,9 @@ struct im__plugin {
 	int64_t next_metrics_ms;
 	int64_t last_backlog_log_ms;
 	struct im__cluster *cluster;    /* cluster mode (nats_servers), else NULL */
-	/* [B] The store stalled (broker/stall.c): the worker's busy_since of
-	 * the batch that passed store_timeout, 0 when none. */
-	int64_t stalled_since_us;
-	const char *stalled_doing;
-	uint64_t stalls, stall_answers;
+	/* [B] The store stalled (broker/stall.c): the writer, the readers. */
+	struct im__stall stalled, rstalled;
+	uint64_t stalls;
 };
 
 #endif

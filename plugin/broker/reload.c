@@ -139,6 +139,8 @@ static void apply(struct im__plugin *p, struct im__config *n)
 	restart_needed(o->checkpoint_inline != n->checkpoint_inline, "checkpoint");
 	restart_needed(o->store != n->store, "store");
 	restart_needed(!same_str(o->pg_conninfo, n->pg_conninfo), "pg_conninfo");
+	restart_needed(!same_str(o->pg_read_conninfo, n->pg_read_conninfo), "pg_read_conninfo");
+	restart_needed(o->store_readers != n->store_readers, "store_readers");
 	restart_needed(!same_str(o->node_id, n->node_id), "node_id");
 	restart_needed(!same_str(o->nats_servers, n->nats_servers), "nats_servers");
 	n->busy_timeout_ms = o->busy_timeout_ms;

@@ -13,10 +13,19 @@
 
 struct im__plugin;
 
-/* From the tick: notices a stall (a WARNING), answers the requests queued
- * meanwhile with INTERNAL "store stalled", notices the end (a NOTICE). */
+/* One watched thread (the writer) or group of threads (the readers). */
+struct im__stall {
+	int64_t since_us;       /* busy_since of the batch that passed store_timeout, 0 when none */
+	const char *doing;      /* where it was then */
+	uint64_t answers;       /* requests answered "store stalled" since */
+};
+
+/* From the tick: notices a stall of the writer, or of every reader (a
+ * WARNING), answers the requests queued for them meanwhile with INTERNAL
+ * "store stalled", notices the end (a NOTICE). */
 void im_stall__tick(struct im__plugin *p, int64_t now_us);
-/* Seconds the store has been stalled now (0: it is not). */
+/* Seconds the store has been stalled now, the longer of the writer's and
+ * the readers' (0: neither is). */
 uint64_t im_stall__seconds(const struct im__plugin *p, int64_t now_us);
 
 #endif

@@ -14,6 +14,10 @@
  * MOSQ_ERR_UNKNOWN with a log line saying which store and why (st is
  * closed then). [init thread, before the worker starts] */
 int im_store__open(struct im__store *st, const struct im__config *cfg);
+/* A reader's connection to the store im_store__open opened (and
+ * migrated) before: reads only, beside the writer (worker/reader.c).
+ * [init thread] */
+int im_store__open_reader(struct im__store *st, const struct im__config *cfg);
 /* The store as it may be logged: the SQLite path, or "postgresql (hosts,
  * database, user; node <id>)", never a password. */
 void im_store__describe(const struct im__config *cfg, char *out, size_t cap);

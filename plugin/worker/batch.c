@@ -104,30 +104,37 @@ static struct im__job *fail_requests(struct im__worker *w, struct im__job *jobs,
  * the broker thread" in docs/PERFORMANCE.md). */
 static void publish_batch(struct im__worker *w, size_t n_jobs)
 {
+	/* A reader's completions join its writer's, in one queue. */
+	struct im__worker *q = w->main ? w->main : w;
 	int64_t now = im_mono_us(), tick;
 	bool poke = false;
 
 	/* Committed: other brokers of a cluster may hear of it now. */
 	if(w->hooks.committed) w->hooks.committed(w->hooks.ctx, w->st.store_id, w->st.frame_key, w->bhead);
 
-	pthread_mutex_lock(&w->mu);
+	pthread_mutex_lock(&q->mu);
 	if(w->bhead){
 		w->bhead->ready_us = now;
-		if(w->dhead == NULL) w->pending_us = now;
-		*w->dtail = w->bhead;
-		w->dtail = w->btail;
-		__atomic_store_n(&w->has_done, 1, __ATOMIC_RELEASE);
-		tick = __atomic_load_n(&w->tick_us, __ATOMIC_RELAXED);
+		if(q->dhead == NULL) q->pending_us = now;
+		*q->dtail = w->bhead;
+		q->dtail = w->btail;
+		__atomic_store_n(&q->has_done, 1, __ATOMIC_RELEASE);
+		tick = __atomic_load_n(&q->tick_us, __ATOMIC_RELAXED);
 		poke = now - tick >= QUIET_US
-			|| (__atomic_load_n(&w->submit_us, __ATOMIC_RELAXED) < tick && w->poked_us < tick)
-			|| (now - w->pending_us >= IM_WORK_REPOKE_US && now - w->poked_us >= IM_WORK_REPOKE_US);
-		if(poke) w->poked_us = now;
+			|| (__atomic_load_n(&q->submit_us, __ATOMIC_RELAXED) < tick && q->poked_us < tick)
+			|| (now - q->pending_us >= IM_WORK_REPOKE_US && now - q->poked_us >= IM_WORK_REPOKE_US);
+		if(poke) q->poked_us = now;
 	}
 	/* Replayed jobs were never submitted: counting them would make
 	 * im_worker__wait_idle return while submitted ones are still queued. */
-	if(!w->replaying) w->finished += n_jobs;
-	pthread_cond_broadcast(&w->idle_cv);
-	pthread_mutex_unlock(&w->mu);
+	if(!w->replaying) q->finished += n_jobs;
+	/* Readers wait for the messages queued before their requests. */
+	if(w->main == NULL && w->st.applied_lsn > w->stored_lsn){
+		w->stored_lsn = w->st.applied_lsn;
+		if(w->n_readers) pthread_cond_broadcast(&w->rcv);
+	}
+	pthread_cond_broadcast(&q->idle_cv);
+	pthread_mutex_unlock(&q->mu);
 	w->bhead = NULL;
 	w->btail = &w->bhead;
 	if(poke) im_wake__poke();
@@ -227,6 +234,18 @@ static struct im__job *drop_applied(struct im__worker *w, struct im__job *jobs, 
 	return keep;
 }
 
+/* Did the committed batch change groups (here or, in a cluster, on
+ * another broker)? Then the readers' member sets are dropped before their
+ * next batch; bumped before the answers go out, so a request made after
+ * the answer to a change sees the change. */
+static bool changed_groups(const struct im__job *jobs)
+{
+	for(; jobs; jobs = jobs->next){
+		if(jobs->kind == IM_JOB_GROUP || jobs->kind == IM_JOB_FORGET) return true;
+	}
+	return false;
+}
+
 /* Applies jobs (a list) in one transaction; retries until it commits or
  * the worker stops (or, replaying at start, gives up after a few tries:
  * then the broker does not start). Frees the jobs. */
@@ -252,7 +271,8 @@ int im_work__run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 			break;
 		}
 		im_work__doing(w, "the batch's statements");
-		if(rc == MOSQ_ERR_SUCCESS && w->st.ops->prelock) rc = prelock_batch(w, jobs, n);
+		/* A reader writes nothing: it locks nothing. */
+		if(rc == MOSQ_ERR_SUCCESS && w->st.ops->prelock && w->main == NULL) rc = prelock_batch(w, jobs, n);
 		for(j = jobs; j && rc == MOSQ_ERR_SUCCESS; j = j->next){
 			rc = run_job(w, j);
 			if(j->kind == IM_JOB_MSG){
@@ -307,6 +327,7 @@ int im_work__run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 	IM_STAT_ADD(w->metrics->batches, 1);
 	/* Replayed records were never submitted, so never counted. */
 	if(!w->replaying) __atomic_sub_fetch(&w->backlog, bytes, __ATOMIC_RELAXED);
+	if(changed_groups(jobs)) __atomic_add_fetch(&w->groups_gen, 1, __ATOMIC_RELEASE);
 	im_job__free_list(jobs);
 	if(w->replaying){
 		if(w->hooks.committed) w->hooks.committed(w->hooks.ctx, w->st.store_id, w->st.frame_key, w->bhead);

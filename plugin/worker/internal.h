@@ -66,6 +66,23 @@ struct im__worker {
 	int64_t gap_us;                 /* recent time between jobs (a moving average) */
 	int64_t last_queued_us;         /* when the last job taken was queued */
 	int64_t gathered_for;           /* queued_us of the first job a batch waited for */
+
+	/* Readers (reader.c): threads with store connections of their own that
+	 * answer the read-only requests beside the writer. A reader is a
+	 * struct im__worker too (the job code is the same), with main set;
+	 * the queue and the completions are its writer's, under its mu. */
+	struct im__worker *main;        /* a reader: its writer; NULL: the writer */
+	struct im__worker **readers;    /* the writer's readers (n_readers) */
+	size_t n_readers;
+	struct im__job *rhead, **rtail; /* [mu] requests queued for the readers */
+	uint32_t rqueued;               /* [mu] */
+	pthread_cond_t rcv;             /* [mu] requests for the readers, stop */
+	uint64_t groups_gen;            /* the writer: bumped after a commit that changed groups (atomic) */
+	uint64_t last_msg_lsn;          /* [mu] the writer: the journal record of the newest message queued */
+	uint64_t stored_lsn;            /* [mu] the writer: its applied_lsn after its last commit */
+	uint64_t seen_gen;              /* a reader: the groups_gen its group cache is of */
+	struct im__config *new_cfg;     /* [main's mu] a reader: options of a reload, for its next batch */
+	struct im__crypt *new_crypt;    /* [main's mu] and its keys (NULL: unchanged) */
 };
 
 /* Completion builders (worker/job.h), under the worker's names. */
@@ -100,6 +117,17 @@ static inline void im_work__doing(struct im__worker *w, const char *what)
  * completions. MOSQ_ERR_UNKNOWN if it gave up (stopping, or a replayed
  * batch that failed three times). */
 int im_work__run_batch(struct im__worker *w, struct im__job *jobs, size_t n);
+
+/* reader.c */
+/* Opens n readers' connections and starts their threads (after recovery:
+ * the store is migrated and current). */
+int im_work__readers_start(struct im__worker *w, const struct im__config *cfg, size_t n);
+/* Lets them finish the queued requests, stops and closes them. */
+void im_work__readers_stop(struct im__worker *w);
+/* Hands the writer's new options (a reload) to every reader. */
+void im_work__readers_options(struct im__worker *w);
+/* Which jobs the readers take. */
+bool im_work__for_readers(const struct im__job *j);
 
 /* recover.c: opens the store cfg names and applies the journal to it. */
 int im_work__recover(struct im__worker *w, const struct im__config *cfg);

@@ -55,7 +55,7 @@ struct im__group_req {
 struct im__job {
 	struct im__job *next;
 	enum im_job_kind kind;
-	uint64_t lsn;           /* IM_JOB_MSG */
+	uint64_t lsn;           /* IM_JOB_MSG: its journal record; a reader's request: the newest message queued before it */
 	int64_t queued_us;      /* when it was submitted (metrics: store/queue_us) */
 	char user[IM_NAME_MAX + 1];
 	struct im__reply_to to;

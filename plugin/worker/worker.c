@@ -71,13 +71,31 @@ void im_worker__submit(struct im__worker *w, struct im__job *j)
 
 	j->next = NULL;
 	j->queued_us = im_mono_us();
+	if(w->n_readers && im_work__for_readers(j)){
+		/* Not the writer's business: its batches, and a COMMIT that
+		 * hangs, never hold a read up. */
+		pthread_mutex_lock(&w->mu);
+		j->lsn = w->last_msg_lsn;
+		*w->rtail = j;
+		w->rtail = &j->next;
+		w->submitted++;
+		w->rqueued++;
+		/* All: a reader waiting for the writer (reader.c) may be the one
+		 * a single signal wakes. */
+		pthread_cond_broadcast(&w->rcv);
+		pthread_mutex_unlock(&w->mu);
+		return;
+	}
 	__atomic_store_n(&w->submit_us, j->queued_us, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&w->mu);
 	*w->tail = j;
 	w->tail = &j->next;
 	w->submitted++;
 	w->queued++;
-	if(j->kind == IM_JOB_MSG) __atomic_add_fetch(&w->backlog, j->len, __ATOMIC_RELAXED);
+	if(j->kind == IM_JOB_MSG){
+		__atomic_add_fetch(&w->backlog, j->len, __ATOMIC_RELAXED);
+		if(j->lsn > w->last_msg_lsn) w->last_msg_lsn = j->lsn;
+	}
 	/* A gathering worker wakes by itself when its time is up; a signal
 	 * per job would wake it for nothing (a futex call here, a context
 	 * switch there). A full batch or a job that is not a message (a
@@ -124,6 +142,39 @@ int64_t im_worker__busy(const struct im__worker *w, const char **doing)
 	if(w == NULL) return 0;
 	if(doing) *doing = __atomic_load_n(&w->doing, __ATOMIC_RELAXED);
 	return __atomic_load_n(&w->busy_us, __ATOMIC_ACQUIRE);
+}
+
+int64_t im_worker__readers_busy(const struct im__worker *w, const char **doing)
+{
+	int64_t since, latest = 0;
+	size_t i;
+
+	if(w == NULL || w->n_readers == 0) return 0;
+	for(i = 0; i < w->n_readers; i++){
+		since = __atomic_load_n(&w->readers[i]->busy_us, __ATOMIC_ACQUIRE);
+		if(since == 0) return 0; /* one is free: the queue moves */
+		if(since > latest){
+			latest = since;
+			if(doing) *doing = __atomic_load_n(&w->readers[i]->doing, __ATOMIC_RELAXED);
+		}
+	}
+	return latest;
+}
+
+struct im__job *im_worker__withdraw_reads(struct im__worker *w)
+{
+	struct im__job *out;
+
+	if(w == NULL || w->n_readers == 0) return NULL;
+	pthread_mutex_lock(&w->mu);
+	out = w->rhead;
+	w->rhead = NULL;
+	w->rtail = &w->rhead;
+	w->finished += w->rqueued;
+	w->rqueued = 0;
+	pthread_cond_broadcast(&w->idle_cv);
+	pthread_mutex_unlock(&w->mu);
+	return out;
 }
 
 static bool withdrawable(const struct im__job *j)
@@ -191,6 +242,7 @@ static void apply_options(struct im__worker *w, struct im__job *j)
 	}
 	w->next_trim_ms = 0;
 	w->trim_cursor = 0;
+	im_work__readers_options(w);
 }
 
 /* ---- background work: retention, journal cut ---- */
@@ -303,8 +355,22 @@ static bool gather(struct im__worker *w)
  * nemesis measured 33 s). A read-only transaction commits at once. */
 static bool reads_only(const struct im__job *j)
 {
+	if(im_work__for_readers(j)) return true;
 	switch(j->kind){
-		case IM_JOB_SYNC: case IM_JOB_READS: case IM_JOB_CONVS: case IM_JOB_REPAIR: case IM_JOB_STATUS:
+		case IM_JOB_REPAIR:
+			return true;
+		default:
+			return false;
+	}
+}
+
+/* What a reader can answer: requests that change nothing. A repair (the
+ * cluster's order filter) stays with the writer: its anchor reads the
+ * head in the writer's order of commits. */
+bool im_work__for_readers(const struct im__job *j)
+{
+	switch(j->kind){
+		case IM_JOB_SYNC: case IM_JOB_READS: case IM_JOB_CONVS: case IM_JOB_STATUS:
 			return true;
 		case IM_JOB_GROUP:
 			return !strcmp(j->u.group.op, "list") || !strcmp(j->u.group.op, "info");
@@ -386,27 +452,6 @@ static void *run(void *arg)
 	return NULL;
 }
 
-static int clone_config(struct im__config *dst, const struct im__config *src)
-{
-	char **a;
-	size_t n = 0, i;
-
-	memset(dst, 0, sizeof(*dst));
-	im_config__copy_runtime(dst, src);
-	dst->synchronous = src->synchronous;
-	dst->page_size = src->page_size;
-	dst->presence = src->presence;
-	dst->prefix = im_strdup(src->prefix);
-	dst->prefix_len = src->prefix_len;
-	for(a = src->admins; a && *a; a++) n++;
-	dst->admins = im_calloc(n + 1, sizeof(char *));
-	if(dst->prefix == NULL || dst->admins == NULL) return MOSQ_ERR_NOMEM;
-	for(i = 0; i < n; i++){
-		if((dst->admins[i] = im_strdup(src->admins[i])) == NULL) return MOSQ_ERR_NOMEM;
-	}
-	return MOSQ_ERR_SUCCESS;
-}
-
 int im_worker__start(const struct im__config *cfg, struct im__journal *journal, struct im__metrics *metrics,
 		const struct im__worker_hooks *hooks, struct im__worker **out)
 {
@@ -420,14 +465,16 @@ int im_worker__start(const struct im__config *cfg, struct im__journal *journal, 
 	w->journal = journal;
 	if(hooks) w->hooks = *hooks;
 	w->tail = &w->head;
+	w->rtail = &w->rhead;
 	w->dtail = &w->dhead;
 	w->btail = &w->bhead;
 	w->marker_fd = -1;
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_cond_init(&w->cv, NULL);
 	pthread_cond_init(&w->idle_cv, NULL);
+	pthread_cond_init(&w->rcv, NULL);
 	w->journal_dir = im_strdup(cfg->journal_dir);
-	rc = clone_config(&w->cfg, cfg);
+	rc = im_config__clone(&w->cfg, cfg);
 	if(rc == MOSQ_ERR_SUCCESS && cfg->store_key_file){
 		/* The worker gets a keyring of its own (OpenSSL contexts are not
 		 * shared between threads). */
@@ -440,6 +487,8 @@ int im_worker__start(const struct im__config *cfg, struct im__journal *journal, 
 	if(rc == MOSQ_ERR_SUCCESS && cfg->presence == IM_PRESENCE_CONTACTS && w->hooks.wrote){
 		rc = w->st.ops->each_wrote(&w->st, w->hooks.wrote, w->hooks.ctx);
 	}
+	w->stored_lsn = w->last_msg_lsn = w->st.applied_lsn;
+	if(rc == MOSQ_ERR_SUCCESS && cfg->store_readers) rc = im_work__readers_start(w, cfg, cfg->store_readers);
 	if(rc == MOSQ_ERR_SUCCESS){
 		IM_STAT_SET(w->metrics->timelines_cached, w->st.ops->cached(&w->st, &groups));
 		g_worker = w;
@@ -477,6 +526,8 @@ void im_worker__stop(struct im__worker *w)
 		pthread_mutex_unlock(&w->mu);
 		pthread_join(w->thread, NULL);
 	}
+	/* Their last answers join the completions below. */
+	im_work__readers_stop(w);
 	g_worker = NULL;
 	im_log__sink(NULL);
 	/* Completions the broker thread did not drain: their log lines still
@@ -504,5 +555,6 @@ void im_worker__stop(struct im__worker *w)
 	pthread_mutex_destroy(&w->mu);
 	pthread_cond_destroy(&w->cv);
 	pthread_cond_destroy(&w->idle_cv);
+	pthread_cond_destroy(&w->rcv);
 	free(w);
 }

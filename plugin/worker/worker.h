@@ -69,6 +69,13 @@ int64_t im_worker__busy(const struct im__worker *w, const char **doing);
  * next: the broker thread answers them itself while the store is
  * stalled. Messages, repairs and options stay. They count as done. */
 struct im__job *im_worker__withdraw(struct im__worker *w);
+/* The readers (plugin_opt_store_readers): since when every one of them
+ * has been on its batch (the latest start, and *doing what there), or 0
+ * when one is free or there are none. */
+int64_t im_worker__readers_busy(const struct im__worker *w, const char **doing);
+/* Takes every request queued for the readers (the same answers as
+ * im_worker__withdraw's). */
+struct im__job *im_worker__withdraw_reads(struct im__worker *w);
 /* Waits until every job submitted so far is done (the inline mode, for a
  * broker that sends no ticks). */
 void im_worker__wait_idle(struct im__worker *w);

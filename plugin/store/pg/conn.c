@@ -616,7 +616,7 @@ static PGconn *connect_one(struct im__pg *s)
 	ok = PQresultStatus(r) == PGRES_TUPLES_OK;
 	if(!ok){
 		log_conn_error(c, "checking the server's role");
-	}else if(PQgetvalue(r, 0, 0)[0] == 't'){
+	}else if(PQgetvalue(r, 0, 0)[0] == 't' && !s->reader){
 		im_log(MOSQ_LOG_ERR, "im: store: PostgreSQL at %s:%s is a standby (read-only): list the primary's host too, with target_session_attrs=read-write.",
 				PQhost(c), PQport(c));
 		ok = false;
@@ -637,8 +637,18 @@ static PGconn *connect_one(struct im__pg *s)
 
 int im_pg__session_open(struct im__pg *s)
 {
+	char *read_at = s->conninfo;
+
 	if(s->conn) PQfinish(s->conn);
 	s->conn = connect_one(s);
+	/* A reader whose server (a standby) is gone reads from the primary
+	 * until its connection breaks; then it tries the standby again. */
+	if(s->conn == NULL && s->reader && s->primary_conninfo){
+		s->conninfo = s->primary_conninfo;
+		s->conn = connect_one(s);
+		s->conninfo = read_at;
+		if(s->conn) im_log(MOSQ_LOG_NOTICE, "im: store: PostgreSQL: a reader cannot reach plugin_opt_pg_read_conninfo; it reads from the primary meanwhile.");
+	}
 	s->broken = s->conn == NULL;
 	return s->conn ? MOSQ_ERR_SUCCESS : MOSQ_ERR_UNKNOWN;
 }

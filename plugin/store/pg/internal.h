@@ -79,6 +79,8 @@ struct im__pg {
 	char *conninfo;
 	char *node_id;
 	char sync_commit[16];       /* "" = the server's setting */
+	bool reader;                /* a reader's session: read-only transactions, no node claim */
+	char *primary_conninfo;     /* a reader of plugin_opt_pg_read_conninfo: the fallback; else NULL */
 	bool broken;                /* reconnect at the next begin */
 	bool in_txn;                /* between begin and commit/rollback */
 	bool wrote;                 /* the open transaction changed something */

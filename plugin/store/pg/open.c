@@ -121,7 +121,8 @@ static int meta_load(struct im__store *st, struct im__pg *s)
 	if(be_u64(offer_id) == 0) offer_id[7] = 1;
 	im_pgq__bytes(&q, offer_id, sizeof(offer_id));
 	im_pgq__bytes(&q, offer_key, sizeof(offer_key));
-	if(im_pg__adhoc_ok(s, "INSERT INTO meta(key, value) VALUES('store_id', $1::bytea), ('frame_key', $2::bytea) ON CONFLICT (key) DO NOTHING",
+	/* A reader finds what the writer made (it may sit on a standby). */
+	if(!s->reader && im_pg__adhoc_ok(s, "INSERT INTO meta(key, value) VALUES('store_id', $1::bytea), ('frame_key', $2::bytea) ON CONFLICT (key) DO NOTHING",
 				&q, "making the store id") != MOSQ_ERR_SUCCESS){
 		return MOSQ_ERR_UNKNOWN;
 	}
@@ -228,7 +229,8 @@ static int node_check(struct im__store *st, struct im__pg *s)
 
 static int reconnect(struct im__store *st, struct im__pg *s)
 {
-	if(im_pg__session_open(s) != MOSQ_ERR_SUCCESS || im_pg__prepare_all(s) != MOSQ_ERR_SUCCESS || node_check(st, s) != MOSQ_ERR_SUCCESS){
+	if(im_pg__session_open(s) != MOSQ_ERR_SUCCESS || im_pg__prepare_all(s) != MOSQ_ERR_SUCCESS
+			|| (!s->reader && node_check(st, s) != MOSQ_ERR_SUCCESS)){
 		s->broken = true;
 		return MOSQ_ERR_UNKNOWN;
 	}
@@ -255,6 +257,8 @@ int im_pg__tx(struct im__store *st, const char *sql)
 
 static void pg_close(struct im__store *st);
 static const struct im__store_ops pg_ops;
+
+#define READER_CACHE_MAX 4096       /* timelines a reader keeps entries for */
 
 static bool sync_commit_valid(const char *v)
 {
@@ -286,8 +290,25 @@ int im_store__open_pg(struct im__store *st, const struct im__store_pg_options *o
 	s = calloc(1, sizeof(*s));
 	if(s == NULL) return MOSQ_ERR_NOMEM;
 	st->be = s;
-	s->conninfo = strdup(o->conninfo ? o->conninfo : "");
+	s->reader = o->reader;
+	if(o->reader && o->read_conninfo){
+		s->conninfo = strdup(o->read_conninfo);
+		s->primary_conninfo = strdup(o->conninfo ? o->conninfo : "");
+	}else{
+		s->conninfo = strdup(o->conninfo ? o->conninfo : "");
+	}
 	s->node_id = strdup(o->node_id);
+	if(o->reader){
+		/* Readers change nothing: no migration, no claim on node_id. */
+		if(s->conninfo == NULL || s->node_id == NULL || (o->read_conninfo && s->primary_conninfo == NULL)
+				|| im_pg__session_open(s) != MOSQ_ERR_SUCCESS
+				|| im_pg__prepare_all(s) != MOSQ_ERR_SUCCESS || meta_load(st, s) != MOSQ_ERR_SUCCESS){
+			im_log(MOSQ_LOG_ERR, "im: store: a reader cannot use the PostgreSQL store (node \"%s\").", o->node_id);
+			pg_close(st);
+			return MOSQ_ERR_UNKNOWN;
+		}
+		return MOSQ_ERR_SUCCESS;
+	}
 	if(o->synchronous_commit) snprintf(s->sync_commit, sizeof(s->sync_commit), "%s", o->synchronous_commit);
 	s->gen = 1;
 	if(s->conninfo == NULL || s->node_id == NULL
@@ -317,7 +338,10 @@ static void pg_close(struct im__store *st)
 	im_pg__group_close(s);
 	im_cache__touched_free(&s->touched);
 	im_pg__wb_free(s);
+	if(s->conninfo) memset(s->conninfo, 0, strlen(s->conninfo));
 	free(s->conninfo);
+	if(s->primary_conninfo) memset(s->primary_conninfo, 0, strlen(s->primary_conninfo));
+	free(s->primary_conninfo);
 	free(s->node_id);
 	free(s);
 	st->be = NULL;
@@ -355,12 +379,15 @@ static void txn_over(struct im__pg *s)
 static int pg_begin(struct im__store *st)
 {
 	struct im__pg *s = im_pg(st);
+	const char *begin = s->reader ? "BEGIN READ ONLY" : "BEGIN";
 
 	if(im_pg__ensure(st) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
-	if(im_pg__txn(s, "BEGIN") != MOSQ_ERR_SUCCESS){
+	/* A reader re-reads every head it uses: its cache is only memory. */
+	if(s->reader && s->tls.count > READER_CACHE_MAX) im_pg__cache_free(s);
+	if(im_pg__txn(s, begin) != MOSQ_ERR_SUCCESS){
 		/* An idle connection that died shows it here; nothing was done in
 		 * the transaction yet, so connecting again at once is safe. */
-		if(!s->broken || reconnect(st, s) != MOSQ_ERR_SUCCESS || im_pg__txn(s, "BEGIN") != MOSQ_ERR_SUCCESS){
+		if(!s->broken || reconnect(st, s) != MOSQ_ERR_SUCCESS || im_pg__txn(s, begin) != MOSQ_ERR_SUCCESS){
 			return MOSQ_ERR_UNKNOWN;
 		}
 	}

@@ -21,6 +21,11 @@ struct im__store_pg_options {
 	/* synchronous_commit for the store's sessions: "on", "remote_apply",
 	 * "remote_write", "local" or "off"; NULL keeps the server's setting. */
 	const char *synchronous_commit;
+	/* A reader's session (worker/reader.c): read-only transactions, no
+	 * schema change, no claim on node_id. read_conninfo, if set, is where
+	 * it reads (a standby, perhaps), with conninfo as the fallback. */
+	bool reader;
+	const char *read_conninfo;
 };
 
 /* Connects to PostgreSQL (o->conninfo), applies schema/pg/ migrations under

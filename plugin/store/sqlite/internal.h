@@ -45,6 +45,7 @@ struct im__sqlite {
 	struct im__touched touched;
 	bool groups_dirty;          /* the open transaction changed a group */
 	bool id_dirty;              /* store_id to write at the next commit */
+	bool reader;                /* a reader's connection: heads are read, never cached */
 	sqlite3_stmt *begin, *commit, *rollback, *meta_set;
 	sqlite3_stmt *tl_get, *tl_insert, *tl_set_first;
 	sqlite3_stmt *msg_insert, *msg_dedup, *msg_range;

@@ -155,7 +155,10 @@ struct im__tl *im_sqlite__timeline(struct im__store *st, const char *name, size_
 	int r;
 
 	*err = false;
-	if(t && !t->stale) return t;
+	/* A reader's heads move with the writer's commits: read each time,
+	 * as of the reader's transaction. */
+	if(s->reader) create = false;
+	if(t && !t->stale && !s->reader) return t;
 	if(t){
 		r = tl_refresh(s, t, create);
 		*err = r < 0;

@@ -24,6 +24,8 @@
 
 extern const char *const im_schema_migrations[];
 
+#define READER_CACHE_MAX 4096       /* timelines a reader keeps entries for */
+
 /* ---- open, migrate, prepare ---- */
 
 static int exec(struct im__sqlite *s, const char *sql)
@@ -76,7 +78,9 @@ static int migrate(struct im__sqlite *s, int *before)
 static int prepare_base(struct im__sqlite *s)
 {
 	const struct { sqlite3_stmt **s; const char *sql; } t[] = {
-		{&s->begin, "BEGIN IMMEDIATE"},
+		/* A reader's transaction takes no lock: WAL readers see the
+		 * last commit and never wait for the writer. */
+		{&s->begin, s->reader ? "BEGIN" : "BEGIN IMMEDIATE"},
 		{&s->commit, "COMMIT"},
 		{&s->rollback, "ROLLBACK"},
 		{&s->meta_set, "INSERT INTO meta(key, value) VALUES(?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value"},
@@ -190,6 +194,38 @@ static void sqlite_close(struct im__store *st);
 
 static const struct im__store_ops sqlite_ops;
 
+static int prepare_all(struct im__sqlite *s)
+{
+	if(prepare_base(s) != MOSQ_ERR_SUCCESS
+			|| im_sqlite__prepare_msg(s) != MOSQ_ERR_SUCCESS
+			|| im_sqlite__prepare_group(s) != MOSQ_ERR_SUCCESS
+			|| im_sqlite__prepare_trim(s) != MOSQ_ERR_SUCCESS
+			|| im_sqlite__prepare_conv(s) != MOSQ_ERR_SUCCESS){
+		return MOSQ_ERR_UNKNOWN;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* A reader's connection to the database the writer made and migrated.
+ * query_only: a bug that would write through it fails instead. */
+static int open_reader(struct im__store *st, struct im__sqlite *s, const struct im__store_options *o)
+{
+	s->reader = true;
+	if(sqlite3_open_v2(o->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK){
+		im_log(MOSQ_LOG_ERR, "im: store: cannot open \"%s\" for a reader: %s", o->path, s->db ? sqlite3_errmsg(s->db) : "out of memory");
+		sqlite_close(st);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	sqlite3_busy_timeout(s->db, o->busy_timeout_ms);
+	if(exec(s, "PRAGMA query_only = 1") != MOSQ_ERR_SUCCESS || prepare_all(s) != MOSQ_ERR_SUCCESS
+			|| meta_load(st, s) != MOSQ_ERR_SUCCESS){
+		explain(s, o->path);
+		sqlite_close(st);
+		return MOSQ_ERR_UNKNOWN;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
 int im_store__open_sqlite(struct im__store *st, const struct im__store_options *o)
 {
 	struct im__sqlite *s;
@@ -209,6 +245,7 @@ int im_store__open_sqlite(struct im__store *st, const struct im__store_options *
 		im_log(MOSQ_LOG_WARNING, "im: store: \"%s\" is missing or empty but its write-ahead log is not: the database was deleted or truncated. A new store is made; clients see a new store id and start over.",
 				o->path);
 	}
+	if(o->reader) return open_reader(st, s, o);
 	/* NOMUTEX: one thread uses this connection (the worker; the
 	 * checkpointer has its own), so SQLite's locking is pure cost. */
 	if(sqlite3_open_v2(o->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK){
@@ -234,11 +271,7 @@ int im_store__open_sqlite(struct im__store *st, const struct im__store_options *
 			 * overwritten with zeros in the file, not just unlinked. */
 			|| exec(s, "PRAGMA secure_delete = ON") != MOSQ_ERR_SUCCESS
 			|| migrate(s, &before) != MOSQ_ERR_SUCCESS
-			|| prepare_base(s) != MOSQ_ERR_SUCCESS
-			|| im_sqlite__prepare_msg(s) != MOSQ_ERR_SUCCESS
-			|| im_sqlite__prepare_group(s) != MOSQ_ERR_SUCCESS
-			|| im_sqlite__prepare_trim(s) != MOSQ_ERR_SUCCESS
-			|| im_sqlite__prepare_conv(s) != MOSQ_ERR_SUCCESS
+			|| prepare_all(s) != MOSQ_ERR_SUCCESS
 			|| meta_load(st, s) != MOSQ_ERR_SUCCESS){
 		explain(s, o->path);
 		sqlite_close(st);
@@ -286,6 +319,9 @@ static int sqlite_begin(struct im__store *st)
 
 	s->touched.n = 0;
 	s->groups_dirty = false;
+	/* A reader re-reads every head it uses, so its cache is only the
+	 * entries' memory: kept small. */
+	if(s->reader && s->tls.count > READER_CACHE_MAX) im_sqlite__cache_free(&s->tls);
 	return im_sqlite__step(s, s->begin, "BEGIN");
 }
 
@@ -333,6 +369,14 @@ static size_t sqlite_cached(struct im__store *st, size_t *groups)
 	return s->tls.count;
 }
 
+static void sqlite_forget_group(struct im__store *st, const char *name, size_t len)
+{
+	struct im__sqlite *s = im_sqlite(st);
+
+	if(name == NULL) im_cache__group_forget_all(&s->groups);
+	else im_cache__group_forget(&s->groups, name, len);
+}
+
 static const struct im__store_ops sqlite_ops = {
 	.name = "sqlite",
 	.close = sqlite_close,
@@ -363,4 +407,5 @@ static const struct im__store_ops sqlite_ops = {
 	.has_conv = im_sqlite__has_conv,
 	.conversations = im_sqlite__conversations,
 	.renew_id = sqlite_renew_id,
+	.forget_group = sqlite_forget_group,
 };

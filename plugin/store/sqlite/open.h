@@ -13,6 +13,10 @@ struct im__store_options {
 	int busy_timeout_ms;
 	int page_size;
 	bool checkpoint_thread;
+	/* A reader's connection (worker/reader.c): reads only, in deferred
+	 * transactions beside the writer's (WAL); the database must exist
+	 * (the writer opened it first). No schema change, no checkpoints. */
+	bool reader;
 };
 
 /* Opens (creating if needed) the SQLite database at o->path, applies
