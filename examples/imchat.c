@@ -1093,6 +1093,7 @@ static void ask_convs(void)
 		out_begin();
 		printf("-- no conversation list: %s --\n", mim_strerror(rc));
 		out_end();
+		chat.listed = true;
 		return;
 	}
 	chat.convs_out = true;
@@ -1268,9 +1269,8 @@ static int cmd_chat(void)
 	while(!g_stop && !chat.quit){
 		struct pollfd p[2] = {{0, POLLIN, 0}, {mim_socket(chat.c), POLLIN, 0}};
 
-		if(!input){
-			p[0].fd = -1;
-		}
+		/* the conversation list first: what is typed waits until it is shown */
+		if(!input || !chat.listed) p[0].fd = -1;
 		if(poll(p, p[1].fd >= 0 ? 2 : 1, 100) > 0 && (p[0].revents & (POLLIN | POLLHUP))){
 			input = chat_read_input();
 			if(!input) chat.quit = true;   /* the end of the input: leave as with /quit */
