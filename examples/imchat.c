@@ -40,6 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <editline/readline.h>
 #include <mosquitto-im/client.h>
 
 #include "im_print.h"
@@ -829,6 +830,8 @@ static int cmd_listen(void)
 #define CONV_KEEP 20       /* lines kept per conversation until it is opened */
 #define MINE_KEEP 64       /* my latest messages per conversation, for read marks */
 #define CONVS_SHOWN 20     /* the conversation list's length */
+#define TYPING_EVERY_MS 4000   /* "typing" again while the user types (PROTOCOL.md 11.4: every few seconds) */
+#define TYPING_IDLE_MS 5000    /* no key for this long: "stopped" */
 
 struct conv {
 	char tl[IM_TL_MAX + 1];         /* u/<peer>, g/<group>: where I send */
@@ -846,7 +849,14 @@ static struct {
 	struct conv **convs;
 	size_t n_convs;
 	struct conv *open;
-	bool listed, caught_up, quit, tty;
+	bool listed, caught_up, quit;
+	bool tty;                       /* a terminal: libedit edits the line, typing is signalled */
+	bool in_line;                   /* in libedit's line callback: nothing drawn there */
+	bool in_line_done;              /* a line came: the handler is installed again */
+	char prompt[IM_TL_MAX + 4];
+	bool typing;                    /* "typing" signalled in typing_tl, "stopped" not yet */
+	char typing_tl[IM_TL_MAX + 1];
+	int64_t typing_sent, last_key;
 	bool convs_out;                 /* a conversation list asked, not answered */
 	int64_t convs_asked;
 	char inbuf[8192];
@@ -882,14 +892,9 @@ static struct conv *conv_of(const struct mim_message *m)
 	return conv_get(tl);
 }
 
-static void chat_prompt(void)
-{
-	if(!chat.tty) return;
-	printf("%s> ", chat.open ? chat.open->tl : "");
-	fflush(stdout);
-}
-
-/* Starts an output line: over the prompt on a terminal. */
+/* On a terminal, lines printed while the user types go above the line
+ * being edited: the line is cleared, the output printed, and libedit
+ * draws the prompt and what was typed so far again. */
 static void out_begin(void)
 {
 	if(chat.tty) fputs("\r\033[K", stdout);
@@ -898,7 +903,53 @@ static void out_begin(void)
 static void out_end(void)
 {
 	fflush(stdout);
-	chat_prompt();
+	if(chat.tty && !chat.in_line) rl_forced_update_display();
+}
+
+static void chat_prompt(void)
+{
+	if(!chat.tty) return;
+	snprintf(chat.prompt, sizeof(chat.prompt), "%s> ", chat.open ? chat.open->tl : "");
+	if(!chat.in_line) rl_set_prompt(chat.prompt);
+}
+
+/* Typing (PROTOCOL.md 11.4), on a terminal only: a key in the open
+ * conversation says "typing" (again every few seconds while keys come);
+ * a line sent, another conversation opened or a pause says "stopped". */
+static void typing_stop(void)
+{
+	if(!chat.typing) return;
+	chat.typing = false;
+	mim_typing(chat.c, chat.typing_tl, false, NULL, NULL);
+}
+
+static void typing_key(int key)
+{
+	int64_t now = now_ms();
+
+	if(chat.open == NULL || key == '\n' || key == '\r' || (key != 0x7f && key != 0x08 && key < 0x20)) return;
+	chat.last_key = now;
+	if(chat.typing && !strcmp(chat.typing_tl, chat.open->tl) && now - chat.typing_sent < TYPING_EVERY_MS) return;
+	typing_stop();
+	if(mim_typing(chat.c, chat.open->tl, true, NULL, NULL) != MIM_OK) return;
+	chat.typing = true;
+	chat.typing_sent = now;
+	snprintf(chat.typing_tl, sizeof(chat.typing_tl), "%s", chat.open->tl);
+}
+
+/* libedit reads each key through this: it sees the keys first. */
+static int chat_getc(FILE *f)
+{
+	unsigned char b;
+	ssize_t n;
+
+	(void)f;
+	do{
+		n = read(0, &b, 1);
+	}while(n < 0 && errno == EINTR);
+	if(n != 1) return EOF;
+	typing_key(b);
+	return b;
 }
 
 /* The read marks this device may move: a group that is open, up to what
@@ -1134,7 +1185,9 @@ static void chat_open(const char *arg)
 		out_end();
 		return;
 	}
+	if(chat.open == NULL || strcmp(chat.open->tl, tl)) typing_stop();
 	v = chat.open = conv_get(tl);
+	chat_prompt();
 	printf("-- %s --\n", v->tl);
 	if(v->dropped) printf("(%lu earlier not shown)\n", v->dropped);
 	for(i = 0; i < v->n_lines; i++){
@@ -1197,6 +1250,7 @@ static void chat_line(char *line)
 		out_end();
 		return;
 	}
+	typing_stop();
 	rc = mim_send(chat.c, chat.open->tl, line, strlen(line), NULL, on_chat_sent, NULL, NULL);
 	if(rc != MIM_OK){
 		out_begin();
@@ -1227,7 +1281,6 @@ static bool chat_read_input(void)
 		*nl = '\0';
 		chat_line(start);
 		start = nl + 1;
-		if(chat.tty && !chat.quit) chat_prompt();
 	}
 	chat.inlen -= (size_t)(start - chat.inbuf);
 	memmove(chat.inbuf, start, chat.inlen);
@@ -1236,6 +1289,21 @@ static bool chat_read_input(void)
 		chat.inlen = 0;
 	}
 	return true;
+}
+
+/* A line from libedit (NULL: the end of the input, Ctrl-D). */
+static void on_edited_line(char *line)
+{
+	if(line == NULL){
+		chat.quit = true;
+		return;
+	}
+	if(*line) add_history(line);
+	chat.in_line = true;
+	chat_line(line);
+	chat.in_line = false;
+	chat.in_line_done = true;
+	free(line);
 }
 
 static int cmd_chat(void)
@@ -1265,22 +1333,41 @@ static int cmd_chat(void)
 	signal(SIGTERM, on_signal);
 	signal(SIGPIPE, SIG_IGN);
 	ask_convs();
-	if(chat.tty) printf("-- %s on %s:%d; /help for commands --\n", opt.user, opt.host, opt.port);
+	if(chat.tty){
+		printf("-- %s on %s:%d; /help for commands --\n", opt.user, opt.host, opt.port);
+		rl_getc_function = chat_getc;
+		chat_prompt();
+		rl_callback_handler_install(chat.prompt, on_edited_line);
+	}
 	while(!g_stop && !chat.quit){
 		struct pollfd p[2] = {{0, POLLIN, 0}, {mim_socket(chat.c), POLLIN, 0}};
 
 		/* the conversation list first: what is typed waits until it is shown */
 		if(!input || !chat.listed) p[0].fd = -1;
 		if(poll(p, p[1].fd >= 0 ? 2 : 1, 100) > 0 && (p[0].revents & (POLLIN | POLLHUP))){
-			input = chat_read_input();
-			if(!input) chat.quit = true;   /* the end of the input: leave as with /quit */
+			if(chat.tty){
+				rl_callback_read_char();
+				/* libedit (unlike readline) leaves the terminal line-buffered
+				 * after a line: installing the handler again makes it read
+				 * key by key, with the prompt (it may have changed) */
+				if(chat.in_line_done){
+					chat.in_line_done = false;
+					rl_callback_handler_install(chat.prompt, on_edited_line);
+				}
+			}else{
+				input = chat_read_input();
+				if(!input) chat.quit = true;   /* the end of the input: leave as with /quit */
+			}
 		}
+		if(chat.typing && now_ms() - chat.last_key > TYPING_IDLE_MS) typing_stop();
 		rc = mim_loop(chat.c, 0);
 		if(rc == MIM_ERR_LOGIN) login_refused();
 		if(chat.convs_out && !chat.listed && now_ms() - chat.convs_asked > opt.reply_ms){
 			no_plugin("$CONTROL/im/v1/conversations");
 		}
 	}
+	if(chat.tty) rl_callback_handler_remove();
+	typing_stop();
 	/* what was typed goes out before we leave, if the broker is there */
 	until = now_ms() + opt.reply_ms;
 	while(mim_pending_count(chat.c) && online(chat.c) && now_ms() < until && !g_stop) mim_loop(chat.c, 50);

@@ -3,13 +3,17 @@ with the plugin: alice's imchat shows her conversation list, `/open bob`
 shows what bob wrote and marks it read, a typed line reaches bob, and
 bob's next message, his read mark and his typing appear in alice's output
 as they come. bob is a plain MQTT v5 client (paho) reading frames and
-events; carol writes from the one-shot `imchat send`.
+events; carol writes from the one-shot `imchat send`. On a terminal (a
+pty), keys say alice is typing and the line being typed survives output.
 
 Runs in the plain pass only (tests/CMakeLists.txt: e2e_imchat_chat)."""
 import os
+import pty
 import re
+import select
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
 
@@ -139,4 +143,69 @@ def test_chat_through_a_pipe(broker, tmp_path):
         if p.poll() is None:
             p.kill()
             p.wait()
+        bob.close()
+
+
+def test_chat_on_a_terminal(broker, tmp_path):
+    """On a terminal (a pty here) the line is edited with libedit: keys in
+    the open conversation tell bob alice is typing, a message that arrives
+    meanwhile is printed above the line being typed, which stays as it was,
+    and Enter sends the whole line and says she stopped."""
+    b = broker
+    bob = Client(b, "bob", client_id="bob-phone", v5=True).connect()
+    bob.subscribe("im/u/bob")
+    bob.subscribe("im/e/u/bob")
+    assert imchat(b, "bob", "send", "alice", "yo").startswith("u/alice seq 1 ")
+    master, slave = pty.openpty()
+    p = subprocess.Popen([IMCHAT, "-p", str(b.port), "-u", "alice", "-i", "alice-tty", "-s", str(tmp_path / "a.state"),
+                          "--timeout", str(int(WAIT * 1000))],
+                         stdin=slave, stdout=slave, stderr=slave, env=dict(os.environ, TERM="xterm"))
+    os.close(slave)
+    screen = [b""]
+
+    def until(what, pattern):
+        """Reads the terminal until pattern is in what came since the last match."""
+        rx = re.compile(pattern.encode())
+        deadline = time.monotonic() + WAIT
+        while not rx.search(screen[0]):
+            assert time.monotonic() < deadline, "%s: %r not in %r" % (what, pattern, screen[0])
+            if select.select([master], [], [], 0.1)[0]:
+                screen[0] += os.read(master, 4096)
+        screen[0] = screen[0][rx.search(screen[0]).end():]
+
+    def typing_events():
+        return [(e.user, e.timeline, e.typing) for e in events(bob, pb.Event.TYPING)]
+
+    try:
+        until("the list", r"u/bob unread 1 last #1 .* bob: yo")
+        os.write(master, b"/open bob\r")
+        until("the prompt of the open conversation", r"#1 bob: yo\r\nu/bob> ")
+        os.write(master, b"hel")
+        typing = []
+        assert wait_until(lambda: typing.extend(typing_events()) or typing), "no typing signal"
+        assert typing == [("alice", "u/alice", True)]
+        assert imchat(b, "bob", "send", "alice", "while you type").startswith("u/alice seq 2 ")
+        # printed over the line being typed, which is drawn again below it
+        until("bob's message above the line", r"\r\x1b\[K\d\d:\d\d:\d\d #2 bob: while you type\r\nu/bob> hel")
+        os.write(master, b"lo\r")
+        got = []        # (what, ...) in the order bob got them
+
+        def more():
+            for m in bob.drain():
+                h, body = decode_frame(m.payload)
+                if m.topic == "im/u/bob" and h.sender == "alice":
+                    got.append(("message", body))
+                elif m.topic == "im/e/u/bob" and h.event.kind == pb.Event.TYPING:
+                    got.append(("typing", h.event.typing))
+            return ("message", b"hello") in got and ("typing", False) in got
+        assert wait_until(more), got
+        assert got == [("typing", False), ("message", b"hello")], got   # the whole line, once
+        until("her copy", r"#3 alice: hello")
+        os.write(master, b"/quit\r")
+        assert p.wait(timeout=WAIT) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
         bob.close()
