@@ -850,6 +850,7 @@ static struct {
 	size_t n_convs;
 	struct conv *open;
 	bool listed, caught_up, quit;
+	bool reconnected;               /* lost the connection once: marks learned on connect are news */
 	bool tty;                       /* a terminal: libedit edits the line, typing is signalled */
 	bool in_line;                   /* in libedit's line callback: nothing drawn there */
 	bool in_line_done;              /* a line came: the handler is installed again */
@@ -1064,6 +1065,8 @@ static void chat_read(void *ud, const struct mim_read *r)
 
 	(void)ud;
 	if(r->user == NULL || !strcmp(r->user, opt.user)) return;
+	/* learned on the first connect: the conversation list says it */
+	if(r->ts_ms == 0 && !chat.reconnected) return;
 	v = conv_get(r->timeline);
 	if(r->timeline[0] == 'g'){
 		chat_event(v->tl, r->ts_ms, "%s read up to #%" PRIu64, r->user, r->seq);
@@ -1158,6 +1161,7 @@ static void chat_state(void *ud, enum mim_state s)
 		chat.caught_up = true;
 		return;
 	}
+	if(s == MIM_STATE_OFFLINE) chat.reconnected = true;
 	if(s == MIM_STATE_OFFLINE && chat.caught_up){
 		out_begin();
 		printf("-- offline: connecting again --\n");
