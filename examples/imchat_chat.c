@@ -67,6 +67,9 @@ static struct {
 	bool typing;                    /* "typing" signalled in typing_tl, "stopped" not yet */
 	char typing_tl[IM_TL_MAX + 1];
 	int64_t typing_sent, last_key;
+	size_t line_keys;               /* keys in the line being typed (typing_key) */
+	bool command;                   /* it starts with '/' */
+	int esc;                        /* keys of an escape sequence still to come */
 	bool convs_out;                 /* a conversation list asked, not answered */
 	int64_t convs_asked;
 	char inbuf[8192];
@@ -133,11 +136,38 @@ static void typing_stop(void)
 	mim_typing(chat.c, chat.typing_tl, false, NULL, NULL);
 }
 
+/* Keys of a message, not of a command ("/open ...") nor of a cursor key
+ * (ESC [ A): a line's first key and its length, roughly (the keys that
+ * move the cursor inside the line are not followed). */
+static bool message_key(int key)
+{
+	if(chat.esc){
+		chat.esc--;
+		return false;
+	}
+	if(key == 0x1b){
+		chat.esc = 2;
+		return false;
+	}
+	if(key == '\n' || key == '\r'){
+		chat.line_keys = 0;
+		chat.command = false;
+		return false;
+	}
+	if(key == 0x7f || key == 0x08){
+		if(chat.line_keys && --chat.line_keys == 0) chat.command = false;
+		return false;
+	}
+	if(key < 0x20) return false;
+	if(chat.line_keys++ == 0) chat.command = key == '/';
+	return !chat.command;
+}
+
 static void typing_key(int key)
 {
 	int64_t now = now_ms();
 
-	if(chat.open == NULL || key == '\n' || key == '\r' || (key != 0x7f && key != 0x08 && key < 0x20)) return;
+	if(!message_key(key) || chat.open == NULL) return;
 	chat.last_key = now;
 	if(chat.typing && !strcmp(chat.typing_tl, chat.open->tl) && now - chat.typing_sent < TYPING_EVERY_MS) return;
 	typing_stop();

@@ -180,6 +180,10 @@ def test_chat_on_a_terminal(broker, tmp_path):
         until("the list", r"u/bob unread 1 last #1 .* bob: yo")
         os.write(master, b"/open bob\r")
         until("the prompt of the open conversation", r"#1 bob: yo\r\nu/bob> ")
+        # the keys of a command are not typing: nothing reached bob by the time its answer shows
+        os.write(master, b"/convs\r")
+        until("the list again", r"conversations:\r\n  u/bob unread ")
+        assert events(bob, pb.Event.TYPING) == []
         os.write(master, b"hel")
         typing = []
         assert wait_until(lambda: typing.extend(typing_events()) or typing), "no typing signal"
