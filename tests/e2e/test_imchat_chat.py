@@ -132,6 +132,12 @@ def test_chat_through_a_pipe(broker, tmp_path):
             "the mark did not pass carol's message once it was shown"
         assert marks == [5], marks
 
+        # bob's edit and recall, in the conversation now in the background
+        assert "(edit of #5)" in imchat(b, "bob", "edit", "alice", "5", "still there?!")
+        expect(r"^\[u/bob\] %s #6 bob \(edit of #5\): still there\?!$" % TIME, "bob's edit")
+        assert "(recall of #3)" in imchat(b, "bob", "recall", "alice", "3")
+        expect(r"^\[u/bob\] %s #7 bob \(recall of #3\): $" % TIME, "bob's recall")
+
         # a group by its timeline; /quit leaves with exit 0
         type_line("/open g/team")
         expect(r"^-- g/team --$", "the group")
