@@ -122,8 +122,14 @@ def test_chat_through_a_pipe(broker, tmp_path):
         expect(r"^\[u/carol\] %s #4 carol: psst$" % TIME, "carol's message, beside")
         assert imchat(b, "bob", "send", "alice", "still there?").startswith("u/alice seq 5 ")
         expect(r"^%s #5 bob: still there\?$" % TIME, "bob again")
-        # alice's mark stops below carol's message: bob hears of #3, never #5 yet
+        # alice's mark stops below carol's message, at #3: bob hears of #3,
+        # and the list (asked on alice's connection after the ack of #5
+        # would have gone) still counts carol's #4 and bob's #5 above it
         assert wait_until(lambda: 3 in [e.seq for e in events(bob, pb.Event.READ)]), "mark of #3"
+        type_line("/convs")
+        expect(r"^conversations:$", "the list again")
+        expect(r"^  u/bob unread 1 read #2 last #5 .* bob: still there\?$", "bob's, above the mark")
+        expect(r"^  u/carol unread 1 last #4 .* carol: psst$", "carol's, not read")
         type_line("/open u/carol")
         expect(r"^-- u/carol --$", "carol's conversation")
         expect(r"^%s #4 carol: psst$" % TIME, "carol's message, shown on /open")
