@@ -175,7 +175,7 @@ static void target(const char *arg, char tl[IM_TL_MAX + 1])
 	if(why) die("%s", why);
 }
 
-static char *default_state_path(const char *kind)
+char *state_path(const char *kind)
 {
 	static char path[4096];
 	const char *home = getenv("HOME");
@@ -461,7 +461,7 @@ static int cmd_history(const char *tl_arg)
  * counted in another store than store_id (0: the server did not say). */
 static long long state_last(const char *tl, uint64_t store_id)
 {
-	FILE *f = fopen(default_state_path(""), "r");
+	FILE *f = fopen(state_path(""), "r");
 	char name[IM_TL_MAX + 2], line[256], *end;
 	unsigned long long last, id;
 	long long r = -1;
@@ -737,7 +737,7 @@ struct mim_client *device(struct mim_options *o, const char *suffix, char *idbuf
 	char host[64] = "";
 	int rc;
 
-	o->state_path = default_state_path(suffix);
+	o->state_path = state_path(suffix);
 	if(opt.client_id){
 		o->client_id = opt.client_id;
 	}else{

@@ -49,6 +49,10 @@ void print_conv(const struct mim_conversation *c);
  * name. Fills tl and returns NULL, or returns what is wrong (static). */
 const char *parse_target(const char *arg, const char *group, char tl[IM_TL_MAX + 1]);
 
+/* The state file of a device of this user on this machine: -s, else
+ * ~/.imchat/USER@HOST:PORT<kind>.state (static storage). */
+char *state_path(const char *kind);
+
 /* The options every client gets (host, login, TLS, errors to stderr). */
 void base_options(struct mim_options *o);
 /* Connected (catching up or caught up). */

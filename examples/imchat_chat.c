@@ -47,7 +47,7 @@ struct conv {
 	char *lines[CONV_KEEP];         /* a ring of lines not shown in the open conversation */
 	size_t n_lines, next;
 	unsigned long dropped;          /* older lines not kept */
-	uint64_t first_unseen;          /* inbox seq of the first message to me not shown; 0 none */
+	uint64_t first_unseen;          /* the seq (in u/<me> or the group) of the first message to me not shown; 0 none */
 	struct { uint64_t seq, peer_seq; } mine[MINE_KEEP];   /* inbox seq, seq in u/<peer> */
 	size_t n_mine, next_mine;
 };
@@ -194,19 +194,71 @@ static int chat_getc(FILE *f)
 
 /* The read marks this device may move: a group that is open, up to what
  * was delivered; the inbox up to the first message not shown. */
-static void chat_ack(void)
+/* How far timeline tl (u/<me> or g/<group>) was shown, given that `last`
+ * was delivered: below the first message to me not shown there (in my
+ * inbox, of any conversation). */
+static uint64_t shown_upto(const char *tl, uint64_t last)
 {
 	uint64_t first = 0;
 	size_t i;
 
 	for(i = 0; i < chat.n_convs; i++){
-		uint64_t f = chat.convs[i]->first_unseen;
+		const struct conv *v = chat.convs[i];
+		bool here = tl[0] == 'u' ? v->tl[0] == 'u' : !strcmp(v->tl, tl);
 
-		if(f && (first == 0 || f < first)) first = f;
+		if(here && v->first_unseen && (first == 0 || v->first_unseen < first)) first = v->first_unseen;
 	}
-	if(first == 0) mim_ack(chat.c, chat.me, 0);
-	else if(first > 1) mim_ack(chat.c, chat.me, first - 1);
-	if(chat.open && chat.open->tl[0] == 'g') mim_ack(chat.c, chat.open->tl, 0);
+	return first && first - 1 < last ? first - 1 : last;
+}
+
+/* The read marks (acks) follow what was shown: my inbox, and each group. */
+static void chat_ack(void)
+{
+	const char *tl;
+	uint64_t upto;
+	size_t i;
+
+	for(i = 0; (tl = mim_timeline(chat.c, i)) != NULL; i++){
+		upto = shown_upto(tl, mim_last(chat.c, tl));
+		if(upto) mim_ack(chat.c, tl, upto);
+	}
+}
+
+/* The state file keeps, per timeline, what was shown rather than what was
+ * delivered (PROTOCOL.md 7: `last` is persisted with the messages shown):
+ * a message kept for a conversation never opened comes again on the next
+ * start, to be shown there, instead of being taken as read. */
+static struct mim_persist chat_file;
+
+static int chat_load(void *ctx, struct mim_loader *l)
+{
+	(void)ctx;
+	return chat_file.load(chat_file.ctx, l);
+}
+
+static int chat_save(void *ctx, const struct mim_saved *s)
+{
+	struct mim_saved shown = *s;
+	struct mim_cursor *cu = calloc(s->n_cursors ? s->n_cursors : 1, sizeof(*cu));
+	size_t i;
+	int rc;
+
+	(void)ctx;
+	if(cu == NULL) return MIM_ERR_NOMEM;
+	for(i = 0; i < s->n_cursors; i++){
+		cu[i] = s->cursors[i];
+		cu[i].last = shown_upto(cu[i].timeline, cu[i].last);
+	}
+	shown.cursors = cu;
+	rc = chat_file.save(chat_file.ctx, &shown);
+	free(cu);
+	return rc;
+}
+
+static void chat_close(void *ctx)
+{
+	(void)ctx;
+	if(chat_file.close) chat_file.close(chat_file.ctx);
 }
 
 /* "HH:MM:SS #12 bob: text", "HH:MM:SS #13 alice (edit of #12): text" */
@@ -261,7 +313,7 @@ static void chat_message(void *ud, const struct mim_message *m)
 		return;
 	}
 	/* not shown in its conversation: kept for /open, and not read */
-	if(inbox && !m->outgoing && v->first_unseen == 0) v->first_unseen = m->seq;
+	if(!m->outgoing && v->first_unseen == 0) v->first_unseen = m->seq;
 	if(chat.caught_up){
 		out_begin();
 		printf("[%s] %s\n", v->tl, line);
@@ -552,6 +604,7 @@ static void on_edited_line(char *line)
 int cmd_chat(void)
 {
 	struct mim_options o;
+	struct mim_persist persist;
 	char idbuf[160];
 	bool input = true;
 	int64_t until;
@@ -571,6 +624,13 @@ int cmd_chat(void)
 	o.cb.on_membership = chat_membership;
 	o.cb.on_reset = chat_reset;
 	o.cb.on_state = chat_state;
+	rc = mim_persist_file(&chat_file, state_path("-chat"), false);
+	if(rc != MIM_OK) die("cannot use the state file %s: %s", state_path("-chat"), mim_strerror(rc));
+	mim_persist_init(&persist);
+	persist.load = chat_load;
+	persist.save = chat_save;
+	persist.close = chat_close;
+	o.persist = &persist;
 	chat.c = device(&o, "-chat", idbuf, sizeof(idbuf));
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);

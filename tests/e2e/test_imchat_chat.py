@@ -158,6 +158,37 @@ def test_chat_through_a_pipe(broker, tmp_path):
         bob.close()
 
 
+def test_what_was_never_shown_comes_again_after_a_restart(broker, tmp_path):
+    """A message kept for a conversation that was not opened is not taken
+    as read when the chat ends: the next start delivers it again, and
+    /open shows it and marks it read then."""
+    b = broker
+    args = [IMCHAT, "-p", str(b.port), "-u", "alice", "-i", "alice-chat", "-s", str(tmp_path / "a.state"),
+            "--timeout", str(int(WAIT * 1000))]
+    assert imchat(b, "carol", "send", "alice", "psst").startswith("u/alice seq 1 ")
+
+    def run(lines, want):
+        p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out = Lines(p)
+        got = out.wait_for(lambda got: "conversations:" in got, WAIT)
+        p.stdin.write("".join(l + "\n" for l in lines).encode())
+        p.stdin.flush()
+        got = out.wait_for(lambda got: want(got), WAIT)
+        assert want(got), got
+        p.stdin.write(b"/quit\n")
+        p.stdin.close()
+        assert p.wait(timeout=WAIT) == 0, p.stderr.read().decode()
+        return got
+
+    # alice talks to bob only, and leaves: carol's message stays unread
+    got = run(["/open bob", "hi bob"], lambda got: any(l.endswith("#2 alice: hi bob") for l in got))
+    assert not any(re.search(r"%s #1 carol: psst$" % TIME, l) for l in got), got   # kept, not shown
+    assert "u/carol unread 1 " in imchat(b, "alice", "conversations")
+    # the next start has it again: shown in carol's conversation, then read
+    got = run(["/open carol"], lambda got: any(re.match(r"^%s #1 carol: psst$" % TIME, l) for l in got))
+    assert wait_until(lambda: "u/carol unread 0 " in imchat(b, "alice", "conversations")), "not read"
+
+
 def test_chat_on_a_terminal(broker, tmp_path):
     """On a terminal (a pty here) the line is edited with libedit: keys in
     the open conversation tell bob alice is typing, a message that arrives
