@@ -1,6 +1,8 @@
 /*
- * imchat: a chat command line for mosquitto-im, on libmosquitto.
+ * imchat: a chat command line for mosquitto-im, on the client library
+ * (clients/c, libmosquitto-im-client).
  *
+ *   imchat -u alice                            interactive: the conversation list, /open bob, type to send
  *   imchat -u alice send bob "hi"              direct message, prints the seq
  *   imchat -u alice send -g team "hi"          group message
  *   imchat -u bob listen                       live, in order, resumes after restart
@@ -14,22 +16,22 @@
  *   imchat -u alice typing bob [on|off]        tell bob I am typing (or stopped)
  *   imchat -u alice conversations --limit 20   my latest conversations, unread counts
  *
- * Sending follows docs/PROTOCOL.md section 7, step 4: MQTT v5, QoS 1, a
- * random UUID as im-cmid, a Response Topic for the im.v1.Receipt; after a
- * lost connection the message is re-sent with the same cmid until the
- * Receipt arrives, so it is stored exactly once. `listen` runs the
- * client library (clients/c, libmosquitto-im-client): sync before live, gaps filled,
- * duplicates dropped, acks, a state file; when the server's store was
- * replaced it prints a line saying so and starts over from seq 1. It also
- * prints the others' read marks and typing, and edits and recalls as the
- * messages they are (with the seq they change).
+ * Everything goes through the library. The one-shot commands (send,
+ * history, group, edit, recall, typing, conversations) run a client that
+ * follows no timeline (requests_only) for one exchange: a send keeps its
+ * cmid across a lost connection until the Receipt, so it is stored exactly
+ * once. `listen` and the interactive mode run a device: sync before live,
+ * gaps filled, duplicates dropped, a state file; when the server's store
+ * was replaced they print a line saying so and start over from seq 1.
  *
- * Errors go to stderr with a non-zero exit: 1 for a failure, 2 for usage.
+ * The chat (no command) is in imchat_chat.c. Errors go to stderr with a
+ * non-zero exit: 1 for a failure, 2 for usage.
  */
 #include <errno.h>
 #include <stdarg.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -39,39 +41,22 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <mosquitto.h>
-#include <mqtt_protocol.h>
-
 #include <mosquitto-im/client.h>
 
-#include "im.pb-c.h"
 #include "im_print.h"
+#include "imchat.h"
 
-#define IM_NAME_MAX 64                 /* PROTOCOL.md 1 */
-#define IM_TL_MAX (IM_NAME_MAX + 2)    /* u/<name>, g/<name> */
-
-#define RECEIPT_TOPIC "$CONTROL/im/v1/receipt"
+#define CONNACK_MS 10000
 
 /* ---- options ---- */
 
-static struct {
-	const char *user, *password, *host, *cafile, *client_id, *state, *group, *cmid;
-	int port;
-	int reply_ms;      /* how long a request may wait for the plugin's reply */
-	int retry_s;       /* send: keep trying to connect this long (0: fail at once) */
-	long max_msgs;     /* listen -n */
-	int idle_s;        /* listen -t */
-	long last_n;       /* history --last */
-	long limit;        /* conversations --limit */
-	long long after;   /* history --after */
-	int verbose;
-} opt = {.host = "127.0.0.1", .port = 1883, .reply_ms = 3000, .last_n = -1, .after = -1, .limit = -1};
+struct imchat_opt opt = {.host = "127.0.0.1", .port = 1883, .reply_ms = 3000, .last_n = -1, .after = -1, .limit = -1};
 
-static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die(const char *fmt, ...)
+void die(const char *fmt, ...)
 {
 	va_list ap;
 
+	fflush(stdout);
 	fputs("imchat: ", stderr);
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
@@ -80,7 +65,7 @@ static void die(const char *fmt, ...)
 	exit(1);
 }
 
-static int64_t now_ms(void)
+int64_t now_ms(void)
 {
 	struct timespec ts;
 
@@ -88,17 +73,10 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void sleep_ms(int ms)
-{
-	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-
-	nanosleep(&ts, NULL);
-}
-
 /* ---- printing messages: "HH:MM:SS timeline #seq sender: body" ---- */
 
 /* Local time of ms since the epoch (0: now): HH:MM:SS, with the date before it. */
-static void print_time(int64_t ms, bool date)
+void put_time(FILE *out, int64_t ms, bool date)
 {
 	time_t s = ms ? (time_t)(ms / 1000) : time(NULL);
 	struct tm tm;
@@ -106,15 +84,28 @@ static void print_time(int64_t ms, bool date)
 
 	localtime_r(&s, &tm);
 	strftime(ts, sizeof(ts), date ? "%Y-%m-%d %H:%M:%S" : "%H:%M:%S", &tm);
-	fputs(ts, stdout);
+	fputs(ts, out);
 }
 
-static void print_msg(void *ud, const struct mim_message *h)
+void print_time(int64_t ms, bool date)
 {
-	size_t i, len = h->len;
-	const uint8_t *body = h->body;
-	const char *me_tl = ud;
+	put_time(stdout, ms, date);
+}
 
+/* One message, one line: control characters are shown as '?'. */
+void put_body(FILE *out, const struct mim_message *h)
+{
+	size_t i;
+
+	if(h->body_omitted){
+		fputs("(body omitted: notify mode)", out);
+		return;
+	}
+	for(i = 0; i < h->len; i++) fputc(h->body[i] < 0x20 && h->body[i] != '\t' ? '?' : h->body[i], out);
+}
+
+static void print_msg(const char *me_tl, const struct mim_message *h)
+{
 	print_time(h->ts_ms, false);
 	printf(" %s #%" PRIu64 " %s", h->timeline ? h->timeline : "?", h->seq, h->sender ? h->sender : "?");
 	if(h->flags & MIM_FLAG_SYSTEM){
@@ -126,247 +117,28 @@ static void print_msg(void *ud, const struct mim_message *h)
 	/* an edit or a recall names the message it changes (in this timeline) */
 	im_print_change(h->flags, h->ref_seq);
 	fputs(": ", stdout);
-	if(h->body_omitted){
-		fputs("(body omitted: notify mode)", stdout);
-	}else{
-		for(i = 0; i < len; i++){
-			/* one message, one line: control characters are shown as '?' */
-			putchar(body[i] < 0x20 && body[i] != '\t' ? '?' : body[i]);
-		}
-	}
+	put_body(stdout, h);
 	putchar('\n');
 	fflush(stdout);
 }
 
-/* ---- a short-lived MQTT v5 session for requests and sends ---- */
-
-struct sess {
-	struct mosquitto *m;
-	bool connected, ever_connected, lost;
-	int connack;          /* -1 until CONNACK */
-	/* the one outstanding exchange */
-	char want_topic[128];
-	char corr[48];
-	int pub_mid;
-	bool pub_acked;
-	int pub_reason;
-	int64_t pub_acked_ms;
-	uint8_t *reply;
-	int reply_len;
-	bool got_reply;
-};
-
-static void on_connect(struct mosquitto *m, void *ud, int rc, int flags, const mosquitto_property *props)
+/* "u/bob unread 2 read #3 last #5 2026-11-30 13:13:13 alice: text": read is
+ * how far the peer read its inbox u/bob (the seqs `send` prints; absent
+ * while it read nothing); last is the latest message, its seq in the
+ * timeline I read (u/<me>, g/<group>). */
+void print_conv(const struct mim_conversation *c)
 {
-	struct sess *s = ud;
-
-	(void)m;
-	(void)flags;
-	(void)props;
-	s->connack = rc;
-	if(rc == 0) s->connected = s->ever_connected = true;
+	printf("%s unread %" PRIu64, c->timeline ? c->timeline : "?", c->unread);
+	if(c->peer_read_seq) printf(" read #%" PRIu64, c->peer_read_seq);
+	printf(" last #%" PRIu64 " ", c->last_seq);
+	print_time(c->last_ts_ms, true);
+	printf(" %s", c->last_sender ? c->last_sender : "?");
+	if(c->last_flags & MIM_FLAG_SYSTEM) printf(" (system)");
+	im_print_change(c->last_flags, 0);
+	printf(": %s\n", c->last_preview ? c->last_preview : "(no preview)");
 }
 
-static void on_disconnect(struct mosquitto *m, void *ud, int rc, const mosquitto_property *props)
-{
-	struct sess *s = ud;
-
-	(void)m;
-	(void)rc;
-	(void)props;
-	s->connected = false;
-	s->lost = true;
-}
-
-static void on_publish(struct mosquitto *m, void *ud, int mid, int reason, const mosquitto_property *props)
-{
-	struct sess *s = ud;
-
-	(void)m;
-	(void)props;
-	if(mid != s->pub_mid) return;
-	s->pub_acked = true;
-	s->pub_reason = reason;
-	s->pub_acked_ms = now_ms();
-}
-
-static void on_message(struct mosquitto *m, void *ud, const struct mosquitto_message *msg,
-		const mosquitto_property *props)
-{
-	struct sess *s = ud;
-	void *corr = NULL;
-	uint16_t corr_len = 0;
-	bool match;
-
-	(void)m;
-	if(s->got_reply || strcmp(msg->topic, s->want_topic)) return;
-	/* A reply from an earlier attempt carries another correlation id. */
-	mosquitto_property_read_binary(props, MQTT_PROP_CORRELATION_DATA, &corr, &corr_len, false);
-	match = corr == NULL || (corr_len == strlen(s->corr) && !memcmp(corr, s->corr, corr_len));
-	free(corr);
-	if(!match) return;
-	s->reply = malloc((size_t)msg->payloadlen + 1);
-	if(s->reply == NULL) die("out of memory");
-	memcpy(s->reply, msg->payload, (size_t)msg->payloadlen);
-	s->reply_len = msg->payloadlen;
-	s->got_reply = true;
-}
-
-static const char *connack_reason(int rc)
-{
-	switch(rc){
-		case 4: case 5: case MQTT_RC_BAD_USERNAME_OR_PASSWORD: case MQTT_RC_NOT_AUTHORIZED:
-			return "not authorised";
-		default:
-			return mosquitto_reason_string(rc);
-	}
-}
-
-static void random_id(char *out, size_t cap)
-{
-	uint8_t b[16];
-	FILE *f = fopen("/dev/urandom", "rb");
-	size_t i;
-
-	if(f == NULL || fread(b, 1, sizeof(b), f) != sizeof(b)){
-		for(i = 0; i < sizeof(b); i++) b[i] = (uint8_t)(rand() ^ (int)(now_ms() >> i));
-	}
-	if(f) fclose(f);
-	b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* UUID version 4 */
-	b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
-	snprintf(out, cap, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-			b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
-}
-
-static void sess_init(struct sess *s)
-{
-	char id[64], r[40];
-
-	memset(s, 0, sizeof(*s));
-	s->connack = -1;
-	mosquitto_lib_init();
-	random_id(r, sizeof(r));
-	/* Its own client id: never takes over the session of a listening device. */
-	snprintf(id, sizeof(id), "imchat-%.8s-%s", opt.user, r + 24);
-	s->m = mosquitto_new(id, true, s);
-	if(s->m == NULL) die("out of memory");
-	mosquitto_int_option(s->m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
-	mosquitto_int_option(s->m, MOSQ_OPT_TCP_NODELAY, 1);
-	mosquitto_username_pw_set(s->m, opt.user, opt.password);
-	if(opt.cafile && mosquitto_tls_set(s->m, opt.cafile, NULL, NULL, NULL, NULL) != MOSQ_ERR_SUCCESS){
-		die("cannot use CA file %s", opt.cafile);
-	}
-	mosquitto_connect_v5_callback_set(s->m, on_connect);
-	mosquitto_disconnect_v5_callback_set(s->m, on_disconnect);
-	mosquitto_publish_v5_callback_set(s->m, on_publish);
-	mosquitto_message_v5_callback_set(s->m, on_message);
-}
-
-/* One connection attempt, up to CONNACK. Returns 0, or -1 with the reason in
- * why (the broker is not there); a refused login ends the program. */
-static int sess_connect(struct sess *s, char *why, size_t cap)
-{
-	int rc;
-	int64_t deadline;
-
-	s->connack = -1;
-	s->connected = s->lost = false;
-	rc = s->ever_connected ? mosquitto_reconnect(s->m) : mosquitto_connect(s->m, opt.host, opt.port, 30);
-	if(rc != MOSQ_ERR_SUCCESS){
-		snprintf(why, cap, "cannot connect to %s:%d: %s", opt.host, opt.port,
-				rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
-		return -1;
-	}
-	deadline = now_ms() + 10000;
-	while(s->connack < 0 && now_ms() < deadline){
-		if(mosquitto_loop(s->m, 50, 1) != MOSQ_ERR_SUCCESS && s->connack < 0){
-			snprintf(why, cap, "cannot connect to %s:%d: connection closed before CONNACK%s", opt.host,
-					opt.port, opt.cafile ? " (TLS?)" : "");
-			return -1;
-		}
-	}
-	if(s->connack < 0){
-		snprintf(why, cap, "cannot connect to %s:%d: no CONNACK within 10 s", opt.host, opt.port);
-		return -1;
-	}
-	if(s->connack != 0){
-		die("login as %s refused by %s:%d: %s", opt.user, opt.host, opt.port, connack_reason(s->connack));
-	}
-	return 0;
-}
-
-static void sess_open(struct sess *s)
-{
-	char why[256];
-
-	sess_init(s);
-	if(sess_connect(s, why, sizeof(why)) != 0) die("%s", why);
-}
-
-static void sess_close(struct sess *s)
-{
-	if(s->connected){
-		mosquitto_disconnect(s->m);
-		mosquitto_loop(s->m, 50, 1);
-	}
-	mosquitto_destroy(s->m);
-	mosquitto_lib_cleanup();
-}
-
-static void no_plugin(const char *where)
-{
-	die("no reply from the mosquitto-im plugin on %s within %d ms: is the plugin loaded?", where, opt.reply_ms);
-}
-
-/* Publishes a request to $CONTROL/im/v1/<op> and waits for its reply.
- * Returns the reply payload (caller frees), its length in *len. */
-static uint8_t *sess_request(struct sess *s, const char *op, const void *payload, size_t plen, int *len)
-{
-	char topic[96];
-	mosquitto_property *props = NULL;
-	int64_t deadline;
-	uint8_t *r;
-
-	snprintf(topic, sizeof(topic), "$CONTROL/im/v1/%s", op);
-	snprintf(s->want_topic, sizeof(s->want_topic), "$CONTROL/im/v1/%s/response", op);
-	random_id(s->corr, sizeof(s->corr));
-	s->got_reply = false;
-	mosquitto_property_add_string(&props, MQTT_PROP_RESPONSE_TOPIC, s->want_topic);
-	mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, s->corr, (uint16_t)strlen(s->corr));
-	if(mosquitto_publish_v5(s->m, &s->pub_mid, topic, (int)plen, payload, 1, false, props) != MOSQ_ERR_SUCCESS){
-		die("cannot send the request to %s", topic);
-	}
-	mosquitto_property_free_all(&props);
-	deadline = now_ms() + opt.reply_ms;
-	while(!s->got_reply && now_ms() < deadline){
-		if(mosquitto_loop(s->m, 50, 1) != MOSQ_ERR_SUCCESS || s->lost){
-			die("lost the connection to %s:%d while waiting for the reply on %s", opt.host, opt.port, topic);
-		}
-	}
-	if(!s->got_reply) no_plugin(topic);
-	r = s->reply;
-	*len = s->reply_len;
-	s->reply = NULL;
-	return r;
-}
-
-static const char *status_name(int st)
-{
-	switch(st){
-		case IM__V1__STATUS__OK: return "OK";
-		case IM__V1__STATUS__BAD_REQUEST: return "bad request";
-		case IM__V1__STATUS__UNAUTHENTICATED: return "unauthenticated";
-		case IM__V1__STATUS__FORBIDDEN: return "forbidden";
-		case IM__V1__STATUS__NOT_FOUND: return "not found";
-		case IM__V1__STATUS__CONFLICT: return "conflict";
-		case IM__V1__STATUS__TOO_LARGE: return "too large";
-		case IM__V1__STATUS__TOO_MANY: return "too many";
-		case IM__V1__STATUS__INTERNAL: return "internal error";
-		default: return "error";
-	}
-}
-
-/* ---- send ---- */
+/* ---- names ---- */
 
 static bool valid_name(const char *n)
 {
@@ -375,188 +147,35 @@ static bool valid_name(const char *n)
 	return len >= 1 && len <= IM_NAME_MAX && !strpbrk(n, "/+#$");
 }
 
-/* Where a command sends: "-g GROUP" (opt.group), a timeline "u/USER" or
- * "g/GROUP", or a bare user name. Dies on an invalid name. */
-static void target(const char *arg, char tl[IM_TL_MAX + 1])
+/* Where to send: "-g GROUP" (group), a timeline "u/USER" or "g/GROUP", or a
+ * bare user name. Fills tl and returns NULL, or returns what is wrong. */
+const char *parse_target(const char *arg, const char *group, char tl[IM_TL_MAX + 1])
 {
-	const char *name = opt.group ? opt.group : arg;
-	char kind = opt.group ? 'g' : 'u';
+	static char why[IM_NAME_MAX + 40];
+	const char *name = group ? group : arg;
+	char kind = group ? 'g' : 'u';
 
-	if(!opt.group && (!strncmp(arg, "u/", 2) || !strncmp(arg, "g/", 2))){
+	if(!group && (!strncmp(arg, "u/", 2) || !strncmp(arg, "g/", 2))){
 		kind = arg[0];
 		name = arg + 2;
 	}
-	if(!valid_name(name)) die("invalid %s name '%s'", kind == 'g' ? "group" : "user", name);
+	if(!valid_name(name)){
+		snprintf(why, sizeof(why), "invalid %s name '%.64s'", kind == 'g' ? "group" : "user", name);
+		return why;
+	}
 	snprintf(tl, IM_TL_MAX + 1, "%c/%s", kind, name);
+	return NULL;
 }
 
-/* A message to tl: a new one (change NULL), or "im-edit" / "im-recall" of
- * message ref (its seq in tl). */
-static int cmd_send(const char *tl, const char *text, const char *change, uint64_t ref)
+/* The same for the command line: dies on an invalid name. */
+static void target(const char *arg, char tl[IM_TL_MAX + 1])
 {
-	struct sess s;
-	char topic[IM_TL_MAX + 64], cmid[48], refs[24], why[256] = "";
-	mosquitto_property *props = NULL;
-	int64_t deadline, retry_until;
-	bool sent = false;
-	Im__V1__Receipt *r;
+	const char *why = parse_target(arg, opt.group, tl);
 
-	snprintf(topic, sizeof(topic), "im/%s", tl);
-	if(opt.cmid) snprintf(cmid, sizeof(cmid), "%s", opt.cmid);
-	else random_id(cmid, sizeof(cmid));
-
-	sess_init(&s);
-	snprintf(s.want_topic, sizeof(s.want_topic), "%s", RECEIPT_TOPIC);
-	snprintf(s.corr, sizeof(s.corr), "%s", cmid);
-	mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, "im-cmid", cmid);
-	if(change){
-		snprintf(refs, sizeof(refs), "%" PRIu64, ref);
-		mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, change, refs);
-	}
-	mosquitto_property_add_string(&props, MQTT_PROP_RESPONSE_TOPIC, RECEIPT_TOPIC);
-	mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, cmid, (uint16_t)strlen(cmid));
-
-	retry_until = now_ms() + (int64_t)opt.retry_s * 1000;
-	while(!s.got_reply){
-		if(!s.connected){
-			if(sess_connect(&s, why, sizeof(why)) != 0){
-				/* Before the first connection only --retry keeps trying;
-				 * after it, a lost connection is retried for 30 s. */
-				if(now_ms() >= (s.ever_connected ? retry_until + 30000 : retry_until)) die("%s", why);
-				sleep_ms(250);
-				continue;
-			}
-			retry_until = now_ms() + (int64_t)opt.retry_s * 1000;
-			sent = false;
-		}
-		if(!sent){
-			/* The same cmid on every attempt: stored once however often sent. */
-			s.pub_acked = false;
-			if(mosquitto_publish_v5(s.m, &s.pub_mid, topic, (int)strlen(text), text, 1, false, props)
-					!= MOSQ_ERR_SUCCESS){
-				s.connected = false;
-				continue;
-			}
-			sent = true;
-			if(opt.verbose) fprintf(stderr, "imchat: sent to %s with cmid %s\n", topic, cmid);
-		}
-		deadline = now_ms() + 30000;
-		while(!s.got_reply && s.connected && now_ms() < deadline){
-			if(mosquitto_loop(s.m, 50, 1) != MOSQ_ERR_SUCCESS){
-				s.connected = false;
-				break;
-			}
-			if(s.pub_acked && s.pub_reason >= 0x80){
-				die("%s refused the message to %s: %s (the broker log says why)", opt.host, topic,
-						s.pub_reason == MQTT_RC_NOT_AUTHORIZED ? "not authorised" : mosquitto_reason_string(s.pub_reason));
-			}
-			if(s.pub_acked && !s.got_reply && now_ms() - s.pub_acked_ms > opt.reply_ms){
-				no_plugin(topic);
-			}
-		}
-		if(!s.got_reply && s.connected) die("no acknowledgement for the message to %s within 30 s", topic);
-		if(!s.got_reply){
-			if(opt.verbose) fprintf(stderr, "imchat: connection lost, re-sending with cmid %s\n", cmid);
-			retry_until = now_ms() + 30000;
-			sleep_ms(100);
-		}
-	}
-	mosquitto_property_free_all(&props);
-	r = im__v1__receipt__unpack(NULL, (size_t)s.reply_len, s.reply);
-	if(r == NULL) die("unreadable receipt from %s", topic);
-	if(r->status != IM__V1__STATUS__OK){
-		die("%s refused: %d %s: %s", topic, r->status, status_name(r->status), r->reason ? r->reason : "");
-	}
-	printf("%s seq %" PRIu64, r->timeline ? r->timeline : tl, r->seq);
-	if(r->has_own_seq) printf(" (own copy u/%s seq %" PRIu64 ")", opt.user, r->own_seq);
-	if(r->duplicate) printf(" duplicate");
-	if(change) printf(" (%s of #%" PRIu64 ")", change + 3, ref);
-	putchar('\n');
-	im__v1__receipt__free_unpacked(r, NULL);
-	free(s.reply);
-	sess_close(&s);
-	return 0;
+	if(why) die("%s", why);
 }
 
-/* ---- history ---- */
-
-static Im__V1__SyncBatch *sync_once(struct sess *s, const char *tl, uint64_t after, uint32_t limit)
-{
-	Im__V1__SyncRequest q = IM__V1__SYNC_REQUEST__INIT;
-	uint8_t buf[128], *reply;
-	int len;
-	Im__V1__SyncBatch *b;
-
-	q.timeline = (char *)tl;
-	q.has_after_seq = 1;
-	q.after_seq = after;
-	q.has_limit = 1;
-	q.limit = limit;
-	reply = sess_request(s, "sync", buf, im__v1__sync_request__pack(&q, buf), &len);
-	b = im__v1__sync_batch__unpack(NULL, (size_t)len, reply);
-	free(reply);
-	if(b == NULL) die("unreadable sync reply for %s", tl);
-	if(b->status != IM__V1__STATUS__OK){
-		die("sync %s refused: %d %s: %s", tl, b->status, status_name(b->status), b->reason ? b->reason : "");
-	}
-	return b;
-}
-
-static int cmd_history(const char *tl_arg)
-{
-	struct sess s;
-	char tl[IM_TL_MAX + 1], me[IM_TL_MAX + 1];
-	uint64_t after = 0;
-	Im__V1__SyncBatch *b;
-	size_t i;
-	long shown = 0;
-
-	/* "u/bob", "g/team", or a bare name: a group if it is not me */
-	if(!strncmp(tl_arg, "u/", 2) || !strncmp(tl_arg, "g/", 2)) snprintf(tl, sizeof(tl), "%s", tl_arg);
-	else if(!strcmp(tl_arg, opt.user)) snprintf(tl, sizeof(tl), "u/%s", tl_arg);
-	else snprintf(tl, sizeof(tl), "g/%s", tl_arg);
-	snprintf(me, sizeof(me), "u/%s", opt.user);
-	sess_open(&s);
-	if(opt.after >= 0){
-		after = (uint64_t)opt.after;
-	}else if(opt.last_n >= 0){
-		b = sync_once(&s, tl, 0, 1); /* learns head_seq */
-		after = b->head_seq > (uint64_t)opt.last_n ? b->head_seq - (uint64_t)opt.last_n : 0;
-		im__v1__sync_batch__free_unpacked(b, NULL);
-	}
-	for(;;){
-		b = sync_once(&s, tl, after, 500);
-		if(b->first_seq > after + 1 && opt.verbose){
-			fprintf(stderr, "imchat: %s: seqs %" PRIu64 "..%" PRIu64 " are gone (retention)\n", tl, after + 1,
-					b->first_seq - 1);
-		}
-		for(i = 0; i < b->n_frames; i++){
-			/* the library's frame reader: bodies deflated by the plugin
-			 * (compress_min_bytes) come inflated */
-			struct mim_frame *f = mim_frame_parse(b->frames[i].data, b->frames[i].len);
-
-			if(f == NULL){
-				fprintf(stderr, "imchat: %s: a frame this imchat cannot read (or that does not inflate)\n", tl);
-				continue;
-			}
-			print_msg(me, &f->msg);
-			after = f->msg.seq;
-			shown++;
-			mim_frame_free(f);
-		}
-		if(!b->has_more || b->n_frames == 0){
-			im__v1__sync_batch__free_unpacked(b, NULL);
-			break;
-		}
-		im__v1__sync_batch__free_unpacked(b, NULL);
-	}
-	sess_close(&s);
-	return 0;
-}
-
-/* ---- groups ---- */
-
-static char *default_state_path(void)
+char *state_path(const char *kind)
 {
 	static char path[4096];
 	const char *home = getenv("HOME");
@@ -566,15 +185,283 @@ static char *default_state_path(void)
 	if(home == NULL || !*home) home = ".";
 	snprintf(dir, sizeof(dir), "%s/.imchat", home);
 	mkdir(dir, 0700);
-	snprintf(path, sizeof(path), "%s/%s@%s:%d.state", dir, opt.user, opt.host, opt.port);
+	snprintf(path, sizeof(path), "%s/%s@%s:%d%s.state", dir, opt.user, opt.host, opt.port, kind);
 	return path;
 }
+
+/* ---- a client, connected ---- */
+
+static char g_login_why[160];
+
+void no_plugin(const char *where)
+{
+	die("no reply from the mosquitto-im plugin on %s within %d ms: is the plugin loaded?", where, opt.reply_ms);
+}
+
+void login_refused(void)
+{
+	/* "the broker refused the login of alice: Not authorized" */
+	const char *why = strrchr(g_login_why, ':');
+
+	why = why ? why + 2 : "";
+	if(!*why || strstr(why, "authori") || strstr(why, "user name or password")) why = "not authorised";
+	die("login as %s refused by %s:%d: %s", opt.user, opt.host, opt.port, why);
+}
+
+static void on_error(void *ud, int result, const char *what)
+{
+	(void)ud;
+	if(result == MIM_ERR_LOGIN){
+		snprintf(g_login_why, sizeof(g_login_why), "%s", what);
+		return;
+	}
+	fprintf(stderr, "imchat: %s\n", what);
+}
+
+void base_options(struct mim_options *o)
+{
+	mim_options_init(o);
+	o->host = opt.host;
+	o->port = opt.port;
+	o->user = opt.user;
+	o->password = opt.password;
+	o->cafile = opt.cafile;
+	o->verbose = opt.verbose;
+	o->cb.on_error = on_error;
+}
+
+bool online(const struct mim_client *c)
+{
+	enum mim_state s = mim_get_state(c);
+
+	return s == MIM_STATE_SYNCING || s == MIM_STATE_ONLINE;
+}
+
+/* Connects (trying for retry_s seconds while the broker cannot be
+ * reached) and waits for the CONNACK. Dies on a refused login. */
+static void connect_client(struct mim_client *c, int retry_s)
+{
+	int64_t until = now_ms() + (int64_t)retry_s * 1000, deadline;
+
+	while(mim_connect(c) != MIM_OK){
+		if(now_ms() >= until) die("cannot connect to %s:%d: %s", opt.host, opt.port, strerror(errno));
+		poll(NULL, 0, 250);
+	}
+	deadline = now_ms() + CONNACK_MS;
+	while(!online(c)){
+		if(mim_loop(c, 50) == MIM_ERR_LOGIN) login_refused();
+		if(now_ms() >= deadline){
+			die("cannot connect to %s:%d: no CONNACK within %d s%s", opt.host, opt.port, CONNACK_MS / 1000,
+					opt.cafile ? "" : " (a TLS listener?)");
+		}
+	}
+}
+
+/* A client for one exchange: follows nothing, keeps no session. */
+static struct mim_client *oneshot(int retry_s)
+{
+	struct mim_options o;
+	struct mim_client *c;
+	int rc;
+
+	base_options(&o);
+	o.requests_only = true;
+	c = mim_new(&o, &rc);
+	if(c == NULL) die("cannot create the client: %s", mim_strerror(rc));
+	connect_client(c, retry_s);
+	return c;
+}
+
+/* Runs c until *done. A reply must come within --timeout of the request
+ * (or, for a send, of every connection that carries it). A request whose
+ * connection dropped is answered by the library (MIM_ERR_CONN_LOST); a
+ * send waits for the next connection, for up to 30 s plus --retry. */
+static void await(struct mim_client *c, const bool *done, const char *topic)
+{
+	int64_t deadline = now_ms() + opt.reply_ms, offline_since = 0;
+
+	while(!*done){
+		if(mim_loop(c, 50) == MIM_ERR_LOGIN) login_refused();
+		if(*done) break;
+		if(!online(c)){
+			if(offline_since == 0) offline_since = now_ms();
+			if(now_ms() - offline_since > 30000 + (int64_t)opt.retry_s * 1000){
+				die("lost the connection to %s:%d and could not connect again", opt.host, opt.port);
+			}
+			continue;
+		}
+		if(offline_since){
+			offline_since = 0;
+			deadline = now_ms() + opt.reply_ms;   /* sent again on this connection */
+			if(opt.verbose) fprintf(stderr, "imchat: connected again\n");
+		}
+		if(now_ms() > deadline) no_plugin(topic);
+	}
+}
+
+/* A reply that is not OK ends the program, saying why. */
+static void check_reply(const struct mim_reply *r, const char *what)
+{
+	if(r->status == MIM_OK) return;
+	if(r->status == MIM_ERR_TIMEOUT) no_plugin(what);
+	if(r->status == MIM_ERR_CONN_LOST){
+		die("lost the connection to %s:%d while waiting for the reply on %s", opt.host, opt.port, what);
+	}
+	if(r->status < 0) die("%s: %s", what, mim_strerror(r->status));
+	die("%s: %d %s: %s", what, r->status, mim_strerror(r->status), r->reason ? r->reason : "");
+}
+
+static void request_failed(int rc, const char *what)
+{
+	if(rc == MIM_ERR_NOT_CONNECTED){
+		die("lost the connection to %s:%d before the request on %s", opt.host, opt.port, what);
+	}
+	die("%s: %s", what, mim_strerror(rc));
+}
+
+/* ---- send, edit, recall ---- */
+
+struct sent {
+	bool done;
+	const char *tl, *change;
+	uint64_t ref;
+};
+
+static void on_sent(void *ud, const struct mim_receipt *r)
+{
+	struct sent *s = ud;
+	char topic[IM_TL_MAX + 8];
+
+	snprintf(topic, sizeof(topic), "im/%s", s->tl);
+	if(r->status == MIM_ERR_BROKER){
+		die("%s refused the message to %s: %s (the broker log says why)", opt.host, topic,
+				r->mqtt_reason == 0x87 ? "not authorised" : r->reason ? r->reason : "refused");
+	}
+	if(r->status != MIM_OK){
+		die("%s refused: %d %s: %s", topic, r->status, mim_strerror(r->status), r->reason ? r->reason : "");
+	}
+	printf("%s seq %" PRIu64, r->timeline ? r->timeline : s->tl, r->seq);
+	if(r->own_seq) printf(" (own copy u/%s seq %" PRIu64 ")", opt.user, r->own_seq);
+	if(r->duplicate) printf(" duplicate");
+	if(s->change) printf(" (%s of #%" PRIu64 ")", s->change, s->ref);
+	putchar('\n');
+	s->done = true;
+}
+
+/* A message to tl: a new one (change NULL), or an "edit" / "recall" of
+ * message ref (its seq in tl). */
+static int cmd_send(struct mim_client *c, const char *tl, const char *text, const char *change, uint64_t ref)
+{
+	struct mim_send_options so = {0};
+	struct sent s = {false, tl, change, ref};
+	char topic[IM_TL_MAX + 8];
+	int rc;
+
+	if(c == NULL) c = oneshot(opt.retry_s);
+	snprintf(topic, sizeof(topic), "im/%s", tl);
+	so.cmid = opt.cmid;
+	if(change == NULL) rc = mim_send(c, tl, text, strlen(text), &so, on_sent, &s, NULL);
+	else if(!strcmp(change, "edit")) rc = mim_edit(c, tl, ref, text, strlen(text), on_sent, &s);
+	else rc = mim_recall(c, tl, ref, on_sent, &s);
+	if(rc != MIM_OK) die("cannot send to %s: %s", topic, mim_strerror(rc));
+	await(c, &s.done, topic);
+	mim_destroy(c);
+	return 0;
+}
+
+/* ---- history ---- */
+
+struct page {
+	bool done;
+	const char *me;
+	uint64_t after, head;
+	bool more, quiet;
+	size_t n;
+	uint64_t copy_to_seq;           /* through_copy: the seq asked */
+	char copy_tl[IM_TL_MAX + 1];    /* through_copy: where the original is */
+	uint64_t copy_ref;
+};
+
+static void on_page(void *ud, const struct mim_reply *r)
+{
+	struct page *p = ud;
+	char what[IM_TL_MAX + 32];
+	size_t i;
+
+	snprintf(what, sizeof(what), "sync %s refused", r->timeline ? r->timeline : "?");
+	if(r->status == MIM_ERR_TIMEOUT || r->status == MIM_ERR_CONN_LOST) check_reply(r, "$CONTROL/im/v1/sync");
+	check_reply(r, what);
+	if(r->first_seq > p->after + 1 && opt.verbose){
+		fprintf(stderr, "imchat: %s: seqs %" PRIu64 "..%" PRIu64 " are gone (retention)\n", r->timeline,
+				p->after + 1, r->first_seq - 1);
+	}
+	for(i = 0; i < r->n_messages; i++){
+		const struct mim_message *h = &r->messages[i];
+
+		if(p->copy_to_seq){
+			/* my own copy of a message I sent to someone: its original */
+			if(h->seq == p->copy_to_seq && h->outgoing && h->to && strcmp(h->to, p->me) && h->peer_seq){
+				snprintf(p->copy_tl, sizeof(p->copy_tl), "%s", h->to);
+				p->copy_ref = h->peer_seq;
+			}
+		}else if(!p->quiet){
+			print_msg(p->me, h);
+		}
+		p->after = h->seq;
+	}
+	p->n = r->n_messages;
+	p->head = r->head_seq;
+	p->more = r->has_more && r->n_messages > 0;
+	p->done = true;
+}
+
+static void history_page(struct mim_client *c, struct page *p, const char *tl, uint32_t limit)
+{
+	int rc;
+
+	p->done = false;
+	rc = mim_history(c, tl, p->after, limit, on_page, p);
+	if(rc != MIM_OK) request_failed(rc, "$CONTROL/im/v1/sync");
+	await(c, &p->done, "$CONTROL/im/v1/sync");
+}
+
+static int cmd_history(const char *tl_arg)
+{
+	struct mim_client *c;
+	char tl[IM_TL_MAX + 1], me[IM_TL_MAX + 1];
+	struct page p = {0};
+
+	/* "u/bob", "g/team", or a bare name: a group if it is not me */
+	if(!strncmp(tl_arg, "u/", 2) || !strncmp(tl_arg, "g/", 2)) snprintf(tl, sizeof(tl), "%s", tl_arg);
+	else if(!strcmp(tl_arg, opt.user)) snprintf(tl, sizeof(tl), "u/%s", tl_arg);
+	else snprintf(tl, sizeof(tl), "g/%s", tl_arg);
+	snprintf(me, sizeof(me), "u/%s", opt.user);
+	if(tl[0] == 'u' && strcmp(tl, me)) die("history: %s is someone else's inbox; yours is %s", tl, me);
+	if(!valid_name(tl + 2)) die("invalid name '%s'", tl + 2);
+	p.me = me;
+	c = oneshot(0);
+	if(opt.after >= 0){
+		p.after = (uint64_t)opt.after;
+	}else if(opt.last_n >= 0){
+		p.quiet = true;
+		history_page(c, &p, tl, 1); /* learns head_seq */
+		p.quiet = false;
+		p.after = p.head > (uint64_t)opt.last_n ? p.head - (uint64_t)opt.last_n : 0;
+	}
+	do{
+		history_page(c, &p, tl, 500);
+	}while(p.more);
+	mim_destroy(c);
+	return 0;
+}
+
+/* ---- groups ---- */
 
 /* `last` of a timeline in the state file of `listen`, or -1 if unknown or
  * counted in another store than store_id (0: the server did not say). */
 static long long state_last(const char *tl, uint64_t store_id)
 {
-	FILE *f = fopen(default_state_path(), "r");
+	FILE *f = fopen(state_path(""), "r");
 	char name[IM_TL_MAX + 2], line[256], *end;
 	unsigned long long last, id;
 	long long r = -1;
@@ -595,40 +482,51 @@ static long long state_last(const char *tl, uint64_t store_id)
 	return r;
 }
 
-static Im__V1__GroupResponse *group_request(struct sess *s, const char *op, const char *group, char **members, int n)
-{
-	Im__V1__GroupRequest q = IM__V1__GROUP_REQUEST__INIT;
-	Im__V1__GroupResponse *r;
-	uint8_t *buf, *reply;
-	size_t plen;
-	int len;
+struct group_call {
+	bool done;
+	const char *op, *group;
+};
 
-	q.op = (char *)op;
-	q.group = (char *)group;
-	q.members = members;
-	q.n_members = (size_t)n;
-	plen = im__v1__group_request__get_packed_size(&q);
-	buf = malloc(plen + 1);
-	if(buf == NULL) die("out of memory");
-	im__v1__group_request__pack(&q, buf);
-	reply = sess_request(s, "group", buf, plen, &len);
-	free(buf);
-	r = im__v1__group_response__unpack(NULL, (size_t)len, reply);
-	free(reply);
-	if(r == NULL) die("unreadable group reply");
-	if(r->status != IM__V1__STATUS__OK){
-		die("group %s%s%s: %d %s: %s", op, group ? " " : "", group ? group : "", r->status, status_name(r->status),
-				r->reason ? r->reason : "");
+static void on_group(void *ud, const struct mim_reply *r)
+{
+	struct group_call *g = ud;
+	char what[IM_NAME_MAX + 32];
+	size_t i;
+
+	if(r->status == MIM_ERR_TIMEOUT || r->status == MIM_ERR_CONN_LOST) check_reply(r, "$CONTROL/im/v1/group");
+	snprintf(what, sizeof(what), "group %s%s%s", g->op, g->group ? " " : "", g->group ? g->group : "");
+	check_reply(r, what);
+	if(!strcmp(g->op, "list")){
+		for(i = 0; i < r->n_groups; i++){
+			char tl[IM_TL_MAX + 8];
+			long long last;
+			uint64_t unread = r->groups[i].unread;
+
+			snprintf(tl, sizeof(tl), "g/%s", r->groups[i].name);
+			/* unread as this machine's `listen` sees it, if it ran */
+			last = state_last(tl, r->store_id);
+			if(last >= 0) unread = r->groups[i].head_seq > (uint64_t)last ? r->groups[i].head_seq - (uint64_t)last : 0;
+			printf("%s head %" PRIu64 " unread %" PRIu64 "\n", r->groups[i].name, r->groups[i].head_seq, unread);
+		}
+	}else if(!strcmp(g->op, "info")){
+		printf("%s owner %s head %" PRIu64 "\nmembers:", r->group ? r->group : g->group, r->owner ? r->owner : "?",
+				r->head_seq);
+		for(i = 0; i < r->n_members; i++) printf(" %s", r->members[i]);
+		putchar('\n');
+	}else{
+		printf("%s %s: ok", g->op, g->group);
+		if(r->seq) printf(" (g/%s seq %" PRIu64 ")", g->group, r->seq);
+		putchar('\n');
 	}
-	return r;
+	g->done = true;
 }
 
 static int cmd_group(int argc, char **argv)
 {
-	struct sess s;
-	Im__V1__GroupResponse *r;
+	struct mim_client *c;
+	struct group_call g = {false, NULL, NULL};
 	const char *op;
-	size_t i;
+	int i, rc;
 
 	if(argc < 1) die("group: create|add|remove|leave|info <group> [users...], or group list");
 	op = argv[0];
@@ -641,32 +539,16 @@ static int cmd_group(int argc, char **argv)
 	}else{
 		die("unknown group operation '%s' (create, add, remove, leave, list, info)", op);
 	}
-	sess_open(&s);
-	r = group_request(&s, op, argc > 1 ? argv[1] : NULL, argv + 2, argc > 2 ? argc - 2 : 0);
-	if(!strcmp(op, "list")){
-		for(i = 0; i < r->n_groups; i++){
-			char tl[IM_TL_MAX + 8];
-			long long last;
-			uint64_t unread = r->groups[i]->unread;
-
-			snprintf(tl, sizeof(tl), "g/%s", r->groups[i]->name);
-			/* unread as this machine's `listen` sees it, if it ran */
-			last = state_last(tl, r->has_store_id ? r->store_id : 0);
-			if(last >= 0) unread = r->groups[i]->head_seq > (uint64_t)last ? r->groups[i]->head_seq - (uint64_t)last : 0;
-			printf("%s head %" PRIu64 " unread %" PRIu64 "\n", r->groups[i]->name, r->groups[i]->head_seq, unread);
-		}
-	}else if(!strcmp(op, "info")){
-		printf("%s owner %s head %" PRIu64 "\nmembers:", r->group ? r->group : argv[1], r->owner ? r->owner : "?",
-				r->head_seq);
-		for(i = 0; i < r->n_members; i++) printf(" %s", r->members[i]);
-		putchar('\n');
-	}else{
-		printf("%s %s: ok", op, argv[1]);
-		if(r->has_seq) printf(" (g/%s seq %" PRIu64 ")", argv[1], r->seq);
-		putchar('\n');
+	for(i = 1; i < argc; i++){
+		if(!valid_name(argv[i])) die("invalid %s name '%s'", i == 1 ? "group" : "user", argv[i]);
 	}
-	im__v1__group_response__free_unpacked(r, NULL);
-	sess_close(&s);
+	g.op = op;
+	g.group = argc > 1 ? argv[1] : NULL;
+	c = oneshot(0);
+	rc = mim_group(c, op, g.group, (const char *const *)argv + 2, argc > 2 ? (size_t)argc - 2 : 0, on_group, &g);
+	if(rc != MIM_OK) request_failed(rc, "$CONTROL/im/v1/group");
+	await(c, &g.done, "$CONTROL/im/v1/group");
+	mim_destroy(c);
 	return 0;
 }
 
@@ -676,33 +558,27 @@ static int cmd_group(int argc, char **argv)
  * own inbox, a seq names my copy of a message I sent to someone (what
  * listen shows): it is changed through the original, in the peer's inbox
  * (the copy's `to`, at the copy's peer_seq). */
-static void through_copy(char tl[IM_TL_MAX + 1], uint64_t *ref)
+static void through_copy(struct mim_client *c, char tl[IM_TL_MAX + 1], uint64_t *ref)
 {
-	struct sess s;
 	char me[IM_TL_MAX + 1];
-	Im__V1__SyncBatch *b;
-	struct mim_frame *f = NULL;
-	const struct mim_message *h;
+	struct page p = {0};
 
 	snprintf(me, sizeof(me), "u/%s", opt.user);
 	if(strcmp(tl, me)) return;
-	sess_open(&s);
-	b = sync_once(&s, me, *ref - 1, 1);
-	if(b->n_frames == 0 || (f = mim_frame_parse(b->frames[0].data, b->frames[0].len)) == NULL){
-		die("no message #%" PRIu64 " in %s", *ref, me);
+	p.me = me;
+	p.after = *ref - 1;
+	p.copy_to_seq = *ref;
+	history_page(c, &p, me, 1);
+	if(p.n == 0 || p.after != *ref) die("no message #%" PRIu64 " in %s", *ref, me);
+	if(p.copy_tl[0]){
+		snprintf(tl, IM_TL_MAX + 1, "%s", p.copy_tl);
+		*ref = p.copy_ref;
 	}
-	h = &f->msg;
-	if(h->seq == *ref && h->sender && !strcmp(h->sender, opt.user) && h->to && strcmp(h->to, me) && h->peer_seq){
-		snprintf(tl, IM_TL_MAX + 1, "%s", h->to);
-		*ref = h->peer_seq;
-	}
-	mim_frame_free(f);
-	im__v1__sync_batch__free_unpacked(b, NULL);
-	sess_close(&s);
 }
 
 static int cmd_change(const char *arg, const char *seq, const char *text)
 {
+	struct mim_client *c;
 	char tl[IM_TL_MAX + 1], *end;
 	uint64_t ref;
 
@@ -710,106 +586,98 @@ static int cmd_change(const char *arg, const char *seq, const char *text)
 	errno = 0;
 	ref = strtoull(seq, &end, 10);
 	if(*seq < '1' || *seq > '9' || *end || errno) die("invalid seq '%s': a message's seq, from 1", seq);
-	through_copy(tl, &ref);
-	return cmd_send(tl, text ? text : "", text ? "im-edit" : "im-recall", ref);
+	c = oneshot(opt.retry_s);
+	through_copy(c, tl, &ref);
+	return cmd_send(c, tl, text ? text : "", text ? "edit" : "recall", ref);
+}
+
+struct simple_call {
+	bool done;
+	const char *what;
+};
+
+static void on_typing_reply(void *ud, const struct mim_reply *r)
+{
+	struct simple_call *s = ud;
+
+	if(r->status == MIM_ERR_TIMEOUT || r->status == MIM_ERR_CONN_LOST) check_reply(r, "$CONTROL/im/v1/typing");
+	check_reply(r, s->what);
+	s->done = true;
 }
 
 static int cmd_typing(const char *arg, const char *state)
 {
-	Im__V1__TypingRequest q = IM__V1__TYPING_REQUEST__INIT;
-	Im__V1__Response *r;
-	struct sess s;
-	char tl[IM_TL_MAX + 1];
-	uint8_t buf[IM_TL_MAX + 16], *reply;
-	int len;
+	struct mim_client *c;
+	char tl[IM_TL_MAX + 1], what[IM_TL_MAX + 16];
+	struct simple_call s = {false, what};
+	bool typing;
+	int rc;
 
 	target(arg, tl);
 	if(state && strcmp(state, "on") && strcmp(state, "off")) die("typing: on or off, not '%s'", state);
-	q.timeline = tl;
-	q.has_typing = 1;
-	q.typing = state == NULL || !strcmp(state, "on");
-	sess_open(&s);
-	reply = sess_request(&s, "typing", buf, im__v1__typing_request__pack(&q, buf), &len);
-	r = im__v1__response__unpack(NULL, (size_t)len, reply);
-	free(reply);
-	if(r == NULL) die("unreadable typing reply");
-	if(r->status != IM__V1__STATUS__OK){
-		die("typing %s: %d %s: %s", tl, r->status, status_name(r->status), r->reason ? r->reason : "");
-	}
-	printf("%s: %s\n", tl, q.typing ? "typing" : "stopped typing");
-	im__v1__response__free_unpacked(r, NULL);
-	sess_close(&s);
+	typing = state == NULL || !strcmp(state, "on");
+	snprintf(what, sizeof(what), "typing %s", tl);
+	c = oneshot(0);
+	rc = mim_typing(c, tl, typing, on_typing_reply, &s);
+	if(rc != MIM_OK) request_failed(rc, "$CONTROL/im/v1/typing");
+	await(c, &s.done, "$CONTROL/im/v1/typing");
+	printf("%s: %s\n", tl, typing ? "typing" : "stopped typing");
+	mim_destroy(c);
 	return 0;
 }
 
-/* "u/bob unread 2 read #3 last #5 2026-11-30 13:13:13 alice: text": read is
- * how far the peer read its inbox u/bob (the seqs `send` prints; absent
- * while it read nothing); last is the latest message, its seq in the
- * timeline I read (u/<me>, g/<group>). */
-static void print_conv(const Im__V1__Conversation *c)
+struct convs_call {
+	bool done, more;
+	long shown;
+	int64_t before_ts;
+	char before_tl[IM_TL_MAX + 1];
+};
+
+static void on_convs(void *ud, const struct mim_reply *r)
 {
-	printf("%s unread %" PRIu64, c->timeline ? c->timeline : "?", c->unread);
-	if(c->peer_read_seq) printf(" read #%" PRIu64, c->peer_read_seq);
-	printf(" last #%" PRIu64 " ", c->last_seq);
-	print_time(c->last_ts_ms, true);
-	printf(" %s", c->last_sender ? c->last_sender : "?");
-	if(c->last_flags & IM__V1__HEADER_FLAG__FLAG_SYSTEM) printf(" (system)");
-	im_print_change(c->last_flags, 0);
-	printf(": %s\n", c->last_preview ? c->last_preview : "(no preview)");
+	struct convs_call *v = ud;
+	size_t i;
+
+	if(r->status == MIM_ERR_TIMEOUT || r->status == MIM_ERR_CONN_LOST) check_reply(r, "$CONTROL/im/v1/conversations");
+	check_reply(r, "conversations");
+	for(i = 0; i < r->n_conversations; i++) print_conv(&r->conversations[i]);
+	v->shown += (long)r->n_conversations;
+	v->more = r->has_more && r->n_conversations > 0;
+	if(v->more){
+		v->before_ts = r->conversations[r->n_conversations - 1].last_ts_ms;
+		snprintf(v->before_tl, sizeof(v->before_tl), "%s", r->conversations[r->n_conversations - 1].timeline);
+	}
+	v->done = true;
 }
 
 /* The latest first, all of them or --limit; pages of up to 200 (the
  * plugin's maximum), each asked after the one before it. */
 static int cmd_conversations(void)
 {
-	Im__V1__ConversationsRequest q;
-	Im__V1__ConversationsResponse *r;
-	struct sess s;
-	char before_tl[IM_TL_MAX + 1] = "";
-	int64_t before_ts = 0;
-	uint8_t buf[IM_TL_MAX + 64], *reply;
-	long shown = 0;
-	bool more = true;
-	size_t i;
-	int len;
+	struct mim_client *c = oneshot(0);
+	struct convs_call v = {0};
+	uint32_t limit;
+	int rc;
 
-	sess_open(&s);
-	while(more && (opt.limit < 0 || shown < opt.limit)){
-		im__v1__conversations_request__init(&q);
-		q.has_limit = 1;
-		q.limit = opt.limit < 0 || opt.limit - shown > 200 ? 200 : (uint32_t)(opt.limit - shown);
-		if(before_tl[0]){
-			q.has_before_ts_ms = 1;
-			q.before_ts_ms = before_ts;
-			q.before_timeline = before_tl;
-		}
-		reply = sess_request(&s, "conversations", buf, im__v1__conversations_request__pack(&q, buf), &len);
-		r = im__v1__conversations_response__unpack(NULL, (size_t)len, reply);
-		free(reply);
-		if(r == NULL) die("unreadable conversations reply");
-		if(r->status != IM__V1__STATUS__OK){
-			die("conversations: %d %s: %s", r->status, status_name(r->status), r->reason ? r->reason : "");
-		}
-		for(i = 0; i < r->n_conversations; i++) print_conv(r->conversations[i]);
-		shown += (long)r->n_conversations;
-		more = r->has_more && r->n_conversations > 0;
-		if(more){
-			before_ts = r->conversations[r->n_conversations - 1]->last_ts_ms;
-			snprintf(before_tl, sizeof(before_tl), "%s", r->conversations[r->n_conversations - 1]->timeline);
-		}
-		im__v1__conversations_response__free_unpacked(r, NULL);
+	v.more = true;
+	while(v.more && (opt.limit < 0 || v.shown < opt.limit)){
+		limit = opt.limit < 0 || opt.limit - v.shown > 200 ? 200 : (uint32_t)(opt.limit - v.shown);
+		v.done = false;
+		rc = mim_conversations(c, limit, v.before_ts, v.before_tl[0] ? v.before_tl : NULL, on_convs, &v);
+		if(rc != MIM_OK) request_failed(rc, "$CONTROL/im/v1/conversations");
+		await(c, &v.done, "$CONTROL/im/v1/conversations");
 	}
-	sess_close(&s);
+	mim_destroy(c);
 	return 0;
 }
 
 /* ---- listen ---- */
 
-static volatile sig_atomic_t g_stop;
+volatile sig_atomic_t g_stop;
 static long g_shown;
 static int64_t g_last_ms;
 
-static void on_signal(int sig)
+void on_signal(int sig)
 {
 	(void)sig;
 	g_stop = 1;
@@ -830,8 +698,6 @@ static void print_change(void *ud, const struct mim_message *m, const struct mim
 	print_listened(ud, m);
 }
 
-/* The reference client forgot every seq and delivers again from seq 1 (-v
- * prints the store ids). */
 /* Others' read marks and typing ("HH:MM:SS u/bob bob read up to #3",
  * "HH:MM:SS u/alice alice is typing"); mine (from another device) are not
  * news. A mark learned on connect has no time: now. */
@@ -853,47 +719,62 @@ static void print_typing(void *ud, const struct mim_typing *t)
 	fflush(stdout);
 }
 
-static void on_error(void *ud, int result, const char *what)
-{
-	(void)ud;
-	(void)result;
-	fprintf(stderr, "imchat: %s\n", what);
-}
-
+/* The client forgot every seq and delivers again from seq 1 (-v prints the
+ * store ids). */
 static void on_reset(void *ud, uint64_t old_id, uint64_t new_id)
 {
 	(void)ud;
-	(void)old_id;
-	(void)new_id;
+	if(opt.verbose) fprintf(stderr, "imchat: store %016" PRIx64 " -> %016" PRIx64 "\n", old_id, new_id);
 	printf("-- the server's message store was replaced: starting over --\n");
 	fflush(stdout);
 }
 
-static int cmd_listen(void)
+/* A device of this user on this machine: a stable client id ("imchat-
+ * USER@HOST", plus suffix) and its state file. */
+struct mim_client *device(struct mim_options *o, const char *suffix, char *idbuf, size_t cap)
 {
-	struct sess s;
-	Im__V1__GroupResponse *r;
-	struct mim_options o;
 	struct mim_client *c;
-	char idbuf[160], host[64] = "", me[IM_TL_MAX + 1];
-	size_t i;
+	char host[64] = "";
 	int rc;
 
-	/* One request first: a clear error if the broker, the login or the
-	 * plugin is missing. The client then follows the groups itself (the
-	 * list on every connect, and the membership news while it runs). */
-	sess_open(&s);
-	r = group_request(&s, "list", NULL, NULL, 0);
-	sess_close(&s);
+	o->state_path = state_path(suffix);
+	if(opt.client_id){
+		o->client_id = opt.client_id;
+	}else{
+		gethostname(host, sizeof(host) - 1);
+		snprintf(idbuf, cap, "imchat-%s@%s%s", opt.user, host, suffix);
+		o->client_id = idbuf;
+	}
+	c = mim_new(o, &rc);
+	if(c == NULL) die("cannot create the client: %s", mim_strerror(rc));
+	if(opt.verbose) fprintf(stderr, "imchat: %s (client id %s, state %s)\n", opt.user, o->client_id, o->state_path);
+	connect_client(c, 0);
+	return c;
+}
 
-	mim_options_init(&o);
-	o.host = opt.host;
-	o.port = opt.port;
-	o.user = opt.user;
-	o.password = opt.password;
-	o.cafile = opt.cafile;
-	o.state_path = default_state_path();
-	o.verbose = opt.verbose;
+/* The plugin answers: one request first, a clear error if it does not. */
+static void on_check(void *ud, const struct mim_reply *r)
+{
+	if(r->status == MIM_ERR_TIMEOUT) no_plugin("$CONTROL/im/v1/group");
+	*(bool *)ud = true;
+}
+
+static void check_plugin(struct mim_client *c)
+{
+	bool done = false;
+
+	if(mim_group(c, "list", NULL, NULL, 0, on_check, &done) != MIM_OK) return;   /* lost: the client reconnects */
+	await(c, &done, "$CONTROL/im/v1/group");
+}
+
+static int cmd_listen(void)
+{
+	struct mim_options o;
+	struct mim_client *c;
+	char idbuf[160], me[IM_TL_MAX + 1];
+	int rc;
+
+	base_options(&o);
 	o.save_interval_ms = 0;      /* the state file after every message: a killed listen resumes exactly */
 	o.cb.on_message = print_listened;
 	o.cb.on_edit = print_change;
@@ -902,29 +783,12 @@ static int cmd_listen(void)
 	o.cb.on_typing = print_typing;
 	/* membership: the group's system message says it (its first line) */
 	o.cb.on_reset = on_reset;
-	o.cb.on_error = on_error;
 	snprintf(me, sizeof(me), "u/%s", opt.user);
 	o.userdata = me;
-	if(opt.client_id){
-		o.client_id = opt.client_id;
-	}else{
-		/* a device is its client id: stable per user and machine */
-		gethostname(host, sizeof(host) - 1);
-		snprintf(idbuf, sizeof(idbuf), "imchat-%s@%s", opt.user, host);
-		o.client_id = idbuf;
-	}
-	c = mim_new(&o, &rc);
-	if(c == NULL) die("cannot create the client: %s", mim_strerror(rc));
-	if(opt.verbose){
-		fprintf(stderr, "imchat: listening as %s (client id %s, state %s) to u/%s", opt.user, o.client_id,
-				o.state_path, opt.user);
-		for(i = 0; i < r->n_groups; i++) fprintf(stderr, " g/%s", r->groups[i]->name);
-		fputc('\n', stderr);
-	}
-	im__v1__group_response__free_unpacked(r, NULL);
-	if(mim_connect(c) != MIM_OK) die("cannot connect to %s:%d: %s", opt.host, opt.port, strerror(errno));
+	c = device(&o, "", idbuf, sizeof(idbuf));
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
+	check_plugin(c);
 	g_last_ms = now_ms();
 	rc = MIM_OK;
 	while(!g_stop){
@@ -942,7 +806,9 @@ static int cmd_listen(void)
 static void usage(int code)
 {
 	fprintf(code ? stderr : stdout,
-			"usage: imchat -u user [-P password] [-h host] [-p port] [--cafile file] COMMAND\n"
+			"usage: imchat -u user [-P password] [-h host] [-p port] [--cafile file] [COMMAND]\n"
+			"  (no command)              chat: the conversation list, /open USER or /open g/GROUP, type to send;\n"
+			"         [-s STATE] [-i CLIENT_ID]   /convs, /help, /quit (state ~/.imchat/USER@HOST:PORT-chat.state)\n"
 			"  send USER TEXT            direct message; prints the stored seq\n"
 			"  send -g GROUP TEXT        group message\n"
 			"       [--cmid ID]          your own message id (re-running with it stores nothing twice)\n"
@@ -950,7 +816,7 @@ static void usage(int code)
 			"  listen [-n N] [-t IDLE]   follow your inbox and groups: \"HH:MM:SS timeline #seq sender: body\"\n"
 			"         [-s STATE] [-i CLIENT_ID]   (state default ~/.imchat/USER@HOST:PORT.state)\n"
 			"                            and the others' \"... USER read up to #SEQ\", \"... USER is typing\"\n"
-			"  history TIMELINE [--last N | --after SEQ]   u/USER, g/GROUP or a group name\n"
+			"  history TIMELINE [--last N | --after SEQ]   u/YOU, g/GROUP or a group name\n"
 			"  group create GROUP [USER...] | add GROUP USER... | remove GROUP USER...\n"
 			"  group leave GROUP | info GROUP | list\n"
 			"  edit USER SEQ TEXT        replace the text of your message SEQ (the seq send printed)\n"
@@ -1004,21 +870,22 @@ int main(int argc, char **argv)
 			default: usage(2);
 		}
 	}
-	if(npos < 1) usage(2);
 	if(opt.user == NULL){
 		fprintf(stderr, "imchat: -u user is required\n");
 		usage(2);
 	}
+	if(!valid_name(opt.user)) die("invalid user name '%s'", opt.user);
 	if(opt.port <= 0 || opt.port > 65535) die("invalid port");
 	if(opt.reply_ms <= 0) opt.reply_ms = 3000;
 	if(opt.cmid && (!*opt.cmid || strlen(opt.cmid) > 36)) die("--cmid must be 1..36 bytes");
+	if(npos < 1) return cmd_chat();
 	/* With -g GROUP, the group takes the place of the USER argument. */
 	if(!strcmp(pos[0], "send")){
 		char tl[IM_TL_MAX + 1];
 
 		if(npos != (opt.group ? 2 : 3)) die("usage: send USER TEXT, or send -g GROUP TEXT (quote the text)");
 		target(pos[1], tl);
-		return cmd_send(tl, pos[npos - 1], NULL, 0);
+		return cmd_send(NULL, tl, pos[npos - 1], NULL, 0);
 	}
 	if(!strcmp(pos[0], "edit")){
 		if(npos != (opt.group ? 3 : 4)) die("usage: edit USER SEQ TEXT, or edit -g GROUP SEQ TEXT (quote the text)");

@@ -4,7 +4,7 @@
 #
 #   build it (scripts/package.sh: mosquitto-im and the client library's
 #   libmosquitto-im-client1 and libmosquitto-im-client-dev), lintian (no
-#   errors) on each, apt-get install them,
+#   errors, no warnings) on each, apt-get install them,
 #   enable the conf.d snippet (a copy with '#' removed from its "#plugin"
 #   lines) plus a listener on a free 127.0.0.1 port, start Debian's
 #   `mosquitto -c /etc/mosquitto/mosquitto.conf` (it drops to user
@@ -88,7 +88,8 @@ devdeb=$(dirname "$deb")/libmosquitto-im-client-dev_${version}_${arch}.deb
 [ -f "$libdeb" ] && [ -f "$devdeb" ] || fail "no $libdeb or $devdeb next to $deb"
 debs=("$deb" "$libdeb" "$devdeb")
 for d in "${debs[@]}"; do
-  lintian --fail-on error "$d" >"$tmp/lintian.txt" 2>&1 || { cat "$tmp/lintian.txt" >&2; fail "lintian reports errors in $d"; }
+  lintian --fail-on error,warning "$d" >"$tmp/lintian.txt" 2>&1 ||
+    { cat "$tmp/lintian.txt" >&2; fail "lintian reports errors or warnings in $d"; }
   grep -v "running with root privileges" "$tmp/lintian.txt" | sed 's/^/  /' || true
   echo "package test: $(basename "$d"): lintian $(grep -c '^E:' "$tmp/lintian.txt") errors," \
     "$(grep -c '^W:' "$tmp/lintian.txt") warnings"
@@ -105,7 +106,8 @@ for f in "$libdir/libmosquitto-im-client.so.1" "$libdir/libmosquitto-im-client.s
   [ -e "$f" ] || fail "$f is not installed"
 done
 for f in "$plugin" "$snippet" /usr/bin/imcat /usr/bin/imchat /usr/bin/imstore /usr/bin/imtoken \
-         /usr/share/doc/mosquitto-im/copyright /usr/share/doc/mosquitto-im/changelog.gz; do
+         /usr/share/doc/mosquitto-im/copyright /usr/share/doc/mosquitto-im/changelog.gz \
+         /usr/share/man/man1/imchat.1.gz /usr/share/man/man1/imcat.1.gz; do
   [ -e "$f" ] || fail "$f is not installed"
 done
 dpkg-query -W -f='${Conffiles}\n' mosquitto-im | grep -q " $snippet " || fail "$snippet is not a conffile"

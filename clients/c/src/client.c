@@ -1912,8 +1912,15 @@ struct mim_client *mim_new(const struct mim_options *o, int *result)
 		c->dirty = true;
 	}
 	/* the inbox, and the groups: those named, or those followed last time */
-	if(add_tl(c, c->me) == NULL) goto nomem;
-	if(o->groups){
+	if(c->opt.requests_only){
+		c->opt.follow_groups = false;
+		c->opt.read_marks_on_connect = false;
+	}else if(add_tl(c, c->me) == NULL){
+		goto nomem;
+	}
+	if(c->opt.requests_only){
+		/* nothing followed */
+	}else if(o->groups){
 		c->opt.follow_groups = false;
 		for(i = 0; o->groups[i]; i++){
 			char tl[MIM_TL_MAX + 1];
@@ -1928,7 +1935,7 @@ struct mim_client *mim_new(const struct mim_options *o, int *result)
 		}
 	}
 	mosquitto_lib_init();
-	c->mosq = mosquitto_new(c->client_id, false, c);
+	c->mosq = mosquitto_new(c->client_id, c->opt.requests_only, c);
 	if(c->mosq == NULL) goto nomem;
 	mosquitto_int_option(c->mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
 	mosquitto_int_option(c->mosq, MOSQ_OPT_TCP_NODELAY, 1);  /* PROTOCOL.md 7: sync pages without delayed ACKs */
@@ -1956,7 +1963,9 @@ static int try_connect(struct mim_client *c)
 	int rc;
 
 	c->connect_at = mim__now_ms();
-	mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL, c->opt.session_expiry);
+	if(!c->opt.requests_only){
+		mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL, c->opt.session_expiry);
+	}
 	if(!c->started){
 		rc = mosquitto_connect_bind_v5(c->mosq, c->host, c->opt.port, c->opt.keepalive, NULL, props);
 		if(rc == MOSQ_ERR_SUCCESS) c->started = true;

@@ -41,7 +41,7 @@ extern "C" {
 #endif
 
 #define MOSQUITTO_IM_CLIENT_VERSION_MAJOR 1
-#define MOSQUITTO_IM_CLIENT_VERSION_MINOR 0
+#define MOSQUITTO_IM_CLIENT_VERSION_MINOR 1
 #define MOSQUITTO_IM_CLIENT_VERSION_PATCH 0
 /* 10000 * major + 100 * minor + patch: #if MOSQUITTO_IM_CLIENT_VERSION >= 10100 */
 #define MOSQUITTO_IM_CLIENT_VERSION \
@@ -340,6 +340,12 @@ struct mim_options {
 	int verbose;               /* log what the algorithm does on stderr */
 	struct mim_callbacks cb;
 	void *userdata;
+	/* Since 1.1. true: a client for sends and requests only (a one-shot
+	 * tool, a bot that only writes): it follows no timeline (no
+	 * subscription, no sync, no group list, no read marks), and its MQTT
+	 * session ends with the connection. Sends keep their promise (same
+	 * cmid after a reconnect, the Receipt). */
+	bool requests_only;
 };
 
 MIM_EXPORT void mim_options_init(struct mim_options *o);
