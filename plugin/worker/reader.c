@@ -137,9 +137,11 @@ static void *read_run(void *arg)
 		/* More left: another reader may take them meanwhile. */
 		if(w->rhead) pthread_cond_signal(&w->rcv);
 		if(r->new_cfg || r->new_crypt) take_options(r);
-		__atomic_store_n(&r->busy_us, im_mono_us(), __ATOMIC_RELEASE);
 		wait_for_writer(w, jobs);
 		pthread_mutex_unlock(&w->mu);
+		/* Busy from here: the wait above is bounded and no sign of a
+		 * stuck store (the stall watch looks at the writer for that). */
+		__atomic_store_n(&r->busy_us, im_mono_us(), __ATOMIC_RELEASE);
 		/* The writer changed groups since this reader last looked: its
 		 * cached member sets may be old. */
 		gen = __atomic_load_n(&w->groups_gen, __ATOMIC_ACQUIRE);
