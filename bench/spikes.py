@@ -79,6 +79,7 @@ def read_trace(path):
     return out
 
 
+WK_RE = re.compile(r"\[(\d+)\]\s+([0-9.]+): comm=(.*?) pid=(\d+) prio=\d+ target_cpu=")
 SW_RE = re.compile(r"\[(\d+)\]\s+([0-9.]+): prev_comm=(.*?) prev_pid=(\d+) prev_prio=\d+ prev_state=(\S+) ==> next_comm=(.*?) next_pid=(\d+)")
 
 
@@ -86,7 +87,8 @@ class Sched:
     """Context switches of the whole machine: per thread its off-CPU
     stretches (with the state it left in: R = preempted, waiting for a CPU;
     S = asleep, waiting for an event; D = in the kernel, waiting for I/O or
-    a lock), and per window who had the CPUs."""
+    a lock; and when it was woken, if sched_wakeup was recorded: from then
+    on it waited for a CPU), and per window who had the CPUs."""
 
     def __init__(self, path, tids, comms=("imbench",)):
         self.off = collections.defaultdict(list)   # tid -> [(off_us, on_us, state)]
@@ -94,10 +96,14 @@ class Sched:
         self.runs = []                             # (start_us, end_us, cpu, comm, pid)
         left = {}
         running = {}
+        woken = {}
         with gzip.open(path, "rt", errors="replace") as f:
             for line in f:
                 m = SW_RE.search(line)
                 if not m:
+                    w = WK_RE.search(line)
+                    if w and int(w.group(4)) in left and int(w.group(4)) not in woken:
+                        woken[int(w.group(4))] = float(w.group(2)) * 1e6
                     continue
                 cpu, t = int(m.group(1)), float(m.group(2)) * 1e6
                 prev_comm, prev, state, next_comm, nxt = m.group(3), int(m.group(4)), m.group(5), m.group(6), int(m.group(7))
@@ -109,9 +115,17 @@ class Sched:
                     self.named[nxt] = next_comm
                 if prev in tids or prev_comm in comms:
                     left[prev] = (t, state)
+                    woken.pop(prev, None)
                 if (nxt in tids or next_comm in comms) and nxt in left:
                     t0, st0 = left.pop(nxt)
-                    self.off[nxt].append((t0, t, st0))
+                    wk = woken.pop(nxt, None)
+                    if st0[0] in "SD" and wk is not None and wk < t:
+                        # Asleep until wk, then waiting for a CPU ("W").
+                        if wk > t0:
+                            self.off[nxt].append((t0, wk, st0))
+                        self.off[nxt].append((max(t0, wk), t, "W"))
+                    else:
+                        self.off[nxt].append((t0, t, st0))
 
     def gaps(self, tid, w0, w1, min_us):
         return [g for g in self.off.get(tid, []) if g[1] >= w0 and g[0] <= w1 and g[1] - g[0] >= min_us]
@@ -273,7 +287,8 @@ def main():
         if sched:
             for tid in sorted(names):
                 for g0, g1, st in sched.gaps(tid, w0 - 50e3, w1, 5e3):
-                    print("  off CPU %+9.2f ms for %6.2f ms  %-9s left in state %s" % ((g0 - w0) / 1000, (g1 - g0) / 1000, names[tid], st))
+                    print("  off CPU %+9.2f ms for %6.2f ms  %-9s %s" % ((g0 - w0) / 1000, (g1 - g0) / 1000, names[tid],
+                          "woken, waiting for a CPU" if st == "W" else "left in state " + st))
                     for t, frames in dstacks.get(tid, []):
                         if abs(t - g0) < 50:
                             fr = [x for x in frames if x not in SKIP]
@@ -284,8 +299,11 @@ def main():
             waits = []
             for tid, comm in sorted(list(names.items()) + list(sched.named.items())):
                 wt = sched.waited(tid, w0, w1)
-                waits.append("%s R %.1f / D %.1f / S %.1f" % (comm, wt["R"] / 1000, wt["D"] / 1000, wt["S"] / 1000))
-            print("  off CPU in the window, ms by state (R: waiting for a CPU, D: I/O or kernel lock, S: asleep): " + "; ".join(waits))
+                if sum(wt.values()) == 0:
+                    continue
+                waits.append("%s R %.1f / W %.1f / D %.1f / S %.1f" % (comm, wt["R"] / 1000, wt["W"] / 1000, wt["D"] / 1000, wt["S"] / 1000))
+            print("  off CPU in the window, ms (R: preempted, W: woken, waiting for a CPU, D: I/O or kernel lock, S: asleep): "
+                  + "; ".join(waits))
             busy = sched.busy(w0, w1)
             span = (w1 - w0) * 2  # two CPUs
             print("  CPU time in the window (%.0f ms x 2 CPUs, idle excluded): %s" % ((w1 - w0) / 1000,

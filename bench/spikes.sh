@@ -56,8 +56,9 @@ options:
   --modes "..."   (default "plain plugin")
   --trace         record slow system calls with perf trace
   --trace-ms MS   what counts as slow for --trace (default 2)
-  --sched         record every context switch of the machine (perf, -a): who
-                  ran while a broker thread waited, and in what state it waited
+  --sched         record every context switch and wake-up of the machine (perf,
+                  -a): who ran while a broker thread waited, and whether it was
+                  asleep, in D, or woken and waiting for a CPU
   --dstacks       the kernel and user stack of every switch into D (a wait
                   for I/O or a kernel lock: what a blocked thread waited on)
   --slow-ms MS    a message slower than this starts an episode (default 20)
@@ -158,7 +159,7 @@ for m in "${mode_list[@]}"; do
 done
 
 if [ "$sched" = 1 ]; then
-	perf record -a -k CLOCK_MONOTONIC -e sched:sched_switch -o "$work/sched.data" > /dev/null 2>&1 &
+	perf record -a -k CLOCK_MONOTONIC -e sched:sched_switch -e sched:sched_wakeup -o "$work/sched.data" > /dev/null 2>&1 &
 	side_pids+=($!)
 fi
 if [ "$dstacks" = 1 ]; then
