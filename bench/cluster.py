@@ -671,9 +671,10 @@ class Bench:
         self.say("part 5: imbench across brokers: saturation, then %.0f%% of it for %g s, %d rounds" % (
             100 * a.x_load, a.secs, a.rounds))
         tag = 0
+        fixed = dict(zip(("dm", "group"), (float(x) for x in a.x_fixed.split(",")))) if a.x_fixed else {}
         for name, mode, members, n in works:
             sat = []
-            for r in range(a.x_sat_rounds):
+            for r in range(0 if fixed else a.x_sat_rounds):
                 tag += 1
                 res = self.ximbench(mode, A, B, n, 0, "x%d" % tag, members)
                 res.update({"work": name, "phase": "saturation", "path": "A->B", "round": r, "members": members})
@@ -683,7 +684,7 @@ class Bench:
                     name, r + 1, res.get("msg_rate", float("nan")), res.get("rate", float("nan")),
                     res.get("brokers_cpu_us_per_msg") or float("nan"), res.get("pg_cpu_us_per_msg") or float("nan"),
                     "" if res["ok"] else " FAILED"))
-            rate = a.x_load * med(sat)
+            rate = fixed[name] if fixed else a.x_load * med(sat)
             if not rate == rate or rate <= 0:
                 continue
             total = rate * (members if mode == "fanout" else 1)
@@ -814,8 +815,8 @@ class Bench:
                     med([r.get("brokers_cpu_us_per_msg") or float("nan") for r in rs]),
                     med([r.get("pg_cpu_us_per_msg") or float("nan") for r in rs]),
                     "" if all(r["ok"] for r in rs) else "  (failed runs)"))
-            L.append("   paced at %.0f%% of saturation for %g s; ms, medians of %d rounds [lowest-highest], max over the rounds"
-                     % (100 * a.x_load, a.secs, a.rounds))
+            L.append("   paced at %s for %g s; ms, medians of %d rounds [lowest-highest], max over the rounds"
+                     % ("%.0f%% of saturation" % (100 * a.x_load) if not a.x_fixed else "fixed rates", a.secs, a.rounds))
             L.append("   %-6s %-5s %9s %18s %18s %9s  %s" % ("work", "path", "msgs/s", "p50", "p99", "max", "checks"))
             for w in works:
                 for path in ("A->B", "A->A"):
@@ -945,6 +946,7 @@ def main():
     ap.add_argument("--x-load", type=float, default=0.5, help="part 5: paced rate as a fraction of saturation (default 0.5)")
     ap.add_argument("--x-sat-rounds", type=int, default=2, help="part 5: saturation runs per workload (default 2)")
     ap.add_argument("--x-warmup", type=int, default=20, help="part 5: messages per sender before measuring (default 20)")
+    ap.add_argument("--x-fixed", help="part 5: DM,GROUP paced msgs/s, no saturation runs (to compare builds at one rate)")
     ap.add_argument("--no-standby", action="store_true", help="part 1 without the pg+standby broker")
     ap.add_argument("--kinds", help="part 1: brokers to compare, e.g. sqlite,pgsb (default plain,sqlite,pg,pgsb)")
     ap.add_argument("--workloads", help="part 1: QoSxPAIRS list, e.g. 1x1,2x10 (default all four; quick 1x1,2x10)")
