@@ -704,7 +704,18 @@ static void warm_up(long each_recv)
 	pace_start = now_ns();
 	pace_sent = 0;
 	top_up_senders();
-	if(!run_until(clients, nclients, dm_done, top_up_senders)) die("timed out in the warm-up");
+	if(!run_until(clients, nclients, dm_done, top_up_senders)){
+		long sent = 0, acked = 0;
+		for(i = 0; i < nclients; i++){
+			if(clients[i]->role != R_SENDER) continue;
+			sent += clients[i]->sent;
+			acked += clients[i]->acked;
+		}
+		/* Which half is missing: acknowledgements (the publisher's
+		 * broker) or deliveries (the receivers' broker). */
+		die("timed out in the warm-up: %ld of %ld received, %ld of %ld sent acknowledged", total_received,
+				expect_received, acked, sent);
+	}
 	logf_("warm-up: %ld messages per sender received", opt.warmup);
 	total_received = 0;
 	lat_n = 0;
