@@ -28,6 +28,15 @@ ratio is taken within one run on the same (shared, noisy) machine:
     acknowledgements go on from the journals; once it is back, how long
     until the backlog is delivered and latency is back to normal; nothing
     lost, repeated or reordered.
+ 5. Cross-broker latency with the C client: bench/imbench publishing on
+    broker A of the cluster and receiving on broker B (--port2), direct
+    messages (--x-pairs sender/receiver pairs) and a group (one sender on
+    A, --x-members members on B). First each workload's saturation: an
+    unpaced run (window 20 per sender), delivered msgs/s, with the CPU of
+    both brokers and of PostgreSQL per message; then paced runs at
+    --x-load (default 0.5) of that rate, A->B and A->A alternating,
+    publish->delivery p50/p99/max (Python's part 2 mostly measures the
+    Python clients).
 
 Parts 2-4 use two worker processes (this file, --worker) per measurement, a
 subscriber and a publisher (paho, MQTT v5), so that neither waits on the
@@ -272,7 +281,7 @@ class Bench:
         os.chmod(self.work, 0o755)
         self.brokers, self.procs = [], []
         self.pg1 = self.pair = self.nats = None
-        self.results = {"args": vars(args), "part1": [], "pairs": [], "outage": None}
+        self.results = {"args": vars(args), "part1": [], "pairs": [], "outage": None, "cross": []}
         self.py = sys.executable
         self.imbench_bin = os.path.join(args.build, "bench", "imbench")
 
@@ -284,11 +293,11 @@ class Bench:
     def start_pg(self):
         import pgserver
         from cluster_env import PgPair
-        need = self.a.parts & {1, 2, 3, 4}
+        need = self.a.parts & {1, 2, 3, 4, 5}
         if need & {1} or (need & {2, 3} and not self.a.no_single):
             self.pg1 = pgserver.PgServer(root=tempfile.mkdtemp(prefix="im-clbench-pg-")).start()
             self.say("PostgreSQL (single, synchronous_commit on) on port %d" % self.pg1.port)
-        if need & {2, 3, 4} or (1 in need and not self.a.no_standby):
+        if need & {2, 3, 4, 5} or (1 in need and not self.a.no_standby):
             self.pair = PgPair(standby=True).start()
             self.say("PostgreSQL primary %d + synchronous standby %d" % (self.pair.primary.port, self.pair.standby.port))
 
@@ -609,6 +618,91 @@ class Bench:
         self.results["outage"] = res
         self.say("  %s" % {k: v for k, v in res.items() if k != "events"})
 
+    # ---- part 5: imbench across brokers ----
+
+    def ximbench(self, mode, pub_b, sub_b, n, rate, tag, members):
+        """imbench dm|fanout publishing on pub_b, receiving on sub_b."""
+        a = self.a
+        args = [self.imbench_bin, mode, "-q", "1", "-c", str(members), "-n", str(n), "--nodelay", "--frame",
+                "-p", str(pub_b.port), "-P", str(pub_b.proc.pid), "-T", tag, "-t", str(a.imbench_timeout),
+                "--warmup", str(a.x_warmup)]
+        if sub_b is not pub_b:
+            args += ["--port2", str(sub_b.port)]
+        if rate:
+            args += ["-r", "%g" % rate]
+        roots = self.pg_roots("cluster")
+        brokers = [b for b in self.cluster]
+        c0 = tree_cpu_us(roots)
+        b0 = [proc_cpu_us(b.proc.pid) for b in brokers]
+        with open(os.path.join(self.logs, "imbench.log"), "ab") as log:
+            log.write(("%s -> %s %s\n" % (pub_b.bench_name, sub_b.bench_name, " ".join(args))).encode())
+            log.flush()
+            try:
+                r = subprocess.run(args, stdout=subprocess.PIPE, stderr=log, timeout=a.imbench_timeout + 15)
+                out = r.stdout.decode()
+            except subprocess.TimeoutExpired:
+                out = ""
+        c1 = tree_cpu_us(roots)
+        b1 = [proc_cpu_us(b.proc.pid) for b in brokers]
+        res = {"ok": 0}
+        for line in out.splitlines():
+            if line.startswith("RESULT"):
+                res = dict(kv.split("=", 1) for kv in line.split()[1:])
+                for k, v in res.items():
+                    try:
+                        res[k] = float(v)
+                    except ValueError:
+                        pass
+                break
+        # Per message published (a group message is delivered `members` times).
+        msgs = (res.get("msgs", 0) or 0) / (members if mode == "fanout" else 1)
+        res["msg_rate"] = (res.get("rate", 0) or 0) / (members if mode == "fanout" else 1)
+        res["pg_cpu_us_per_msg"] = (c1 - c0) / msgs if msgs else None
+        res["brokers_cpu_us_per_msg"] = sum(y - x for x, y in zip(b0, b1)) / msgs if msgs else None
+        res["ok"] = int(res.get("ok", 0)) == 1 and res.get("gaps", 1) == 0 and res.get("out_of_order", 1) == 0
+        return res
+
+    def part5(self):
+        a = self.a
+        if not hasattr(self, "cluster"):
+            self.cluster = tuple(self.broker("cluster", "node-" + x) for x in "abc")
+        A, B, _ = self.cluster
+        works = [("dm", "dm", a.x_pairs, a.x_msgs), ("group", "fanout", a.x_members, max(1000, a.x_msgs // a.x_members))]
+        self.say("part 5: imbench across brokers: saturation, then %.0f%% of it for %g s, %d rounds" % (
+            100 * a.x_load, a.secs, a.rounds))
+        tag = 0
+        fixed = dict(zip(("dm", "group"), (float(x) for x in a.x_fixed.split(",")))) if a.x_fixed else {}
+        for name, mode, members, n in works:
+            sat = []
+            for r in range(0 if fixed else a.x_sat_rounds):
+                tag += 1
+                res = self.ximbench(mode, A, B, n, 0, "x%d" % tag, members)
+                res.update({"work": name, "phase": "saturation", "path": "A->B", "round": r, "members": members})
+                self.results["cross"].append(res)
+                sat.append(res.get("msg_rate", float("nan")))
+                self.say("  %-5s saturation round %d: %.0f msgs/s (%.0f deliveries/s), broker CPU %.1f us/msg (all 3), PostgreSQL %.1f us/msg%s" % (
+                    name, r + 1, res.get("msg_rate", float("nan")), res.get("rate", float("nan")),
+                    res.get("brokers_cpu_us_per_msg") or float("nan"), res.get("pg_cpu_us_per_msg") or float("nan"),
+                    "" if res["ok"] else " FAILED"))
+            rate = fixed[name] if fixed else a.x_load * med(sat)
+            if not rate == rate or rate <= 0:
+                continue
+            total = rate * (members if mode == "fanout" else 1)
+            pn = int(rate * a.secs)
+            for r in range(a.rounds):
+                paths = [("A->B", A, B), ("A->A", A, A)]
+                if r % 2:
+                    paths.reverse()
+                for path, pb_, sb in paths:
+                    tag += 1
+                    res = self.ximbench(mode, pb_, sb, pn, rate if mode == "dm" else rate, "x%d" % tag, members)
+                    res.update({"work": name, "phase": "paced", "path": path, "round": r, "offered": rate,
+                                "members": members, "deliveries_offered": total})
+                    self.results["cross"].append(res)
+                    self.say("  %-5s %.0f msgs/s %s round %d: p50 %.2f p99 %.2f max %.2f ms%s" % (
+                        name, rate, path, r + 1, res.get("p50_us", float("nan")) / 1e3, res.get("p99_us", float("nan")) / 1e3,
+                        res.get("max_us", float("nan")) / 1e3, "" if res["ok"] else " FAILED"))
+
     # ---- the table ----
 
     def table(self):
@@ -701,6 +795,42 @@ class Bench:
                         med([r.get("puback_p99_us", float("nan")) for r in rs]) / 1e3,
                         "" if all(r.get("receipts") == r.get("n") for r in rs) else "  (receipts missing)"))
             L.append("")
+        xr = self.results["cross"]
+        if xr:
+            L.append("5. Cross-broker, C client (bench/imbench, libmosquitto): publish on broker A, delivery on broker B of the"
+                     " cluster, QoS 1, 100-byte bodies, window 20 per sender, --warmup %d per sender not measured" % a.x_warmup)
+            L.append("   dm = %d sender/receiver pairs; group = 1 sender on A, %d members on B (msgs/s = group messages)"
+                     % (a.x_pairs, a.x_members))
+            L.append("   saturation: unpaced, median of %d runs; CPU per message: all 3 brokers, all PostgreSQL processes"
+                     " (primary + standby)" % a.x_sat_rounds)
+            L.append("   %-6s %12s %14s %12s %12s" % ("work", "msgs/s", "deliveries/s", "brokers us", "postgres us"))
+            works = []
+            for r in xr:
+                if r["work"] not in works:
+                    works.append(r["work"])
+            for w in works:
+                rs = [r for r in xr if r["work"] == w and r["phase"] == "saturation"]
+                L.append("   %-6s %12.0f %14.0f %12.1f %12.1f%s" % (
+                    w, med([r.get("msg_rate", float("nan")) for r in rs]), med([r.get("rate", float("nan")) for r in rs]),
+                    med([r.get("brokers_cpu_us_per_msg") or float("nan") for r in rs]),
+                    med([r.get("pg_cpu_us_per_msg") or float("nan") for r in rs]),
+                    "" if all(r["ok"] for r in rs) else "  (failed runs)"))
+            L.append("   paced at %s for %g s; ms, medians of %d rounds [lowest-highest], max over the rounds"
+                     % ("%.0f%% of saturation" % (100 * a.x_load) if not a.x_fixed else "fixed rates", a.secs, a.rounds))
+            L.append("   %-6s %-5s %9s %18s %18s %9s  %s" % ("work", "path", "msgs/s", "p50", "p99", "max", "checks"))
+            for w in works:
+                for path in ("A->B", "A->A"):
+                    rs = [r for r in xr if r["work"] == w and r["phase"] == "paced" and r["path"] == path]
+                    if not rs:
+                        continue
+                    p50 = [r.get("p50_us", float("nan")) / 1e3 for r in rs]
+                    p99 = [r.get("p99_us", float("nan")) / 1e3 for r in rs]
+                    L.append("   %-6s %-5s %9.0f %18s %18s %9.2f  %s" % (
+                        w, path, rs[0].get("offered", float("nan")),
+                        "%.2f [%.2f-%.2f]" % (med(p50), min(p50), max(p50)), "%.2f [%.2f-%.2f]" % (med(p99), min(p99), max(p99)),
+                        max(r.get("max_us", float("nan")) for r in rs) / 1e3,
+                        "all delivered, in order" if all(r["ok"] for r in rs) else "FAILED or out of order"))
+            L.append("")
         o = self.results["outage"]
         if o:
             L.append("4. PostgreSQL primary stopped (pg_ctl -m fast) for %g s under %d msgs/s, publisher on A, subscriber on B"
@@ -753,7 +883,7 @@ class Bench:
         self.load0 = open("/proc/loadavg").read().split()[:3]
         self.load0 = ", ".join(self.load0)
         t0 = time.monotonic()
-        if self.a.parts & {2, 3, 4}:
+        if self.a.parts & {2, 3, 4, 5}:
             from cluster_env import NatsCluster
             self.nats = NatsCluster(3).start()
         self.start_pg()
@@ -770,6 +900,10 @@ class Bench:
             t = time.monotonic()
             self.part4()
             timing["part4"] = time.monotonic() - t
+        if 5 in self.a.parts:
+            t = time.monotonic()
+            self.part5()
+            timing["part5"] = time.monotonic() - t
         timing["total"] = time.monotonic() - t0
         self.results["timing_s"] = timing
         text = self.table() + "run took %.0f s (%s); command: %s\n" % (
@@ -787,6 +921,7 @@ class Bench:
         ok = all(r["ok"] for r in self.results["part1"])
         ok = ok and all(r.get("complete") and not (r.get("lost") or r.get("dups") or r.get("reordered"))
                         for r in self.results["pairs"])
+        ok = ok and all(r["ok"] for r in self.results["cross"])
         o = self.results["outage"]
         return ok and (o is None or (o.get("complete") and not (o.get("lost") or o.get("dups"))))
 
@@ -803,7 +938,15 @@ def main():
     ap.add_argument("--window", type=int, default=20, help="parts 2-4: unacknowledged publishes (default 20)")
     ap.add_argument("--outage", type=float, help="part 4: seconds PostgreSQL is down (default 5, quick 3)")
     ap.add_argument("--outage-after", type=float, default=None, help="part 4: seconds of load after it is up (default 10, quick 6)")
-    ap.add_argument("--only", default="1,2,3,4", help="parts to run, e.g. 1 or 2,3 (2 and 3 are the same runs)")
+    ap.add_argument("--only", default="1,2,3,4,5", help="parts to run, e.g. 1 or 2,3 (2 and 3 are the same runs)")
+    ap.add_argument("--x-pairs", type=int, default=10, help="part 5: DM sender/receiver pairs (default 10)")
+    ap.add_argument("--x-members", type=int, default=10, help="part 5: group members on broker B (default 10)")
+    ap.add_argument("--x-msgs", type=int, help="part 5: messages of a saturation run (default 20000, quick 6000;"
+                    " the group sends this / members)")
+    ap.add_argument("--x-load", type=float, default=0.5, help="part 5: paced rate as a fraction of saturation (default 0.5)")
+    ap.add_argument("--x-sat-rounds", type=int, default=2, help="part 5: saturation runs per workload (default 2)")
+    ap.add_argument("--x-warmup", type=int, default=20, help="part 5: messages per sender before measuring (default 20)")
+    ap.add_argument("--x-fixed", help="part 5: DM,GROUP paced msgs/s, no saturation runs (to compare builds at one rate)")
     ap.add_argument("--no-standby", action="store_true", help="part 1 without the pg+standby broker")
     ap.add_argument("--kinds", help="part 1: brokers to compare, e.g. sqlite,pgsb (default plain,sqlite,pg,pgsb)")
     ap.add_argument("--workloads", help="part 1: QoSxPAIRS list, e.g. 1x1,2x10 (default all four; quick 1x1,2x10)")
@@ -831,6 +974,7 @@ def main():
     a.outage = a.outage or (3 if q else 5)
     a.outage_after = a.outage_after if a.outage_after is not None else (6 if q else 10)
     a.limit = a.limit or (300 if q else 900)
+    a.x_msgs = a.x_msgs or (6000 if q else 20000)
     a.imbench_timeout = 120
     a.pair_timeout = 90
     a.parts = {int(x) for x in a.only.split(",") if x.strip()}

@@ -22,6 +22,12 @@
  *                  With --phase publish|sync catchup-sync does one half
  *                  only (the same -T names the same user), so a broker can
  *                  be restarted, or a pinger started, in between.
+ *                  With --port2 P the receivers connect to the broker on
+ *                  port P (dm, fanout): publish on one broker of a
+ *                  cluster, delivery from another. --warmup N first sends
+ *                  N messages per sender, waits for them, and measures
+ *                  only what follows (a cluster learns where a timeline is
+ *                  listened to on its first messages).
  *   ping           An idle client of each broker (-p, and --port2 if
  *                  given) sends PINGREQ and times the PINGRESP, one broker
  *                  after the other, a round every --interval-us, until -t
@@ -83,10 +89,12 @@ static struct {
 	int cmid;           /* senders speak MQTT v5 and give each publish an im-cmid (the dedup path) */
 	int verbose;
 	const char *phase;  /* catchup-sync: NULL (both), "publish" or "sync" */
-	int port2;          /* ping: a second broker, 0 = none */
+	int port2;          /* ping: a second broker; dm, fanout: the receivers' broker; 0 = none */
+	long warmup;        /* dm, fanout: messages per sender before the measured ones */
 	long interval_us;   /* ping: pause between rounds */
 	const char *until;  /* ping: stop when this file exists */
 	const char *samples;/* ping: write every sample here */
+	const char *lat_log;/* dm, fanout: write "sent_us latency_us pair idx" per received message */
 } opt = {
 	.mode = NULL, .host = "127.0.0.1", .port = 1883, .pairs = 1, .msgs = 10000,
 	.qos = 1, .window = 20, .frame = 0, .body_len = BODY_LEN_DEFAULT,
@@ -190,6 +198,7 @@ struct client {
 	char id[64];
 	char user[48];
 	char topic[128];       /* publish or subscribe topic */
+	int port;              /* 0: opt.port */
 	bool connected, subscribed, closed;
 	int rc_connect;
 	/* sender */
@@ -206,6 +215,10 @@ static int nclients;
 
 static int64_t *lat_ns;       /* one per received message */
 static long lat_n, lat_cap;
+/* --lat-log: the same messages in arrival order, with their send stamps,
+ * written after the run (no file I/O in the measured loop). */
+struct lat_rec { int64_t sent_ns, lat_ns; uint32_t pair; uint32_t idx; };
+static struct lat_rec *lat_log;
 static long total_received;
 static long bad_payload;
 static int64_t pace_start;
@@ -214,6 +227,31 @@ static long pace_sent;
 static void lat_push(int64_t v)
 {
 	if(lat_n < lat_cap) lat_ns[lat_n++] = v;
+}
+
+static void lat_log_push(int64_t sent, int64_t v, uint32_t pair, uint64_t idx)
+{
+	if(lat_log && lat_n > 0 && lat_n <= lat_cap) lat_log[lat_n - 1] = (struct lat_rec){sent, v, pair, (uint32_t)idx};
+}
+
+/* Writes the per-message log: "sent_us latency_us pair idx", CLOCK_MONOTONIC
+ * microseconds, in arrival order, for lining latency up with other events
+ * (bench/spikes.sh). */
+static void lat_log_write(void)
+{
+	FILE *f;
+	long i;
+
+	if(lat_log == NULL) return;
+	if((f = fopen(opt.lat_log, "w")) == NULL){
+		logf_("--lat-log %s: %s", opt.lat_log, strerror(errno));
+		return;
+	}
+	for(i = 0; i < lat_n; i++){
+		fprintf(f, "%" PRId64 " %" PRId64 " %" PRIu32 " %" PRIu32 "\n", lat_log[i].sent_ns / 1000, lat_log[i].lat_ns / 1000,
+				lat_log[i].pair, lat_log[i].idx);
+	}
+	fclose(f);
 }
 
 static void drive(struct client *const *cs, int n, int timeout_ms)
@@ -347,6 +385,7 @@ static void on_message_recv(struct client *c, const struct mosquitto_message *ms
 		return;
 	}
 	lat_push(t - bh.stamp);
+	lat_log_push(bh.stamp, t - bh.stamp, bh.pair, bh.idx);
 	if((long)bh.idx != c->last_idx + 1){
 		if((long)bh.idx <= c->last_idx) c->out_of_order++;
 		else c->dups_or_gaps++;
@@ -470,8 +509,8 @@ static void client_connect(struct client *c)
 	c->closed = false;
 	c->connected = false;
 	c->subscribed = false;
-	rc = mosquitto_connect(c->m, opt.host, opt.port, 60);
-	if(rc != MOSQ_ERR_SUCCESS) die("%s: connect to %s:%d: %s", c->id, opt.host, opt.port, mosquitto_strerror(rc));
+	rc = mosquitto_connect(c->m, opt.host, c->port ? c->port : opt.port, 60);
+	if(rc != MOSQ_ERR_SUCCESS) die("%s: connect to %s:%d: %s", c->id, opt.host, c->port ? c->port : opt.port, mosquitto_strerror(rc));
 }
 
 static void client_disconnect(struct client *c)
@@ -632,6 +671,7 @@ static void report(const char *mode, long n, int64_t t0, int64_t t1, struct cpu 
 		ooo += clients[i]->out_of_order;
 		gaps += clients[i]->dups_or_gaps;
 	}
+	lat_log_write();
 	if(lat_n) qsort(lat_ns, (size_t)lat_n, sizeof(lat_ns[0]), cmp_i64);
 	logf_("%s: %ld msgs in %.3f s = %.0f msgs/s; latency p50 %.0f us p99 %.0f us max %.0f us; broker cpu %.1f us/msg"
 			" (main thread %.1f)%s%s",
@@ -645,6 +685,41 @@ static void report(const char *mode, long n, int64_t t0, int64_t t1, struct cpu 
 }
 
 /* ---- modes ---- */
+
+/* --warmup: each sender publishes opt.warmup messages first (paced like
+ * the rest); once they have all arrived (each_recv per message sent),
+ * counters and latencies start over, so the measured phase begins with
+ * the timeline's route known. */
+static void warm_up(long each_recv)
+{
+	int i, senders = 0;
+
+	if(opt.warmup <= 0) return;
+	for(i = 0; i < nclients; i++){
+		if(clients[i]->role != R_SENDER) continue;
+		clients[i]->to_send = opt.warmup;
+		senders++;
+	}
+	expect_received = opt.warmup * senders * each_recv;
+	pace_start = now_ns();
+	pace_sent = 0;
+	top_up_senders();
+	if(!run_until(clients, nclients, dm_done, top_up_senders)){
+		long sent = 0, acked = 0;
+		for(i = 0; i < nclients; i++){
+			if(clients[i]->role != R_SENDER) continue;
+			sent += clients[i]->sent;
+			acked += clients[i]->acked;
+		}
+		/* Which half is missing: acknowledgements (the publisher's
+		 * broker) or deliveries (the receivers' broker). */
+		die("timed out in the warm-up: %ld of %ld received, %ld of %ld sent acknowledged", total_received,
+				expect_received, acked, sent);
+	}
+	logf_("warm-up: %ld messages per sender received", opt.warmup);
+	total_received = 0;
+	lat_n = 0;
+}
 
 static int mode_dm(void)
 {
@@ -661,6 +736,7 @@ static int mode_dm(void)
 		snprintf(user, sizeof(user), "r%s_%d", opt.tag, i);
 		snprintf(id, sizeof(id), "imb-%s", user);
 		r = client_new(R_RECEIVER, i, id, user, true);
+		r->port = opt.port2;
 		snprintf(r->topic, sizeof(r->topic), "im/u/%s", user);
 		snprintf(user, sizeof(user), "s%s_%d", opt.tag, i);
 		snprintf(id, sizeof(id), "imb-%s", user);
@@ -673,8 +749,13 @@ static int mode_dm(void)
 	g_n = nclients;
 	if(!run_until(clients, nclients, all_connected, NULL)) die("timed out connecting");
 	if(!run_until(clients, nclients, all_subscribed, NULL)) die("timed out subscribing");
+	warm_up(1);
+	for(i = 0; i < nclients; i++){
+		if(clients[i]->role == R_SENDER) clients[i]->to_send = clients[i]->sent + per + (clients[i]->idx < rest ? 1 : 0);
+	}
 
 	expect_received = opt.msgs;
+	pace_sent = 0;
 	c0 = proc_cpu_us(opt.broker_pid);
 	t0 = pace_start = now_ns();
 	top_up_senders();
@@ -853,6 +934,7 @@ static int mode_fanout(void)
 		snprintf(user, sizeof(user), "f%s_%d", opt.tag, i);
 		snprintf(id, sizeof(id), "imb-%s", user);
 		r = client_new(R_RECEIVER, 0, id, user, true);
+		r->port = opt.port2;
 		snprintf(r->topic, sizeof(r->topic), "%s", topic);
 	}
 	snprintf(user, sizeof(user), "fo%s", opt.tag);
@@ -864,6 +946,13 @@ static int mode_fanout(void)
 		client_connect(s);
 		create_group(s, group, members);
 		s->role = R_SENDER;
+		if(opt.port2){
+			/* The other broker learns the group over NATS; its members
+			 * may subscribe once it has. */
+			int64_t until = now_ns() + 1000000000LL;
+			struct client *set[1] = {s};
+			while(now_ns() < until) drive(set, 1, 50);
+		}
 	}
 	for(i = 0; i < members; i++) client_connect(clients[i]);
 	if(!opt.frame) client_connect(s);
@@ -871,8 +960,11 @@ static int mode_fanout(void)
 	g_n = nclients;
 	if(!run_until(clients, nclients, all_connected, NULL)) die("timed out connecting");
 	if(!run_until(clients, nclients, all_subscribed, NULL)) die("timed out subscribing");
+	warm_up(members);
+	s->to_send = s->sent + opt.msgs;
 
 	expect_received = opt.msgs * members;
+	pace_sent = 0;
 	c0 = proc_cpu_us(opt.broker_pid);
 	t0 = pace_start = now_ns();
 	top_up_senders();
@@ -1070,10 +1162,14 @@ static void usage(void)
 			"  --cmid         dm: senders use MQTT v5 and an im-cmid per publish\n"
 			"  --nodelay      TCP_NODELAY on the client sockets\n"
 			"  --phase P      catchup-sync: publish | sync (one half only)\n"
-			"  --port2 PORT   ping: a second broker, pinged in turn with the first\n"
+			"  --port2 PORT   ping: a second broker, pinged in turn with the first;\n"
+			"                 dm, fanout: the receivers' broker (cross-broker latency)\n"
+			"  --warmup N     dm, fanout: N messages per sender first, not measured\n"
 			"  --interval-us N  ping: pause between rounds (default 1000)\n"
 			"  --until FILE   ping: stop when FILE exists\n"
 			"  --samples FILE ping: write \"t_us broker rtt_us\" per sample\n"
+			"  --lat-log FILE dm, fanout: write \"sent_us latency_us pair idx\" per message received\n"
+			"                 (CLOCK_MONOTONIC, arrival order)\n"
 			"  -v             verbose\n", stderr);
 	exit(2);
 }
@@ -1111,6 +1207,8 @@ int main(int argc, char **argv)
 		else if(!strcmp(a, "--interval-us")) opt.interval_us = atol(v);
 		else if(!strcmp(a, "--until")) opt.until = v;
 		else if(!strcmp(a, "--samples")) opt.samples = v;
+		else if(!strcmp(a, "--lat-log")) opt.lat_log = v;
+		else if(!strcmp(a, "--warmup")) opt.warmup = atol(v);
 		else usage();
 	}
 	if(opt.msgs < 1 || opt.msgs > 10000000) die("-n must be 1..10000000");
@@ -1127,7 +1225,8 @@ int main(int argc, char **argv)
 	body_buf = calloc(1, (size_t)opt.body_len);
 	lat_cap = !strcmp(opt.mode, "fanout") ? opt.msgs * opt.pairs : opt.msgs;
 	lat_ns = calloc((size_t)lat_cap, sizeof(*lat_ns));
-	if(body_buf == NULL || lat_ns == NULL) die("out of memory");
+	if(opt.lat_log) lat_log = calloc((size_t)lat_cap, sizeof(*lat_log));
+	if(body_buf == NULL || lat_ns == NULL || (opt.lat_log && lat_log == NULL)) die("out of memory");
 	memset(body_buf, 'x', (size_t)opt.body_len);
 
 	mosquitto_lib_init();

@@ -13,8 +13,32 @@
  * function, no log call): the broker is not thread-safe. With the store
  * worker the commits are off the broker's thread already; checkpoints stay
  * off the worker too, so a checkpoint's fsync never delays a batch.
+ *
+ * A PASSIVE checkpoint alone never lets the WAL start over while the
+ * worker keeps committing: the writer restarts the WAL only if, when it
+ * begins, the last checkpoint copied every frame, and under a steady
+ * stream a new commit always lands while the checkpoint copies and
+ * syncs. So the WAL grew for as long as the load lasted (~10 MB/s at
+ * 2,000 DMs/s with 1 KiB pages), and at the first pause the checkpoint
+ * caught up, the next commit restarted the WAL and, the file being over
+ * journal_size_limit (64 MiB), truncated it: an ftruncate of tens of MB
+ * on the worker thread, 20-50 ms here and more on a busy disk, every
+ * message queued behind it late by as much (docs/PERFORMANCE.md, "Latency
+ * spikes at 2,000 msgs/s"). Now, once the WAL holds more than
+ * RESTART_BYTES, the PASSIVE pass that copied the bulk without blocking
+ * anyone is followed at once by a RESTART: it takes the write lock, copies
+ * the few frames committed meanwhile, syncs and waits until the next
+ * writer will start the WAL over. The worker waits for that (a few ms,
+ * plus its busy handler's 1-2-5 ms steps) about once per RESTART_BYTES of
+ * WAL, and the WAL file stays far below journal_size_limit, so no commit
+ * ever truncates it. A RESTART holds the write lock while it waits for
+ * readers still on the old WAL (a long read on another connection), so
+ * its waits are bounded (busy(): RESTART_WAIT_MS): past that it gives the
+ * lock back and the next interval tries again; a busy timeout of seconds
+ * there would hold every commit for as long.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <string.h>
 #include <time.h>
 
@@ -23,12 +47,35 @@
 #include "store/sqlite/internal.h"
 
 #define CKPT_INTERVAL_MS 100
+#define RESTART_BYTES (16 << 20)  /* WAL content past which a RESTART follows the PASSIVE pass */
+#define RESTART_WAIT_MS 10        /* a RESTART waits this long for the write lock, then for readers */
+
+/* The thread's busy handler: 1 ms at a time, RESTART_WAIT_MS in all. A
+ * PASSIVE checkpoint never calls it. */
+static int busy(void *arg, int count)
+{
+	struct timespec ms = {0, 1000000L};
+
+	(void)arg;
+	if(count >= RESTART_WAIT_MS) return 0;
+	nanosleep(&ms, NULL);
+	return 1;
+}
 
 static void *run(void *arg)
 {
 	struct im__ckpt *c = arg;
 	struct timespec until;
-	int rc;
+	int rc, log_frames, done_frames, page_size = 0;
+	sqlite3_stmt *q;
+
+	/* A frame is a page and its 24-byte header. */
+	if(sqlite3_prepare_v2(c->db, "PRAGMA page_size", -1, &q, NULL) == SQLITE_OK){
+		if(sqlite3_step(q) == SQLITE_ROW) page_size = sqlite3_column_int(q, 0);
+		sqlite3_finalize(q);
+	}
+	if(page_size <= 0) page_size = 4096;
+	sqlite3_busy_handler(c->db, busy, NULL);
 
 	pthread_mutex_lock(&c->mu);
 	while(!c->stop){
@@ -42,7 +89,14 @@ static void *run(void *arg)
 		if(c->stop) break;
 		if(rc != ETIMEDOUT && rc != 0) continue;
 		pthread_mutex_unlock(&c->mu);
-		rc = sqlite3_wal_checkpoint_v2(c->db, "main", SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+		log_frames = done_frames = 0;
+		rc = sqlite3_wal_checkpoint_v2(c->db, "main", SQLITE_CHECKPOINT_PASSIVE, &log_frames, &done_frames);
+		if(rc == SQLITE_OK && (int64_t)log_frames * (page_size + 24) >= RESTART_BYTES){
+			/* SQLITE_BUSY (the writer or a reader held on past
+			 * RESTART_WAIT_MS) is harmless: tried again at the next
+			 * interval, the frames are copied already. */
+			rc = sqlite3_wal_checkpoint_v2(c->db, "main", SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+		}
 		pthread_mutex_lock(&c->mu);
 		c->last_rc = rc;
 		c->checkpoints++;
@@ -90,7 +144,9 @@ void im_ckpt__stop(struct im__ckpt *c)
 	pthread_cond_signal(&c->cv);
 	pthread_mutex_unlock(&c->mu);
 	pthread_join(c->thread, NULL);
-	/* Leave a short WAL behind for the next start. */
+	/* Leave a short WAL behind for the next start: the worker has
+	 * stopped, so this may wait. */
+	sqlite3_busy_timeout(c->db, 1000);
 	sqlite3_wal_checkpoint_v2(c->db, "main", SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
 	sqlite3_close(c->db);
 	pthread_mutex_destroy(&c->mu);
