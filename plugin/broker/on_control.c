@@ -33,6 +33,7 @@
 #include "broker/policy.h"
 #include "broker/props.h"
 #include "broker/reply.h"
+#include "cluster/cluster.h"
 #include "codec/route.h"
 #include "worker/job.h"
 #include "worker/worker.h"
@@ -208,6 +209,7 @@ int im_control__sync_cb(int event, void *event_data, void *userdata)
 		j->u.sync.has_after = pa.has_seq;
 		j->u.sync.after = pa.seq;
 		j->u.sync.limit = pa.limit;
+		j->u.sync.behind_writer = im_cluster__anchoring(p->cluster, tl);
 		im_clients__submit(p, j);
 	}
 	if(req) im__v1__sync_request__free_unpacked(req, &p->pb_alloc);

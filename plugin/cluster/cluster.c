@@ -671,6 +671,11 @@ void im_cluster__tick(struct im__cluster *c, int64_t now)
 	im_order__tick(&c->order, now);
 }
 
+bool im_cluster__anchoring(const struct im__cluster *c, const char *tl)
+{
+	return c && im_order__anchoring(&c->order, tl);
+}
+
 bool im_cluster__busy(const struct im__cluster *c)
 {
 	return c && (im_order__busy(&c->order) || c->forgets_owed);

@@ -51,6 +51,9 @@ void im_cluster__member(struct im__cluster *c, const char *group, const char *us
 bool im_cluster__deliver(struct im__cluster *c, struct im__done *d);
 void im_cluster__repaired(struct im__cluster *c, const char *tl, uint64_t reached, bool ok, bool anchor);
 void im_cluster__tick(struct im__cluster *c, int64_t now_ms);
+/* A device's sync of tl must queue behind the head read the order filter
+ * has out for tl (it leaves what was stored before to that sync). */
+bool im_cluster__anchoring(const struct im__cluster *c, const char *tl);
 /* Gaps open or checks due: the tick should come soon. */
 bool im_cluster__busy(const struct im__cluster *c);
 

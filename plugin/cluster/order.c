@@ -246,8 +246,10 @@ static void submit_anchor(struct im__order *o, struct im__order_tl *e)
 
 /* This broker starts to hear tl (a user came online here). Live delivery
  * starts after the head as the worker sees it now: the worker reads it
- * before any sync the new device sends (they queue behind), so what the
- * device's first sync does not return is delivered live. Frames that
+ * before any sync the new device sends (while the anchor is out, a sync
+ * of tl queues behind it in the writer's queue, not at a reader:
+ * im_cluster__anchoring), so what the device's first sync does not
+ * return is delivered live. Frames that
  * arrive meanwhile wait, and those stored from now on are delivered too
  * (im_order__repaired). A state this broker kept from its own messages
  * is stale (it heard nobody else's): it starts over. */
@@ -261,6 +263,13 @@ void im_order__anchor(struct im__order *o, const char *tl, int64_t wall_ms)
 	e->anchoring = true;
 	e->since_ms = wall_ms;
 	submit_anchor(o, e);
+}
+
+bool im_order__anchoring(const struct im__order *o, const char *tl)
+{
+	const struct im__order_tl *e = im_map__get(&o->tls, tl, strlen(tl));
+
+	return e && e->anchoring;
 }
 
 void im_order__repaired(struct im__order *o, const char *tl, uint64_t reached, bool ok, bool anchor_done, int64_t now)

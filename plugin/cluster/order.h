@@ -64,6 +64,8 @@ void im_order__deliver(struct im__order *o, struct im__done *d, int64_t now_ms);
  * or at a frame heard meanwhile that was stored after wall_ms (the wall
  * clock now, im_now_ms(); frames carry the storing broker's). */
 void im_order__anchor(struct im__order *o, const char *tl, int64_t wall_ms);
+/* Is tl's head still being read (an anchor out)? */
+bool im_order__anchoring(const struct im__order *o, const char *tl);
 /* The store's answer to a repair (reached: the last seq it covered) or to
  * an anchor (reached: the head). */
 void im_order__repaired(struct im__order *o, const char *tl, uint64_t reached, bool ok, bool anchor, int64_t now_ms);

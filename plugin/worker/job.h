@@ -65,6 +65,11 @@ struct im__job {
 			bool has_after;
 			uint64_t after;
 			uint32_t limit;
+			/* Cluster: this broker is still reading the timeline's head
+			 * for the order filter (a device just came online). The
+			 * sync then queues behind that read, in the writer's queue,
+			 * so it returns every frame the filter leaves to it. */
+			bool behind_writer;
 		} sync;
 		struct {
 			char timeline[IM_TL_MAX + 1];

@@ -355,28 +355,23 @@ static bool gather(struct im__worker *w)
  * nemesis measured 33 s). A read-only transaction commits at once. */
 static bool reads_only(const struct im__job *j)
 {
-	if(im_work__for_readers(j)) return true;
 	switch(j->kind){
-		case IM_JOB_REPAIR:
-			return true;
-		default:
-			return false;
-	}
-}
-
-/* What a reader can answer: requests that change nothing. A repair (the
- * cluster's order filter) stays with the writer: its anchor reads the
- * head in the writer's order of commits. */
-bool im_work__for_readers(const struct im__job *j)
-{
-	switch(j->kind){
-		case IM_JOB_SYNC: case IM_JOB_READS: case IM_JOB_CONVS: case IM_JOB_STATUS:
+		case IM_JOB_SYNC: case IM_JOB_READS: case IM_JOB_CONVS: case IM_JOB_REPAIR: case IM_JOB_STATUS:
 			return true;
 		case IM_JOB_GROUP:
 			return !strcmp(j->u.group.op, "list") || !strcmp(j->u.group.op, "info");
 		default:
 			return false;
 	}
+}
+
+/* What a reader can answer: requests that change nothing, but a repair
+ * (the cluster's order filter: its anchor reads the head in the writer's
+ * order of commits) and a sync that must follow that anchor. */
+bool im_work__for_readers(const struct im__job *j)
+{
+	if(j->kind == IM_JOB_REPAIR || (j->kind == IM_JOB_SYNC && j->u.sync.behind_writer)) return false;
+	return reads_only(j);
 }
 
 static void *run(void *arg)

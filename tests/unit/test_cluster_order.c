@@ -420,9 +420,14 @@ static void anchoring_retry(void)
 	struct im__order o;
 
 	setup(&o);
+	CHECK(!im_order__anchoring(&o, "g/team"));
 	im_order__anchor(&o, "g/team", T0);
 	CHECK_EQ(h.n_rep, 1);
+	/* Meanwhile a sync of it queues behind the head read (worker). */
+	CHECK(im_order__anchoring(&o, "g/team"));
+	CHECK(!im_order__anchoring(&o, "g/other"));
 	im_order__repaired(&o, "g/team", 0, false, true, T0);
+	CHECK(im_order__anchoring(&o, "g/team"));
 	im_order__tick(&o, T0 + REPAIR_RETRY_MS - 1);
 	CHECK_EQ(h.n_rep, 1);
 	im_order__tick(&o, T0 + REPAIR_RETRY_MS);
@@ -431,6 +436,7 @@ static void anchoring_retry(void)
 	im_order__tick(&o, T0 + REPAIR_RETRY_MS + 1);
 	CHECK_EQ(h.n_rep, 2);
 	im_order__repaired(&o, "g/team", 40, true, true, T0 + REPAIR_RETRY_MS + 2);
+	CHECK(!im_order__anchoring(&o, "g/team"));
 	in(&o, "g/team", 40, T0 + REPAIR_RETRY_MS + 3); /* already the device's to sync */
 	in(&o, "g/team", 41, T0 + REPAIR_RETRY_MS + 4);
 	CHECK(published(1, S(41)));
