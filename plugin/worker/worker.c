@@ -483,11 +483,15 @@ int im_worker__start(const struct im__config *cfg, struct im__journal *journal, 
 		rc = w->st.ops->each_wrote(&w->st, w->hooks.wrote, w->hooks.ctx);
 	}
 	w->stored_lsn = w->last_msg_lsn = w->st.applied_lsn;
-	if(rc == MOSQ_ERR_SUCCESS && cfg->store_readers) rc = im_work__readers_start(w, cfg, cfg->store_readers);
 	if(rc == MOSQ_ERR_SUCCESS){
 		IM_STAT_SET(w->metrics->timelines_cached, w->st.ops->cached(&w->st, &groups));
 		g_worker = w;
 		im_log__sink(post_log);
+		/* Readers after the sink: a line they log goes through the
+		 * completions, never to the broker's API from their thread. */
+		if(cfg->store_readers) rc = im_work__readers_start(w, cfg, cfg->store_readers);
+	}
+	if(rc == MOSQ_ERR_SUCCESS){
 		if(pthread_create(&w->thread, NULL, run, w) != 0){
 			g_worker = NULL;
 			rc = MOSQ_ERR_UNKNOWN;
