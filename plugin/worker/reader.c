@@ -105,7 +105,9 @@ static void wait_for_writer(struct im__worker *w, const struct im__job *jobs)
 		until.tv_nsec += (long)(left % 1000000) * 1000L;
 		until.tv_sec += left / 1000000 + until.tv_nsec / 1000000000L;
 		until.tv_nsec %= 1000000000L;
-		pthread_cond_timedwait(&w->rcv, &w->mu, &until);
+		w->stored_waiters++;
+		pthread_cond_timedwait(&w->stored_cv, &w->mu, &until);
+		w->stored_waiters--;
 	}
 }
 
@@ -230,6 +232,7 @@ void im_work__readers_stop(struct im__worker *w)
 	pthread_mutex_lock(&w->mu);
 	w->stop = true;
 	pthread_cond_broadcast(&w->rcv);
+	pthread_cond_broadcast(&w->stored_cv);
 	pthread_mutex_unlock(&w->mu);
 	for(i = 0; i < w->n_readers; i++){
 		pthread_join(w->readers[i]->thread, NULL);

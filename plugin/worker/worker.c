@@ -80,9 +80,7 @@ void im_worker__submit(struct im__worker *w, struct im__job *j)
 		w->rtail = &j->next;
 		w->submitted++;
 		w->rqueued++;
-		/* All: a reader waiting for the writer (reader.c) may be the one
-		 * a single signal wakes. */
-		pthread_cond_broadcast(&w->rcv);
+		pthread_cond_signal(&w->rcv);
 		pthread_mutex_unlock(&w->mu);
 		return;
 	}
@@ -468,6 +466,7 @@ int im_worker__start(const struct im__config *cfg, struct im__journal *journal, 
 	pthread_cond_init(&w->cv, NULL);
 	pthread_cond_init(&w->idle_cv, NULL);
 	pthread_cond_init(&w->rcv, NULL);
+	pthread_cond_init(&w->stored_cv, NULL);
 	w->journal_dir = im_strdup(cfg->journal_dir);
 	rc = im_config__clone(&w->cfg, cfg);
 	if(rc == MOSQ_ERR_SUCCESS && cfg->store_key_file){
@@ -555,5 +554,6 @@ void im_worker__stop(struct im__worker *w)
 	pthread_cond_destroy(&w->cv);
 	pthread_cond_destroy(&w->idle_cv);
 	pthread_cond_destroy(&w->rcv);
+	pthread_cond_destroy(&w->stored_cv);
 	free(w);
 }
