@@ -188,12 +188,14 @@ struct im__store_ops {
 	int (*amend)(struct im__store *st, struct im__tl *tl, uint64_t seq, const void *body, size_t len,
 			uint32_t raw_len, uint32_t flags);
 	/* A conversation's last message: owner's direct conversation with peer,
-	 * or (owner NULL) group peer. unread_add is added to owner's unread.
-	 * An edit or a recall (flags) is counted as one in a group, not as a
-	 * message to read; a group of at most IM_STORE_FAN_MAX members notes
-	 * it in each member's row (the list's order). */
+	 * or (owner NULL) group peer. add: for owner, unread messages to add;
+	 * for a group, the edits and recalls to add to its count (the worker
+	 * folds a batch's notes of one group into one, so this is how many
+	 * of the folded messages were edits or recalls: they are not messages
+	 * to read). A group of at most IM_STORE_FAN_MAX members notes its
+	 * last message in each member's row (the list's order). */
 	int (*note_last)(struct im__store *st, const char *owner, const char *peer, uint64_t seq, int64_t ts,
-			const char *sender, uint32_t flags, const char *preview, int unread_add);
+			const char *sender, uint32_t flags, const char *preview, int add);
 	/* Moves user's read mark of tl to max(mark, seq): *before and *after.
 	 * In the user's own inbox, the unread counts of its direct
 	 * conversations drop by the peers' messages now read (not edits or

@@ -273,13 +273,17 @@ int im_work__run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 		im_work__doing(w, "the batch's statements");
 		/* A reader writes nothing: it locks nothing. */
 		if(rc == MOSQ_ERR_SUCCESS && w->st.ops->prelock && w->main == NULL) rc = prelock_batch(w, jobs, n);
+		im_work__notes_drop(w);
 		for(j = jobs; j && rc == MOSQ_ERR_SUCCESS; j = j->next){
-			rc = run_job(w, j);
+			/* What a message job folds, another kind may read. */
+			if(j->kind != IM_JOB_MSG) rc = im_work__notes_flush(w);
+			if(rc == MOSQ_ERR_SUCCESS) rc = run_job(w, j);
 			if(j->kind == IM_JOB_MSG){
 				last_lsn = j->lsn;
 				bytes += j->len;
 			}
 		}
+		if(rc == MOSQ_ERR_SUCCESS) rc = im_work__notes_flush(w);
 		im_work__doing(w, "COMMIT");
 		if(rc == MOSQ_ERR_SUCCESS) rc = w->st.ops->commit(&w->st, last_lsn);
 		else w->st.ops->rollback(&w->st);

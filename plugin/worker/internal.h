@@ -22,6 +22,20 @@
 #include "store/store.h"
 #include "worker/worker.h"
 
+/* A group's last message as the open batch's messages left it, noted
+ * once at the end (msg.c: im_work__notes_flush). */
+#define IM_WORK_GNOTES 16
+struct im__gnote {
+	char grp[IM_NAME_MAX + 1];
+	char sender[IM_NAME_MAX + 1];
+	char preview[IM_PREVIEW_MAX + 1];
+	bool has_preview;
+	uint32_t flags;
+	uint64_t seq;
+	int64_t ts;
+	int edits;                      /* edits and recalls among the folded messages */
+};
+
 struct im__worker {
 	struct im__metrics *metrics;    /* the plugin's counters (atomics) */
 	struct im__journal *journal;    /* opened at start; the broker thread appends */
@@ -66,6 +80,8 @@ struct im__worker {
 	int64_t gap_us;                 /* recent time between jobs (a moving average) */
 	int64_t last_queued_us;         /* when the last job taken was queued */
 	int64_t gathered_for;           /* queued_us of the first job a batch waited for */
+	struct im__gnote gnotes[IM_WORK_GNOTES];
+	size_t n_gnotes;                /* pending in the open batch (msg.c) */
 
 	/* Readers (reader.c): threads with store connections of their own that
 	 * answer the read-only requests beside the writer. A reader is a
@@ -159,6 +175,10 @@ bool im_work__is_member(struct im__worker *w, const char *group, size_t glen, co
 
 /* msg.c */
 int im_work__message(struct im__worker *w, struct im__job *j);
+/* Writes the open batch's folded group notes (before a job that may read
+ * them, and before the commit); _drop forgets them (a rollback). */
+int im_work__notes_flush(struct im__worker *w);
+void im_work__notes_drop(struct im__worker *w);
 
 /* read.c */
 int im_work__sync(struct im__worker *w, struct im__job *j);

@@ -146,6 +146,76 @@ static const char *preview(const struct im__worker *w, const struct im__rec *r, 
 	return out;
 }
 
+/* ---- a group's last message, once per batch ----
+ * Every group message moved its group's row and, in a group of at most
+ * IM_STORE_FAN_MAX members, each member's row (the list's order): 25 row
+ * updates per message in a group of 25, where the batch's last message is
+ * all the list shows. So the batch's notes of a group fold into one,
+ * written before the commit or before a job that may read them (acks
+ * count a group's edits; group changes count its members). A notice
+ * (membership) is written at once, after the group's folded note: its
+ * member count decides how the rows are kept. */
+
+static int gnote_write(struct im__worker *w, const struct im__gnote *g)
+{
+	return w->st.ops->note_last(&w->st, NULL, g->grp, g->seq, g->ts, g->sender, g->flags,
+			g->has_preview ? g->preview : NULL, g->edits);
+}
+
+int im_work__notes_flush(struct im__worker *w)
+{
+	size_t i, n = w->n_gnotes;
+
+	w->n_gnotes = 0;
+	for(i = 0; i < n; i++){
+		if(gnote_write(w, &w->gnotes[i]) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+void im_work__notes_drop(struct im__worker *w)
+{
+	w->n_gnotes = 0;
+}
+
+static int note_group(struct im__worker *w, const char *grp, uint64_t seq, int64_t ts, const char *sender,
+		uint32_t flags, const char *pv)
+{
+	struct im__gnote *g = NULL;
+	int edit = (flags & (IM__V1__HEADER_FLAG__FLAG_EDIT | IM__V1__HEADER_FLAG__FLAG_RECALL)) != 0;
+	size_t i;
+
+	for(i = 0; i < w->n_gnotes; i++){
+		if(!strcmp(w->gnotes[i].grp, grp)){
+			g = &w->gnotes[i];
+			break;
+		}
+	}
+	if(flags & IM_STORE_FLAG_SYSTEM){
+		if(g){
+			int rc = gnote_write(w, g);
+			*g = w->gnotes[--w->n_gnotes];
+			if(rc != MOSQ_ERR_SUCCESS) return rc;
+		}
+		return w->st.ops->note_last(&w->st, NULL, grp, seq, ts, sender, flags, pv, 0);
+	}
+	if(g == NULL){
+		if(w->n_gnotes == IM_WORK_GNOTES && im_work__notes_flush(w) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
+		g = &w->gnotes[w->n_gnotes++];
+		memset(g, 0, sizeof(*g));
+		snprintf(g->grp, sizeof(g->grp), "%s", grp);
+	}
+	/* One writer per timeline: seqs only grow within a batch. */
+	g->seq = seq;
+	g->ts = ts;
+	g->flags = flags;
+	snprintf(g->sender, sizeof(g->sender), "%s", sender);
+	g->has_preview = pv != NULL;
+	if(pv) snprintf(g->preview, sizeof(g->preview), "%s", pv);
+	g->edits += edit;
+	return MOSQ_ERR_SUCCESS;
+}
+
 /* The conversation list follows every message (not notices in an inbox).
  * An edit or a recall is not a new message for the reader: it moves the
  * conversation's last message, never its unread count (a group's count
@@ -157,7 +227,7 @@ static int note_last(struct im__worker *w, const struct im__rec *r, const struct
 	const char *peer = r->to + 2;
 	bool to_read = r->op == IM_REC_PLAIN && strcmp(peer, r->sender);
 
-	if(r->to[0] == 'g') return o->note_last(&w->st, NULL, peer, a->seq, m->ts_ms, r->sender, m->flags, pv, 0);
+	if(r->to[0] == 'g') return note_group(w, peer, a->seq, m->ts_ms, r->sender, m->flags, pv);
 	if(r->kind == IM_REC_SYSTEM) return MOSQ_ERR_SUCCESS;
 	if(o->note_last(&w->st, peer, r->sender, a->seq, m->ts_ms, r->sender, m->flags, pv, to_read ? 1 : 0) != MOSQ_ERR_SUCCESS){
 		return MOSQ_ERR_UNKNOWN;

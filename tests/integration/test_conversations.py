@@ -2,12 +2,13 @@
 edit and recall as sequenced events, the conversation list. Each rule and
 each refusal against a real broker; stock tools drive typing and recall."""
 import os
+import sqlite3
 import subprocess
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from imtest import WAIT, Client, decode_frame, pb, sync_all, wait_until
+from imtest import STORE, WAIT, Client, decode_frame, pb, sync_all, wait_log, wait_until
 
 EDIT, RECALL, EDITED, RECALLED = 4, 8, 16, 32
 
@@ -305,6 +306,57 @@ def test_conversation_list(make_broker):
                           response_type=pb.ConversationsResponse)
     assert [c.timeline for c in page2.conversations] == ["g/team"] and not page2.has_more
     for c in (alice, bob, carol):
+        c.close()
+
+
+def test_group_notes_of_one_batch(make_broker):
+    """A batch's messages to a group note the group's last message once
+    (worker/msg.c): the list still shows the batch's last message, first,
+    with every message counted unread and every edit and recall left out.
+    On SQLite another connection's lock holds the writer, so that the
+    messages queue and are stored in one batch."""
+    b = make_broker()
+    alice = Client(b, "alice", v5=True).connect()
+    carol = Client(b, "carol", v5=True).connect()
+    bob = Client(b, "bob", v5=True).connect()
+    create_group(carol, "team", ["alice", "bob"])              # 3 members: each member's row is noted
+    ack(alice, "g/team", 1)                                     # the create notice
+    first = receipt_publish(carol, "im/g/team", b"first")
+    second = receipt_publish(carol, "im/g/team", b"second")
+    dave = Client(b, "dave", v5=True).connect()
+    receipt_publish(dave, "im/u/alice", b"from dave")          # after the group's last message
+    lock = None
+    if STORE == "sqlite":
+        lock = sqlite3.connect(b.db_path, isolation_level=None, timeout=5)
+        lock.execute("BEGIN IMMEDIATE")
+    try:
+        for i in range(3):
+            carol.publish("im/g/team", b"burst %d" % i)         # acknowledged from the journal
+        carol.publish("im/g/team", b"first, edited", props={"UserProperty": [("im-edit", str(first.seq))]})
+        carol.publish("im/g/team", b"", props={"UserProperty": [("im-recall", str(second.seq))]})
+        bob.publish("im/g/team", b"last one")
+        if lock:
+            wait_log(b, "database is locked")
+    finally:
+        if lock:
+            lock.execute("ROLLBACK")
+            lock.close()
+    head = second.seq + 6
+
+    def listed():
+        r = request(alice, "conversations", pb.ConversationsRequest(), response_type=pb.ConversationsResponse)
+        assert r.status == pb.OK, r.reason
+        return [(c.timeline, c.last_seq, c.last_sender, c.last_preview, c.unread) for c in r.conversations]
+
+    want = [("g/team", head, "bob", "last one", 6), ("u/dave", 1, "dave", "from dave", 1)]
+    assert wait_until(lambda: listed() == want), listed()
+    # The edit and the recall are not messages to read: reading to the
+    # head leaves nothing unread; a mark before them counts what is left.
+    ack(alice, "g/team", second.seq + 3)
+    assert listed()[0][4] == 1
+    ack(alice, "g/team", head)
+    assert listed()[0][4] == 0
+    for c in (alice, bob, carol, dave):
         c.close()
 
 

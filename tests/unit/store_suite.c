@@ -878,7 +878,7 @@ static uint64_t gm(struct im__store *st, const char *group, const char *from, co
 	m.expires_ms = expires_ms;
 	if(ts) m.ts_ms = ts;
 	if(rc == MOSQ_ERR_SUCCESS) rc = t ? st->ops->append(st, t, NULL, &m, &d) : MOSQ_ERR_UNKNOWN;
-	if(rc == MOSQ_ERR_SUCCESS) rc = st->ops->note_last(st, NULL, group, d.seq, m.ts_ms, from, flags, body, 0);
+	if(rc == MOSQ_ERR_SUCCESS) rc = st->ops->note_last(st, NULL, group, d.seq, m.ts_ms, from, flags, body, (flags & (EDIT | RECALL)) ? 1 : 0);
 	CHECK_EQ(finish(st, rc), MOSQ_ERR_SUCCESS);
 	return d.seq;
 }

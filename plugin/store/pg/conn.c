@@ -109,8 +109,8 @@ static const struct { const char *types; const char *sql; } stmts[PG_NSTMT] = {
 	/* A group counts its edits and recalls (not messages to read); a group
 	 * of a few notes the activity in its members' rows in the same round
 	 * trip: whether it does (fan) and how many rows it wrote (conv.c). */
-	[PG_GROUP_NOTE] = {"t88t8t", "WITH g AS (INSERT INTO group_last(grp, last_seq, last_ts, last_sender, last_flags, preview, edits)"
-		"   VALUES($1, $2, $3, $4, $5, $6, CASE WHEN ($5 & 12) <> 0 THEN 1 ELSE 0 END) ON CONFLICT (grp) DO UPDATE SET"
+	[PG_GROUP_NOTE] = {"t88t8t8", "WITH g AS (INSERT INTO group_last(grp, last_seq, last_ts, last_sender, last_flags, preview, edits)"
+		"   VALUES($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (grp) DO UPDATE SET"
 		"   last_seq = greatest(group_last.last_seq, excluded.last_seq),"
 		"   last_ts = CASE WHEN excluded.last_seq >= group_last.last_seq THEN excluded.last_ts ELSE group_last.last_ts END,"
 		"   last_sender = CASE WHEN excluded.last_seq >= group_last.last_seq THEN excluded.last_sender ELSE group_last.last_sender END,"

@@ -179,7 +179,7 @@ nomem:
 }
 
 int im_pg__note_last(struct im__store *st, const char *owner, const char *peer, uint64_t seq, int64_t ts,
-		const char *sender, uint32_t flags, const char *preview, int unread_add)
+		const char *sender, uint32_t flags, const char *preview, int add)
 {
 	struct im__pg *s = im_pg(st);
 	struct im__pgq q = {0};
@@ -188,13 +188,14 @@ int im_pg__note_last(struct im__store *st, const char *owner, const char *peer, 
 	bool fan;
 
 	s->wrote = true;
-	if(owner) return note_conv(s, owner, peer, seq, ts, sender, flags, preview, unread_add);
+	if(owner) return note_conv(s, owner, peer, seq, ts, sender, flags, preview, add);
 	im_pgq__text(&q, peer, -1);
 	im_pgq__i64(&q, (int64_t)seq);
 	im_pgq__i64(&q, ts);
 	im_pgq__text(&q, sender, -1);
 	im_pgq__i64(&q, flags);
 	im_pgq__text(&q, preview, -1);
+	im_pgq__i64(&q, add);
 	if((r = im_pg__run(s, PG_GROUP_NOTE, &q, "noting a group")) == NULL) return MOSQ_ERR_UNKNOWN;
 	fan = PQntuples(r) == 1 && im_pg__int(r, 0, 0);
 	n = PQntuples(r) == 1 ? im_pg__int(r, 0, 1) : 0;

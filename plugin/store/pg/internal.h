@@ -206,7 +206,7 @@ int im_pg__lookup(struct im__store *st, struct im__tl *tl, uint64_t seq, bool *f
 int im_pg__amend(struct im__store *st, struct im__tl *tl, uint64_t seq, const void *body, size_t len,
 		uint32_t raw_len, uint32_t flags);
 int im_pg__note_last(struct im__store *st, const char *owner, const char *peer, uint64_t seq, int64_t ts,
-		const char *sender, uint32_t flags, const char *preview, int unread_add);
+		const char *sender, uint32_t flags, const char *preview, int add);
 int im_pg__read_mark(struct im__store *st, struct im__tl *tl, const char *user, uint64_t seq,
 		uint64_t *before, uint64_t *after, im_store__name_fn fn, void *ctx);
 int im_pg__reads_of(struct im__store *st, struct im__tl *tl, const char *reader, im_store__mark_fn fn, void *ctx,

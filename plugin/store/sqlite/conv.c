@@ -52,7 +52,7 @@ int im_sqlite__prepare_conv(struct im__sqlite *s)
 			" preview = excluded.preview, unread = unread + excluded.unread,"
 			" sent_seq = CASE WHEN excluded.last_sender = excluded.peer THEN excluded.last_seq ELSE sent_seq END"},
 		{&s->group_note, "INSERT INTO group_last(grp, last_seq, last_ts, last_sender, last_flags, preview, edits)"
-			" VALUES(?1, ?2, ?3, ?4, ?5, ?6, (?5 & 12) <> 0)"
+			" VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)"
 			" ON CONFLICT(grp) DO UPDATE SET last_seq = excluded.last_seq, last_ts = excluded.last_ts,"
 			" last_sender = excluded.last_sender, last_flags = excluded.last_flags, preview = excluded.preview,"
 			" edits = edits + excluded.edits RETURNING fan"},
@@ -203,7 +203,7 @@ static int group_fan(struct im__sqlite *s, const char *grp, int64_t ts, bool fan
 }
 
 int im_sqlite__note_last(struct im__store *st, const char *owner, const char *peer, uint64_t seq, int64_t ts,
-		const char *sender, uint32_t flags, const char *preview, int unread_add)
+		const char *sender, uint32_t flags, const char *preview, int add)
 {
 	struct im__sqlite *s = im_sqlite(st);
 	sqlite3_stmt *q = owner ? s->conv_note : s->group_note;
@@ -218,10 +218,8 @@ int im_sqlite__note_last(struct im__store *st, const char *owner, const char *pe
 	sqlite3_bind_int64(q, i++, flags);
 	if(preview) sqlite3_bind_text(q, i++, preview, -1, SQLITE_STATIC);
 	else sqlite3_bind_null(q, i++);
-	if(owner){
-		sqlite3_bind_int(q, i++, unread_add);
-		return im_sqlite__step(s, q, "noting a conversation");
-	}
+	sqlite3_bind_int(q, i++, add);
+	if(owner) return im_sqlite__step(s, q, "noting a conversation");
 	rc = sqlite3_step(q);
 	fan = rc == SQLITE_ROW && sqlite3_column_int(q, 0);
 	sqlite3_reset(q);

@@ -116,7 +116,7 @@ int im_sqlite__amend(struct im__store *st, struct im__tl *tl, uint64_t seq, cons
 		uint32_t raw_len, uint32_t flags);
 void im_sqlite__scrub(struct im__store *st);
 int im_sqlite__note_last(struct im__store *st, const char *owner, const char *peer, uint64_t seq, int64_t ts,
-		const char *sender, uint32_t flags, const char *preview, int unread_add);
+		const char *sender, uint32_t flags, const char *preview, int add);
 int im_sqlite__read_mark(struct im__store *st, struct im__tl *tl, const char *user, uint64_t seq,
 		uint64_t *before, uint64_t *after, im_store__name_fn fn, void *ctx);
 int im_sqlite__reads_of(struct im__store *st, struct im__tl *tl, const char *reader, im_store__mark_fn fn, void *ctx,
