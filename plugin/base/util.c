@@ -90,6 +90,31 @@ int64_t im_mono_us(void)
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+void im_cond__init(pthread_cond_t *cv)
+{
+	pthread_condattr_t a;
+
+	pthread_condattr_init(&a);
+	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+	pthread_cond_init(cv, &a);
+	pthread_condattr_destroy(&a);
+}
+
+int im_cond__wait_us(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t us)
+{
+	struct timespec until;
+
+	if(us < 0) us = 0;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += (time_t)(us / 1000000);
+	until.tv_nsec += (long)(us % 1000000) * 1000L;
+	if(until.tv_nsec >= 1000000000L){
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	return pthread_cond_timedwait(cv, mu, &until);
+}
+
 int64_t im_now_ms(void)
 {
 	struct timespec ts;

@@ -5,9 +5,11 @@
 #ifndef IM_BASE_UTIL_H
 #define IM_BASE_UTIL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /* A growable byte buffer, reused across calls (no per-message malloc). */
 struct im__buf {
@@ -40,6 +42,15 @@ bool im_bucket__take(struct im__bucket *b, double rate, double burst, double cos
 /* Milliseconds since the epoch; monotonic microseconds. */
 int64_t im_now_ms(void);
 int64_t im_mono_us(void);
+
+/* Timed waits of the plugin's threads run on the monotonic clock: on the
+ * default (wall) clock a step back of the system time (NTP, an operator)
+ * stretched a 5 ms wait by as much, and the store's retry pause, woken by
+ * nothing but a stop, with it. im_cond__init makes such a condition
+ * variable; im_cond__wait_us waits on it at most us microseconds (any
+ * wake-up, or the deadline, returns: callers re-check their condition). */
+void im_cond__init(pthread_cond_t *cv);
+int im_cond__wait_us(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t us);
 
 /* Appends s as the body of a JSON string (quotes, backslashes and control
  * characters escaped) to out[*len..cap). False if it does not fit. */

@@ -773,7 +773,7 @@ int im_cluster__init(const struct im__config *cfg, struct im__metrics *metrics, 
 	im_order__init(&c->order, &(struct im__order_hooks){.ctx = c, .publish = order_publish, .repair = order_repair,
 			.heard = order_heard}, metrics);
 	pthread_mutex_init(&c->mu, NULL);
-	pthread_cond_init(&c->cv, NULL);
+	im_cond__init(&c->cv);
 	pthread_mutex_init(&c->in_mu, NULL);
 	pthread_mutex_init(&c->seen_mu, NULL);
 	if(split_servers(c, cfg->nats_servers) != MOSQ_ERR_SUCCESS){

@@ -303,14 +303,7 @@ int im_work__run_batch(struct im__worker *w, struct im__job *jobs, size_t n)
 		}
 		im_work__doing(w, "retrying after a store error");
 		pthread_mutex_lock(&w->mu);
-		if(!w->stop){
-			struct timespec until;
-			clock_gettime(CLOCK_REALTIME, &until);
-			until.tv_nsec += (long)pause_ms * 1000000L;
-			until.tv_sec += until.tv_nsec / 1000000000L;
-			until.tv_nsec %= 1000000000L;
-			pthread_cond_timedwait(&w->cv, &w->mu, &until);
-		}
+		if(!w->stop) im_cond__wait_us(&w->cv, &w->mu, (int64_t)pause_ms * 1000);
 		rc = w->stop;
 		pthread_mutex_unlock(&w->mu);
 		if(rc){

@@ -94,19 +94,14 @@ static void wait_for_writer(struct im__worker *w, const struct im__job *jobs)
 	const struct im__job *j;
 	uint64_t need = 0;
 	int64_t deadline = 0, left;
-	struct timespec until;
 
 	for(j = jobs; j; j = j->next){
 		if(j->lsn > need) need = j->lsn;
 		if(deadline == 0 || j->queued_us + READ_WAIT_US < deadline) deadline = j->queued_us + READ_WAIT_US;
 	}
 	while(w->stored_lsn < need && !w->stop && (left = deadline - im_mono_us()) > 0){
-		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_nsec += (long)(left % 1000000) * 1000L;
-		until.tv_sec += left / 1000000 + until.tv_nsec / 1000000000L;
-		until.tv_nsec %= 1000000000L;
 		w->stored_waiters++;
-		pthread_cond_timedwait(&w->stored_cv, &w->mu, &until);
+		im_cond__wait_us(&w->stored_cv, &w->mu, left);
 		w->stored_waiters--;
 	}
 }
@@ -186,8 +181,8 @@ static struct im__worker *reader_new(struct im__worker *w, const struct im__conf
 	r->btail = &r->bhead;
 	r->marker_fd = -1;
 	pthread_mutex_init(&r->mu, NULL);
-	pthread_cond_init(&r->cv, NULL);
-	pthread_cond_init(&r->idle_cv, NULL);
+	im_cond__init(&r->cv);
+	im_cond__init(&r->idle_cv);
 	if(im_config__clone(&r->cfg, &w->cfg) != MOSQ_ERR_SUCCESS
 			|| (w->crypt && ((r->crypt = im_calloc(1, sizeof(*r->crypt))) == NULL
 				|| im_crypt__clone(r->crypt, w->crypt) != MOSQ_ERR_SUCCESS))

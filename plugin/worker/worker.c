@@ -318,7 +318,6 @@ static bool gather(struct im__worker *w)
 {
 	int64_t age, wait_us, limit = w->cfg.batch_gather_us;
 	const struct im__job *j;
-	struct timespec until;
 
 	if(limit == 0 || w->stop || w->replaying || w->queued >= GATHER_FULL) return false;
 	/* Once per first job: a wait cut short by a request, a stop or a
@@ -334,12 +333,8 @@ static bool gather(struct im__worker *w)
 	age = im_mono_us() - w->head->queued_us;
 	if(age >= limit) return false;
 	wait_us = limit - age;
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_nsec += wait_us * 1000L;
-	until.tv_sec += until.tv_nsec / 1000000000L;
-	until.tv_nsec %= 1000000000L;
 	w->gathering = true;
-	pthread_cond_timedwait(&w->cv, &w->mu, &until);
+	im_cond__wait_us(&w->cv, &w->mu, wait_us);
 	w->gathering = false;
 	w->gathered_for = w->head ? w->head->queued_us : 0;
 	return true;
@@ -376,7 +371,6 @@ static void *run(void *arg)
 {
 	struct im__worker *w = arg;
 	struct im__job *jobs, **jt;
-	struct timespec until;
 	size_t n;
 	int64_t now;
 	sigset_t all;
@@ -397,11 +391,7 @@ static void *run(void *arg)
 				pthread_mutex_lock(&w->mu);
 				continue;
 			}
-			clock_gettime(CLOCK_REALTIME, &until);
-			until.tv_nsec += w->dhead ? IM_WORK_REPOKE_US * 1000L / 2 : 5000000L;
-			until.tv_sec += until.tv_nsec / 1000000000L;
-			until.tv_nsec %= 1000000000L;
-			pthread_cond_timedwait(&w->cv, &w->mu, &until);
+			im_cond__wait_us(&w->cv, &w->mu, w->dhead ? IM_WORK_REPOKE_US / 2 : 5000);
 			if(w->head == NULL && !w->stop){
 				pthread_mutex_unlock(&w->mu);
 				housekeeping(w, im_now_ms());
@@ -463,10 +453,10 @@ int im_worker__start(const struct im__config *cfg, struct im__journal *journal, 
 	w->btail = &w->bhead;
 	w->marker_fd = -1;
 	pthread_mutex_init(&w->mu, NULL);
-	pthread_cond_init(&w->cv, NULL);
-	pthread_cond_init(&w->idle_cv, NULL);
-	pthread_cond_init(&w->rcv, NULL);
-	pthread_cond_init(&w->stored_cv, NULL);
+	im_cond__init(&w->cv);
+	im_cond__init(&w->idle_cv);
+	im_cond__init(&w->rcv);
+	im_cond__init(&w->stored_cv);
 	w->journal_dir = im_strdup(cfg->journal_dir);
 	rc = im_config__clone(&w->cfg, cfg);
 	if(rc == MOSQ_ERR_SUCCESS && cfg->store_key_file){

@@ -65,7 +65,6 @@ static int busy(void *arg, int count)
 static void *run(void *arg)
 {
 	struct im__ckpt *c = arg;
-	struct timespec until;
 	int rc, log_frames, done_frames, page_size = 0;
 	sqlite3_stmt *q;
 
@@ -79,13 +78,7 @@ static void *run(void *arg)
 
 	pthread_mutex_lock(&c->mu);
 	while(!c->stop){
-		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_nsec += CKPT_INTERVAL_MS * 1000000L;
-		if(until.tv_nsec >= 1000000000L){
-			until.tv_sec++;
-			until.tv_nsec -= 1000000000L;
-		}
-		rc = pthread_cond_timedwait(&c->cv, &c->mu, &until);
+		rc = im_cond__wait_us(&c->cv, &c->mu, CKPT_INTERVAL_MS * 1000L);
 		if(c->stop) break;
 		if(rc != ETIMEDOUT && rc != 0) continue;
 		pthread_mutex_unlock(&c->mu);
@@ -124,7 +117,7 @@ int im_ckpt__start(struct im__ckpt *c, const char *path)
 		return MOSQ_ERR_UNKNOWN;
 	}
 	pthread_mutex_init(&c->mu, NULL);
-	pthread_cond_init(&c->cv, NULL);
+	im_cond__init(&c->cv);
 	if(pthread_create(&c->thread, NULL, run, c) != 0){
 		pthread_mutex_destroy(&c->mu);
 		pthread_cond_destroy(&c->cv);
