@@ -8,7 +8,7 @@ pkgs=(build-essential cmake pkg-config
       libsqlite3-dev sqlite3 libssl-dev libjwt-dev zlib1g-dev
       libpq-dev postgresql
       libnats-dev nats-server
-      libedit-dev
+      libedit-dev faketime
       clang libclang-rt-14-dev openssl
       python3-paho-mqtt python3-protobuf python3-pytest python3-pip python3-setuptools
       lintian

@@ -115,6 +115,11 @@ int im_cond__wait_us(pthread_cond_t *cv, pthread_mutex_t *mu, int64_t us)
 	return pthread_cond_timedwait(cv, mu, &until);
 }
 
+int64_t im_mono_ms(void)
+{
+	return im_mono_us() / 1000;
+}
+
 int64_t im_now_ms(void)
 {
 	struct timespec ts;

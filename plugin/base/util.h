@@ -36,12 +36,18 @@ struct im__bucket {
 	int64_t last_ms;
 };
 /* Refills b for now and takes cost tokens if there are enough. A new
- * bucket (last_ms 0) starts full. */
+ * bucket (last_ms 0) starts full. now_ms is im_mono_ms(): on the wall
+ * clock a step back of the system time refilled nothing until it had
+ * passed again, rate-limiting users for as long. */
 bool im_bucket__take(struct im__bucket *b, double rate, double burst, double cost, int64_t now_ms);
 
-/* Milliseconds since the epoch; monotonic microseconds. */
+/* Milliseconds since the epoch: what is stored and shown (a message's
+ * time, retention's cutoff). Monotonic microseconds and milliseconds:
+ * what schedules and paces (intervals, rates, deadlines), which a step of
+ * the system time must not stretch or stop. */
 int64_t im_now_ms(void);
 int64_t im_mono_us(void);
+int64_t im_mono_ms(void);
 
 /* Timed waits of the plugin's threads run on the monotonic clock: on the
  * default (wall) clock a step back of the system time (NTP, an operator)

@@ -77,7 +77,7 @@ struct im__user *im_clients__user(struct im__plugin *p, const char *user)
 /* A reply budget, refilled to now: a burst is four seconds' worth. */
 static double tokens(struct im__bucket *b, double rate)
 {
-	im_bucket__take(b, rate, 4.0 * rate, 0, im_now_ms());
+	im_bucket__take(b, rate, 4.0 * rate, 0, im_mono_ms());
 	return b->tokens;
 }
 
@@ -97,7 +97,7 @@ bool im_clients__admit(struct im__plugin *p, struct mosquitto *client, enum im_j
 	bool sync = kind == IM_JOB_SYNC;
 	double left, least = 0;
 
-	if(c && sync && cfg->sync_rate && !im_bucket__take(&c->sync_bucket, cfg->sync_rate, cfg->sync_rate, 1.0, im_now_ms())){
+	if(c && sync && cfg->sync_rate && !im_bucket__take(&c->sync_bucket, cfg->sync_rate, cfg->sync_rate, 1.0, im_mono_ms())){
 		return refuse(no, 1000 / cfg->sync_rate + 1, "too many sync requests (plugin_opt_sync_rate)");
 	}
 	if(c && sync && cfg->sync_inflight && c->sync_inflight >= cfg->sync_inflight){

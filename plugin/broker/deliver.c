@@ -118,9 +118,9 @@ static void remember_raw(struct im__plugin *p, const char *topic, const void *pa
 {
 	if(p->raw_fps == NULL){
 		if((p->raw_fps = im_calloc(1, sizeof(*p->raw_fps))) == NULL) return;
-		p->raw_fps->since_ms = im_now_ms();
+		p->raw_fps->since_ms = im_mono_ms();
 	}
-	if(p->raw_fps->cur.count >= RAW_MAX) rotate(p->raw_fps, im_now_ms());
+	if(p->raw_fps->cur.count >= RAW_MAX) rotate(p->raw_fps, im_mono_ms());
 	gen_add(&p->raw_fps->cur, fingerprint(p, topic, payload, len));
 }
 

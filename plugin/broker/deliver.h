@@ -27,7 +27,7 @@ bool im_deliver__is_ours(struct im__plugin *p, const char *topic, const struct i
 /* Publishes presence retained on <prefix>/p/<user>, remembering it. */
 void im_deliver__presence(struct im__plugin *p, const char *user, const char *json, size_t len);
 bool im_deliver__presence_is_ours(struct im__plugin *p, const char *user, const void *payload, uint32_t len);
-/* Rotates the fingerprints of raw deliveries (tick). */
+/* Rotates the fingerprints of raw deliveries (tick; now_ms: im_mono_ms()). */
 void im_deliver__tick(struct im__plugin *p, int64_t now_ms);
 void im_deliver__free(struct im__plugin *p);
 

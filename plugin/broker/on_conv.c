@@ -104,7 +104,7 @@ static bool typing_ok(struct im__plugin *p, const char *user)
 	struct im__user *u = im_clients__user(p, user);
 
 	return u == NULL || p->cfg.typing_rate == 0
-		|| im_bucket__take(&u->typing, p->cfg.typing_rate, 2.0 * p->cfg.typing_rate, 1.0, im_now_ms());
+		|| im_bucket__take(&u->typing, p->cfg.typing_rate, 2.0 * p->cfg.typing_rate, 1.0, im_mono_ms());
 }
 
 /* The event, sealed like every frame the plugin sends, to <prefix>/e/<tl>. */

@@ -156,13 +156,13 @@ static bool user_rate_ok(struct im__plugin *p, const char *user)
 	struct im__user *u;
 
 	if(p->cfg.user_msg_rate == 0 || (u = im_clients__user(p, user)) == NULL) return true;
-	return im_bucket__take(&u->msg, p->cfg.user_msg_rate, p->cfg.user_msg_rate, 1.0, im_now_ms());
+	return im_bucket__take(&u->msg, p->cfg.user_msg_rate, p->cfg.user_msg_rate, 1.0, im_mono_ms());
 }
 
 /* One warning a second at most: a failing disk must not flood the log. */
 static void warn(struct im__plugin *p, const char *fmt, const char *a, const char *b)
 {
-	int64_t now = im_now_ms();
+	int64_t now = im_mono_ms();
 
 	if(now - p->last_backlog_log_ms < 1000) return;
 	p->last_backlog_log_ms = now;

@@ -100,7 +100,7 @@ static int open_segment(struct im__journal *j, uint64_t first)
 	j->fd = fd;
 	j->seg_first = first;
 	j->seg_bytes = (uint64_t)sb.st_size;
-	j->seg_opened_ms = im_now_ms();
+	j->seg_opened_ms = im_mono_ms();
 	return 0;
 }
 

@@ -50,7 +50,7 @@ int im_journal__append(struct im__journal *j, const void *payload, size_t len, u
 /* [B] Starts a new segment if the active one holds records and is a minute
  * old (rotate_age_ms), so that the worker's cut removes stored records (and the plaintext
  * of a recalled message) within about a minute even on a quiet broker. */
-void im_journal__rotate_idle(struct im__journal *j, int64_t now_ms);
+void im_journal__rotate_idle(struct im__journal *j, int64_t now_ms); /* now_ms: im_mono_ms() */
 /* [W] Deletes every segment whose records are all <= applied_lsn, except
  * the active one. */
 void im_journal__cut(const char *dir, uint64_t applied_lsn);

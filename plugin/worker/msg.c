@@ -98,7 +98,7 @@ static bool new_timeline_ok(struct im__worker *w, const char *sender)
 			return true;
 		}
 	}
-	return im_bucket__take(b, rate, w->cfg.new_timelines_per_min, 1.0, im_now_ms());
+	return im_bucket__take(b, rate, w->cfg.new_timelines_per_min, 1.0, im_mono_ms());
 }
 
 /* The record's body as sent: opened if the journal holds it sealed. */

@@ -245,6 +245,7 @@ static void apply_options(struct im__worker *w, struct im__job *j)
 
 /* ---- background work: retention, journal cut ---- */
 
+/* now: im_mono_ms() (the schedule); retention's cutoff is wall time. */
 static void housekeeping(struct im__worker *w, int64_t now)
 {
 	const struct im__config *cfg = &w->cfg;
@@ -260,7 +261,7 @@ static void housekeeping(struct im__worker *w, int64_t now)
 		IM_STAT_SET(w->metrics->groups_cached, groups);
 	}
 	if((cfg->retention_seconds == 0 && cfg->retention_messages == 0) || now < w->next_trim_ms) return;
-	if(cfg->retention_seconds) cutoff = now - cfg->retention_seconds * 1000;
+	if(cfg->retention_seconds) cutoff = im_now_ms() - cfg->retention_seconds * 1000;
 	/* A trim step is a transaction too: watched like a batch. */
 	__atomic_store_n(&w->busy_us, im_mono_us(), __ATOMIC_RELEASE);
 	im_work__doing(w, "a retention trim step");
@@ -394,7 +395,7 @@ static void *run(void *arg)
 			im_cond__wait_us(&w->cv, &w->mu, w->dhead ? IM_WORK_REPOKE_US / 2 : 5000);
 			if(w->head == NULL && !w->stop){
 				pthread_mutex_unlock(&w->mu);
-				housekeeping(w, im_now_ms());
+				housekeeping(w, im_mono_ms());
 				pthread_mutex_lock(&w->mu);
 			}
 			continue;
@@ -427,7 +428,7 @@ static void *run(void *arg)
 		__atomic_store_n(&w->busy_us, im_mono_us(), __ATOMIC_RELEASE);
 		im_work__run_batch(w, jobs, n);
 		__atomic_store_n(&w->busy_us, 0, __ATOMIC_RELEASE);
-		now = im_now_ms();
+		now = im_mono_ms();
 		if(now - w->last_cut_ms >= CUT_INTERVAL_MS || now >= w->next_trim_ms) housekeeping(w, now);
 		pthread_mutex_lock(&w->mu);
 	}

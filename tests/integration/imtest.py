@@ -96,6 +96,7 @@ class Broker:
         self.opts = {"db_path": os.path.join(self.data, "im.db")}
         self.opts.update(opts or {})
         self.pg = None
+        self.extra_env = {}         # for the broker's process (e.g. a preloaded fake clock)
         if STORE == "postgresql" and plugin and "store" not in self.opts:
             self.use_pg()
         self.extra_conf = extra_conf
@@ -176,6 +177,7 @@ class Broker:
                                   text=True).stdout.strip()
             env["LD_PRELOAD"] = tsan
             env["TSAN_OPTIONS"] = "log_path=%s/tsan:halt_on_error=0:report_signal_unsafe=0" % self.asan_dir
+        env.update(self.extra_env)
         return env
 
     def start(self, expect_fail=False, preexec_fn=None):
