@@ -47,10 +47,9 @@ int im_tick__cb(int event, void *event_data, void *userdata)
 	im_worker__ticked(p->worker);
 	im_deliver__drain(p);
 	im_stall__tick(p, im_mono_us());
-	/* The cluster's order filter compares with the times frames carry
-	 * (wall clock); the rest only schedules (monotonic). */
-	im_cluster__tick(p->cluster, im_now_ms());
+	/* Schedules only: monotonic (wall time is what is stored and shown). */
 	now = im_mono_ms();
+	im_cluster__tick(p->cluster, now);
 	im_deliver__tick(p, now);
 	im_journal__rotate_idle(&p->journal, now);
 	if(p->cfg.metrics_interval && now >= p->next_metrics_ms){

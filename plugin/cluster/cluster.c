@@ -546,13 +546,13 @@ static bool order_heard(void *ctx, const char *tl)
 bool im_cluster__deliver(struct im__cluster *c, struct im__done *d)
 {
 	if(c == NULL) return false;
-	im_order__deliver(&c->order, d, im_now_ms());
+	im_order__deliver(&c->order, d, im_mono_ms());
 	return true;
 }
 
 void im_cluster__repaired(struct im__cluster *c, const char *tl, uint64_t reached, bool ok, bool anchor)
 {
-	if(c) im_order__repaired(&c->order, tl, reached, ok, anchor, im_now_ms());
+	if(c) im_order__repaired(&c->order, tl, reached, ok, anchor, im_mono_ms());
 }
 
 /* ---- B: the tick ---- */

@@ -50,7 +50,7 @@ void im_cluster__member(struct im__cluster *c, const char *group, const char *us
  * timeline, gaps repaired. Takes d; false (d untouched) without a cluster. */
 bool im_cluster__deliver(struct im__cluster *c, struct im__done *d);
 void im_cluster__repaired(struct im__cluster *c, const char *tl, uint64_t reached, bool ok, bool anchor);
-void im_cluster__tick(struct im__cluster *c, int64_t now_ms);
+void im_cluster__tick(struct im__cluster *c, int64_t now_ms); /* now_ms: im_mono_ms() */
 /* A device's sync of tl must queue behind the head read the order filter
  * has out for tl (it leaves what was stored before to that sync). */
 bool im_cluster__anchoring(const struct im__cluster *c, const char *tl);

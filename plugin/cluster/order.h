@@ -2,7 +2,9 @@
  * Cluster delivery in seq order per timeline, gaps repaired from the
  * store [B]: what cluster/cluster.c does with each frame it delivers,
  * apart from NATS and the broker (unit-tested without either). Time is
- * given, never read: every now_ms is the caller's im_now_ms().
+ * given, never read: every now_ms is the caller's im_mono_ms() (it only
+ * schedules: a step of the system time must not hold repairs up); only
+ * im_order__anchor's wall_ms is wall time, compared with frames' times.
  */
 #ifndef IM_CLUSTER_ORDER_H
 #define IM_CLUSTER_ORDER_H
