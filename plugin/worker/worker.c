@@ -368,6 +368,18 @@ bool im_work__for_readers(const struct im__job *j)
 	return reads_only(j);
 }
 
+/* How long an idle writer may sleep: until its housekeeping is next due
+ * (the journal cut each CUT_INTERVAL_MS, the next retention step), not a
+ * fixed 5 ms: an idle broker woke its writer 200 times a second. Jobs,
+ * options and a stop signal the cv. */
+static int64_t idle_us(const struct im__worker *w)
+{
+	int64_t now = im_mono_ms(), due = w->last_cut_ms + CUT_INTERVAL_MS;
+
+	if((w->cfg.retention_seconds || w->cfg.retention_messages) && w->next_trim_ms < due) due = w->next_trim_ms;
+	return due > now ? (due - now) * 1000 : 0;
+}
+
 static void *run(void *arg)
 {
 	struct im__worker *w = arg;
@@ -392,7 +404,7 @@ static void *run(void *arg)
 				pthread_mutex_lock(&w->mu);
 				continue;
 			}
-			im_cond__wait_us(&w->cv, &w->mu, w->dhead ? IM_WORK_REPOKE_US / 2 : 5000);
+			im_cond__wait_us(&w->cv, &w->mu, w->dhead ? IM_WORK_REPOKE_US / 2 : idle_us(w));
 			if(w->head == NULL && !w->stop){
 				pthread_mutex_unlock(&w->mu);
 				housekeeping(w, im_mono_ms());

@@ -62,10 +62,29 @@ static int busy(void *arg, int count)
 	return 1;
 }
 
+/* On the writer's thread, after each of its commits (wal_autocheckpoint
+ * is off, so nothing else uses the hook). */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
+{
+	(void)db;
+	(void)name;
+	(void)frames;
+	__atomic_add_fetch(&((struct im__ckpt *)arg)->commits, 1, __ATOMIC_RELAXED);
+	return SQLITE_OK;
+}
+
+void im_ckpt__watch(struct im__ckpt *c, sqlite3 *writer)
+{
+	c->writer = writer;
+	sqlite3_wal_hook(writer, wal_hook, c);
+}
+
 static void *run(void *arg)
 {
 	struct im__ckpt *c = arg;
 	int rc, log_frames, done_frames, page_size = 0;
+	unsigned long seen = 0, now;
+	bool behind = true;     /* the first pass copies what the last run left */
 	sqlite3_stmt *q;
 
 	/* A frame is a page and its 24-byte header. */
@@ -81,6 +100,11 @@ static void *run(void *arg)
 		rc = im_cond__wait_us(&c->cv, &c->mu, CKPT_INTERVAL_MS * 1000L);
 		if(c->stop) break;
 		if(rc != ETIMEDOUT && rc != 0) continue;
+		/* An idle store is left alone: a pass costs file locks and a
+		 * look at the WAL index, ten times a second for nothing. */
+		now = __atomic_load_n(&c->commits, __ATOMIC_RELAXED);
+		if(now == seen && !behind) continue;
+		seen = now;
 		pthread_mutex_unlock(&c->mu);
 		log_frames = done_frames = 0;
 		rc = sqlite3_wal_checkpoint_v2(c->db, "main", SQLITE_CHECKPOINT_PASSIVE, &log_frames, &done_frames);
@@ -90,6 +114,8 @@ static void *run(void *arg)
 			 * interval, the frames are copied already. */
 			rc = sqlite3_wal_checkpoint_v2(c->db, "main", SQLITE_CHECKPOINT_RESTART, NULL, NULL);
 		}
+		/* Frames a reader still held, a busy RESTART: again next time. */
+		behind = rc != SQLITE_OK || done_frames < log_frames;
 		pthread_mutex_lock(&c->mu);
 		c->last_rc = rc;
 		c->checkpoints++;
@@ -132,6 +158,7 @@ int im_ckpt__start(struct im__ckpt *c, const char *path)
 void im_ckpt__stop(struct im__ckpt *c)
 {
 	if(!c->running) return;
+	if(c->writer) sqlite3_wal_hook(c->writer, NULL, NULL);
 	pthread_mutex_lock(&c->mu);
 	c->stop = true;
 	pthread_cond_signal(&c->cv);

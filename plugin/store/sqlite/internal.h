@@ -29,12 +29,17 @@ struct im__ckpt {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	sqlite3 *db;        /* the thread's own connection */
+	sqlite3 *writer;    /* the connection whose commits it follows (im_ckpt__watch) */
+	unsigned long commits;  /* atomic: the writer's commits (its WAL hook counts them) */
 	bool running, stop;
 	int last_rc;
 	long checkpoints;
 };
 
 int im_ckpt__start(struct im__ckpt *c, const char *path);
+/* Counts writer's commits (a WAL hook, on writer's thread): the thread
+ * passes while none came since a pass that copied every frame. */
+void im_ckpt__watch(struct im__ckpt *c, sqlite3 *writer);
 void im_ckpt__stop(struct im__ckpt *c);
 
 struct im__sqlite {

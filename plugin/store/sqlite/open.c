@@ -288,6 +288,7 @@ int im_store__open_sqlite(struct im__store *st, const struct im__store_options *
 		sqlite_close(st);
 		return MOSQ_ERR_UNKNOWN;
 	}
+	if(o->checkpoint_thread) im_ckpt__watch(&s->ckpt, s->db);
 	return MOSQ_ERR_SUCCESS;
 }
 
