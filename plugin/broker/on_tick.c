@@ -36,7 +36,7 @@ int im_tick__cb(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_tick *ed = event_data;
 	struct im__plugin *p = userdata;
-	int64_t now;
+	int64_t now, now_us;
 
 	(void)event;
 	p->disconnecting = NULL;
@@ -46,9 +46,10 @@ int im_tick__cb(int event, void *event_data, void *userdata)
 	}
 	im_worker__ticked(p->worker);
 	im_deliver__drain(p);
-	im_stall__tick(p, im_mono_us());
 	/* Schedules only: monotonic (wall time is what is stored and shown). */
-	now = im_mono_ms();
+	now_us = im_mono_us();
+	im_stall__tick(p, now_us);
+	now = now_us / 1000;
 	im_cluster__tick(p->cluster, now);
 	im_deliver__tick(p, now);
 	im_journal__rotate_idle(&p->journal, now);

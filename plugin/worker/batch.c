@@ -131,7 +131,7 @@ static void publish_batch(struct im__worker *w, size_t n_jobs)
 	/* Readers wait for the messages queued before their requests. */
 	if(w->main == NULL && w->st.applied_lsn > w->stored_lsn){
 		w->stored_lsn = w->st.applied_lsn;
-		if(w->stored_waiters) pthread_cond_broadcast(&w->stored_cv);
+		pthread_cond_broadcast(&w->stored_cv);
 	}
 	pthread_cond_broadcast(&q->idle_cv);
 	pthread_mutex_unlock(&q->mu);

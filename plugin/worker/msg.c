@@ -153,8 +153,8 @@ static const char *preview(const struct im__worker *w, const struct im__rec *r, 
  * all the list shows. So the batch's notes of a group fold into one,
  * written before the commit or before a job that may read them (acks
  * count a group's edits; group changes count its members). A notice
- * (membership) is written at once, after the group's folded note: its
- * member count decides how the rows are kept. */
+ * (membership, rare) is written at once, after the batch's folded notes:
+ * its member count decides how the rows are kept. */
 
 static int gnote_write(struct im__worker *w, const struct im__gnote *g)
 {
@@ -192,11 +192,7 @@ static int note_group(struct im__worker *w, const char *grp, uint64_t seq, int64
 		}
 	}
 	if(flags & IM_STORE_FLAG_SYSTEM){
-		if(g){
-			int rc = gnote_write(w, g);
-			*g = w->gnotes[--w->n_gnotes];
-			if(rc != MOSQ_ERR_SUCCESS) return rc;
-		}
+		if(g && im_work__notes_flush(w) != MOSQ_ERR_SUCCESS) return MOSQ_ERR_UNKNOWN;
 		return w->st.ops->note_last(&w->st, NULL, grp, seq, ts, sender, flags, pv, 0);
 	}
 	if(g == NULL){

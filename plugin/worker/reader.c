@@ -100,9 +100,7 @@ static void wait_for_writer(struct im__worker *w, const struct im__job *jobs)
 		if(deadline == 0 || j->queued_us + READ_WAIT_US < deadline) deadline = j->queued_us + READ_WAIT_US;
 	}
 	while(w->stored_lsn < need && !w->stop && (left = deadline - im_mono_us()) > 0){
-		w->stored_waiters++;
 		im_cond__wait_us(&w->stored_cv, &w->mu, left);
-		w->stored_waiters--;
 	}
 }
 

@@ -245,6 +245,18 @@ static void apply_options(struct im__worker *w, struct im__job *j)
 
 /* ---- background work: retention, journal cut ---- */
 
+/* When housekeeping is next due (im_mono_ms()): the journal cut each
+ * CUT_INTERVAL_MS, the next retention step. An idle writer sleeps until
+ * then, not a fixed 5 ms (an idle broker woke it 200 times a second);
+ * jobs, options and a stop signal its cv. */
+static int64_t housekeeping_due(const struct im__worker *w)
+{
+	int64_t due = w->last_cut_ms + CUT_INTERVAL_MS;
+
+	if((w->cfg.retention_seconds || w->cfg.retention_messages) && w->next_trim_ms < due) due = w->next_trim_ms;
+	return due;
+}
+
 /* now: im_mono_ms() (the schedule); retention's cutoff is wall time. */
 static void housekeeping(struct im__worker *w, int64_t now)
 {
@@ -368,17 +380,6 @@ bool im_work__for_readers(const struct im__job *j)
 	return reads_only(j);
 }
 
-/* How long an idle writer may sleep: until its housekeeping is next due
- * (the journal cut each CUT_INTERVAL_MS, the next retention step), not a
- * fixed 5 ms: an idle broker woke its writer 200 times a second. Jobs,
- * options and a stop signal the cv. */
-static int64_t idle_us(const struct im__worker *w)
-{
-	int64_t now = im_mono_ms(), due = w->last_cut_ms + CUT_INTERVAL_MS;
-
-	if((w->cfg.retention_seconds || w->cfg.retention_messages) && w->next_trim_ms < due) due = w->next_trim_ms;
-	return due > now ? (due - now) * 1000 : 0;
-}
 
 static void *run(void *arg)
 {
@@ -404,7 +405,8 @@ static void *run(void *arg)
 				pthread_mutex_lock(&w->mu);
 				continue;
 			}
-			im_cond__wait_us(&w->cv, &w->mu, w->dhead ? IM_WORK_REPOKE_US / 2 : idle_us(w));
+			im_cond__wait_us(&w->cv, &w->mu, w->dhead ? IM_WORK_REPOKE_US / 2
+					: (housekeeping_due(w) - now / 1000) * 1000);
 			if(w->head == NULL && !w->stop){
 				pthread_mutex_unlock(&w->mu);
 				housekeeping(w, im_mono_ms());
@@ -441,7 +443,7 @@ static void *run(void *arg)
 		im_work__run_batch(w, jobs, n);
 		__atomic_store_n(&w->busy_us, 0, __ATOMIC_RELEASE);
 		now = im_mono_ms();
-		if(now - w->last_cut_ms >= CUT_INTERVAL_MS || now >= w->next_trim_ms) housekeeping(w, now);
+		if(now >= housekeeping_due(w)) housekeeping(w, now);
 		pthread_mutex_lock(&w->mu);
 	}
 	pthread_mutex_unlock(&w->mu);
