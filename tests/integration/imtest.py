@@ -6,6 +6,7 @@ IM_SANITIZE=ON the broker runs with the ASan runtime preloaded and every
 report that names the plugin fails the test that stopped the broker.
 """
 import collections
+import contextlib
 import glob
 import itertools
 import os
@@ -13,6 +14,7 @@ import pwd
 import queue
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -497,6 +499,24 @@ def wait_until(cond, timeout=None, interval=0.01):
         if v or time.monotonic() >= deadline:
             return v
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def writer_held(broker):
+    """Holds the SQLite store's write lock from another connection (BEGIN
+    IMMEDIATE) until the block ends: the writer's batches fail and are
+    tried again, WAL readers go on; what is published meanwhile is
+    acknowledged from the journal and queues. No-op on PostgreSQL."""
+    if STORE != "sqlite":
+        yield
+        return
+    lock = sqlite3.connect(broker.db_path, isolation_level=None, timeout=5)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
 
 
 def wait_log(broker, text, since=0, timeout=None):

@@ -2,13 +2,12 @@
 edit and recall as sequenced events, the conversation list. Each rule and
 each refusal against a real broker; stock tools drive typing and recall."""
 import os
-import sqlite3
 import subprocess
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from imtest import STORE, WAIT, Client, decode_frame, pb, sync_all, wait_log, wait_until
+from imtest import STORE, WAIT, Client, decode_frame, pb, sync_all, wait_log, wait_until, writer_held
 
 EDIT, RECALL, EDITED, RECALLED = 4, 8, 16, 32
 
@@ -325,22 +324,14 @@ def test_group_notes_of_one_batch(make_broker):
     second = receipt_publish(carol, "im/g/team", b"second")
     dave = Client(b, "dave", v5=True).connect()
     receipt_publish(dave, "im/u/alice", b"from dave")          # after the group's last message
-    lock = None
-    if STORE == "sqlite":
-        lock = sqlite3.connect(b.db_path, isolation_level=None, timeout=5)
-        lock.execute("BEGIN IMMEDIATE")
-    try:
+    with writer_held(b):
         for i in range(3):
             carol.publish("im/g/team", b"burst %d" % i)         # acknowledged from the journal
         carol.publish("im/g/team", b"first, edited", props={"UserProperty": [("im-edit", str(first.seq))]})
         carol.publish("im/g/team", b"", props={"UserProperty": [("im-recall", str(second.seq))]})
         bob.publish("im/g/team", b"last one")
-        if lock:
+        if STORE == "sqlite":
             wait_log(b, "database is locked")
-    finally:
-        if lock:
-            lock.execute("ROLLBACK")
-            lock.close()
     head = second.seq + 6
 
     def listed():

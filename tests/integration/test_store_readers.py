@@ -9,11 +9,10 @@ most): a client that publishes and then syncs sees its message.
 The writer is held up here by a lock another SQLite connection takes on the
 database (BEGIN IMMEDIATE): WAL readers go on reading, the writer's
 batches fail and are tried again."""
-import sqlite3
 
 import pytest
 
-from imtest import WAIT, Client, decode_frame, pb, sync_all, wait_log
+from imtest import WAIT, Client, decode_frame, pb, sync_all, wait_log, writer_held
 
 
 def _sync(client, timeline, after=0, timeout=None):
@@ -38,9 +37,7 @@ def test_a_locked_writer_does_not_hold_up_reads(make_broker, readers):
     alice.publish("im/u/bob", b"m1", cmid="c1")
     assert decode_frame(bob.get().payload)[1] == b"m1"
 
-    lock = sqlite3.connect(b.db_path, isolation_level=None, timeout=5)
-    lock.execute("BEGIN IMMEDIATE")
-    try:
+    with writer_held(b):
         alice.publish("im/u/bob", b"m2", cmid="c2")          # acknowledged from the journal
         wait_log(b, "database is locked")
         r = _sync(bob, "u/bob")
@@ -59,9 +56,6 @@ def test_a_locked_writer_does_not_hold_up_reads(make_broker, readers):
         # An ack needs the writer either way.
         r = bob.request("ack", pb.Ack(timeline="u/bob", seq=1), response_type=pb.AckResponse)
         assert r.status == pb.INTERNAL and "store stalled" in r.reason, (r.status, r.reason)
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
     # The writer goes on: m2 arrives live, once, and sync has both.
     assert decode_frame(bob.get(timeout=2 * WAIT).payload)[1] == b"m2"
     frames, batch = sync_all(bob, "u/bob")
@@ -82,15 +76,10 @@ def test_a_sync_sees_what_was_acknowledged_before_it(make_broker):
         r = _sync(bob, "u/bob", after=i)
         assert r.status == pb.OK, (r.status, r.reason)
         assert [decode_frame(f)[1] for f in r.frames] == [b"r%d" % i], "sync %d missed its message" % i
-    lock = sqlite3.connect(b.db_path, isolation_level=None, timeout=5)
-    lock.execute("BEGIN IMMEDIATE")
-    try:
+    with writer_held(b):
         alice.publish("im/u/bob", b"late", qos=1)          # acknowledged from the journal
         bob.c.publish("$CONTROL/im/v1/sync", pb.SyncRequest(timeline="u/bob", after_seq=10).SerializeToString(), qos=1)
         wait_log(b, "database is locked")
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
     m = bob.get()
     while m.topic != "$CONTROL/im/v1/sync/response":
         m = bob.get()
